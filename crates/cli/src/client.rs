@@ -1,0 +1,617 @@
+//! The client subcommands of the `datastack` binary: tokens, users, service principals,
+//! workspaces and whoami. They speak only the public API, through `datastack-sdk`.
+//!
+//! Output goes to stdout as an aligned table, or as JSON with `--json`. Errors go to stderr
+//! as `error: <CODE> <message> (request <id>)`; the exit code is 1 for a failed call and 2
+//! for a usage or configuration problem. No token is ever printed, except the one-time
+//! secret of a token just created.
+
+mod output;
+
+use std::fmt;
+use std::future::Future;
+use std::process::ExitCode;
+
+use datastack_sdk::{
+    Client, CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace,
+    ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Page, Role, Status,
+    TokenLifetime, UpdateServicePrincipal, UpdateUser, UpdateWorkspace, WorkspaceSettings,
+    WorkspaceSettingsUpdate,
+};
+use secrecy::SecretString;
+
+use output::{
+    Output, me_fields, print_created_token, print_created_workspace, service_principal_fields,
+    service_principal_table, token_table, user_fields, user_table, workspace_fields,
+    workspace_table,
+};
+
+/// Where the client commands connect and how they print; flattened into the top-level
+/// command line so the flags work before or after the subcommand.
+#[derive(clap::Args)]
+pub struct Connection {
+    /// Base URL of the datastack server.
+    #[arg(
+        long,
+        env = "DATASTACK_HOST",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub host: String,
+    /// Personal access token to call the API with. Prefer the environment variable: a flag
+    /// is visible to other users in the process list.
+    #[arg(long, env = "DATASTACK_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// Written by hand so that debug-printing the command line never shows the token.
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("host", &self.host)
+            .field("token", &self.token.as_ref().map(|_| "[redacted]"))
+            .field("json", &self.json)
+            .finish()
+    }
+}
+
+/// The client subcommands.
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Create, list and revoke personal access tokens.
+    Tokens {
+        /// What to do with tokens.
+        #[command(subcommand)]
+        cmd: TokensCmd,
+    },
+    /// Manage the users of the workspace.
+    Users {
+        /// What to do with users.
+        #[command(subcommand)]
+        cmd: UsersCmd,
+    },
+    /// Manage service principals (non-human owners of API keys and OAuth clients).
+    ServicePrincipals {
+        /// What to do with service principals.
+        #[command(subcommand)]
+        cmd: ServicePrincipalsCmd,
+    },
+    /// Manage workspaces.
+    Workspaces {
+        /// What to do with workspaces.
+        #[command(subcommand)]
+        cmd: WorkspacesCmd,
+    },
+    /// Show the principal, workspace and credential the token belongs to.
+    Whoami,
+}
+
+/// `datastack tokens …`
+#[derive(clap::Subcommand, Debug)]
+pub enum TokensCmd {
+    /// Create a token. The secret is printed once, alone on stdout; details go to stderr.
+    Create {
+        /// A label to recognise the token by (1–200 characters).
+        #[arg(long)]
+        label: String,
+        /// Lifetime in days (1–36500). Without a lifetime the token gets the workspace
+        /// maximum, or never expires if there is none.
+        #[arg(long, conflicts_with = "lifetime_seconds", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        expires_in_days: Option<u32>,
+        /// Lifetime in seconds (60–3153600000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(60..=3_153_600_000))]
+        lifetime_seconds: Option<u64>,
+        /// A scope to grant, e.g. read:jobs; repeat for more. Default: all-apis.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+    },
+    /// List tokens (never their secrets).
+    List {
+        /// Admins only: the tokens of this principal id, or of everyone with `all`.
+        #[arg(long, value_name = "ID|all")]
+        owner: Option<String>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Revoke a token; its next use gets 401.
+    Revoke {
+        /// The token id, tok_…
+        id: String,
+    },
+}
+
+/// `datastack users …`
+#[derive(clap::Subcommand, Debug)]
+pub enum UsersCmd {
+    /// List users.
+    List {
+        /// Only users with this role: admin, editor or viewer.
+        #[arg(long)]
+        role: Option<Role>,
+        /// Only users with this status: active or suspended.
+        #[arg(long)]
+        status: Option<Status>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one user.
+    Get {
+        /// The user id, usr_…
+        id: String,
+    },
+    /// Create a user.
+    Create {
+        /// The email address, unique in the workspace.
+        #[arg(long)]
+        email: String,
+        /// The display name.
+        #[arg(long)]
+        name: String,
+        /// The role: admin, editor or viewer (default viewer).
+        #[arg(long)]
+        role: Option<Role>,
+    },
+    /// Change a user's name, role or status.
+    Update {
+        /// The user id, usr_…
+        id: String,
+        /// A new display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new role: admin, editor or viewer.
+        #[arg(long)]
+        role: Option<Role>,
+        /// A new status: active or suspended.
+        #[arg(long)]
+        status: Option<Status>,
+    },
+    /// Suspend a user: every token of the user gets 401 at once.
+    Suspend {
+        /// The user id, usr_…
+        id: String,
+    },
+    /// Activate a suspended user.
+    Activate {
+        /// The user id, usr_…
+        id: String,
+    },
+    /// Delete a user and revoke its tokens.
+    Delete {
+        /// The user id, usr_…
+        id: String,
+    },
+}
+
+/// `datastack service-principals …`
+#[derive(clap::Subcommand, Debug)]
+pub enum ServicePrincipalsCmd {
+    /// List service principals.
+    List {
+        /// Only service principals with this role: admin, editor or viewer.
+        #[arg(long)]
+        role: Option<Role>,
+        /// Only service principals with this status: active or suspended.
+        #[arg(long)]
+        status: Option<Status>,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one service principal.
+    Get {
+        /// The service principal id.
+        id: String,
+    },
+    /// Create a service principal.
+    Create {
+        /// The name.
+        #[arg(long)]
+        name: String,
+        /// The role: admin, editor or viewer (default viewer).
+        #[arg(long)]
+        role: Option<Role>,
+    },
+    /// Change a service principal's name, role or status.
+    Update {
+        /// The service principal id.
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new role: admin, editor or viewer.
+        #[arg(long)]
+        role: Option<Role>,
+        /// A new status: active or suspended.
+        #[arg(long)]
+        status: Option<Status>,
+    },
+    /// Suspend a service principal: its credentials get 401 at once.
+    Suspend {
+        /// The service principal id.
+        id: String,
+    },
+    /// Activate a suspended service principal.
+    Activate {
+        /// The service principal id.
+        id: String,
+    },
+    /// Delete a service principal and revoke its credentials.
+    Delete {
+        /// The service principal id.
+        id: String,
+    },
+}
+
+/// `datastack workspaces …`
+#[derive(clap::Subcommand, Debug)]
+pub enum WorkspacesCmd {
+    /// List the caller's workspace and the workspaces created from it.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one workspace.
+    Get {
+        /// The workspace id, ws_…
+        id: String,
+    },
+    /// Create a workspace and its first admin. The admin's token is printed once, alone on
+    /// stdout; details go to stderr.
+    Create {
+        /// The name.
+        #[arg(long)]
+        name: String,
+        /// The email of the first admin.
+        #[arg(long)]
+        admin_email: Option<String>,
+        /// The longest lifetime a personal access token may have, in days.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_token_lifetime_days: Option<u32>,
+    },
+    /// Change a workspace's name or maximum token lifetime.
+    Update {
+        /// The workspace id, ws_…
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Set the longest lifetime a personal access token may have, in days.
+        #[arg(long, conflicts_with = "clear_max_token_lifetime", value_parser = clap::value_parser!(u32).range(1..))]
+        max_token_lifetime_days: Option<u32>,
+        /// Remove the maximum token lifetime.
+        #[arg(long)]
+        clear_max_token_lifetime: bool,
+    },
+}
+
+/// Paging flags shared by the list commands.
+#[derive(clap::Args, Debug)]
+pub struct PageArgs {
+    /// Items per page (1–200; server default 50).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
+    limit: Option<u32>,
+    /// Start at this cursor (the `nextCursor` of a previous page).
+    #[arg(long, conflicts_with = "all_pages")]
+    cursor: Option<String>,
+    /// Follow `nextCursor` until the last page and print everything.
+    #[arg(long)]
+    all_pages: bool,
+}
+
+/// Runs one client command against the server `conn` names and returns the exit code.
+pub async fn run(cmd: ClientCommand, conn: &Connection) -> ExitCode {
+    let token = match conn.token.as_deref().map(str::trim) {
+        Some(token) if !token.is_empty() => SecretString::from(token.to_owned()),
+        _ => {
+            eprintln!(
+                "error: no API token: set DATASTACK_TOKEN to a personal access token (dapi…) or pass --token"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let client = match Client::new(&conn.host, token) {
+        Ok(client) => client,
+        Err(error) => return report(&Failure::Sdk(error), &conn.host),
+    };
+    let out = Output { json: conn.json };
+    let outcome = match cmd {
+        ClientCommand::Tokens { cmd } => tokens(cmd, &client, out).await,
+        ClientCommand::Users { cmd } => users(cmd, &client, out).await,
+        ClientCommand::ServicePrincipals { cmd } => service_principals(cmd, &client, out).await,
+        ClientCommand::Workspaces { cmd } => workspaces(cmd, &client, out).await,
+        ClientCommand::Whoami => whoami(&client, out).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => report(&failure, &conn.host),
+    }
+}
+
+/// Why a command failed.
+enum Failure {
+    /// The SDK call failed.
+    Sdk(datastack_sdk::Error),
+    /// The command line asks for something impossible that clap cannot express.
+    Usage(String),
+}
+
+impl From<datastack_sdk::Error> for Failure {
+    fn from(error: datastack_sdk::Error) -> Self {
+        Self::Sdk(error)
+    }
+}
+
+fn report(failure: &Failure, host: &str) -> ExitCode {
+    use datastack_sdk::Error;
+    match failure {
+        Failure::Sdk(Error::Api {
+            code,
+            message,
+            request_id,
+            ..
+        }) => {
+            match request_id {
+                Some(id) => eprintln!("error: {code} {message} (request {id})"),
+                None => eprintln!("error: {code} {message}"),
+            }
+            ExitCode::from(1)
+        }
+        Failure::Sdk(Error::Transport(error)) => {
+            // reqwest keeps the useful part ("connection refused") in the source chain.
+            let mut text = format!("error: cannot reach {host}: {error}");
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{text}");
+            ExitCode::from(1)
+        }
+        Failure::Sdk(Error::Config(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Failure::Sdk(Error::Decode(message)) => {
+            eprintln!("error: unexpected answer from {host}: {message}");
+            ExitCode::from(1)
+        }
+        Failure::Usage(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn tokens(cmd: TokensCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        TokensCmd::Create {
+            label,
+            expires_in_days,
+            lifetime_seconds,
+            scopes,
+        } => {
+            let lifetime = match (expires_in_days, lifetime_seconds) {
+                (Some(days), _) => Some(TokenLifetime::Days(days)),
+                (None, Some(seconds)) => Some(TokenLifetime::Seconds(seconds)),
+                (None, None) => None,
+            };
+            let request = CreateToken {
+                label,
+                lifetime,
+                scopes: (!scopes.is_empty()).then_some(scopes),
+            };
+            let created = client.create_token(request).await?;
+            print_created_token(&created, out);
+        }
+        TokensCmd::List { owner, page } => {
+            let show_owner = owner.is_some();
+            let limit = page.limit;
+            let tokens = collect_pages(&page, move |cursor| {
+                client.list_tokens(ListTokens {
+                    limit,
+                    cursor,
+                    owner_id: owner.clone(),
+                })
+            })
+            .await?;
+            out.page(&tokens, |tokens| token_table(tokens, show_owner));
+        }
+        TokensCmd::Revoke { id } => {
+            client.revoke_token(&id).await?;
+            out.done(&id, "revoked");
+        }
+    }
+    Ok(())
+}
+
+async fn users(cmd: UsersCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        UsersCmd::List { role, status, page } => {
+            let limit = page.limit;
+            let users = collect_pages(&page, move |cursor| {
+                client.list_users(ListUsers {
+                    limit,
+                    cursor,
+                    role,
+                    status,
+                })
+            })
+            .await?;
+            out.page(&users, user_table);
+        }
+        UsersCmd::Get { id } => out.one(&client.get_user(&id).await?, user_fields),
+        UsersCmd::Create { email, name, role } => {
+            let user = client.create_user(CreateUser { email, name, role }).await?;
+            out.one(&user, user_fields);
+        }
+        UsersCmd::Update {
+            id,
+            name,
+            role,
+            status,
+        } => {
+            if name.is_none() && role.is_none() && status.is_none() {
+                return Err(nothing_to_update("--name, --role or --status"));
+            }
+            let user = client
+                .update_user(&id, UpdateUser { name, role, status })
+                .await?;
+            out.one(&user, user_fields);
+        }
+        UsersCmd::Suspend { id } => out.one(&client.suspend_user(&id).await?, user_fields),
+        UsersCmd::Activate { id } => out.one(&client.activate_user(&id).await?, user_fields),
+        UsersCmd::Delete { id } => {
+            client.delete_user(&id).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn service_principals(
+    cmd: ServicePrincipalsCmd,
+    client: &Client,
+    out: Output,
+) -> Result<(), Failure> {
+    match cmd {
+        ServicePrincipalsCmd::List { role, status, page } => {
+            let limit = page.limit;
+            let principals = collect_pages(&page, move |cursor| {
+                client.list_service_principals(ListServicePrincipals {
+                    limit,
+                    cursor,
+                    role,
+                    status,
+                })
+            })
+            .await?;
+            out.page(&principals, service_principal_table);
+        }
+        ServicePrincipalsCmd::Get { id } => {
+            let principal = client.get_service_principal(&id).await?;
+            out.one(&principal, service_principal_fields);
+        }
+        ServicePrincipalsCmd::Create { name, role } => {
+            let principal = client
+                .create_service_principal(CreateServicePrincipal { name, role })
+                .await?;
+            out.one(&principal, service_principal_fields);
+        }
+        ServicePrincipalsCmd::Update {
+            id,
+            name,
+            role,
+            status,
+        } => {
+            if name.is_none() && role.is_none() && status.is_none() {
+                return Err(nothing_to_update("--name, --role or --status"));
+            }
+            let request = UpdateServicePrincipal { name, role, status };
+            let principal = client.update_service_principal(&id, request).await?;
+            out.one(&principal, service_principal_fields);
+        }
+        ServicePrincipalsCmd::Suspend { id } => {
+            let principal = client.suspend_service_principal(&id).await?;
+            out.one(&principal, service_principal_fields);
+        }
+        ServicePrincipalsCmd::Activate { id } => {
+            let principal = client.activate_service_principal(&id).await?;
+            out.one(&principal, service_principal_fields);
+        }
+        ServicePrincipalsCmd::Delete { id } => {
+            client.delete_service_principal(&id).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        WorkspacesCmd::List { page } => {
+            let limit = page.limit;
+            let workspaces = collect_pages(&page, move |cursor| {
+                client.list_workspaces(ListWorkspaces { limit, cursor })
+            })
+            .await?;
+            out.page(&workspaces, workspace_table);
+        }
+        WorkspacesCmd::Get { id } => out.one(&client.get_workspace(&id).await?, workspace_fields),
+        WorkspacesCmd::Create {
+            name,
+            admin_email,
+            max_token_lifetime_days,
+        } => {
+            let request = CreateWorkspace {
+                name,
+                admin_email,
+                settings: max_token_lifetime_days.map(|days| WorkspaceSettings {
+                    max_token_lifetime_days: Some(days),
+                }),
+            };
+            let created = client.create_workspace(request).await?;
+            print_created_workspace(&created, out);
+        }
+        WorkspacesCmd::Update {
+            id,
+            name,
+            max_token_lifetime_days,
+            clear_max_token_lifetime,
+        } => {
+            let max_lifetime = match (max_token_lifetime_days, clear_max_token_lifetime) {
+                (Some(days), _) => Some(Some(days)),
+                (None, true) => Some(None),
+                (None, false) => None,
+            };
+            if name.is_none() && max_lifetime.is_none() {
+                return Err(nothing_to_update(
+                    "--name, --max-token-lifetime-days or --clear-max-token-lifetime",
+                ));
+            }
+            let request = UpdateWorkspace {
+                name,
+                settings: max_lifetime.is_some().then_some(WorkspaceSettingsUpdate {
+                    max_token_lifetime_days: max_lifetime,
+                }),
+            };
+            let workspace = client.update_workspace(&id, request).await?;
+            out.one(&workspace, workspace_fields);
+        }
+    }
+    Ok(())
+}
+
+async fn whoami(client: &Client, out: Output) -> Result<(), Failure> {
+    let me = client.me().await?;
+    out.one(&me, me_fields);
+    Ok(())
+}
+
+fn nothing_to_update(flags: &str) -> Failure {
+    Failure::Usage(format!("nothing to update: pass at least one of {flags}"))
+}
+
+/// Fetches the page the flags ask for, or every page from the first with `--all-pages`.
+async fn collect_pages<T, F, Fut>(page: &PageArgs, mut fetch: F) -> Result<Page<T>, Failure>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = datastack_sdk::Result<Page<T>>>,
+{
+    let first = fetch(page.cursor.clone()).await?;
+    if !page.all_pages {
+        return Ok(first);
+    }
+    let mut items = first.items;
+    let mut next = first.next_cursor;
+    while let Some(cursor) = next {
+        let more = fetch(Some(cursor)).await?;
+        items.extend(more.items);
+        next = more.next_cursor;
+    }
+    Ok(Page {
+        items,
+        next_cursor: None,
+    })
+}

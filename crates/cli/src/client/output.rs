@@ -1,0 +1,362 @@
+//! How the client commands print: aligned tables and `field value` lines by default, JSON
+//! with `--json`. Tables and fields are rendered with plain `format!` padding.
+
+use std::io::Write as _;
+
+use chrono::{DateTime, Utc};
+use datastack_sdk::{
+    CreatedToken, CreatedWorkspace, Me, Page, ServicePrincipal, Token, User, Workspace,
+};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+/// How the results are printed: a table (the default) or JSON.
+#[derive(Clone, Copy)]
+pub(super) struct Output {
+    /// Print JSON instead of tables.
+    pub(super) json: bool,
+}
+
+impl Output {
+    /// Prints one object as `field value` lines or as JSON.
+    pub(super) fn one<T: Record>(self, value: &T, fields: fn(&T) -> Vec<(&'static str, String)>) {
+        if self.json {
+            print_json(&value.to_json());
+        } else {
+            write_stdout(&render_fields(&fields(value)));
+        }
+    }
+
+    /// Prints a page as a table (and where the next page starts on stderr) or as JSON.
+    pub(super) fn page<T>(self, page: &Page<T>, table: impl Fn(&[T]) -> String)
+    where
+        Page<T>: Record,
+    {
+        if self.json {
+            print_json(&page.to_json());
+            return;
+        }
+        write_stdout(&table(&page.items));
+        if let Some(cursor) = &page.next_cursor {
+            eprintln!("more results: pass --cursor {cursor}, or --all-pages");
+        }
+    }
+
+    /// Reports that an object is gone.
+    pub(super) fn done(self, id: &str, what: &str) {
+        if self.json {
+            print_json(&json!({ "id": id, what: true }));
+        } else {
+            write_stdout(&format!("{what} {id}\n"));
+        }
+    }
+}
+
+pub(super) fn print_created_token(created: &CreatedToken, out: Output) {
+    if out.json {
+        let mut value = created.details.to_json();
+        if let Value::Object(object) = &mut value {
+            object.insert(
+                "token".to_owned(),
+                Value::String(created.token.expose_secret().to_owned()),
+            );
+        }
+        print_json(&value);
+        return;
+    }
+    write_stdout(&format!("{}\n", created.token.expose_secret()));
+    let details = &created.details;
+    let mut text = render_fields(&[
+        ("id", details.id.clone()),
+        ("label", details.label.clone()),
+        ("scopes", details.scopes.join(",")),
+        ("expires", when_or(details.expires_at.as_ref(), "never")),
+    ]);
+    text.push_str("The token above is shown only this once: store it now.\n");
+    write_stderr(&text);
+}
+
+pub(super) fn print_created_workspace(created: &CreatedWorkspace, out: Output) {
+    if out.json {
+        let mut value = json!({ "workspace": created.workspace.to_json() });
+        if let Some(admin) = &created.admin {
+            value["admin"] = admin.to_json();
+        }
+        if let Some(token) = &created.admin_token {
+            value["adminToken"] = Value::String(token.expose_secret().to_owned());
+        }
+        print_json(&value);
+        return;
+    }
+    let mut fields = workspace_fields(&created.workspace);
+    if let Some(admin) = &created.admin {
+        fields.push(("admin", format!("{} {}", admin.id, admin.email)));
+    }
+    match &created.admin_token {
+        Some(token) => {
+            write_stdout(&format!("{}\n", token.expose_secret()));
+            let mut text = render_fields(&fields);
+            text.push_str("The admin token above is shown only this once: store it now.\n");
+            write_stderr(&text);
+        }
+        None => write_stdout(&render_fields(&fields)),
+    }
+}
+
+pub(super) fn token_table(tokens: &[Token], show_owner: bool) -> String {
+    let mut headers = vec![
+        "ID",
+        "LABEL",
+        "TOKEN",
+        "SCOPES",
+        "CREATED",
+        "EXPIRES",
+        "LAST USED",
+    ];
+    if show_owner {
+        headers.push("OWNER");
+    }
+    let rows = tokens
+        .iter()
+        .map(|t| {
+            let last_used = match (&t.last_used_at, &t.last_used_ip) {
+                (Some(at), Some(ip)) => format!("{} from {ip}", when(at)),
+                (Some(at), None) => when(at),
+                (None, _) => "never".to_owned(),
+            };
+            let mut row = vec![
+                t.id.clone(),
+                t.label.clone(),
+                format!("{}…{}", t.prefix, t.last_four),
+                t.scopes.join(","),
+                when(&t.created_at),
+                when_or(t.expires_at.as_ref(), "never"),
+                last_used,
+            ];
+            if show_owner {
+                row.push(t.owner_id.clone());
+            }
+            row
+        })
+        .collect();
+    render_table(&headers, rows)
+}
+
+pub(super) fn user_table(users: &[User]) -> String {
+    let rows = users
+        .iter()
+        .map(|u| {
+            vec![
+                u.id.clone(),
+                u.email.clone(),
+                u.name.clone(),
+                u.role.to_string(),
+                u.status.to_string(),
+                when(&u.created_at),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "EMAIL", "NAME", "ROLE", "STATUS", "CREATED"], rows)
+}
+
+pub(super) fn user_fields(user: &User) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", user.id.clone()),
+        ("email", user.email.clone()),
+        ("name", user.name.clone()),
+        ("role", user.role.to_string()),
+        ("status", user.status.to_string()),
+        ("workspace", user.workspace_id.clone()),
+        ("created", when(&user.created_at)),
+        ("updated", when(&user.updated_at)),
+    ]
+}
+
+pub(super) fn service_principal_table(principals: &[ServicePrincipal]) -> String {
+    let rows = principals
+        .iter()
+        .map(|p| {
+            vec![
+                p.id.clone(),
+                p.name.clone(),
+                p.role.to_string(),
+                p.status.to_string(),
+                when(&p.created_at),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "NAME", "ROLE", "STATUS", "CREATED"], rows)
+}
+
+pub(super) fn service_principal_fields(
+    principal: &ServicePrincipal,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", principal.id.clone()),
+        ("name", principal.name.clone()),
+        ("role", principal.role.to_string()),
+        ("status", principal.status.to_string()),
+        ("workspace", principal.workspace_id.clone()),
+        ("created", when(&principal.created_at)),
+        ("updated", when(&principal.updated_at)),
+    ]
+}
+
+pub(super) fn workspace_table(workspaces: &[Workspace]) -> String {
+    let rows = workspaces
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.clone(),
+                w.name.clone(),
+                max_lifetime(w),
+                when(&w.created_at),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "NAME", "MAX TOKEN LIFETIME", "CREATED"], rows)
+}
+
+pub(super) fn workspace_fields(workspace: &Workspace) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", workspace.id.clone()),
+        ("name", workspace.name.clone()),
+        ("max token lifetime", max_lifetime(workspace)),
+        ("created", when(&workspace.created_at)),
+        ("updated", when(&workspace.updated_at)),
+    ]
+}
+
+fn max_lifetime(workspace: &Workspace) -> String {
+    match workspace.settings.max_token_lifetime_days {
+        Some(days) => format!("{days} days"),
+        None => "none".to_owned(),
+    }
+}
+
+pub(super) fn me_fields(me: &Me) -> Vec<(&'static str, String)> {
+    let principal = &me.principal;
+    let who = match &principal.email {
+        Some(email) => format!("{} <{email}>", principal.name),
+        None => principal.name.clone(),
+    };
+    vec![
+        (
+            "principal",
+            format!("{} ({})", principal.id, principal.kind),
+        ),
+        ("name", who),
+        ("role", principal.role.to_string()),
+        ("status", principal.status.to_string()),
+        (
+            "workspace",
+            format!("{} ({})", me.workspace.id, me.workspace.name),
+        ),
+        (
+            "credential",
+            format!("{} ({})", me.credential.id, me.credential.kind),
+        ),
+        ("scopes", me.credential.scopes.join(",")),
+        (
+            "expires",
+            when_or(me.credential.expires_at.as_ref(), "never"),
+        ),
+    ]
+}
+
+fn when(at: &DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%SZ").to_string()
+}
+
+fn when_or(at: Option<&DateTime<Utc>>, otherwise: &str) -> String {
+    at.map_or_else(|| otherwise.to_owned(), when)
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header_row: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
+    let mut text = String::new();
+    for row in std::iter::once(&header_row).chain(rows.iter()) {
+        let last = row.len().saturating_sub(1);
+        let mut line = String::new();
+        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
+            if i == last {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<width$}  "));
+            }
+        }
+        text.push_str(line.trim_end());
+        text.push('\n');
+    }
+    text
+}
+
+/// `name  value` lines with the names aligned.
+fn render_fields(fields: &[(&str, String)]) -> String {
+    let width = fields
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .max()
+        .unwrap_or(0);
+    fields
+        .iter()
+        .map(|(name, value)| format!("{name:<width$}  {value}\n"))
+        .collect()
+}
+
+/// An API type that prints as JSON.
+///
+/// The binary does not depend on `serde` itself, so it cannot name `Serialize` in a bound;
+/// the conversion is spelled out per concrete type instead.
+pub(super) trait Record {
+    /// The value as the API would send it.
+    fn to_json(&self) -> Value;
+}
+
+macro_rules! impl_record {
+    ($($ty:ty),* $(,)?) => {
+        $(impl Record for $ty {
+            fn to_json(&self) -> Value {
+                // Serialising plain data structs cannot fail: their keys are strings and
+                // their numbers finite.
+                serde_json::to_value(self).unwrap_or(Value::Null)
+            }
+        })*
+    };
+}
+
+impl_record!(
+    User,
+    ServicePrincipal,
+    Workspace,
+    Token,
+    Me,
+    Page<User>,
+    Page<ServicePrincipal>,
+    Page<Workspace>,
+    Page<Token>,
+);
+
+fn print_json(value: &Value) {
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned());
+    write_stdout(&format!("{text}\n"));
+}
+
+/// Writes to stdout, ignoring a closed pipe (`datastack users list | head`) instead of
+/// panicking as `println!` would.
+fn write_stdout(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = stdout.write_all(text.as_bytes());
+    let _ = stdout.flush();
+}
+
+fn write_stderr(text: &str) {
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}

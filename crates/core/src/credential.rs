@@ -1,0 +1,191 @@
+//! Credential secrets: their format, their checksum and their digest.
+//!
+//! A secret is a type prefix (`dapi` for personal access tokens), 64 lowercase hex
+//! characters of 256 random bits, and 8 lowercase hex characters of CRC-32 (IEEE) over
+//! everything before them. The checksum lets secret scanners confirm a match offline and
+//! lets the server reject mistyped or truncated secrets without a store lookup. Only the
+//! SHA-256 digest of a secret is ever stored.
+
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The kinds of credential secrets, each with its own prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A personal access token, `dapi…`.
+    PersonalAccessToken,
+}
+
+impl CredentialKind {
+    /// The type prefix of this kind's secrets.
+    pub const fn prefix(self) -> &'static str {
+        match self {
+            Self::PersonalAccessToken => "dapi",
+        }
+    }
+
+    /// The name used in API responses (`pat`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::PersonalAccessToken => "pat",
+        }
+    }
+
+    fn from_secret(s: &str) -> Option<Self> {
+        s.starts_with("dapi").then_some(Self::PersonalAccessToken)
+    }
+}
+
+const RANDOM_HEX_LEN: usize = 64;
+const CHECKSUM_HEX_LEN: usize = 8;
+/// The length of every secret: a 4-character prefix, 64 random hex, 8 checksum hex.
+pub const SECRET_LEN: usize = 4 + RANDOM_HEX_LEN + CHECKSUM_HEX_LEN;
+
+/// The regular expression a secret scanner can use for personal access tokens.
+pub const PAT_SCANNER_REGEX: &str = r"\bdapi[0-9a-f]{72}\b";
+
+/// The SHA-256 digest of a secret: the only form in which a credential is stored.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// The digest in lowercase hex, as stored.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Compares two digests in constant time.
+    pub fn ct_eq(&self, other_hex: &str) -> bool {
+        let mine = self.to_hex();
+        mine.as_bytes().ct_eq(other_hex.as_bytes()).into()
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // A digest is not a secret, but printing it is never useful and invites log
+        // correlation; show a short fingerprint only.
+        write!(f, "SecretDigest({}…)", &self.to_hex()[..8])
+    }
+}
+
+/// A freshly generated secret, to be shown to its owner once.
+pub struct NewSecret {
+    /// The secret itself. Its `Debug` prints `[REDACTED]` and it is zeroized on drop.
+    pub secret: SecretString,
+    /// What the store keeps.
+    pub digest: SecretDigest,
+    /// The last four characters, shown in lists so owners can tell their tokens apart.
+    pub last_four: String,
+}
+
+/// Generates a new secret of `kind` from the operating system's random source.
+pub fn generate(kind: CredentialKind) -> NewSecret {
+    let mut random = [0u8; 32];
+    getrandom::fill(&mut random).expect("the operating system random source is available");
+    let mut s = String::with_capacity(SECRET_LEN);
+    s.push_str(kind.prefix());
+    s.push_str(&hex::encode(random));
+    let checksum = crc32fast::hash(s.as_bytes());
+    s.push_str(&format!("{checksum:08x}"));
+    zeroize::Zeroize::zeroize(&mut random);
+    let digest = digest_of(&s);
+    let last_four = s[s.len() - 4..].to_owned();
+    NewSecret {
+        secret: SecretString::from(s),
+        digest,
+        last_four,
+    }
+}
+
+/// A presented secret whose format and checksum are valid. It may still be unknown.
+pub struct PresentedSecret {
+    /// The kind its prefix names.
+    pub kind: CredentialKind,
+    /// Its digest, to look it up by.
+    pub digest: SecretDigest,
+}
+
+/// Checks the format and checksum of a presented secret and computes its digest.
+///
+/// Returns `None` for anything that is not a well-formed datastack secret; callers answer
+/// that exactly as they answer an unknown secret.
+pub fn parse_presented(secret: &SecretString) -> Option<PresentedSecret> {
+    let s = secret.expose_secret();
+    if s.len() != SECRET_LEN || !s.is_ascii() {
+        return None;
+    }
+    let kind = CredentialKind::from_secret(s)?;
+    let (body, checksum) = s.split_at(SECRET_LEN - CHECKSUM_HEX_LEN);
+    let hex_ok = |t: &str| {
+        t.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    if !hex_ok(&body[4..]) || !hex_ok(checksum) {
+        return None;
+    }
+    let expected = format!("{:08x}", crc32fast::hash(body.as_bytes()));
+    if !bool::from(expected.as_bytes().ct_eq(checksum.as_bytes())) {
+        return None;
+    }
+    Some(PresentedSecret {
+        kind,
+        digest: digest_of(s),
+    })
+}
+
+fn digest_of(s: &str) -> SecretDigest {
+    SecretDigest(Sha256::digest(s.as_bytes()).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn generated_secrets_parse_and_match_the_scanner_shape() {
+        let new = generate(CredentialKind::PersonalAccessToken);
+        let s = new.secret.expose_secret();
+        assert_eq!(s.len(), SECRET_LEN);
+        assert!(s.starts_with("dapi"));
+        assert!(
+            s[4..]
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        );
+        let parsed = parse_presented(&new.secret).expect("a generated secret parses");
+        assert_eq!(parsed.digest, new.digest);
+        assert!(parsed.digest.ct_eq(&new.digest.to_hex()));
+        assert_eq!(new.last_four, s[s.len() - 4..]);
+        assert!(!format!("{:?}", new.secret).contains(&s[4..20]));
+    }
+
+    #[test]
+    fn a_changed_character_fails_the_checksum() {
+        let new = generate(CredentialKind::PersonalAccessToken);
+        let s = new.secret.expose_secret().to_owned();
+        for i in 4..s.len() {
+            let mut bytes = s.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'0' { b'1' } else { b'0' };
+            let tampered = SecretString::from(String::from_utf8(bytes).expect("ascii"));
+            assert!(parse_presented(&tampered).is_none(), "position {i}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_input_never_panics_and_is_rejected(s in ".{0,100}") {
+            let parsed = parse_presented(&SecretString::from(s));
+            prop_assert!(parsed.is_none());
+        }
+
+        #[test]
+        fn well_shaped_but_random_tokens_are_rejected(body in "[0-9a-f]{72}") {
+            let s = format!("dapi{body}");
+            // One chance in 2^32 that random hex carries a valid checksum.
+            prop_assert!(parse_presented(&SecretString::from(s)).is_none());
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`.
+//!
+//! The part after the prefix is a UUIDv7 in lowercase hex, so ids sort by creation time and
+//! can serve as pagination cursors.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+macro_rules! prefixed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new, time-ordered id.
+            pub fn generate() -> Self {
+                Self(format!("{}{}", $prefix, uuid::Uuid::now_v7().simple()))
+            }
+
+            /// Parses an id, checking its prefix and body.
+            pub fn parse(s: &str) -> crate::Result<Self> {
+                let body = s.strip_prefix($prefix).ok_or_else(|| {
+                    crate::Error::invalid("id", format!("must start with `{}`", $prefix))
+                })?;
+                if body.len() != 32 || !body.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    return Err(crate::Error::invalid("id", "is not a well-formed id"));
+                }
+                Ok(Self(s.to_owned()))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            /// Wraps a value read back from the store, which only holds ids it generated.
+            pub fn from_trusted(s: String) -> Self {
+                Self(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::parse(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+prefixed_id!(
+    /// A workspace id, `ws_…`.
+    WorkspaceId, "ws_"
+);
+prefixed_id!(
+    /// A token id, `tok_…`. It is public: it names a token, it does not prove anything.
+    TokenId, "tok_"
+);
+
+/// A principal id: a user (`usr_…`) or a service principal (`sp_…`).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrincipalId(String);
+
+impl PrincipalId {
+    /// A new user id.
+    pub fn generate_user() -> Self {
+        Self(format!("usr_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// A new service-principal id.
+    pub fn generate_service_principal() -> Self {
+        Self(format!("sp_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Parses a user or service-principal id.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        let body = s
+            .strip_prefix("usr_")
+            .or_else(|| s.strip_prefix("sp_"))
+            .ok_or_else(|| crate::Error::invalid("id", "must start with `usr_` or `sp_`"))?;
+        if body.len() != 32
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(crate::Error::invalid("id", "is not a well-formed id"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a value read back from the store.
+    pub fn from_trusted(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for PrincipalId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PrincipalId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_sort_by_time() {
+        let a = TokenId::generate();
+        let b = TokenId::generate();
+        assert!(a < b);
+        assert_eq!(TokenId::parse(a.as_str()), Ok(a));
+        assert!(TokenId::parse("usr_0123").is_err());
+        assert!(TokenId::parse("tok_ZZZZ5678901234567890123456789012").is_err());
+        let u = PrincipalId::generate_user();
+        assert!(PrincipalId::parse(u.as_str()).is_ok());
+        assert!(PrincipalId::parse(PrincipalId::generate_service_principal().as_str()).is_ok());
+        assert!(PrincipalId::parse("tok_00000000000000000000000000000000").is_err());
+    }
+}

@@ -1,0 +1,51 @@
+//! Typed async client for the datastack API (`docs/api.md`).
+//!
+//! [`Client`] sends the request contract's headers for you: `Authorization: Bearer <token>`
+//! and the `x-datastack-scope` each endpoint requires. It retries rate-limited and
+//! temporarily unavailable calls, honouring `Retry-After`. The token is held as a
+//! [`SecretString`](secrecy::SecretString) and never printed.
+//!
+//! ```no_run
+//! use datastack_sdk::{Client, CreateToken, ListUsers, TokenLifetime};
+//! use datastack_sdk::secrecy::ExposeSecret;
+//!
+//! # async fn example() -> datastack_sdk::Result<()> {
+//! // DATASTACK_HOST (default http://127.0.0.1:8080) and DATASTACK_TOKEN.
+//! let client = Client::from_env()?;
+//! let me = client.me().await?;
+//! println!("signed in as {}", me.principal.name);
+//!
+//! let users = client.list_users(ListUsers::default()).await?;
+//! for user in users.items {
+//!     println!("{} {}", user.id, user.email);
+//! }
+//!
+//! let mut request = CreateToken::new("ci-reader");
+//! request.lifetime = Some(TokenLifetime::Days(30));
+//! request.scopes = Some(vec!["read:jobs".to_owned()]);
+//! let created = client.create_token(request).await?;
+//! // The secret is shown this once.
+//! let secret: &str = created.token.expose_secret();
+//! # let _ = secret;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+mod client;
+mod error;
+mod types;
+
+pub use client::{Client, DEFAULT_HOST};
+pub use error::{Error, Result};
+pub use types::{
+    CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace, CreatedToken,
+    CreatedWorkspace, Credential, ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Me,
+    Page, ParseValueError, Principal, Role, ServicePrincipal, Status, Token, TokenLifetime,
+    UpdateServicePrincipal, UpdateUser, UpdateWorkspace, User, Workspace, WorkspaceSettings,
+    WorkspaceSettingsUpdate,
+};
+
+/// The `secrecy` crate this SDK's secrets are typed with, re-exported so callers can use
+/// [`ExposeSecret`](secrecy::ExposeSecret) without matching its version themselves.
+pub use secrecy;

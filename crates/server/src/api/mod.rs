@@ -1,0 +1,83 @@
+//! The HTTP API, one module per area. Each module owns its routes, handlers and
+//! request/response types; the public JSON shapes (camelCase, RFC 3339 timestamps) live
+//! here, separate from the domain types, so the contract changes only on purpose.
+
+pub mod health;
+pub mod me;
+pub mod principals;
+pub mod tokens;
+pub mod workspaces;
+
+use axum::Router;
+use datastack_store::PageRequest;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Every route of the API.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .merge(health::routes())
+        .merge(me::routes())
+        .merge(tokens::routes())
+        .merge(principals::routes())
+        .merge(workspaces::routes())
+}
+
+/// Pagination parameters shared by list endpoints.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl PageParams {
+    /// Validates the parameters into a store page request.
+    pub fn to_request(&self) -> Result<PageRequest, ApiError> {
+        let limit = match self.limit {
+            None => 50,
+            Some(n) if (1..=200).contains(&n) => n as u32,
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "limit: must be between 1 and 200".into(),
+                ));
+            }
+        };
+        let after = match &self.cursor {
+            None => None,
+            Some(c)
+                if c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                Some(c.clone())
+            }
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "cursor: is not a cursor this server issued".into(),
+                ));
+            }
+        };
+        Ok(PageRequest { after, limit })
+    }
+}
+
+/// Declares a page type for a response item, for list responses and the OpenAPI document.
+macro_rules! page_of {
+    ($page:ident, $item:ty) => {
+        #[doc = concat!("One page of `", stringify!($item), "`.")]
+        #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "camelCase")]
+        pub struct $page {
+            /// The records of this page.
+            pub items: Vec<$item>,
+            /// Pass as `cursor` for the next page; `null` on the last page.
+            pub next_cursor: Option<String>,
+        }
+    };
+}
+pub(crate) use page_of;

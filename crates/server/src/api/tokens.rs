@@ -1,0 +1,240 @@
+//! Personal access tokens: create (the secret is shown once), list, revoke.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use chrono::{DateTime, Duration, Utc};
+use datastack_core::authz::Role;
+use datastack_core::credential::{self, CredentialKind};
+use datastack_core::id::{PrincipalId, TokenId};
+use datastack_core::model::Token;
+use datastack_core::scope::ScopeSet;
+use datastack_core::validate;
+use datastack_store::{Invalidation, TokenFilter};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{PageParams, page_of};
+use crate::app::new_token_record;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::pipeline::authorize::{Authorized, ManageTokens, ReadTokens};
+use crate::pipeline::extract::{Json, Path, Query};
+use crate::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/auth/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/auth/tokens/{id}", delete(revoke_token))
+}
+
+/// A token to create.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// What the token is for, 1–200 characters.
+    pub label: String,
+    /// Lifetime in days (1–36500). At most one of this and `lifetimeSeconds`.
+    pub expires_in_days: Option<i64>,
+    /// Lifetime in seconds (60–3153600000).
+    pub lifetime_seconds: Option<i64>,
+    /// Scopes to grant; default `["all-apis"]`. The token acts with these ∩ the owner's role.
+    pub scopes: Option<Vec<String>>,
+}
+
+/// A token as listed: never its secret.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenResponse {
+    /// Its id, `tok_…`.
+    pub id: String,
+    /// Its label.
+    pub label: String,
+    /// The secret's type prefix, `dapi`.
+    pub prefix: &'static str,
+    /// The secret's last four characters.
+    pub last_four: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// The principal it acts for.
+    pub owner_id: String,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Expiry; `null`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last use (written every few seconds).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Client address of the last use.
+    pub last_used_ip: Option<String>,
+}
+
+impl From<Token> for TokenResponse {
+    fn from(t: Token) -> Self {
+        Self {
+            id: t.id.to_string(),
+            label: t.label,
+            prefix: CredentialKind::PersonalAccessToken.prefix(),
+            last_four: t.last_four,
+            scopes: t.scopes.to_strings(),
+            owner_id: t.owner_id.to_string(),
+            created_at: t.created_at,
+            expires_at: t.expires_at,
+            last_used_at: t.last_used_at,
+            last_used_ip: t.last_used_ip,
+        }
+    }
+}
+
+/// A created token, with its secret: the only time the secret is shown.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedTokenResponse {
+    /// The secret. Store it now; it cannot be shown again.
+    pub token: String,
+    /// The token's details.
+    #[serde(flatten)]
+    pub info: TokenResponse,
+}
+
+page_of!(TokenPage, TokenResponse);
+
+/// Which tokens to list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListTokensParams {
+    /// Admins only: a principal id, or `all` for every token of the workspace. Default: yours.
+    pub owner_id: Option<String>,
+    /// Page size.
+    pub limit: Option<i64>,
+    /// Cursor.
+    pub cursor: Option<String>,
+}
+
+/// Creates a personal access token for the caller.
+#[utoipa::path(post, path = "/api/v1/auth/tokens", tag = "tokens",
+    security(("bearer" = ["manage:tokens"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
+    request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedTokenResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_token(
+    State(state): State<AppState>,
+    caller: Authorized<ManageTokens>,
+    Json(body): Json<CreateTokenRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedTokenResponse>)> {
+    let owner = caller.identity.principal;
+    let label = validate::text("label", &body.label, validate::MAX_LABEL_LEN)?;
+    let scopes = match &body.scopes {
+        None => ScopeSet::all_apis(),
+        Some(list) => ScopeSet::parse(list)?,
+    };
+    let requested = validate::token_lifetime(body.expires_in_days, body.lifetime_seconds)?;
+    let workspace = state.store.get_workspace(&owner.workspace_id).await?;
+    let lifetime = match (requested, workspace.settings.max_token_lifetime_days) {
+        (Some(l), Some(max)) if l > Duration::days(i64::from(max)) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "{}: exceeds the workspace's maximum token lifetime of {max} days",
+                if body.expires_in_days.is_some() {
+                    "expiresInDays"
+                } else {
+                    "lifetimeSeconds"
+                }
+            )));
+        }
+        (None, Some(max)) => Some(Duration::days(i64::from(max))),
+        (l, _) => l,
+    };
+    let secret = credential::generate(CredentialKind::PersonalAccessToken);
+    let token = new_token_record(
+        &owner,
+        &label,
+        scopes,
+        lifetime.map(|l| Utc::now() + l),
+        &secret,
+    );
+    state.store.insert_token(&token).await?;
+    tracing::info!(token_id = %token.id, owner = %owner.id, "token created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedTokenResponse {
+            token: secret.secret.expose_secret().to_owned(),
+            info: TokenResponse::from(token),
+        }),
+    ))
+}
+
+/// Lists unrevoked tokens: the caller's own, or (admins) another principal's or all.
+#[utoipa::path(get, path = "/api/v1/auth/tokens", tag = "tokens",
+    security(("bearer" = ["read:tokens"])),
+    params(("x-datastack-scope" = String, Header, description = "read:tokens"), ListTokensParams),
+    responses((status = 200, body = TokenPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    caller: Authorized<ReadTokens>,
+    Query(params): Query<ListTokensParams>,
+) -> ApiResult<Json<TokenPage>> {
+    let me = &caller.identity.principal;
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    }
+    .to_request()?;
+    let filter = match params.owner_id.as_deref() {
+        None => TokenFilter::Owner(me.id.clone()),
+        Some(owner) if owner == me.id.as_str() => TokenFilter::Owner(me.id.clone()),
+        Some(_) if me.role != Role::Admin => {
+            return Err(ApiError::Forbidden(
+                "only admins may list other principals' tokens".into(),
+            ));
+        }
+        Some("all") => TokenFilter::Workspace,
+        Some(owner) => TokenFilter::Owner(PrincipalId::parse(owner).map_err(|_| {
+            ApiError::InvalidRequest("ownerId: must be a principal id or all".into())
+        })?),
+    };
+    let result = state
+        .store
+        .list_tokens(&me.workspace_id, &filter, &page)
+        .await?;
+    Ok(Json(TokenPage {
+        items: result.items.into_iter().map(TokenResponse::from).collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+/// Revokes a token: the caller's own, or (admins) any token of the workspace. The token is
+/// refused on every node from the next request.
+#[utoipa::path(delete, path = "/api/v1/auth/tokens/{id}", tag = "tokens",
+    security(("bearer" = ["manage:tokens"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:tokens"), ("id" = String, Path, description = "tok_…")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    caller: Authorized<ManageTokens>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let me = &caller.identity.principal;
+    let id = TokenId::parse(&id)
+        .map_err(|_| ApiError::InvalidRequest("id: must be a token id (tok_…)".into()))?;
+    let owner = (me.role != Role::Admin).then_some(&me.id);
+    let revoked = state
+        .store
+        .revoke_token(&me.workspace_id, &id, owner)
+        .await
+        .map_err(|e| match e {
+            datastack_store::Error::NotFound => ApiError::not_found("token"),
+            other => other.into(),
+        })?;
+    state
+        .credentials
+        .invalidate(&Invalidation::Token(revoked.digest_hex.clone()));
+    tracing::info!(token_id = %revoked.id, "token revoked");
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,309 @@
+//! Workspaces: list, get, create (with a first admin), update settings.
+//!
+//! A caller sees its own workspace and the workspaces created from it.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use chrono::{DateTime, Utc};
+use datastack_core::authz::Role;
+use datastack_core::credential::{self, CredentialKind};
+use datastack_core::id::{PrincipalId, WorkspaceId};
+use datastack_core::model::{Principal, PrincipalKind, Status, Workspace, WorkspaceSettings};
+use datastack_core::scope::ScopeSet;
+use datastack_core::validate::{self, Email};
+use datastack_store::WorkspacePatch;
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::principals::PrincipalResponse;
+use super::{PageParams, page_of};
+use crate::app::new_token_record;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::pipeline::authorize::{Authorized, ManageWorkspaces, ReadWorkspaces};
+use crate::pipeline::extract::{Json, Path, Query};
+use crate::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/workspaces",
+            get(list_workspaces).post(create_workspace),
+        )
+        .route(
+            "/api/v1/workspaces/{id}",
+            get(get_workspace).patch(update_workspace),
+        )
+}
+
+/// Workspace settings as shown.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsResponse {
+    /// The longest PAT lifetime in days; `null`: no maximum.
+    pub max_token_lifetime_days: Option<u32>,
+}
+
+/// A workspace.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkspaceResponse {
+    /// `ws_…`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// The workspace it was created from, if any.
+    pub parent_id: Option<String>,
+    /// Credential policy.
+    pub settings: SettingsResponse,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<Workspace> for WorkspaceResponse {
+    fn from(w: Workspace) -> Self {
+        Self {
+            id: w.id.to_string(),
+            name: w.name,
+            parent_id: w.parent_id.map(|p| p.to_string()),
+            settings: SettingsResponse {
+                max_token_lifetime_days: w.settings.max_token_lifetime_days,
+            },
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+page_of!(WorkspacePage, WorkspaceResponse);
+
+/// Settings as submitted.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SettingsRequest {
+    /// 1–36500 days, or `null` for no maximum.
+    pub max_token_lifetime_days: Option<i64>,
+}
+
+impl SettingsRequest {
+    fn validate(&self) -> ApiResult<WorkspaceSettings> {
+        let max = match self.max_token_lifetime_days {
+            None => None,
+            Some(d) if (1..=36_500).contains(&d) => Some(d as u32),
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "settings.maxTokenLifetimeDays: must be between 1 and 36500, or null".into(),
+                ));
+            }
+        };
+        Ok(WorkspaceSettings {
+            max_token_lifetime_days: max,
+        })
+    }
+}
+
+/// A workspace to create, with its first admin.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CreateWorkspaceRequest {
+    /// Display name, 1–200 characters.
+    pub name: String,
+    /// The first admin's email (default `admin@<name>.datastack.local`).
+    pub admin_email: Option<String>,
+    /// The first admin's name (default `Administrator`).
+    pub admin_name: Option<String>,
+    /// Initial settings.
+    pub settings: Option<SettingsRequest>,
+}
+
+/// A created workspace, its first admin, and that admin's token (shown once).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreatedWorkspaceResponse {
+    /// The workspace.
+    pub workspace: WorkspaceResponse,
+    /// Its first admin.
+    pub admin: PrincipalResponse,
+    /// The admin's `all-apis` token. Store it now; it cannot be shown again.
+    pub admin_token: String,
+}
+
+/// A change; absent fields stay as they are.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateWorkspaceRequest {
+    /// New display name.
+    pub name: Option<String>,
+    /// New settings (replace the old ones).
+    pub settings: Option<SettingsRequest>,
+}
+
+fn parse_id(id: &str) -> ApiResult<WorkspaceId> {
+    WorkspaceId::parse(id)
+        .map_err(|_| ApiError::InvalidRequest("id: must be a workspace id (ws_…)".into()))
+}
+
+fn not_found(e: datastack_store::Error) -> ApiError {
+    match e {
+        datastack_store::Error::NotFound => ApiError::not_found("workspace"),
+        other => other.into(),
+    }
+}
+
+/// Lists the caller's workspace and those created from it.
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces",
+    security(("bearer" = ["read:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "read:workspaces"), PageParams),
+    responses((status = 200, body = WorkspacePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn list_workspaces(
+    State(state): State<AppState>,
+    caller: Authorized<ReadWorkspaces>,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<WorkspacePage>> {
+    let page = params.to_request()?;
+    let result = state
+        .store
+        .list_workspaces(&caller.identity.principal.workspace_id, &page)
+        .await?;
+    Ok(Json(WorkspacePage {
+        items: result
+            .items
+            .into_iter()
+            .map(WorkspaceResponse::from)
+            .collect(),
+        next_cursor: result.next_cursor,
+    }))
+}
+
+/// Gets a workspace the caller can see.
+#[utoipa::path(get, path = "/api/v1/workspaces/{id}", tag = "workspaces",
+    security(("bearer" = ["read:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "read:workspaces"), ("id" = String, Path, description = "ws_…")),
+    responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn get_workspace(
+    State(state): State<AppState>,
+    caller: Authorized<ReadWorkspaces>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceResponse>> {
+    let id = parse_id(&id)?;
+    let ws = state
+        .store
+        .get_visible_workspace(&caller.identity.principal.workspace_id, &id)
+        .await
+        .map_err(not_found)?;
+    Ok(Json(WorkspaceResponse::from(ws)))
+}
+
+/// Creates a workspace under the caller's, with a first admin and its token.
+#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces",
+    security(("bearer" = ["manage:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:workspaces")),
+    request_body = CreateWorkspaceRequest,
+    responses((status = 201, body = CreatedWorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn create_workspace(
+    State(state): State<AppState>,
+    caller: Authorized<ManageWorkspaces>,
+    Json(body): Json<CreateWorkspaceRequest>,
+) -> ApiResult<(StatusCode, Json<CreatedWorkspaceResponse>)> {
+    let name = validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
+    let settings = body
+        .settings
+        .as_ref()
+        .map(SettingsRequest::validate)
+        .transpose()?
+        .unwrap_or_default();
+    let admin_email = match &body.admin_email {
+        Some(e) => Email::parse(e)
+            .map_err(|_| ApiError::InvalidRequest("adminEmail: must be an email address".into()))?,
+        None => Email::from_trusted("admin@datastack.local".to_owned()),
+    };
+    let admin_name = match &body.admin_name {
+        Some(n) => validate::text("adminName", n, validate::MAX_NAME_LEN)?,
+        None => "Administrator".to_owned(),
+    };
+    let now = Utc::now();
+    let ws = Workspace {
+        id: WorkspaceId::generate(),
+        name,
+        parent_id: Some(caller.identity.principal.workspace_id.clone()),
+        settings,
+        created_at: now,
+        updated_at: now,
+    };
+    let admin = Principal {
+        id: PrincipalId::generate_user(),
+        kind: PrincipalKind::User,
+        workspace_id: ws.id.clone(),
+        email: Some(admin_email),
+        name: admin_name,
+        role: Role::Admin,
+        status: Status::Active,
+        created_at: now,
+        updated_at: now,
+    };
+    let secret = credential::generate(CredentialKind::PersonalAccessToken);
+    let lifetime = ws
+        .settings
+        .max_token_lifetime_days
+        .map(|d| now + chrono::Duration::days(i64::from(d)));
+    let token = new_token_record(
+        &admin,
+        "workspace admin token",
+        ScopeSet::all_apis(),
+        lifetime,
+        &secret,
+    );
+    state
+        .store
+        .create_workspace_with_admin(&ws, &admin, &token)
+        .await?;
+    tracing::info!(workspace = %ws.id, by = %caller.identity.principal.id, "workspace created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWorkspaceResponse {
+            workspace: WorkspaceResponse::from(ws),
+            admin: PrincipalResponse::from(admin),
+            admin_token: secret.secret.expose_secret().to_owned(),
+        }),
+    ))
+}
+
+/// Updates a workspace's name or settings.
+#[utoipa::path(patch, path = "/api/v1/workspaces/{id}", tag = "workspaces",
+    security(("bearer" = ["manage:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
+    request_body = UpdateWorkspaceRequest,
+    responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn update_workspace(
+    State(state): State<AppState>,
+    caller: Authorized<ManageWorkspaces>,
+    Path(id): Path<String>,
+    Json(body): Json<UpdateWorkspaceRequest>,
+) -> ApiResult<Json<WorkspaceResponse>> {
+    let id = parse_id(&id)?;
+    let patch = WorkspacePatch {
+        name: body
+            .name
+            .map(|n| validate::text("name", &n, validate::MAX_NAME_LEN))
+            .transpose()?,
+        settings: body
+            .settings
+            .as_ref()
+            .map(SettingsRequest::validate)
+            .transpose()?,
+    };
+    let ws = state
+        .store
+        .update_workspace(&caller.identity.principal.workspace_id, &id, &patch)
+        .await
+        .map_err(not_found)?;
+    Ok(Json(WorkspaceResponse::from(ws)))
+}

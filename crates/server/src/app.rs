@@ -1,0 +1,306 @@
+//! Building and running one node: open and migrate the store, bootstrap on first start,
+//! bind, serve, and shut down gracefully (drain in-flight requests, flush batches).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use chrono::Utc;
+use datastack_core::authz::Role;
+use datastack_core::credential::{self, CredentialKind};
+use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
+use datastack_core::model::{
+    Principal, PrincipalKind, Status, Token, Workspace, WorkspaceSettings,
+};
+use datastack_core::scope::ScopeSet;
+use datastack_core::validate::Email;
+use datastack_store::{Store, StoreConfig};
+use secrecy::SecretString;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use crate::config::Config;
+use crate::credentials::CredentialVerifier;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pipeline;
+use crate::state::AppState;
+use crate::workers;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The store could not be opened or migrated.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] datastack_store::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// A built node, bound and ready to serve.
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    router: Router,
+    state: AppState,
+    admin_token: Option<SecretString>,
+    shutdown_tx: watch::Sender<bool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+/// Tells a running node to stop; see [`Application::shutdown_handle`].
+#[derive(Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Starts a graceful shutdown.
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// Opens the store described by `config`.
+pub fn store_config(config: &Config) -> StoreConfig {
+    match &config.database_url {
+        Some(url) => StoreConfig::Postgres {
+            url: url.clone(),
+            max_connections: config.database_max_connections,
+        },
+        None => StoreConfig::Sqlite {
+            dir: config.data_dir.clone(),
+        },
+    }
+}
+
+/// Opens the store described by `config`, applies its migrations and closes it.
+pub async fn migrate(config: &Config) -> Result<(), StartError> {
+    let store = Store::open(&store_config(config)).await?;
+    let result = store.migrate().await;
+    store.close().await;
+    Ok(result?)
+}
+
+impl Application {
+    /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
+    pub async fn build(config: Config) -> Result<Self, StartError> {
+        let store = Store::open(&store_config(&config)).await?;
+        store.migrate().await?;
+        let admin_token = bootstrap(&store).await?;
+        let metrics = Arc::new(Metrics::new());
+        let credentials = Arc::new(CredentialVerifier::new(
+            store.clone(),
+            config.cache_capacity,
+            config.cache_ttl,
+            metrics.clone(),
+        ));
+        let config = Arc::new(config);
+        let state = AppState {
+            store: store.clone(),
+            credentials: credentials.clone(),
+            metrics: metrics.clone(),
+            config: config.clone(),
+        };
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let mut worker_handles = vec![tokio::spawn(workers::usage::usage_flusher(
+            credentials.clone(),
+            metrics.clone(),
+            config.usage_flush_interval,
+            shutdown_rx.clone(),
+        ))];
+        // Subscribe before serving, so no revocation committed after start is missed.
+        if let Some(listener) = store.listen_invalidations().await? {
+            worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
+                store.clone(),
+                listener,
+                credentials.clone(),
+                shutdown_rx,
+            )));
+        }
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let router = router(state.clone());
+        Ok(Self {
+            listener,
+            addr,
+            router,
+            state,
+            admin_token,
+            shutdown_tx,
+            workers: worker_handles,
+        })
+    }
+
+    /// The bound address (the port is the real one when the config said port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The first admin's token, on the first start of a new store only; taken once.
+    pub fn take_admin_token(&mut self) -> Option<SecretString> {
+        self.admin_token.take()
+    }
+
+    /// A handle that stops the node gracefully.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown_tx.clone())
+    }
+
+    /// Serves until SIGINT/SIGTERM or the shutdown handle, drains in-flight requests,
+    /// stops the workers (which flush their batches) and closes the store.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let mut stop = self.shutdown_tx.subscribe();
+        let signal_tx = self.shutdown_tx.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            let _ = signal_tx.send(true);
+        });
+        tracing::info!(addr = %self.addr, backend = ?self.state.store.backend(), "serving");
+        let service = self
+            .router
+            .into_make_service_with_connect_info::<SocketAddr>();
+        axum::serve(self.listener, service)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await?;
+        let _ = self.shutdown_tx.send(true);
+        for worker in self.workers {
+            let _ = worker.await;
+        }
+        self.state.store.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// The whole HTTP surface: the API routes, then the pipeline stages from the outside in.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    crate::api::routes()
+        .fallback(|| async { ApiError::NotFound("no such path".into()) })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Stages run top to bottom for a request: `layer` wraps what is above it, so the
+        // last one added runs first.
+        .layer(from_fn_with_state(
+            state.clone(),
+            pipeline::authenticate::authenticate,
+        ))
+        .layer(CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send>| {
+                axum::response::IntoResponse::into_response(ApiError::Internal(
+                    "a handler panicked".into(),
+                ))
+            },
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(from_fn_with_state(
+            state.clone(),
+            pipeline::request_id::request_id,
+        ))
+        .with_state(state)
+}
+
+/// On a store that was never bootstrapped, creates the `default` workspace, an admin and
+/// the admin's `all-apis` token, and returns the token. `None` on every later start.
+async fn bootstrap(store: &Store) -> Result<Option<SecretString>, datastack_store::Error> {
+    let now = Utc::now();
+    let ws = Workspace {
+        id: WorkspaceId::generate(),
+        name: "default".to_owned(),
+        parent_id: None,
+        settings: WorkspaceSettings::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    let admin = Principal {
+        id: PrincipalId::generate_user(),
+        kind: PrincipalKind::User,
+        workspace_id: ws.id.clone(),
+        email: Some(Email::from_trusted("admin@datastack.local".to_owned())),
+        name: "Administrator".to_owned(),
+        role: Role::Admin,
+        status: Status::Active,
+        created_at: now,
+        updated_at: now,
+    };
+    let secret = credential::generate(CredentialKind::PersonalAccessToken);
+    let token = new_token_record(
+        &admin,
+        "bootstrap admin token",
+        ScopeSet::all_apis(),
+        None,
+        &secret,
+    );
+    let created = store.bootstrap(&ws, &admin, &token).await?;
+    Ok(created.then_some(secret.secret))
+}
+
+/// The stored record of a freshly generated token.
+pub(crate) fn new_token_record(
+    owner: &Principal,
+    label: &str,
+    scopes: ScopeSet,
+    expires_at: Option<chrono::DateTime<Utc>>,
+    secret: &credential::NewSecret,
+) -> Token {
+    Token {
+        id: TokenId::generate(),
+        owner_id: owner.id.clone(),
+        workspace_id: owner.workspace_id.clone(),
+        label: label.to_owned(),
+        digest_hex: secret.digest.to_hex(),
+        last_four: secret.last_four.clone(),
+        scopes,
+        created_at: Utc::now(),
+        expires_at,
+        revoked_at: None,
+        last_used_at: None,
+        last_used_ip: None,
+    }
+}

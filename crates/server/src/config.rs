@@ -1,0 +1,261 @@
+//! Configuration: one [`Config`], loaded in layers (defaults < `datastack.toml` <
+//! `DATASTACK_*` environment < command-line flags) and validated once at start with
+//! messages that say what is wrong and how to fix it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The server's settings. See `docs/configuration.md` for each one.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The address to listen on. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Where the embedded SQLite store lives. Default `./.datastack`.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL URL; when set, the store is PostgreSQL and `data_dir` is unused.
+    pub database_url: Option<String>,
+    /// PostgreSQL pool size. Default 16.
+    pub database_max_connections: u32,
+    /// A Redis URL for cluster-wide rate-limit counters (used by edge enforcement).
+    pub redis_url: Option<String>,
+    /// The largest request body accepted, in bytes. Default 1 MiB.
+    pub max_body_bytes: usize,
+    /// How many verified credentials each node keeps in memory. Default 100 000.
+    pub cache_capacity: usize,
+    /// How long a cached credential is trusted before it is read again, as a safety net
+    /// behind revocation announcements. Default 60 s.
+    pub cache_ttl: Duration,
+    /// How often token `lastUsedAt`/`lastUsedIp` are written. Default 5 s.
+    pub usage_flush_interval: Duration,
+    /// The log filter, e.g. `info` or `datastack=debug,info`. Default `info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./.datastack"),
+            database_url: None,
+            database_max_connections: 16,
+            redis_url: None,
+            max_body_bytes: 1024 * 1024,
+            cache_capacity: 100_000,
+            cache_ttl: Duration::from_secs(60),
+            usage_flush_interval: Duration::from_secs(5),
+            log: "info".to_owned(),
+        }
+    }
+}
+
+/// One layer of settings: every field optional. The TOML file, the environment and the
+/// flags each produce one; later layers win.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct ConfigLayer {
+    /// `listen`.
+    pub listen: Option<String>,
+    /// `data_dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `database_url`.
+    pub database_url: Option<String>,
+    /// `database_max_connections`.
+    pub database_max_connections: Option<u32>,
+    /// `redis_url`.
+    pub redis_url: Option<String>,
+    /// `max_body_bytes`.
+    pub max_body_bytes: Option<u64>,
+    /// `cache_capacity`.
+    pub cache_capacity: Option<u64>,
+    /// `cache_ttl_seconds`.
+    pub cache_ttl_seconds: Option<u64>,
+    /// `usage_flush_interval_ms`.
+    pub usage_flush_interval_ms: Option<u64>,
+    /// `log`.
+    pub log: Option<String>,
+}
+
+/// A configuration problem, with where it came from and how to fix it.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+macro_rules! merge {
+    ($into:ident, $from:ident, $($field:ident),+) => {
+        $( if $from.$field.is_some() { $into.$field = $from.$field; } )+
+    };
+}
+
+impl ConfigLayer {
+    /// Reads `datastack.toml` (or `path`), if it exists. A path given explicitly must exist.
+    pub fn from_file(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let (path, required) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from("datastack.toml"), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => {
+                return Ok(Self::default());
+            }
+            Err(e) => {
+                return Err(ConfigError(format!("cannot read {}: {e}", path.display())));
+            }
+        };
+        toml::from_str(&text).map_err(|e| {
+            ConfigError(format!(
+                "{} is not valid: {e}; see docs/configuration.md for the keys",
+                path.display()
+            ))
+        })
+    }
+
+    /// Reads the `DATASTACK_*` variables from `vars`.
+    pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut layer = Self::default();
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix("DATASTACK_") else {
+                continue;
+            };
+            let number = |v: &str| {
+                v.trim()
+                    .parse::<u64>()
+                    .map_err(|_| ConfigError(format!("{key}={v:?} is not a whole number")))
+            };
+            match name {
+                "LISTEN" => layer.listen = Some(value),
+                "DATA_DIR" => layer.data_dir = Some(PathBuf::from(value)),
+                "DATABASE_URL" => layer.database_url = Some(value),
+                "DATABASE_MAX_CONNECTIONS" => {
+                    layer.database_max_connections = Some(
+                        u32::try_from(number(&value)?)
+                            .map_err(|_| ConfigError(format!("{key} is too large")))?,
+                    )
+                }
+                "REDIS_URL" => layer.redis_url = Some(value),
+                "MAX_BODY_BYTES" => layer.max_body_bytes = Some(number(&value)?),
+                "CACHE_CAPACITY" => layer.cache_capacity = Some(number(&value)?),
+                "CACHE_TTL_SECONDS" => layer.cache_ttl_seconds = Some(number(&value)?),
+                "USAGE_FLUSH_INTERVAL_MS" => layer.usage_flush_interval_ms = Some(number(&value)?),
+                "LOG" => layer.log = Some(value),
+                // Variables of the client commands and of the tests are not server settings.
+                _ => {}
+            }
+        }
+        Ok(layer)
+    }
+
+    /// Lays `other` over `self`: its set fields win.
+    pub fn merge(mut self, other: ConfigLayer) -> Self {
+        merge!(
+            self,
+            other,
+            listen,
+            data_dir,
+            database_url,
+            database_max_connections,
+            redis_url,
+            max_body_bytes,
+            cache_capacity,
+            cache_ttl_seconds,
+            usage_flush_interval_ms,
+            log
+        );
+        self
+    }
+
+    /// Validates the merged layers over the defaults.
+    pub fn build(self) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        if let Some(listen) = self.listen {
+            c.listen = listen.trim().parse().map_err(|_| {
+                ConfigError(format!(
+                    "listen = {listen:?} is not an address; use IP:PORT such as 127.0.0.1:8080 (port 0 picks a free one)"
+                ))
+            })?;
+        }
+        if let Some(dir) = self.data_dir {
+            if dir.as_os_str().is_empty() {
+                return Err(ConfigError(
+                    "data_dir is empty; give a directory such as ./.datastack".into(),
+                ));
+            }
+            c.data_dir = dir;
+        }
+        if let Some(url) = self.database_url.filter(|u| !u.trim().is_empty()) {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(ConfigError(
+                    "database_url must be a PostgreSQL URL (postgres://user@host:5432/db); leave it unset for the embedded SQLite store".into(),
+                ));
+            }
+            c.database_url = Some(url);
+        }
+        if let Some(n) = self.database_max_connections {
+            if !(1..=1000).contains(&n) {
+                return Err(ConfigError(
+                    "database_max_connections must be between 1 and 1000".into(),
+                ));
+            }
+            c.database_max_connections = n;
+        }
+        if let Some(url) = self.redis_url.filter(|u| !u.trim().is_empty()) {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(ConfigError(
+                    "redis_url must start with redis:// or rediss://".into(),
+                ));
+            }
+            c.redis_url = Some(url);
+        }
+        if let Some(n) = self.max_body_bytes {
+            if !(1024..=64 * 1024 * 1024).contains(&n) {
+                return Err(ConfigError(
+                    "max_body_bytes must be between 1024 and 67108864 (64 MiB)".into(),
+                ));
+            }
+            c.max_body_bytes = usize::try_from(n)
+                .map_err(|_| ConfigError("max_body_bytes is too large".into()))?;
+        }
+        if let Some(n) = self.cache_capacity {
+            if !(1..=10_000_000).contains(&n) {
+                return Err(ConfigError(
+                    "cache_capacity must be between 1 and 10000000".into(),
+                ));
+            }
+            c.cache_capacity = usize::try_from(n)
+                .map_err(|_| ConfigError("cache_capacity is too large".into()))?;
+        }
+        if let Some(s) = self.cache_ttl_seconds {
+            if !(1..=3600).contains(&s) {
+                return Err(ConfigError(
+                    "cache_ttl_seconds must be between 1 and 3600".into(),
+                ));
+            }
+            c.cache_ttl = Duration::from_secs(s);
+        }
+        if let Some(ms) = self.usage_flush_interval_ms {
+            if !(10..=600_000).contains(&ms) {
+                return Err(ConfigError(
+                    "usage_flush_interval_ms must be between 10 and 600000".into(),
+                ));
+            }
+            c.usage_flush_interval = Duration::from_millis(ms);
+        }
+        if let Some(log) = self.log {
+            log.parse::<tracing_filter::Targets>().map_err(|e| {
+                ConfigError(format!(
+                    "log = {log:?} is not a log filter ({e}); use e.g. info or datastack=debug,info"
+                ))
+            })?;
+            c.log = log;
+        }
+        Ok(c)
+    }
+}
+
+/// The log filter type, re-exported so the binary and this validation agree.
+pub mod tracing_filter {
+    pub use tracing_subscriber::filter::Targets;
+}

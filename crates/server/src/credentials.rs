@@ -1,0 +1,222 @@
+//! Credential verification: the one path every bearer credential goes through.
+//!
+//! A presented secret is checked for format and checksum, hashed, and looked up by digest,
+//! first in a bounded in-process cache, then in the store. Revocations and principal
+//! changes invalidate the cache (locally at once, on other nodes through the store's
+//! announcements). A generation counter keeps a lookup that raced with an invalidation
+//! from putting a stale entry back. Uses are buffered and written in batches.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use datastack_core::credential::{self, CredentialKind, SecretDigest};
+use datastack_core::id::TokenId;
+use datastack_core::model::{Principal, Status, Token};
+use datastack_store::{Invalidation, Store, TokenUse};
+use secrecy::SecretString;
+
+use crate::metrics::Metrics;
+
+/// A verified credential and the principal it acts for.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The credential.
+    pub token: Token,
+    /// Its owner, as of the verification.
+    pub principal: Principal,
+    /// The credential's kind.
+    pub kind: CredentialKind,
+}
+
+/// Why a credential was refused. Every variant answers the same 401 to the client; the
+/// distinction is for metrics and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not a well-formed datastack secret.
+    Malformed,
+    /// Well-formed but unknown.
+    Unknown,
+    /// Past its expiry.
+    Expired,
+    /// Revoked.
+    Revoked,
+    /// Its owner is suspended.
+    OwnerSuspended,
+}
+
+impl Rejection {
+    /// A label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::Malformed => "malformed",
+            Rejection::Unknown => "unknown",
+            Rejection::Expired => "expired",
+            Rejection::Revoked => "revoked",
+            Rejection::OwnerSuspended => "owner_suspended",
+        }
+    }
+}
+
+/// A failure to verify that is not the credential's fault.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct VerifyError(#[from] pub datastack_store::Error);
+
+struct CachedCredential {
+    token: Token,
+    principal: Principal,
+    kind: CredentialKind,
+    fetched: Instant,
+}
+
+/// Verifies bearer credentials and keeps the cache of verified ones.
+pub struct CredentialVerifier {
+    store: Store,
+    cache: quick_cache::sync::Cache<SecretDigest, Arc<CachedCredential>>,
+    ttl: Duration,
+    generation: AtomicU64,
+    uses: std::sync::Mutex<HashMap<TokenId, (DateTime<Utc>, Option<IpAddr>)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl CredentialVerifier {
+    /// A verifier over `store` caching up to `capacity` credentials for at most `ttl`.
+    pub fn new(store: Store, capacity: usize, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            cache: quick_cache::sync::Cache::new(capacity),
+            ttl,
+            generation: AtomicU64::new(0),
+            uses: std::sync::Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Verifies a presented secret at `now` from `ip`.
+    pub async fn verify(
+        &self,
+        secret: &SecretString,
+        ip: Option<IpAddr>,
+    ) -> Result<Result<Identity, Rejection>, VerifyError> {
+        let Some(presented) = credential::parse_presented(secret) else {
+            return Ok(Err(Rejection::Malformed));
+        };
+        let now = Utc::now();
+        let cached = self
+            .cache
+            .get(&presented.digest)
+            .filter(|c| c.fetched.elapsed() < self.ttl);
+        let entry = match cached {
+            Some(entry) => {
+                self.metrics.cache_hit();
+                entry
+            }
+            None => {
+                self.metrics.cache_miss();
+                let generation = self.generation.load(Ordering::Acquire);
+                let Some((token, principal)) = self
+                    .store
+                    .find_token_by_digest(&presented.digest.to_hex())
+                    .await?
+                else {
+                    return Ok(Err(Rejection::Unknown));
+                };
+                // The digest was the lookup key; compare it again in constant time so the
+                // decision never rests on a variable-time comparison.
+                if !presented.digest.ct_eq(&token.digest_hex) {
+                    return Ok(Err(Rejection::Unknown));
+                }
+                let entry = Arc::new(CachedCredential {
+                    token,
+                    principal,
+                    kind: presented.kind,
+                    fetched: Instant::now(),
+                });
+                if self.generation.load(Ordering::Acquire) == generation {
+                    self.cache.insert(presented.digest.clone(), entry.clone());
+                }
+                entry
+            }
+        };
+        if entry.token.revoked_at.is_some() {
+            return Ok(Err(Rejection::Revoked));
+        }
+        if entry.token.expires_at.is_some_and(|e| e <= now) {
+            return Ok(Err(Rejection::Expired));
+        }
+        if entry.principal.status != Status::Active {
+            return Ok(Err(Rejection::OwnerSuspended));
+        }
+        self.note_use(&entry.token.id, now, ip);
+        Ok(Ok(Identity {
+            token: entry.token.clone(),
+            principal: entry.principal.clone(),
+            kind: entry.kind,
+        }))
+    }
+
+    fn note_use(&self, id: &TokenId, at: DateTime<Utc>, ip: Option<IpAddr>) {
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        uses.insert(id.clone(), (at, ip));
+    }
+
+    /// Drops what `inv` names from the cache.
+    pub fn invalidate(&self, inv: &Invalidation) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        match inv {
+            Invalidation::Token(digest_hex) => {
+                // The cache is keyed by digest; find the entry whose digest matches.
+                let victims: Vec<SecretDigest> = self
+                    .cache
+                    .iter()
+                    .filter(|(_, v)| &v.token.digest_hex == digest_hex)
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in victims {
+                    self.cache.remove(&k);
+                }
+            }
+            Invalidation::Principal(id) => {
+                let victims: Vec<SecretDigest> = self
+                    .cache
+                    .iter()
+                    .filter(|(_, v)| v.principal.id.as_str() == id)
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in victims {
+                    self.cache.remove(&k);
+                }
+            }
+            Invalidation::All => self.cache.clear(),
+        }
+    }
+
+    /// Writes the buffered uses to the store. On failure they are put back, keeping any
+    /// newer use recorded meanwhile.
+    pub async fn flush_uses(&self) -> Result<usize, VerifyError> {
+        let batch: Vec<TokenUse> = {
+            let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *uses)
+                .into_iter()
+                .map(|(id, (at, ip))| TokenUse { id, at, ip })
+                .collect()
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        match self.store.record_token_uses(&batch).await {
+            Ok(()) => Ok(batch.len()),
+            Err(e) => {
+                let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+                for u in batch {
+                    uses.entry(u.id).or_insert((u.at, u.ip));
+                }
+                Err(e.into())
+            }
+        }
+    }
+}

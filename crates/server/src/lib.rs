@@ -1,0 +1,21 @@
+//! The datastack HTTP server.
+//!
+//! [`Application::build`] opens the store, bootstraps it on first start and binds;
+//! [`Application::run_until_stopped`] serves. One module per API area lives in `api`, the
+//! request pipeline in `pipeline` (one file per stage), background work in `workers`.
+//! This crate never writes SQL: persistence is `datastack-store`'s.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod credentials;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod pipeline;
+pub mod state;
+pub mod workers;
+
+pub use app::{Application, ShutdownHandle, StartError};
+pub use config::{Config, ConfigError, ConfigLayer};

@@ -1,0 +1,86 @@
+//! The authenticate stage: resolves the client address and the bearer credential, if any,
+//! and records the outcome in the request's extensions. It refuses nothing by itself:
+//! whether a route needs a credential is decided by the extractor in its handler's
+//! signature ([`super::authorize`]), and later stages (rate limits) read the outcome too.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use secrecy::SecretString;
+
+use crate::credentials::{Identity, Rejection};
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The client's address: the socket peer (trusted-proxy handling comes with edge enforcement).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+/// What the request proved about its caller.
+#[derive(Debug, Clone)]
+pub enum Authentication {
+    /// No `Authorization` header.
+    Anonymous,
+    /// An `Authorization` header that is not `Bearer <credential>`.
+    MalformedHeader,
+    /// A bearer credential that was refused.
+    Rejected(Rejection),
+    /// A verified credential.
+    Verified(Box<Identity>),
+}
+
+/// The middleware.
+pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    req.extensions_mut().insert(ClientIp(ip));
+    let outcome = match req.headers().get(AUTHORIZATION) {
+        None => Authentication::Anonymous,
+        Some(value) => match bearer(value.as_bytes()) {
+            None => Authentication::MalformedHeader,
+            Some(secret) => match state.credentials.verify(&secret, ip).await {
+                Ok(Ok(identity)) => Authentication::Verified(Box::new(identity)),
+                Ok(Err(rejection)) => Authentication::Rejected(rejection),
+                Err(e) => return ApiError::from(e.0).into_response(),
+            },
+        },
+    };
+    req.extensions_mut().insert(outcome);
+    next.run(req).await
+}
+
+/// Extracts the credential of `Bearer <credential>` (scheme case-insensitive, RFC 6750).
+fn bearer(value: &[u8]) -> Option<SecretString> {
+    let value = std::str::from_utf8(value).ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return None;
+    }
+    let credential = credential.trim();
+    if credential.is_empty() || credential.contains(' ') {
+        return None;
+    }
+    Some(SecretString::from(credential.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    #[test]
+    fn bearer_header_parsing() {
+        let ok = super::bearer(b"Bearer abc").expect("bearer");
+        assert_eq!(ok.expose_secret(), "abc");
+        assert!(super::bearer(b"bearer abc").is_some());
+        assert!(super::bearer(b"Basic abc").is_none());
+        assert!(super::bearer(b"Bearer").is_none());
+        assert!(super::bearer(b"Bearer ").is_none());
+        assert!(super::bearer(b"Bearer a b").is_none());
+        assert!(super::bearer(&[0xff, 0xfe]).is_none());
+    }
+}

@@ -1,0 +1,142 @@
+//! The authorize stage, as extractors: a handler's signature says what it requires.
+//!
+//! `Authorized<ManageTokens>` yields the caller's identity only when the request carries a
+//! valid credential and an `x-datastack-scope` that is granted to it and covers
+//! `manage:tokens`, and the owner's role allows `manage:tokens`. `Authenticated` requires
+//! a valid credential and no scope (for `/api/v1/me`).
+
+use std::marker::PhantomData;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use datastack_core::authz;
+use datastack_core::scope::{Resource, Scope};
+
+use crate::credentials::Identity;
+use crate::error::ApiError;
+use crate::pipeline::authenticate::{Authentication, ClientIp};
+use crate::state::AppState;
+
+/// The header naming the scope a call acts with.
+pub const SCOPE_HEADER: &str = "x-datastack-scope";
+
+/// A marker type naming the scope an operation requires.
+pub trait RequiredScope: Send + Sync + 'static {
+    /// The scope.
+    const SCOPE: Scope;
+}
+
+macro_rules! required_scopes {
+    ($($name:ident = $access:ident $resource:ident;)+) => {
+        $(
+            #[doc = concat!("Requires `", stringify!($access), ":", stringify!($resource), "`.")]
+            pub struct $name;
+            impl RequiredScope for $name {
+                const SCOPE: Scope = Scope::$access(Resource::$resource);
+            }
+        )+
+    };
+}
+
+required_scopes! {
+    ReadTokens = read Tokens;
+    ManageTokens = manage Tokens;
+    ReadUsers = read Users;
+    ManageUsers = manage Users;
+    ReadWorkspaces = read Workspaces;
+    ManageWorkspaces = manage Workspaces;
+}
+
+/// A caller with a valid credential, and the client address.
+pub struct Authenticated {
+    /// Who is calling, with which credential.
+    pub identity: Identity,
+    /// From where.
+    pub client_ip: ClientIp,
+}
+
+/// A caller allowed to perform an operation requiring `S::SCOPE`.
+pub struct Authorized<S: RequiredScope> {
+    /// Who is calling, with which credential.
+    pub identity: Identity,
+    /// The scope the caller acts with (from `x-datastack-scope`).
+    pub acting_scope: Scope,
+    _required: PhantomData<S>,
+}
+
+fn authenticated(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
+    let client_ip = parts
+        .extensions
+        .get::<ClientIp>()
+        .copied()
+        .unwrap_or(ClientIp(None));
+    let outcome = parts.extensions.get::<Authentication>();
+    let span = tracing::Span::current();
+    match outcome {
+        Some(Authentication::Verified(identity)) => {
+            span.record("principal", identity.principal.id.as_str());
+            Ok(Authenticated {
+                identity: (**identity).clone(),
+                client_ip,
+            })
+        }
+        Some(Authentication::Rejected(rejection)) => {
+            state.metrics.auth_decision("invalid_token");
+            span.record("decision", rejection.as_str());
+            Err(ApiError::InvalidToken)
+        }
+        Some(Authentication::MalformedHeader) | Some(Authentication::Anonymous) | None => {
+            state.metrics.auth_decision("unauthenticated");
+            span.record("decision", "unauthenticated");
+            Err(ApiError::Unauthenticated)
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let caller = authenticated(parts, state)?;
+        state.metrics.auth_decision("allowed");
+        tracing::Span::current().record("decision", "allowed");
+        Ok(caller)
+    }
+}
+
+impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Authenticated { identity, .. } = authenticated(parts, state)?;
+        let named = parts
+            .headers
+            .get(SCOPE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let span = tracing::Span::current();
+        match authz::decide(
+            named,
+            S::SCOPE,
+            &identity.token.scopes,
+            identity.principal.role,
+        ) {
+            Ok(acting_scope) => {
+                state.metrics.auth_decision("allowed");
+                span.record("decision", "allowed");
+                Ok(Authorized {
+                    identity,
+                    acting_scope,
+                    _required: PhantomData,
+                })
+            }
+            Err(denial) => {
+                state.metrics.auth_decision("insufficient_scope");
+                span.record("decision", "insufficient_scope");
+                Err(ApiError::InsufficientScope {
+                    required: S::SCOPE,
+                    message: denial.explain(S::SCOPE),
+                })
+            }
+        }
+    }
+}

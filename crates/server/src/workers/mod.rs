@@ -1,0 +1,4 @@
+//! Background work of a node.
+
+pub mod invalidations;
+pub mod usage;

@@ -1,0 +1,69 @@
+//! Cache invalidation across cluster nodes, through PostgreSQL LISTEN/NOTIFY.
+//!
+//! Writes that must reach every node's credential cache (a revoked token, a suspended or
+//! deleted principal) call `pg_notify` in the same transaction as the change, so the
+//! announcement is sent exactly when the change commits. Each node listens on its own
+//! connection. When that connection drops, notifications may have been missed, so the
+//! listener reports [`Invalidation::All`] and the node empties its cache.
+
+use sqlx::postgres::PgListener;
+
+use crate::{Result, Store};
+
+/// What a node must drop from its caches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The token with this digest (lowercase hex).
+    Token(String),
+    /// Every credential of this principal.
+    Principal(String),
+    /// Everything: announcements may have been missed.
+    All,
+}
+
+impl Invalidation {
+    pub(crate) fn encode(&self) -> String {
+        match self {
+            Invalidation::Token(d) => format!("token:{d}"),
+            Invalidation::Principal(p) => format!("principal:{p}"),
+            Invalidation::All => "all".to_owned(),
+        }
+    }
+
+    fn decode(s: &str) -> Self {
+        match s.split_once(':') {
+            Some(("token", d)) => Invalidation::Token(d.to_owned()),
+            Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
+            // Anything unexpected is treated as the safe choice.
+            _ => Invalidation::All,
+        }
+    }
+}
+
+/// A subscription to the invalidations announced by every node.
+pub struct InvalidationListener {
+    listener: PgListener,
+}
+
+impl Store {
+    /// Subscribes to invalidations. `None` on SQLite, which has one node only.
+    pub async fn listen_invalidations(&self) -> Result<Option<InvalidationListener>> {
+        let Some(url) = &self.pg_url else {
+            return Ok(None);
+        };
+        let mut listener = PgListener::connect(url).await?;
+        listener.listen(&self.channel).await?;
+        Ok(Some(InvalidationListener { listener }))
+    }
+}
+
+impl InvalidationListener {
+    /// Waits for the next invalidation. After a lost connection it reconnects and returns
+    /// [`Invalidation::All`]; an error means the database cannot be reached at all.
+    pub async fn recv(&mut self) -> Result<Invalidation> {
+        match self.listener.try_recv().await? {
+            Some(n) => Ok(Invalidation::decode(n.payload())),
+            None => Ok(Invalidation::All),
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Persistence for datastack on SQLite (embedded) or PostgreSQL (cluster).
+//!
+//! One [`Store`] type serves both engines: every query is written once, in SQL both
+//! understand (`$N` placeholders, `ON CONFLICT`), and run against whichever pool the store
+//! was opened with. Migrations for both live side by side in `migrations/` and run at start.
+//! This crate never speaks HTTP and holds no request-level policy beyond the integrity
+//! rules a transaction must enforce (such as "a workspace keeps an active admin").
+#![forbid(unsafe_code)]
+
+mod invalidation;
+mod principals;
+mod rows;
+mod tokens;
+mod workspaces;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+
+pub use invalidation::{Invalidation, InvalidationListener};
+pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
+pub use tokens::{TokenFilter, TokenUse};
+pub use workspaces::WorkspacePatch;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The record does not exist (or is not visible to the caller).
+    #[error("not found")]
+    NotFound,
+    /// The change conflicts with existing data; the message says how, for the caller.
+    #[error("{0}")]
+    Conflict(String),
+    /// The database cannot be reached now (pool exhausted or closed, connection lost).
+    #[error("the database is unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(sqlx::Error),
+    /// Migrations failed.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value could not be read back into a domain type.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Error::Unavailable(e)
+            }
+            other => Error::Database(other),
+        }
+    }
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One page of a list, ordered by id.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The records of this page.
+    pub items: Vec<T>,
+    /// The id to pass as the next page's cursor; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Where a list page starts and how long it is.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Return records whose id sorts after this one.
+    pub after: Option<String>,
+    /// How many records at most (already clamped by the caller).
+    pub limit: u32,
+}
+
+impl<T> Page<T> {
+    fn from_overfetch(mut items: Vec<T>, limit: u32, id_of: impl Fn(&T) -> String) -> Self {
+        let next_cursor = if items.len() > limit as usize {
+            items.truncate(limit as usize);
+            items.last().map(&id_of)
+        } else {
+            None
+        };
+        Page { items, next_cursor }
+    }
+}
+
+/// Which engine a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite, embedded.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, whichever engine it is.
+///
+/// The body is compiled once per engine, so one query text serves both.
+macro_rules! with_pool {
+    ($self:expr, $pool:ident => $body:expr) => {
+        match &$self.db {
+            $crate::Db::Sqlite($pool) => $body,
+            $crate::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// SQLite in `dir/datastack.db`; the directory is created if missing.
+    Sqlite {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
+    /// PostgreSQL at a `postgres://` URL.
+    Postgres {
+        /// The connection URL (may carry `options=-c search_path=…`).
+        url: String,
+        /// Pool size.
+        max_connections: u32,
+    },
+}
+
+/// The persistence of datastack.
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    /// The PostgreSQL channel on which invalidations are announced to other nodes.
+    channel: String,
+    pg_url: Option<String>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store (without migrating).
+    pub async fn open(config: &StoreConfig) -> Result<Self> {
+        match config {
+            StoreConfig::Sqlite { dir } => Self::open_sqlite(dir).await,
+            StoreConfig::Postgres {
+                url,
+                max_connections,
+            } => Self::open_postgres(url, *max_connections).await,
+        }
+    }
+
+    async fn open_sqlite(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Database(sqlx::Error::Configuration(
+                format!("cannot create the data directory {}: {e}", dir.display()).into(),
+            ))
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(dir.join("datastack.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL keeps every committed transaction across a power loss, not only a
+            // process crash: nothing accepted is lost.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .min_connections(1)
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            db: Db::Sqlite(pool),
+            channel: String::new(),
+            pg_url: None,
+        })
+    }
+
+    async fn open_postgres(url: &str, max_connections: u32) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        // Nodes sharing a schema share a channel; deployments in other schemas of the same
+        // database do not hear each other.
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        let channel = format!(
+            "datastack_invalidations_{}",
+            schema
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect::<String>()
+        );
+        Ok(Self {
+            db: Db::Postgres(pool),
+            channel,
+            pg_url: Some(url.to_owned()),
+        })
+    }
+
+    /// Which engine this store runs on.
+    pub fn backend(&self) -> Backend {
+        match self.db {
+            Db::Sqlite(_) => Backend::Sqlite,
+            Db::Postgres(_) => Backend::Postgres,
+        }
+    }
+
+    /// Applies the migrations this build carries that the database has not seen.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query("SELECT 1").execute(pool).await?;
+        });
+        Ok(())
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        match &self.db {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}

@@ -1,0 +1,279 @@
+//! Users and service principals.
+
+use chrono::Utc;
+use datastack_core::authz::Role;
+use datastack_core::id::{PrincipalId, WorkspaceId};
+use datastack_core::model::{Principal, PrincipalKind, Status};
+use datastack_core::validate::Email;
+
+use crate::invalidation::Invalidation;
+use crate::rows::PrincipalRow;
+use crate::{Error, Page, PageRequest, Result, Store, unique_violation, with_pool};
+
+/// A principal to create.
+#[derive(Debug, Clone)]
+pub struct NewPrincipal {
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+    /// User or service principal.
+    pub kind: PrincipalKind,
+    /// A user's email.
+    pub email: Option<Email>,
+    /// Display name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// A change to a principal; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct PrincipalPatch {
+    /// A new display name.
+    pub name: Option<String>,
+    /// A new role.
+    pub role: Option<Role>,
+    /// A new status.
+    pub status: Option<Status>,
+}
+
+/// Which principals a list returns.
+#[derive(Debug, Clone)]
+pub struct PrincipalFilter {
+    /// Users or service principals.
+    pub kind: PrincipalKind,
+    /// Only this role.
+    pub role: Option<Role>,
+    /// Only this status.
+    pub status: Option<Status>,
+}
+
+const PRINCIPAL_COLUMNS: &str =
+    "id, workspace_id, kind, email, name, role, status, created_at, updated_at";
+
+const LAST_ADMIN: &str = "this change would leave the workspace without an active admin";
+
+impl Store {
+    /// Creates a principal. A user whose email the workspace already has → `Conflict`.
+    pub async fn create_principal(&self, new: &NewPrincipal) -> Result<Principal> {
+        let now = Utc::now();
+        let principal = Principal {
+            id: match new.kind {
+                PrincipalKind::User => PrincipalId::generate_user(),
+                PrincipalKind::ServicePrincipal => PrincipalId::generate_service_principal(),
+            },
+            kind: new.kind,
+            workspace_id: new.workspace_id.clone(),
+            email: new.email.clone(),
+            name: new.name.clone(),
+            role: new.role,
+            status: Status::Active,
+            created_at: now,
+            updated_at: now,
+        };
+        let result = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO principals (id, workspace_id, kind, email, name, role, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(principal.id.as_str())
+            .bind(principal.workspace_id.as_str())
+            .bind(principal.kind.as_str())
+            .bind(principal.email.as_ref().map(|e| e.as_str()))
+            .bind(&principal.name)
+            .bind(principal.role.as_str())
+            .bind(principal.status.as_str())
+            .bind(principal.created_at)
+            .bind(principal.updated_at)
+            .execute(pool)
+            .await
+            .map(|_| ())
+        });
+        match result {
+            Ok(_) => Ok(principal),
+            Err(e) if unique_violation(&e) => Err(Error::Conflict(
+                "a user with this email already exists in the workspace".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A principal of `workspace` by id and kind.
+    pub async fn get_principal(
+        &self,
+        workspace: &WorkspaceId,
+        kind: PrincipalKind,
+        id: &PrincipalId,
+    ) -> Result<Principal> {
+        let sql = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1 AND workspace_id = $2 AND kind = $3"
+        );
+        let row: Option<PrincipalRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(id.as_str())
+                .bind(workspace.as_str())
+                .bind(kind.as_str())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.ok_or(Error::NotFound)?.into_domain()
+    }
+
+    /// The principals of `workspace` matching `filter`, ordered by id.
+    pub async fn list_principals(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &PrincipalFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Principal>> {
+        let sql = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals \
+             WHERE workspace_id = $1 AND kind = $2 AND ($3 IS NULL OR role = $3) \
+               AND ($4 IS NULL OR status = $4) AND id > $5 \
+             ORDER BY id LIMIT $6"
+        );
+        let rows: Vec<PrincipalRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(filter.kind.as_str())
+                .bind(filter.role.map(Role::as_str))
+                .bind(filter.status.map(Status::as_str))
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+        });
+        let items = rows
+            .into_iter()
+            .map(PrincipalRow::into_domain)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |p| {
+            p.id.to_string()
+        }))
+    }
+
+    /// Applies `patch` to a principal. Refuses (`Conflict`) a change that would leave the
+    /// workspace without an active admin. Announces the change so every node drops cached
+    /// credentials of the principal.
+    pub async fn update_principal(
+        &self,
+        workspace: &WorkspaceId,
+        kind: PrincipalKind,
+        id: &PrincipalId,
+        patch: &PrincipalPatch,
+    ) -> Result<Principal> {
+        let channel = self.channel.clone();
+        let notify = self.backend() == crate::Backend::Postgres;
+        let select = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1 AND workspace_id = $2 AND kind = $3"
+        );
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Touching the workspace row first serialises admin changes per workspace on
+            // both engines, so two concurrent demotions cannot both pass the check below.
+            sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
+                .bind(workspace.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let row: Option<PrincipalRow> = sqlx::query_as(&select)
+                .bind(id.as_str())
+                .bind(workspace.as_str())
+                .bind(kind.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current = row.ok_or(Error::NotFound)?.into_domain()?;
+            let role = patch.role.unwrap_or(current.role);
+            let status = patch.status.unwrap_or(current.status);
+            let was_active_admin = current.role == Role::Admin && current.status == Status::Active;
+            let stays_active_admin = role == Role::Admin && status == Status::Active;
+            if was_active_admin && !stays_active_admin {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM principals WHERE workspace_id = $1 AND role = 'admin' \
+                     AND status = 'active' AND id <> $2",
+                )
+                .bind(workspace.as_str())
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Err(Error::Conflict(LAST_ADMIN.into()));
+                }
+            }
+            sqlx::query("UPDATE principals SET name = $1, role = $2, status = $3, updated_at = $4 WHERE id = $5")
+                .bind(patch.name.as_deref().unwrap_or(&current.name))
+                .bind(role.as_str())
+                .bind(status.as_str())
+                .bind(Utc::now())
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(Invalidation::Principal(id.to_string()).encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        self.get_principal(workspace, kind, id).await
+    }
+
+    /// Deletes a principal and, with it, its tokens. Refuses (`Conflict`) to delete the
+    /// last active admin.
+    pub async fn delete_principal(
+        &self,
+        workspace: &WorkspaceId,
+        kind: PrincipalKind,
+        id: &PrincipalId,
+    ) -> Result<()> {
+        let channel = self.channel.clone();
+        let notify = self.backend() == crate::Backend::Postgres;
+        let select = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1 AND workspace_id = $2 AND kind = $3"
+        );
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
+                .bind(workspace.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let row: Option<PrincipalRow> = sqlx::query_as(&select)
+                .bind(id.as_str())
+                .bind(workspace.as_str())
+                .bind(kind.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current = row.ok_or(Error::NotFound)?.into_domain()?;
+            if current.role == Role::Admin && current.status == Status::Active {
+                let others: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM principals WHERE workspace_id = $1 AND role = 'admin' \
+                     AND status = 'active' AND id <> $2",
+                )
+                .bind(workspace.as_str())
+                .bind(id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+                if others == 0 {
+                    return Err(Error::Conflict(LAST_ADMIN.into()));
+                }
+            }
+            sqlx::query("DELETE FROM tokens WHERE owner_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("DELETE FROM principals WHERE id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(Invalidation::Principal(id.to_string()).encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Rows as the databases return them, and their conversion to domain types.
+
+use chrono::{DateTime, Utc};
+use datastack_core::authz::Role;
+use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
+use datastack_core::model::{
+    Principal, PrincipalKind, Status, Token, Workspace, WorkspaceSettings,
+};
+use datastack_core::scope::ScopeSet;
+use datastack_core::validate::Email;
+
+use crate::{Error, Result};
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct WorkspaceRow {
+    pub id: String,
+    pub name: String,
+    pub parent_id: Option<String>,
+    pub max_token_lifetime_days: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl WorkspaceRow {
+    pub fn into_domain(self) -> Result<Workspace> {
+        let max = self
+            .max_token_lifetime_days
+            .map(u32::try_from)
+            .transpose()
+            .map_err(|_| Error::Corrupt("max_token_lifetime_days out of range".into()))?;
+        Ok(Workspace {
+            id: WorkspaceId::from_trusted(self.id),
+            name: self.name,
+            parent_id: self.parent_id.map(WorkspaceId::from_trusted),
+            settings: WorkspaceSettings {
+                max_token_lifetime_days: max,
+            },
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct PrincipalRow {
+    pub id: String,
+    pub workspace_id: String,
+    pub kind: String,
+    pub email: Option<String>,
+    pub name: String,
+    pub role: String,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl PrincipalRow {
+    pub fn into_domain(self) -> Result<Principal> {
+        let kind = match self.kind.as_str() {
+            "user" => PrincipalKind::User,
+            "service_principal" => PrincipalKind::ServicePrincipal,
+            other => return Err(Error::Corrupt(format!("principal kind {other}"))),
+        };
+        Ok(Principal {
+            id: PrincipalId::from_trusted(self.id),
+            kind,
+            workspace_id: WorkspaceId::from_trusted(self.workspace_id),
+            email: self.email.map(Email::from_trusted),
+            name: self.name,
+            role: Role::parse(&self.role).map_err(|e| Error::Corrupt(e.to_string()))?,
+            status: Status::parse(&self.status).map_err(|e| Error::Corrupt(e.to_string()))?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TokenRow {
+    pub id: String,
+    pub workspace_id: String,
+    pub owner_id: String,
+    pub label: String,
+    pub digest: String,
+    pub last_four: String,
+    pub scopes: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub last_used_ip: Option<String>,
+}
+
+impl TokenRow {
+    pub fn into_domain(self) -> Result<Token> {
+        let scopes: Vec<&str> = self.scopes.split(' ').filter(|s| !s.is_empty()).collect();
+        Ok(Token {
+            id: TokenId::from_trusted(self.id),
+            owner_id: PrincipalId::from_trusted(self.owner_id),
+            workspace_id: WorkspaceId::from_trusted(self.workspace_id),
+            label: self.label,
+            digest_hex: self.digest,
+            last_four: self.last_four,
+            scopes: ScopeSet::parse(&scopes).map_err(|e| Error::Corrupt(e.to_string()))?,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            revoked_at: self.revoked_at,
+            last_used_at: self.last_used_at,
+            last_used_ip: self.last_used_ip,
+        })
+    }
+}
+
+/// Scopes are stored as one space-separated string.
+pub(crate) fn scopes_text(scopes: &ScopeSet) -> String {
+    scopes.to_strings().join(" ")
+}

@@ -1,0 +1,202 @@
+//! Personal access tokens: stored by digest, never by secret.
+
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
+use datastack_core::model::{Principal, Token};
+
+use crate::invalidation::Invalidation;
+use crate::rows::{PrincipalRow, TokenRow, scopes_text};
+use crate::{Error, Page, PageRequest, Result, Store, with_pool};
+
+/// Which tokens a list returns.
+#[derive(Debug, Clone)]
+pub enum TokenFilter {
+    /// The tokens of one principal.
+    Owner(PrincipalId),
+    /// Every token of the workspace.
+    Workspace,
+}
+
+/// One observed use of a token, recorded in batches.
+#[derive(Debug, Clone)]
+pub struct TokenUse {
+    /// The token.
+    pub id: TokenId,
+    /// When it was used.
+    pub at: DateTime<Utc>,
+    /// From where.
+    pub ip: Option<IpAddr>,
+}
+
+const TOKEN_COLUMNS: &str = "t.id, t.workspace_id, t.owner_id, t.label, t.digest, t.last_four, t.scopes, \
+     t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
+
+#[derive(sqlx::FromRow)]
+struct TokenWithOwnerRow {
+    #[sqlx(flatten)]
+    token: TokenRow,
+    p_id: String,
+    p_workspace_id: String,
+    p_kind: String,
+    p_email: Option<String>,
+    p_name: String,
+    p_role: String,
+    p_status: String,
+    p_created_at: DateTime<Utc>,
+    p_updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Stores a new token.
+    pub async fn insert_token(&self, token: &Token) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(token.id.as_str())
+            .bind(token.workspace_id.as_str())
+            .bind(token.owner_id.as_str())
+            .bind(&token.label)
+            .bind(&token.digest_hex)
+            .bind(&token.last_four)
+            .bind(scopes_text(&token.scopes))
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .execute(pool)
+            .await?;
+        });
+        Ok(())
+    }
+
+    /// The token with this digest and its owner, revoked or not; the caller decides.
+    pub async fn find_token_by_digest(
+        &self,
+        digest_hex: &str,
+    ) -> Result<Option<(Token, Principal)>> {
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, p.id AS p_id, p.workspace_id AS p_workspace_id, p.kind AS p_kind, \
+               p.email AS p_email, p.name AS p_name, p.role AS p_role, p.status AS p_status, \
+               p.created_at AS p_created_at, p.updated_at AS p_updated_at \
+             FROM tokens t JOIN principals p ON p.id = t.owner_id WHERE t.digest = $1"
+        );
+        let row: Option<TokenWithOwnerRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(digest_hex).fetch_optional(pool).await?
+        });
+        let Some(row) = row else { return Ok(None) };
+        let owner = PrincipalRow {
+            id: row.p_id,
+            workspace_id: row.p_workspace_id,
+            kind: row.p_kind,
+            email: row.p_email,
+            name: row.p_name,
+            role: row.p_role,
+            status: row.p_status,
+            created_at: row.p_created_at,
+            updated_at: row.p_updated_at,
+        }
+        .into_domain()?;
+        Ok(Some((row.token.into_domain()?, owner)))
+    }
+
+    /// Unrevoked tokens of `workspace` matching `filter`, ordered by id. Expired tokens are
+    /// listed (with their `expiresAt`) until revoked, so owners can see what lapsed.
+    pub async fn list_tokens(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &TokenFilter,
+        page: &PageRequest,
+    ) -> Result<Page<Token>> {
+        let owner = match filter {
+            TokenFilter::Owner(p) => Some(p.as_str()),
+            TokenFilter::Workspace => None,
+        };
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS} FROM tokens t \
+             WHERE t.workspace_id = $1 AND ($2 IS NULL OR t.owner_id = $2) AND t.revoked_at IS NULL \
+               AND t.id > $3 ORDER BY t.id LIMIT $4"
+        );
+        let rows: Vec<TokenRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(owner)
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+        });
+        let items = rows
+            .into_iter()
+            .map(TokenRow::into_domain)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |t| {
+            t.id.to_string()
+        }))
+    }
+
+    /// Revokes an unrevoked token of `workspace` (owned by `owner` when given) and announces
+    /// it to every node in the same transaction. Returns the revoked token.
+    pub async fn revoke_token(
+        &self,
+        workspace: &WorkspaceId,
+        id: &TokenId,
+        owner: Option<&PrincipalId>,
+    ) -> Result<Token> {
+        let channel = self.channel.clone();
+        let notify = self.backend() == crate::Backend::Postgres;
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND workspace_id = $3 \
+                 AND ($4 IS NULL OR owner_id = $4) AND revoked_at IS NULL",
+            )
+            .bind(Utc::now())
+            .bind(id.as_str())
+            .bind(workspace.as_str())
+            .bind(owner.map(PrincipalId::as_str))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Err(Error::NotFound);
+            }
+            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
+            let token = row.into_domain()?;
+            if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(Invalidation::Token(token.digest_hex.clone()).encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(token)
+        })
+    }
+
+    /// Records a batch of token uses in one transaction, keeping the latest use of each.
+    pub async fn record_token_uses(&self, uses: &[TokenUse]) -> Result<()> {
+        if uses.is_empty() {
+            return Ok(());
+        }
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            for u in uses {
+                sqlx::query(
+                    "UPDATE tokens SET last_used_at = $1, last_used_ip = $2 \
+                     WHERE id = $3 AND (last_used_at IS NULL OR last_used_at < $1)",
+                )
+                .bind(u.at)
+                .bind(u.ip.map(|ip| ip.to_string()))
+                .bind(u.id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+}

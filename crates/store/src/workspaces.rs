@@ -1,0 +1,201 @@
+//! Workspaces, and the first start that creates one with its admin.
+
+use chrono::Utc;
+use datastack_core::id::WorkspaceId;
+use datastack_core::model::{Principal, Token, Workspace, WorkspaceSettings};
+
+use crate::rows::{WorkspaceRow, scopes_text};
+use crate::{Error, Page, PageRequest, Result, Store, with_pool};
+
+/// A change to a workspace; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspacePatch {
+    /// A new name.
+    pub name: Option<String>,
+    /// New settings, replacing the old ones whole.
+    pub settings: Option<WorkspaceSettings>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    /// This is the first start: claim the bootstrap marker or do nothing.
+    Claim,
+    /// An ordinary creation.
+    Skip,
+}
+
+const WORKSPACE_COLUMNS: &str =
+    "id, name, parent_id, max_token_lifetime_days, created_at, updated_at";
+
+impl Store {
+    /// On a store that has never been bootstrapped, creates the first workspace, its admin
+    /// and the admin's token, and returns `true`. On any other store it changes nothing and
+    /// returns `false`, however many nodes try at once.
+    pub async fn bootstrap(
+        &self,
+        ws: &Workspace,
+        admin: &Principal,
+        token: &Token,
+    ) -> Result<bool> {
+        self.insert_workspace_with_admin(ws, admin, token, Marker::Claim)
+            .await
+    }
+
+    /// Creates a workspace with its first admin and that admin's token, in one transaction.
+    pub async fn create_workspace_with_admin(
+        &self,
+        ws: &Workspace,
+        admin: &Principal,
+        token: &Token,
+    ) -> Result<()> {
+        self.insert_workspace_with_admin(ws, admin, token, Marker::Skip)
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_workspace_with_admin(
+        &self,
+        ws: &Workspace,
+        admin: &Principal,
+        token: &Token,
+        marker: Marker,
+    ) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if marker == Marker::Claim {
+                let claimed = sqlx::query(
+                    "INSERT INTO bootstrap_marker (id, created_at) VALUES (1, $1) ON CONFLICT DO NOTHING",
+                )
+                .bind(Utc::now())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if claimed == 0 {
+                    return Ok(false);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(ws.id.as_str())
+            .bind(&ws.name)
+            .bind(ws.parent_id.as_ref().map(|p| p.as_str()))
+            .bind(ws.settings.max_token_lifetime_days.map(i64::from))
+            .bind(ws.created_at)
+            .bind(ws.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO principals (id, workspace_id, kind, email, name, role, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(admin.id.as_str())
+            .bind(admin.workspace_id.as_str())
+            .bind(admin.kind.as_str())
+            .bind(admin.email.as_ref().map(|e| e.as_str()))
+            .bind(&admin.name)
+            .bind(admin.role.as_str())
+            .bind(admin.status.as_str())
+            .bind(admin.created_at)
+            .bind(admin.updated_at)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(token.id.as_str())
+            .bind(token.workspace_id.as_str())
+            .bind(token.owner_id.as_str())
+            .bind(&token.label)
+            .bind(&token.digest_hex)
+            .bind(&token.last_four)
+            .bind(scopes_text(&token.scopes))
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// A workspace by id.
+    pub async fn get_workspace(&self, id: &WorkspaceId) -> Result<Workspace> {
+        let sql = format!("SELECT {WORKSPACE_COLUMNS} FROM workspaces WHERE id = $1");
+        let row: Option<WorkspaceRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?
+        });
+        row.ok_or(Error::NotFound)?.into_domain()
+    }
+
+    /// A workspace by id, if `viewer` may see it: its own workspace or one created from it.
+    pub async fn get_visible_workspace(
+        &self,
+        viewer: &WorkspaceId,
+        id: &WorkspaceId,
+    ) -> Result<Workspace> {
+        let ws = self.get_workspace(id).await?;
+        if &ws.id == viewer || ws.parent_id.as_ref() == Some(viewer) {
+            Ok(ws)
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// The workspaces `viewer` may see, ordered by id.
+    pub async fn list_workspaces(
+        &self,
+        viewer: &WorkspaceId,
+        page: &PageRequest,
+    ) -> Result<Page<Workspace>> {
+        let sql = format!(
+            "SELECT {WORKSPACE_COLUMNS} FROM workspaces \
+             WHERE (id = $1 OR parent_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+        );
+        let rows: Vec<WorkspaceRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(viewer.as_str())
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(i64::from(page.limit) + 1)
+                .fetch_all(pool)
+                .await?
+        });
+        let items = rows
+            .into_iter()
+            .map(WorkspaceRow::into_domain)
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page::from_overfetch(items, page.limit, |w| {
+            w.id.to_string()
+        }))
+    }
+
+    /// Applies `patch` to a workspace `viewer` may see and returns the result.
+    pub async fn update_workspace(
+        &self,
+        viewer: &WorkspaceId,
+        id: &WorkspaceId,
+        patch: &WorkspacePatch,
+    ) -> Result<Workspace> {
+        let current = self.get_visible_workspace(viewer, id).await?;
+        let name = patch.name.clone().unwrap_or(current.name);
+        let settings = patch.settings.clone().unwrap_or(current.settings);
+        let affected = with_pool!(self, pool => {
+            sqlx::query(
+                "UPDATE workspaces SET name = $1, max_token_lifetime_days = $2, updated_at = $3 WHERE id = $4",
+            )
+            .bind(&name)
+            .bind(settings.max_token_lifetime_days.map(i64::from))
+            .bind(Utc::now())
+            .bind(id.as_str())
+            .execute(pool)
+            .await?
+            .rows_affected()
+        });
+        if affected == 0 {
+            return Err(Error::NotFound);
+        }
+        self.get_workspace(id).await
+    }
+}
