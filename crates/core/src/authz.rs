@@ -104,9 +104,9 @@ impl Denial {
             Denial::ScopeNotGranted => {
                 "the scope in x-datastack-scope is not granted to this credential".to_owned()
             }
-            Denial::RoleForbids => {
-                format!("your role does not allow {required}")
-            }
+            Denial::RoleForbids => format!(
+                "your role does not hold the scope in x-datastack-scope; act with a scope your role holds that covers {required}"
+            ),
         }
     }
 }
@@ -128,7 +128,10 @@ pub fn decide(
     if !granted.covers(named) {
         return Err(Denial::ScopeNotGranted);
     }
-    if !role.permits(required) {
+    // The acting scope must be one the principal holds (token scopes ∩ role), not only
+    // one that happens to cover a permitted operation: a demoted admin's token cannot keep
+    // acting with `manage:users`, and only admins act with `all-apis`.
+    if !role.permits(named) || !role.permits(required) {
         return Err(Denial::RoleForbids);
     }
     Ok(named)

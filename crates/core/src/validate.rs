@@ -88,9 +88,9 @@ pub fn token_lifetime(
             "must be between 1 and 36500",
         )),
         (Some(d), None) => Ok(Some(Duration::days(d))),
-        (None, Some(s)) if !(60..=3_153_600_000).contains(&s) => Err(Error::invalid(
+        (None, Some(s)) if !(1..=3_153_600_000).contains(&s) => Err(Error::invalid(
             "lifetimeSeconds",
-            "must be between 60 and 3153600000",
+            "must be between 1 and 3153600000",
         )),
         (None, Some(s)) => Ok(Some(Duration::seconds(s))),
         (None, None) => Ok(None),
@@ -126,7 +126,8 @@ mod tests {
         assert_eq!(token_lifetime(Some(30), None), Ok(Some(Duration::days(30))));
         assert!(token_lifetime(Some(-1), None).is_err());
         assert!(token_lifetime(Some(0), None).is_err());
-        assert!(token_lifetime(None, Some(10)).is_err());
+        assert!(token_lifetime(None, Some(0)).is_err());
+        assert!(token_lifetime(None, Some(-5)).is_err());
         assert!(token_lifetime(Some(1), Some(100)).is_err());
         assert_eq!(token_lifetime(None, None), Ok(None));
     }

@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
 use datastack_core::id::{PrincipalId, TokenId};
-use datastack_core::model::Token;
+use datastack_core::model::{PrincipalKind, Token};
 use datastack_core::scope::ScopeSet;
 use datastack_core::validate;
 use datastack_store::{Invalidation, TokenFilter};
@@ -41,6 +41,9 @@ pub struct CreateTokenRequest {
     pub lifetime_seconds: Option<i64>,
     /// Scopes to grant; default `["all-apis"]`. The token acts with these ∩ the owner's role.
     pub scopes: Option<Vec<String>>,
+    /// Admins only: create the token for this principal (a user or service principal of
+    /// the workspace) instead of for the caller, e.g. a new user's first token.
+    pub owner_id: Option<String>,
 }
 
 /// A token as listed: never its secret.
@@ -112,7 +115,7 @@ pub struct ListTokensParams {
     pub cursor: Option<String>,
 }
 
-/// Creates a personal access token for the caller.
+/// Creates a personal access token for the caller (or, for admins, for `ownerId`).
 #[utoipa::path(post, path = "/api/v1/auth/tokens", tag = "tokens",
     security(("bearer" = ["manage:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
@@ -125,7 +128,35 @@ pub async fn create_token(
     caller: Authorized<ManageTokens>,
     Json(body): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedTokenResponse>)> {
-    let owner = caller.identity.principal;
+    let me = caller.identity.principal;
+    let owner = match body.owner_id.as_deref() {
+        None => me,
+        Some(id) if id == me.id.as_str() => me,
+        Some(_) if me.role != Role::Admin => {
+            return Err(ApiError::Forbidden(
+                "only admins may create tokens for other principals".into(),
+            ));
+        }
+        Some(id) => {
+            let id = PrincipalId::parse(id)
+                .map_err(|_| ApiError::InvalidRequest("ownerId: must be a principal id".into()))?;
+            let kind = if id.as_str().starts_with("usr_") {
+                PrincipalKind::User
+            } else {
+                PrincipalKind::ServicePrincipal
+            };
+            state
+                .store
+                .get_principal(&me.workspace_id, kind, &id)
+                .await
+                .map_err(|e| match e {
+                    datastack_store::Error::NotFound => ApiError::InvalidRequest(
+                        "ownerId: no such principal in this workspace".into(),
+                    ),
+                    other => other.into(),
+                })?
+        }
+    };
     let label = validate::text("label", &body.label, validate::MAX_LABEL_LEN)?;
     let scopes = match &body.scopes {
         None => ScopeSet::all_apis(),

@@ -1,0 +1,78 @@
+//! Cluster mode: two nodes on one PostgreSQL schema. A revocation or suspension through
+//! node A is refused by node B within one second although B had the credential cached.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{Backend, StoreLocation, TestApp, postgres_url};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_through_one_node_reaches_the_other_within_a_second() {
+    if postgres_url().is_none() {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
+        return;
+    }
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    // A long cache TTL: only the announcement can make node B forget.
+    let a = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let b = TestApp::spawn_on(store, |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    assert!(
+        b.admin_token.is_none(),
+        "the second node finds the store bootstrapped"
+    );
+    let admin = a.admin().to_owned();
+
+    let (token, id) = a.create_token(&admin, json!({"label": "shared"})).await;
+    // Node B verifies (and caches) the token.
+    for _ in 0..3 {
+        assert_eq!(b.me(&token).await.status, StatusCode::OK);
+    }
+    let r = a
+        .delete(
+            &format!("/api/v1/auth/tokens/{id}"),
+            &admin,
+            "manage:tokens",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let revoked_at = Instant::now();
+    loop {
+        if b.me(&token).await.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "node B still accepts a revoked token after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The same for a suspended principal.
+    let (user, user_token) = a.user_with_token("u@example.com", "editor").await;
+    assert_eq!(b.me(&user_token).await.status, StatusCode::OK);
+    let r = a
+        .post(
+            &format!("/api/v1/users/{user}/suspend"),
+            &admin,
+            "manage:users",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let suspended_at = Instant::now();
+    loop {
+        if b.me(&user_token).await.status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            suspended_at.elapsed() < Duration::from_secs(1),
+            "node B still accepts a suspended user's token after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    a.stop().await;
+    b.stop().await;
+}

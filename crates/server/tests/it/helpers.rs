@@ -1,0 +1,281 @@
+//! `TestApp`: a real server on 127.0.0.1:0 with a fresh store (its own SQLite directory or
+//! its own PostgreSQL schema), and a small HTTP client for the public API.
+
+use std::time::{Duration, Instant};
+
+use datastack_server::{Application, Config, ShutdownHandle};
+use reqwest::{Method, StatusCode, header::HeaderMap};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+/// Which store a test runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL URL of the test database, if the suite is to run on PostgreSQL.
+pub fn postgres_url() -> Option<String> {
+    std::env::var("DATASTACK_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+/// Creates a fresh schema and returns a URL whose connections use it.
+pub async fn fresh_postgres_schema() -> String {
+    let base = postgres_url().expect("DATASTACK_TEST_DATABASE_URL is set");
+    let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await
+        .expect("DATASTACK_TEST_DATABASE_URL is set, so PostgreSQL must be reachable");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&pool)
+        .await
+        .expect("create the test schema");
+    pool.close().await;
+    let sep = if base.contains('?') { '&' } else { '?' };
+    format!("{base}{sep}options=-c%20search_path%3D{schema}")
+}
+
+/// Where a test app keeps its data, so that a second node or a restart can share it.
+pub enum StoreLocation {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl StoreLocation {
+    pub async fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => StoreLocation::Sqlite(tempfile::tempdir().expect("tempdir")),
+            Backend::Postgres => StoreLocation::Postgres(fresh_postgres_schema().await),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().expect("address"),
+            usage_flush_interval: Duration::from_millis(50),
+            ..Config::default()
+        };
+        match self {
+            StoreLocation::Sqlite(dir) => config.data_dir = dir.path().to_path_buf(),
+            StoreLocation::Postgres(url) => {
+                config.database_url = Some(url.clone());
+                config.database_max_connections = 4;
+            }
+        }
+        config
+    }
+}
+
+pub struct TestApp {
+    pub base: String,
+    /// The admin token printed on first start (`None` when the store was already set up).
+    pub admin_token: Option<String>,
+    pub http: reqwest::Client,
+    shutdown: ShutdownHandle,
+    server: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Keeps the SQLite directory alive as long as the node.
+    _store: std::sync::Arc<StoreLocation>,
+}
+
+/// A response, decoded.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+impl TestApp {
+    pub async fn spawn(backend: Backend) -> Self {
+        let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+        Self::spawn_on(store, |_| {}).await
+    }
+
+    /// Starts a node on an existing store, with a chance to adjust its configuration.
+    pub async fn spawn_on(
+        store: std::sync::Arc<StoreLocation>,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
+        let mut config = store.config();
+        adjust(&mut config);
+        let mut app = Application::build(config).await.expect("the server starts");
+        let admin_token = app.take_admin_token().map(|t| t.expose_secret().to_owned());
+        let base = format!("http://{}", app.local_addr());
+        let shutdown = app.shutdown_handle();
+        let server = tokio::spawn(app.run_until_stopped());
+        Self {
+            base,
+            admin_token,
+            http: reqwest::Client::new(),
+            shutdown,
+            server: Some(server),
+            _store: store,
+        }
+    }
+
+    pub fn admin(&self) -> &str {
+        self.admin_token
+            .as_deref()
+            .expect("a first start prints the admin token")
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.shutdown();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("server task")
+                .expect("server stops cleanly");
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        scope: Option<&str>,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(s) = scope {
+            req = req.header("x-datastack-scope", s);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("the request reaches the server");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.expect("body");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            body,
+            text,
+        }
+    }
+
+    pub async fn get(&self, path: &str, token: &str, scope: &str) -> Reply {
+        self.call(Method::GET, path, Some(token), Some(scope), None)
+            .await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, scope: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(token), Some(scope), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, scope: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(token), Some(scope), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str, scope: &str) -> Reply {
+        self.call(Method::DELETE, path, Some(token), Some(scope), None)
+            .await
+    }
+
+    pub async fn me(&self, token: &str) -> Reply {
+        self.call(Method::GET, "/api/v1/me", Some(token), None, None)
+            .await
+    }
+
+    /// Creates a token for the caller and returns (secret, id).
+    pub async fn create_token(&self, token: &str, body: Value) -> (String, String) {
+        let r = self
+            .post("/api/v1/auth/tokens", token, "manage:tokens", body)
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        (
+            r.body["token"].as_str().expect("token").to_owned(),
+            r.body["id"].as_str().expect("id").to_owned(),
+        )
+    }
+
+    /// Creates a user with `role` and a first token issued by the admin; returns (user id, token).
+    pub async fn user_with_token(&self, email: &str, role: &str) -> (String, String) {
+        let r = self
+            .post(
+                "/api/v1/users",
+                self.admin(),
+                "manage:users",
+                serde_json::json!({"email": email, "name": email, "role": role}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let id = r.body["id"].as_str().expect("id").to_owned();
+        let (token, _) = self
+            .create_token(
+                self.admin(),
+                serde_json::json!({"label": "first", "ownerId": id}),
+            )
+            .await;
+        (id, token)
+    }
+}
+
+/// Polls `check` until it returns true or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Declares each test once per store: `<name>::sqlite` and `<name>::postgres`.
+/// The PostgreSQL variant runs when DATASTACK_TEST_DATABASE_URL is set and then fails,
+/// never skips, if the database cannot be reached.
+macro_rules! on_both_stores {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$name($crate::helpers::Backend::Sqlite).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if $crate::helpers::postgres_url().is_none() {
+                        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: the PostgreSQL variant has nothing to run against");
+                        return;
+                    }
+                    super::$name($crate::helpers::Backend::Postgres).await;
+                }
+            }
+        )+
+    };
+}
+pub(crate) use on_both_stores;

@@ -1,0 +1,12 @@
+//! The HTTP integration suite: every test runs a real server and speaks to it over
+//! loopback, once on SQLite and once on PostgreSQL (see `helpers::on_both_stores`).
+
+mod helpers;
+
+mod cluster;
+mod contract;
+mod input;
+mod principals;
+mod surface;
+mod tokens;
+mod workspaces;

@@ -1,0 +1,162 @@
+//! Health, readiness, metrics, the OpenAPI document, unknown paths, and restarts.
+
+use std::sync::Arc;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
+
+on_both_stores!(
+    health_readiness_and_metrics,
+    openapi_describes_every_endpoint_with_its_scope_and_errors,
+    unknown_paths_and_methods_get_the_error_shape,
+    a_restart_keeps_data_and_prints_no_token,
+);
+
+async fn health_readiness_and_metrics(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app.call(Method::GET, "/healthz", None, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let r = app.call(Method::GET, "/readyz", None, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["checks"]["database"], "ok");
+    let _ = app.me(app.admin()).await;
+    let _ = app.me("dapi-nope").await;
+    let r = app.call(Method::GET, "/metrics", None, None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    for metric in [
+        "datastack_http_requests_total{method=\"GET\",route=\"/api/v1/me\",status=\"200\"}",
+        "datastack_http_request_duration_seconds_bucket",
+        "datastack_auth_decisions_total{outcome=\"allowed\"}",
+        "datastack_auth_decisions_total{outcome=\"invalid_token\"}",
+        "datastack_credential_cache_lookups_total{result=\"miss\"}",
+    ] {
+        assert!(
+            r.text.contains(metric),
+            "{metric} missing from:\n{}",
+            r.text
+        );
+    }
+    assert!(!r.text.contains(app.admin()));
+    app.stop().await;
+}
+
+async fn openapi_describes_every_endpoint_with_its_scope_and_errors(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app
+        .call(Method::GET, "/openapi.json", None, None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let doc = r.body;
+    assert!(doc["openapi"].as_str().expect("version").starts_with("3."));
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let expected = [
+        ("/api/v1/auth/tokens", "post", Some("manage:tokens")),
+        ("/api/v1/auth/tokens", "get", Some("read:tokens")),
+        ("/api/v1/auth/tokens/{id}", "delete", Some("manage:tokens")),
+        ("/api/v1/users", "get", Some("read:users")),
+        ("/api/v1/users", "post", Some("manage:users")),
+        ("/api/v1/users/{id}", "get", Some("read:users")),
+        ("/api/v1/users/{id}", "patch", Some("manage:users")),
+        ("/api/v1/users/{id}", "delete", Some("manage:users")),
+        ("/api/v1/users/{id}/suspend", "post", Some("manage:users")),
+        ("/api/v1/users/{id}/activate", "post", Some("manage:users")),
+        ("/api/v1/service-principals", "get", Some("read:users")),
+        ("/api/v1/service-principals", "post", Some("manage:users")),
+        (
+            "/api/v1/service-principals/{id}",
+            "patch",
+            Some("manage:users"),
+        ),
+        (
+            "/api/v1/service-principals/{id}/suspend",
+            "post",
+            Some("manage:users"),
+        ),
+        ("/api/v1/workspaces", "get", Some("read:workspaces")),
+        ("/api/v1/workspaces", "post", Some("manage:workspaces")),
+        ("/api/v1/workspaces/{id}", "get", Some("read:workspaces")),
+        (
+            "/api/v1/workspaces/{id}",
+            "patch",
+            Some("manage:workspaces"),
+        ),
+        ("/api/v1/me", "get", None),
+        ("/healthz", "get", None),
+        ("/readyz", "get", None),
+        ("/metrics", "get", None),
+        ("/openapi.json", "get", None),
+    ];
+    for (path, method, scope) in expected {
+        let op = &doc["paths"][path][method];
+        assert!(op.is_object(), "{method} {path} is not documented");
+        if path.starts_with("/api/") {
+            assert!(
+                op["responses"]["401"].is_object(),
+                "{method} {path} lacks its 401"
+            );
+            let security = &op["security"][0]["bearer"];
+            match scope {
+                Some(s) => {
+                    assert_eq!(security, &json!([s]), "{method} {path}");
+                    assert!(
+                        op["responses"]["403"].is_object(),
+                        "{method} {path} lacks its 403"
+                    );
+                    let params = op["parameters"].as_array().expect("parameters");
+                    assert!(
+                        params
+                            .iter()
+                            .any(|p| p["name"] == "x-datastack-scope" && p["in"] == "header")
+                    );
+                }
+                None => assert_eq!(security, &json!([])),
+            }
+        }
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    app.stop().await;
+}
+
+async fn unknown_paths_and_methods_get_the_error_shape(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let r = app
+        .call(Method::GET, "/api/v1/nothing-here", None, None, None)
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(r.code(), "NOT_FOUND");
+    let r = app
+        .call(
+            Method::PUT,
+            "/api/v1/auth/tokens",
+            Some(app.admin()),
+            Some("all-apis"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(r.code(), "METHOD_NOT_ALLOWED");
+    app.stop().await;
+}
+
+async fn a_restart_keeps_data_and_prints_no_token(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let first = TestApp::spawn_on(store.clone(), |_| {}).await;
+    let admin = first.admin().to_owned();
+    let (token, _) = first
+        .create_token(&admin, json!({"label": "survives"}))
+        .await;
+    first.stop().await;
+    let second = TestApp::spawn_on(store, |_| {}).await;
+    assert!(
+        second.admin_token.is_none(),
+        "a restart must not print a new admin token"
+    );
+    assert_eq!(second.me(&admin).await.status, StatusCode::OK);
+    assert_eq!(second.me(&token).await.status, StatusCode::OK);
+    second.stop().await;
+}
