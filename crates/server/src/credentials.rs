@@ -66,6 +66,9 @@ impl Rejection {
 #[error(transparent)]
 pub struct VerifyError(#[from] pub datastack_store::Error);
 
+/// When and from where a token was last used, waiting for the next flush.
+type LastUse = (DateTime<Utc>, Option<IpAddr>);
+
 struct CachedCredential {
     token: Token,
     principal: Principal,
@@ -79,7 +82,7 @@ pub struct CredentialVerifier {
     cache: quick_cache::sync::Cache<SecretDigest, Arc<CachedCredential>>,
     ttl: Duration,
     generation: AtomicU64,
-    uses: std::sync::Mutex<HashMap<TokenId, (DateTime<Utc>, Option<IpAddr>)>>,
+    uses: std::sync::Mutex<HashMap<TokenId, LastUse>>,
     metrics: Arc<Metrics>,
 }
 

@@ -1,0 +1,425 @@
+//! The `datastack` binary as a user runs it: `serve` in a real process, the client
+//! commands against it, configuration errors, and two server processes on PostgreSQL.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_datastack");
+
+/// A `datastack serve` process, with everything it writes collected.
+struct Server {
+    child: Child,
+    addr: String,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        cmd.env_remove("DATASTACK_DATABASE_URL")
+            .env_remove("DATASTACK_TOKEN");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("datastack starts");
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut out = child.stdout.take().expect("stdout");
+        let sink = stdout.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                let mut s = sink.lock().expect("lock");
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let log = stderr.lock().expect("lock").clone();
+            if let Some(rest) = log.split("serving addr=").nth(1) {
+                break rest.split_whitespace().next().expect("address").to_owned();
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("datastack exited with {status}: {log}");
+            }
+            assert!(Instant::now() < deadline, "datastack did not start: {log}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Server {
+            child,
+            addr,
+            stdout,
+            stderr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn admin_token(&self) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.stdout.lock().expect("lock").clone();
+            if let Some(line) = out.lines().find(|l| l.starts_with("admin token: ")) {
+                return Some(line.trim_start_matches("admin token: ").to_owned());
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops with SIGTERM (a graceful shutdown) and returns (stdout, stderr).
+    fn stop(mut self) -> (String, String) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "graceful shutdown exits 0, got {exit}");
+        std::thread::sleep(Duration::from_millis(50));
+        let out = self.stdout.lock().expect("lock").clone();
+        let err = self.stderr.lock().expect("lock").clone();
+        (out, err)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// Runs a client command; returns (exit code, stdout, stderr).
+fn client(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env("DATASTACK_HOST", server.url())
+        .env("DATASTACK_TOKEN", token)
+        .output()
+        .expect("run the client");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn first_start_prints_one_token_the_cli_works_and_no_secret_reaches_the_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data, "--log", "debug"], &[]);
+    let admin = server
+        .admin_token()
+        .expect("the first start prints the admin token");
+    assert!(admin.starts_with("dapi") && admin.len() == 76);
+
+    let (code, out, _) = client(&server, &admin, &["whoami"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("admin@datastack.local"), "{out}");
+
+    // Create a token: the secret alone on stdout.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "tokens",
+            "create",
+            "--label",
+            "ci",
+            "--expires-in-days",
+            "30",
+            "--scope",
+            "read:tokens",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let secret = out.lines().next().expect("secret line").trim().to_owned();
+    assert!(secret.starts_with("dapi") && secret.len() == 76, "{out}");
+    let (code, out, _) = client(&server, &secret, &["tokens", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ci"));
+    assert!(
+        !out.contains(&secret) && !out.contains(&admin),
+        "a list never shows a secret"
+    );
+    let (code, json_out, _) = client(&server, &admin, &["tokens", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&json_out).expect("json");
+    let id = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|t| t["label"] == "ci")
+        .expect("listed")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Users through the CLI.
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "users",
+            "create",
+            "--email",
+            "ana@example.com",
+            "--name",
+            "Ana",
+            "--role",
+            "editor",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "users",
+            "create",
+            "--email",
+            "ana@example.com",
+            "--name",
+            "Ana",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("CONFLICT"), "{err}");
+    let (code, out, _) = client(&server, &admin, &["users", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("ana@example.com"));
+
+    // A wrong scope is a clear error with the request id.
+    let (code, _, err) = client(&server, &secret, &["users", "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("FORBIDDEN") && err.contains("request"),
+        "{err}"
+    );
+
+    // Revoke, and the token is refused.
+    let (code, _, err) = client(&server, &admin, &["tokens", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = client(&server, &secret, &["whoami"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("UNAUTHORIZED"), "{err}");
+    // No token at all.
+    let out = Command::new(BIN)
+        .args(["whoami"])
+        .env("DATASTACK_HOST", server.url())
+        .env_remove("DATASTACK_TOKEN")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DATASTACK_TOKEN"));
+
+    let (stdout, log) = server.stop();
+    assert_eq!(stdout.matches("admin token:").count(), 1, "{stdout}");
+    assert!(
+        log.contains("request finished"),
+        "the log has request lines: {log}"
+    );
+    for s in [&admin, &secret] {
+        assert!(!log.contains(s.as_str()), "a secret reached the log");
+        assert!(!log.contains(&s[4..40]), "part of a secret reached the log");
+    }
+
+    // A restart keeps everything and prints nothing.
+    let again = Server::start(&["--data-dir", data], &[]);
+    assert_eq!(again.admin_token(), None);
+    let (code, _, _) = client(&again, &admin, &["whoami"]);
+    assert_eq!(code, 0);
+    let (stdout, _) = again.stop();
+    assert!(!stdout.contains("admin token"));
+}
+
+#[test]
+fn configuration_errors_say_what_is_wrong_and_how_to_fix_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir.path()).arg("serve").args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["--listen", "nowhere"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("listen") && err.contains("127.0.0.1:8080"),
+        "{err}"
+    );
+    let (code, err) = run(&[], &[("DATASTACK_MAX_BODY_BYTES", "12")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("max_body_bytes"), "{err}");
+    let (code, err) = run(&[], &[("DATASTACK_CACHE_CAPACITY", "lots")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("DATASTACK_CACHE_CAPACITY"), "{err}");
+    let (code, err) = run(&["--database-url", "mysql://x"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("PostgreSQL"), "{err}");
+    std::fs::write(
+        dir.path().join("datastack.toml"),
+        "listen = \"127.0.0.1:0\"\nport = 3\n",
+    )
+    .expect("write");
+    let (code, err) = run(&[], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("datastack.toml") && err.contains("port"),
+        "{err}"
+    );
+    // Flags win over the environment, which wins over the file.
+    std::fs::write(
+        dir.path().join("datastack.toml"),
+        "listen = \"nonsense-from-file\"\n",
+    )
+    .expect("write");
+    let (code, err) = run(&[], &[("DATASTACK_LISTEN", "nonsense-from-env")]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("nonsense-from-env"), "{err}");
+    let data = dir.path().join("data");
+    let server = Server::start(
+        &[
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--config",
+            dir.path().join("datastack.toml").to_str().expect("utf-8"),
+        ],
+        &[("DATASTACK_LISTEN", "nonsense-from-env")],
+    );
+    assert!(server.admin_token().is_some());
+    server.stop();
+}
+
+#[test]
+fn migrate_applies_migrations_and_is_idempotent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for _ in 0..2 {
+        let out = Command::new(BIN)
+            .args(["migrate", "--data-dir", dir.path().to_str().expect("utf-8")])
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("migrations applied"));
+    }
+    assert!(dir.path().join("datastack.db").exists());
+}
+
+/// Two `datastack serve` processes on one PostgreSQL schema: a token revoked through A is
+/// refused by B within one second although B had it cached.
+#[test]
+fn two_server_processes_share_revocations_through_postgres() {
+    let Some(base) = std::env::var("DATASTACK_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: the cluster test needs PostgreSQL");
+        return;
+    };
+    let schema = format!("cli_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .expect("DATASTACK_TEST_DATABASE_URL is set, so PostgreSQL must be reachable");
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&pool)
+            .await
+            .expect("drop");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&pool)
+            .await
+            .expect("create");
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let envs = [
+        ("DATASTACK_DATABASE_URL", url.as_str()),
+        ("DATASTACK_CACHE_TTL_SECONDS", "3600"),
+    ];
+    let a = Server::start(&[], &envs);
+    let admin = a.admin_token().expect("the first node bootstraps");
+    let b = Server::start(&[], &envs);
+    assert_eq!(
+        b.admin_token(),
+        None,
+        "only one node prints the admin token"
+    );
+
+    let (code, out, _) = client(
+        &a,
+        &admin,
+        &["tokens", "create", "--label", "shared", "--json"],
+    );
+    assert_eq!(code, 0);
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let secret = created["token"].as_str().expect("token").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    let http = reqwest::blocking::Client::new();
+    let me = |server: &Server| {
+        http.get(format!("{}/api/v1/me", server.url()))
+            .bearer_auth(&secret)
+            .send()
+            .expect("send")
+            .status()
+            .as_u16()
+    };
+    for _ in 0..3 {
+        assert_eq!(me(&b), 200);
+    }
+    let (code, _, err) = client(&a, &admin, &["tokens", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let revoked = Instant::now();
+    while me(&b) != 401 {
+        assert!(
+            revoked.elapsed() < Duration::from_secs(1),
+            "node B accepted a revoked token after 1 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    a.stop();
+    b.stop();
+}
