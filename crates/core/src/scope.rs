@@ -229,7 +229,8 @@ mod tests {
 
     #[test]
     fn unknown_scopes_are_named_by_index() {
-        let err = ScopeSet::parse(&["read:users", "write:users"]).expect_err("write is not an access level");
+        let err = ScopeSet::parse(&["read:users", "write:users"])
+            .expect_err("write is not an access level");
         assert!(matches!(err, crate::Error::Invalid { ref field, .. } if field == "scopes[1]"));
         assert!(ScopeSet::parse::<&str>(&[]).is_err());
         assert!("read:".parse::<Scope>().is_err());

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use datastack_core::credential::{self, CredentialKind, SecretDigest};
 use datastack_core::id::TokenId;
-use datastack_core::model::{Principal, Status, Token};
-use datastack_store::{Invalidation, Store, TokenUse};
+use datastack_core::model::{Principal, Status, Token, Workspace};
+use datastack_store::{CredentialRecord, Invalidation, Store, TokenUse};
 use secrecy::SecretString;
 
 use crate::metrics::Metrics;
@@ -28,6 +28,8 @@ pub struct Identity {
     pub token: Token,
     /// Its owner, as of the verification.
     pub principal: Principal,
+    /// The owner's workspace, as of the verification.
+    pub workspace: Workspace,
     /// The credential's kind.
     pub kind: CredentialKind,
 }
@@ -72,6 +74,7 @@ type LastUse = (DateTime<Utc>, Option<IpAddr>);
 struct CachedCredential {
     token: Token,
     principal: Principal,
+    workspace: Workspace,
     kind: CredentialKind,
     fetched: Instant,
 }
@@ -121,7 +124,11 @@ impl CredentialVerifier {
             None => {
                 self.metrics.cache_miss();
                 let generation = self.generation.load(Ordering::Acquire);
-                let Some((token, principal)) = self
+                let Some(CredentialRecord {
+                    token,
+                    owner: principal,
+                    workspace,
+                }) = self
                     .store
                     .find_token_by_digest(&presented.digest.to_hex())
                     .await?
@@ -136,6 +143,7 @@ impl CredentialVerifier {
                 let entry = Arc::new(CachedCredential {
                     token,
                     principal,
+                    workspace,
                     kind: presented.kind,
                     fetched: Instant::now(),
                 });
@@ -158,6 +166,7 @@ impl CredentialVerifier {
         Ok(Ok(Identity {
             token: entry.token.clone(),
             principal: entry.principal.clone(),
+            workspace: entry.workspace.clone(),
             kind: entry.kind,
         }))
     }

@@ -24,7 +24,7 @@ use sqlx::sqlite::{
 
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
-pub use tokens::{TokenFilter, TokenUse};
+pub use tokens::{CredentialRecord, TokenFilter, TokenUse};
 pub use workspaces::WorkspacePatch;
 
 /// What can go wrong in the store.

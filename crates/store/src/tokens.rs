@@ -4,10 +4,10 @@ use std::net::IpAddr;
 
 use chrono::{DateTime, Utc};
 use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
-use datastack_core::model::{Principal, Token};
+use datastack_core::model::{Principal, Token, Workspace};
 
 use crate::invalidation::Invalidation;
-use crate::rows::{PrincipalRow, TokenRow, scopes_text};
+use crate::rows::{PrincipalRow, TokenRow, WorkspaceRow, scopes_text};
 use crate::{Error, Page, PageRequest, Result, Store, with_pool};
 
 /// Which tokens a list returns.
@@ -46,6 +46,23 @@ struct TokenWithOwnerRow {
     p_status: String,
     p_created_at: DateTime<Utc>,
     p_updated_at: DateTime<Utc>,
+    w_id: String,
+    w_name: String,
+    w_parent_id: Option<String>,
+    w_max_token_lifetime_days: Option<i64>,
+    w_created_at: DateTime<Utc>,
+    w_updated_at: DateTime<Utc>,
+}
+
+/// A credential found by digest, with its owner and the owner's workspace.
+#[derive(Debug, Clone)]
+pub struct CredentialRecord {
+    /// The token.
+    pub token: Token,
+    /// Its owner.
+    pub owner: Principal,
+    /// The owner's workspace.
+    pub workspace: Workspace,
 }
 
 impl Store {
@@ -71,16 +88,19 @@ impl Store {
         Ok(())
     }
 
-    /// The token with this digest and its owner, revoked or not; the caller decides.
-    pub async fn find_token_by_digest(
-        &self,
-        digest_hex: &str,
-    ) -> Result<Option<(Token, Principal)>> {
+    /// The token with this digest, its owner and their workspace, revoked or not; the
+    /// caller decides. One query: this is the uncached verification path.
+    pub async fn find_token_by_digest(&self, digest_hex: &str) -> Result<Option<CredentialRecord>> {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, p.id AS p_id, p.workspace_id AS p_workspace_id, p.kind AS p_kind, \
                p.email AS p_email, p.name AS p_name, p.role AS p_role, p.status AS p_status, \
-               p.created_at AS p_created_at, p.updated_at AS p_updated_at \
-             FROM tokens t JOIN principals p ON p.id = t.owner_id WHERE t.digest = $1"
+               p.created_at AS p_created_at, p.updated_at AS p_updated_at, \
+               w.id AS w_id, w.name AS w_name, w.parent_id AS w_parent_id, \
+               w.max_token_lifetime_days AS w_max_token_lifetime_days, \
+               w.created_at AS w_created_at, w.updated_at AS w_updated_at \
+             FROM tokens t JOIN principals p ON p.id = t.owner_id \
+               JOIN workspaces w ON w.id = p.workspace_id \
+             WHERE t.digest = $1"
         );
         let row: Option<TokenWithOwnerRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(digest_hex).fetch_optional(pool).await?
@@ -98,7 +118,20 @@ impl Store {
             updated_at: row.p_updated_at,
         }
         .into_domain()?;
-        Ok(Some((row.token.into_domain()?, owner)))
+        let workspace = WorkspaceRow {
+            id: row.w_id,
+            name: row.w_name,
+            parent_id: row.w_parent_id,
+            max_token_lifetime_days: row.w_max_token_lifetime_days,
+            created_at: row.w_created_at,
+            updated_at: row.w_updated_at,
+        }
+        .into_domain()?;
+        Ok(Some(CredentialRecord {
+            token: row.token.into_domain()?,
+            owner,
+            workspace,
+        }))
     }
 
     /// Unrevoked tokens of `workspace` matching `filter`, ordered by id. Expired tokens are

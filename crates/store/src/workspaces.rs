@@ -171,7 +171,8 @@ impl Store {
         }))
     }
 
-    /// Applies `patch` to a workspace `viewer` may see and returns the result.
+    /// Applies `patch` to a workspace `viewer` may see and returns the result. Cached
+    /// credentials carry their workspace, so every node is told to drop them.
     pub async fn update_workspace(
         &self,
         viewer: &WorkspaceId,
@@ -181,17 +182,29 @@ impl Store {
         let current = self.get_visible_workspace(viewer, id).await?;
         let name = patch.name.clone().unwrap_or(current.name);
         let settings = patch.settings.clone().unwrap_or(current.settings);
+        let notify = self.backend() == crate::Backend::Postgres;
+        let channel = self.channel.clone();
         let affected = with_pool!(self, pool => {
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
                 "UPDATE workspaces SET name = $1, max_token_lifetime_days = $2, updated_at = $3 WHERE id = $4",
             )
             .bind(&name)
             .bind(settings.max_token_lifetime_days.map(i64::from))
             .bind(Utc::now())
             .bind(id.as_str())
-            .execute(pool)
+            .execute(&mut *tx)
             .await?
-            .rows_affected()
+            .rows_affected();
+            if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(crate::Invalidation::All.encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            affected
         });
         if affected == 0 {
             return Err(Error::NotFound);

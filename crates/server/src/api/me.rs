@@ -1,7 +1,6 @@
 //! `GET /api/v1/me`: who the credential belongs to.
 
 use axum::Router;
-use axum::extract::State;
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -49,18 +48,12 @@ pub struct CredentialSummary {
     security(("bearer" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
-pub async fn get_me(
-    State(state): State<AppState>,
-    caller: Authenticated,
-) -> ApiResult<Json<MeResponse>> {
+pub async fn get_me(caller: Authenticated) -> ApiResult<Json<MeResponse>> {
+    // Everything comes from the verified (usually cached) credential: no store access.
     let identity = caller.identity;
-    let workspace = state
-        .store
-        .get_workspace(&identity.principal.workspace_id)
-        .await?;
     Ok(Json(MeResponse {
         principal: PrincipalResponse::from(identity.principal),
-        workspace: WorkspaceResponse::from(workspace),
+        workspace: WorkspaceResponse::from(identity.workspace),
         credential: CredentialSummary {
             id: identity.token.id.to_string(),
             kind: identity.kind.as_str(),

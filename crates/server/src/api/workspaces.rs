@@ -197,6 +197,9 @@ pub async fn get_workspace(
         .get_visible_workspace(&caller.identity.principal.workspace_id, &id)
         .await
         .map_err(not_found)?;
+    state
+        .credentials
+        .invalidate(&datastack_store::Invalidation::All);
     Ok(Json(WorkspaceResponse::from(ws)))
 }
 
@@ -305,5 +308,8 @@ pub async fn update_workspace(
         .update_workspace(&caller.identity.principal.workspace_id, &id, &patch)
         .await
         .map_err(not_found)?;
+    state
+        .credentials
+        .invalidate(&datastack_store::Invalidation::All);
     Ok(Json(WorkspaceResponse::from(ws)))
 }

@@ -87,6 +87,11 @@ async fn child_workspaces_are_isolated_and_visible_to_the_parent(backend: Backen
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["name"], "staging-eu");
     assert_eq!(r.body["settings"]["maxTokenLifetimeDays"], 90);
+    // Cached credentials carry their workspace; a change shows at once.
+    assert_eq!(
+        app.me(&child_admin).await.body["workspace"]["name"],
+        "staging-eu"
+    );
     let r = app
         .patch(
             &format!("/api/v1/workspaces/{child}"),
