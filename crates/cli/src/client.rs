@@ -101,12 +101,16 @@ pub enum TokensCmd {
         /// maximum, or never expires if there is none.
         #[arg(long, conflicts_with = "lifetime_seconds", value_parser = clap::value_parser!(u32).range(1..=36500))]
         expires_in_days: Option<u32>,
-        /// Lifetime in seconds (60–3153600000).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(60..=3_153_600_000))]
+        /// Lifetime in seconds (1–3153600000).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_153_600_000))]
         lifetime_seconds: Option<u64>,
         /// A scope to grant, e.g. read:jobs; repeat for more. Default: all-apis.
         #[arg(long = "scope", value_name = "SCOPE")]
         scopes: Vec<String>,
+        /// Admins only: create the token for this user or service principal (usr_…/sp_…),
+        /// e.g. a new user's first token.
+        #[arg(long, value_name = "ID")]
+        owner: Option<String>,
     },
     /// List tokens (never their secrets).
     List {
@@ -390,6 +394,7 @@ async fn tokens(cmd: TokensCmd, client: &Client, out: Output) -> Result<(), Fail
             label,
             expires_in_days,
             lifetime_seconds,
+            owner,
             scopes,
         } => {
             let lifetime = match (expires_in_days, lifetime_seconds) {
@@ -401,6 +406,7 @@ async fn tokens(cmd: TokensCmd, client: &Client, out: Output) -> Result<(), Fail
                 label,
                 lifetime,
                 scopes: (!scopes.is_empty()).then_some(scopes),
+                owner_id: owner,
             };
             let created = client.create_token(request).await?;
             print_created_token(&created, out);

@@ -319,6 +319,9 @@ pub struct CreateToken {
     pub lifetime: Option<TokenLifetime>,
     /// The scopes to grant; `None` for the server default, `["all-apis"]`.
     pub scopes: Option<Vec<String>>,
+    /// Admins only: the principal (`usr_…` or `sp_…`) to create the token for; `None` for
+    /// the caller.
+    pub owner_id: Option<String>,
 }
 
 impl CreateToken {
@@ -328,6 +331,7 @@ impl CreateToken {
             label: label.into(),
             lifetime: None,
             scopes: None,
+            owner_id: None,
         }
     }
 }
@@ -344,6 +348,8 @@ impl Serialize for CreateToken {
             lifetime_seconds: Option<u64>,
             #[serde(skip_serializing_if = "Option::is_none")]
             scopes: Option<&'a [String]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            owner_id: Option<&'a str>,
         }
         let (expires_in_days, lifetime_seconds) = match self.lifetime {
             Some(TokenLifetime::Days(days)) => (Some(days), None),
@@ -355,6 +361,7 @@ impl Serialize for CreateToken {
             expires_in_days,
             lifetime_seconds,
             scopes: self.scopes.as_deref(),
+            owner_id: self.owner_id.as_deref(),
         }
         .serialize(serializer)
     }
@@ -513,51 +520,20 @@ pub struct CreatedWorkspace {
 }
 
 impl<'de> Deserialize<'de> for CreatedWorkspace {
-    /// `docs/api.md` says the answer carries the workspace, its first admin and the admin's
-    /// token, without fixing the shape, so this accepts the shapes a server may reasonably
-    /// choose: the workspace either under `workspace` or as the object itself; the admin under
-    /// `admin`; the token as `adminToken`, as a string `token`, as a created-token object
-    /// under `token`, or as `admin.token`.
+    /// The server answers `{"workspace": …, "admin": …, "adminToken": "dapi…"}`.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        use serde_json::Value;
-
-        let mut object = serde_json::Map::<String, Value>::deserialize(deserializer)?;
-
-        let mut admin_token = match object.remove("adminToken") {
-            Some(Value::String(token)) => Some(token),
-            _ => None,
-        };
-        match object.remove("token") {
-            Some(Value::String(token)) => admin_token = admin_token.or(Some(token)),
-            Some(Value::Object(mut created)) => {
-                if let Some(Value::String(token)) = created.remove("token") {
-                    admin_token = admin_token.or(Some(token));
-                }
-            }
-            _ => {}
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire {
+            workspace: Workspace,
+            admin: Option<User>,
+            admin_token: Option<String>,
         }
-        let admin = match object.remove("admin") {
-            Some(Value::Object(mut admin)) => {
-                if let Some(Value::String(token)) = admin.remove("token") {
-                    admin_token = admin_token.or(Some(token));
-                }
-                // The admin is extra information: a shape this client does not know must not
-                // lose the workspace and the one-time token with it.
-                serde_json::from_value::<User>(Value::Object(admin)).ok()
-            }
-            _ => None,
-        };
-        let workspace = match object.remove("workspace") {
-            Some(workspace @ Value::Object(_)) => workspace,
-            _ => Value::Object(object),
-        };
-        let workspace = serde_json::from_value::<Workspace>(workspace).map_err(D::Error::custom)?;
-
+        let wire = Wire::deserialize(deserializer)?;
         Ok(Self {
-            workspace,
-            admin,
-            admin_token: admin_token.map(SecretString::from),
+            workspace: wire.workspace,
+            admin: wire.admin,
+            admin_token: wire.admin_token.map(SecretString::from),
         })
     }
 }

@@ -55,6 +55,9 @@ pub struct Application {
     state: AppState,
     admin_token: Option<SecretString>,
     shutdown_tx: watch::Sender<bool>,
+    /// Stops the workers, after the server has drained, so their last flush sees every
+    /// request.
+    workers_stop_tx: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -65,7 +68,7 @@ pub struct ShutdownHandle(watch::Sender<bool>);
 impl ShutdownHandle {
     /// Starts a graceful shutdown.
     pub fn shutdown(&self) {
-        let _ = self.0.send(true);
+        self.0.send_replace(true);
     }
 }
 
@@ -110,7 +113,8 @@ impl Application {
             metrics: metrics.clone(),
             config: config.clone(),
         };
-        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (shutdown_tx, _) = watch::channel(false);
+        let (workers_stop_tx, shutdown_rx) = watch::channel(false);
         let mut worker_handles = vec![tokio::spawn(workers::usage::usage_flusher(
             credentials.clone(),
             metrics.clone(),
@@ -145,6 +149,7 @@ impl Application {
             state,
             admin_token,
             shutdown_tx,
+            workers_stop_tx,
             workers: worker_handles,
         })
     }
@@ -176,7 +181,7 @@ impl Application {
         let signal_tx = self.shutdown_tx.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
-            let _ = signal_tx.send(true);
+            signal_tx.send_replace(true);
         });
         tracing::info!(addr = %self.addr, backend = ?self.state.store.backend(), "serving");
         let service = self
@@ -187,7 +192,8 @@ impl Application {
                 let _ = stop.wait_for(|stopped| *stopped).await;
             })
             .await?;
-        let _ = self.shutdown_tx.send(true);
+        // In-flight requests have drained: now stop the workers, which flush their batches.
+        self.workers_stop_tx.send_replace(true);
         for worker in self.workers {
             let _ = worker.await;
         }

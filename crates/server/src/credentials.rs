@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -72,11 +72,11 @@ pub struct VerifyError(#[from] pub datastack_store::Error);
 type LastUse = (DateTime<Utc>, Option<IpAddr>);
 
 struct CachedCredential {
-    token: Token,
-    principal: Principal,
-    workspace: Workspace,
-    kind: CredentialKind,
+    identity: Arc<Identity>,
     fetched: Instant,
+    /// The Unix second of the last use handed to the usage buffer: uses within the same
+    /// second are not buffered again, which keeps the buffer's lock off most requests.
+    last_noted: AtomicI64,
 }
 
 /// Verifies bearer credentials and keeps the cache of verified ones.
@@ -107,7 +107,7 @@ impl CredentialVerifier {
         &self,
         secret: &SecretString,
         ip: Option<IpAddr>,
-    ) -> Result<Result<Identity, Rejection>, VerifyError> {
+    ) -> Result<Result<Arc<Identity>, Rejection>, VerifyError> {
         let Some(presented) = credential::parse_presented(secret) else {
             return Ok(Err(Rejection::Malformed));
         };
@@ -123,10 +123,10 @@ impl CredentialVerifier {
             }
             None => {
                 self.metrics.cache_miss();
-                let generation = self.generation.load(Ordering::Acquire);
+                let generation = self.generation.load(Ordering::SeqCst);
                 let Some(CredentialRecord {
                     token,
-                    owner: principal,
+                    owner,
                     workspace,
                 }) = self
                     .store
@@ -141,34 +141,42 @@ impl CredentialVerifier {
                     return Ok(Err(Rejection::Unknown));
                 }
                 let entry = Arc::new(CachedCredential {
-                    token,
-                    principal,
-                    workspace,
-                    kind: presented.kind,
+                    identity: Arc::new(Identity {
+                        token,
+                        principal: owner,
+                        workspace,
+                        kind: presented.kind,
+                    }),
                     fetched: Instant::now(),
+                    last_noted: AtomicI64::new(i64::MIN),
                 });
-                if self.generation.load(Ordering::Acquire) == generation {
+                // Cache only what no invalidation raced with. An invalidation bumps the
+                // generation before it removes entries, so either the second check sees the
+                // bump, or the invalidation's removal runs after this insert.
+                if self.generation.load(Ordering::SeqCst) == generation {
                     self.cache.insert(presented.digest.clone(), entry.clone());
+                    if self.generation.load(Ordering::SeqCst) != generation {
+                        self.cache.remove(&presented.digest);
+                    }
                 }
                 entry
             }
         };
-        if entry.token.revoked_at.is_some() {
+        let identity = &entry.identity;
+        if identity.token.revoked_at.is_some() {
             return Ok(Err(Rejection::Revoked));
         }
-        if entry.token.expires_at.is_some_and(|e| e <= now) {
+        if identity.token.expires_at.is_some_and(|e| e <= now) {
             return Ok(Err(Rejection::Expired));
         }
-        if entry.principal.status != Status::Active {
+        if identity.principal.status != Status::Active {
             return Ok(Err(Rejection::OwnerSuspended));
         }
-        self.note_use(&entry.token.id, now, ip);
-        Ok(Ok(Identity {
-            token: entry.token.clone(),
-            principal: entry.principal.clone(),
-            workspace: entry.workspace.clone(),
-            kind: entry.kind,
-        }))
+        let second = now.timestamp();
+        if entry.last_noted.swap(second, Ordering::Relaxed) != second {
+            self.note_use(&identity.token.id, now, ip);
+        }
+        Ok(Ok(identity.clone()))
     }
 
     fn note_use(&self, id: &TokenId, at: DateTime<Utc>, ip: Option<IpAddr>) {
@@ -178,14 +186,14 @@ impl CredentialVerifier {
 
     /// Drops what `inv` names from the cache.
     pub fn invalidate(&self, inv: &Invalidation) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         match inv {
             Invalidation::Token(digest_hex) => {
                 // The cache is keyed by digest; find the entry whose digest matches.
                 let victims: Vec<SecretDigest> = self
                     .cache
                     .iter()
-                    .filter(|(_, v)| &v.token.digest_hex == digest_hex)
+                    .filter(|(_, v)| &v.identity.token.digest_hex == digest_hex)
                     .map(|(k, _)| k)
                     .collect();
                 for k in victims {
@@ -196,7 +204,7 @@ impl CredentialVerifier {
                 let victims: Vec<SecretDigest> = self
                     .cache
                     .iter()
-                    .filter(|(_, v)| v.principal.id.as_str() == id)
+                    .filter(|(_, v)| v.identity.principal.id.as_str() == id)
                     .map(|(k, _)| k)
                     .collect();
                 for k in victims {

@@ -208,13 +208,7 @@ impl Store {
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
             .fetch_one(&pool)
             .await?;
-        let channel = format!(
-            "datastack_invalidations_{}",
-            schema
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect::<String>()
-        );
+        let channel = invalidation_channel(&schema);
         Ok(Self {
             db: Db::Postgres(pool),
             channel,
@@ -256,6 +250,40 @@ impl Store {
     }
 }
 
+/// The LISTEN/NOTIFY channel of a schema. PostgreSQL identifiers hold at most 63 bytes, so
+/// a long schema name is shortened and made unique again with a CRC-32 of the whole name.
+fn invalidation_channel(schema: &str) -> String {
+    const PREFIX: &str = "datastack_invalidations_";
+    let clean: String = schema
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    if PREFIX.len() + clean.len() <= 63 && clean == schema {
+        return format!("{PREFIX}{clean}");
+    }
+    let head: String = clean.chars().take(63 - PREFIX.len() - 9).collect();
+    format!("{PREFIX}{head}_{:08x}", crc32fast::hash(schema.as_bytes()))
+}
+
 pub(crate) fn unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn invalidation_channels_fit_postgres_identifiers_and_stay_distinct() {
+        assert_eq!(
+            super::invalidation_channel("public"),
+            "datastack_invalidations_public"
+        );
+        let long_a = format!("{}a", "s".repeat(80));
+        let long_b = format!("{}b", "s".repeat(80));
+        let a = super::invalidation_channel(&long_a);
+        let b = super::invalidation_channel(&long_b);
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        let odd = super::invalidation_channel("My-Schema");
+        assert!(odd.len() <= 63 && odd != super::invalidation_channel("MySchema"));
+    }
 }

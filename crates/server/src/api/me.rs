@@ -52,8 +52,8 @@ pub async fn get_me(caller: Authenticated) -> ApiResult<Json<MeResponse>> {
     // Everything comes from the verified (usually cached) credential: no store access.
     let identity = caller.identity;
     Ok(Json(MeResponse {
-        principal: PrincipalResponse::from(identity.principal),
-        workspace: WorkspaceResponse::from(identity.workspace),
+        principal: PrincipalResponse::from(identity.principal.clone()),
+        workspace: WorkspaceResponse::from(identity.workspace.clone()),
         credential: CredentialSummary {
             id: identity.token.id.to_string(),
             kind: identity.kind.as_str(),

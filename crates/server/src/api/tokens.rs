@@ -128,7 +128,7 @@ pub async fn create_token(
     caller: Authorized<ManageTokens>,
     Json(body): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedTokenResponse>)> {
-    let me = caller.identity.principal;
+    let me = caller.identity.principal.clone();
     let owner = match body.owner_id.as_deref() {
         None => me,
         Some(id) if id == me.id.as_str() => me,

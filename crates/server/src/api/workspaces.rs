@@ -112,7 +112,7 @@ impl SettingsRequest {
 pub struct CreateWorkspaceRequest {
     /// Display name, 1–200 characters.
     pub name: String,
-    /// The first admin's email (default `admin@<name>.datastack.local`).
+    /// The first admin's email (default `admin@datastack.local`).
     pub admin_email: Option<String>,
     /// The first admin's name (default `Administrator`).
     pub admin_name: Option<String>,
@@ -197,9 +197,6 @@ pub async fn get_workspace(
         .get_visible_workspace(&caller.identity.principal.workspace_id, &id)
         .await
         .map_err(not_found)?;
-    state
-        .credentials
-        .invalidate(&datastack_store::Invalidation::All);
     Ok(Json(WorkspaceResponse::from(ws)))
 }
 

@@ -4,6 +4,7 @@
 //! signature ([`super::authorize`]), and later stages (rate limits) read the outcome too.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -29,7 +30,7 @@ pub enum Authentication {
     /// A bearer credential that was refused.
     Rejected(Rejection),
     /// A verified credential.
-    Verified(Box<Identity>),
+    Verified(Arc<Identity>),
 }
 
 /// The middleware.
@@ -44,7 +45,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         Some(value) => match bearer(value.as_bytes()) {
             None => Authentication::MalformedHeader,
             Some(secret) => match state.credentials.verify(&secret, ip).await {
-                Ok(Ok(identity)) => Authentication::Verified(Box::new(identity)),
+                Ok(Ok(identity)) => Authentication::Verified(identity),
                 Ok(Err(rejection)) => Authentication::Rejected(rejection),
                 Err(e) => return ApiError::from(e.0).into_response(),
             },

@@ -6,6 +6,7 @@
 //! a valid credential and no scope (for `/api/v1/me`).
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -49,16 +50,16 @@ required_scopes! {
 
 /// A caller with a valid credential, and the client address.
 pub struct Authenticated {
-    /// Who is calling, with which credential.
-    pub identity: Identity,
+    /// Who is calling, with which credential (shared with the cache: cloning is cheap).
+    pub identity: Arc<Identity>,
     /// From where.
     pub client_ip: ClientIp,
 }
 
 /// A caller allowed to perform an operation requiring `S::SCOPE`.
 pub struct Authorized<S: RequiredScope> {
-    /// Who is calling, with which credential.
-    pub identity: Identity,
+    /// Who is calling, with which credential (shared with the cache: cloning is cheap).
+    pub identity: Arc<Identity>,
     /// The scope the caller acts with (from `x-datastack-scope`).
     pub acting_scope: Scope,
     _required: PhantomData<S>,
@@ -76,7 +77,7 @@ fn authenticated(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiEr
         Some(Authentication::Verified(identity)) => {
             span.record("principal", identity.principal.id.as_str());
             Ok(Authenticated {
-                identity: (**identity).clone(),
+                identity: identity.clone(),
                 client_ip,
             })
         }

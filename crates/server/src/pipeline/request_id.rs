@@ -76,13 +76,15 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
     state
         .metrics
         .observe_request(method.as_str(), &route, status, elapsed.as_secs_f64());
+    // One access line per request at debug (the audit log is the durable record of
+    // calls); server faults at warn so they are seen at the default level.
+    let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| {
-        tracing::info!(
-            status,
-            path = %path,
-            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "request finished"
-        );
+        if status >= 500 {
+            tracing::warn!(status, path = %path, latency_us, "request failed");
+        } else {
+            tracing::debug!(status, path = %path, latency_us, "request finished");
+        }
     });
     response
 }

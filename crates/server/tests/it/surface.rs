@@ -12,6 +12,7 @@ on_both_stores!(
     openapi_describes_every_endpoint_with_its_scope_and_errors,
     unknown_paths_and_methods_get_the_error_shape,
     a_restart_keeps_data_and_prints_no_token,
+    a_clean_shutdown_flushes_buffered_last_use,
 );
 
 async fn health_readiness_and_metrics(backend: Backend) {
@@ -158,5 +159,25 @@ async fn a_restart_keeps_data_and_prints_no_token(backend: Backend) {
     );
     assert_eq!(second.me(&admin).await.status, StatusCode::OK);
     assert_eq!(second.me(&token).await.status, StatusCode::OK);
+    second.stop().await;
+}
+
+async fn a_clean_shutdown_flushes_buffered_last_use(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    // Only the flush at shutdown can write the use: the periodic one is an hour away.
+    let hourly = |c: &mut datastack_server::Config| {
+        c.usage_flush_interval = std::time::Duration::from_secs(3600);
+    };
+    let first = TestApp::spawn_on(store.clone(), hourly).await;
+    let admin = first.admin().to_owned();
+    assert_eq!(first.me(&admin).await.status, StatusCode::OK);
+    first.stop().await;
+    let second = TestApp::spawn_on(store, hourly).await;
+    let list = second
+        .get("/api/v1/auth/tokens", &admin, "read:tokens")
+        .await;
+    let token = &list.body["items"][0];
+    assert!(token["lastUsedAt"].is_string(), "the use was lost: {token}");
+    assert_eq!(token["lastUsedIp"], "127.0.0.1");
     second.stop().await;
 }
