@@ -28,7 +28,7 @@ use crate::credentials::CredentialVerifier;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pipeline;
-use crate::state::AppState;
+use crate::state::{AppState, NodeState};
 use crate::workers;
 
 /// Why a node could not start.
@@ -107,12 +107,12 @@ impl Application {
             metrics.clone(),
         ));
         let config = Arc::new(config);
-        let state = AppState {
+        let state = AppState::new(NodeState {
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: metrics.clone(),
             config: config.clone(),
-        };
+        });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);
         let mut worker_handles = vec![tokio::spawn(workers::usage::usage_flusher(

@@ -1,6 +1,9 @@
 //! Prometheus metrics, served at `/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::sync::Arc;
+
+use axum::http::Method;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -9,14 +12,42 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
-    method: String,
-    route: String,
+    method: &'static str,
+    route: Route,
     status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
-    route: String,
+    route: Route,
+}
+
+/// A route template (`/api/v1/auth/tokens/{id}`), shared rather than copied per request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Route(Arc<str>);
+
+impl Route {
+    /// The label of requests that matched no route.
+    pub fn unmatched() -> Self {
+        static UNMATCHED: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+        Route(UNMATCHED.get_or_init(|| Arc::from("unmatched")).clone())
+    }
+
+    /// The label of a route template.
+    pub fn new(template: &str) -> Self {
+        Route(Arc::from(template))
+    }
+
+    /// The template.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, &self.0)
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -95,19 +126,30 @@ impl Metrics {
     }
 
     /// Counts a finished request.
-    pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn observe_request(&self, method: &Method, route: Route, status: u16, seconds: f64) {
+        let method = match *method {
+            Method::GET => "GET",
+            Method::POST => "POST",
+            Method::PUT => "PUT",
+            Method::PATCH => "PATCH",
+            Method::DELETE => "DELETE",
+            Method::HEAD => "HEAD",
+            Method::OPTIONS => "OPTIONS",
+            // Arbitrary methods would let a client create unbounded label sets.
+            _ => "OTHER",
+        };
+        self.latency
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+            })
+            .observe(seconds);
         self.requests
             .get_or_create(&RequestLabels {
-                method: method.to_owned(),
-                route: route.to_owned(),
+                method,
+                route,
                 status,
             })
             .inc();
-        self.latency
-            .get_or_create(&RouteLabels {
-                route: route.to_owned(),
-            })
-            .observe(seconds);
     }
 
     /// Counts an authentication or authorization decision.

@@ -1,5 +1,6 @@
 //! What every handler and stage shares.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use datastack_store::Store;
@@ -8,9 +9,13 @@ use crate::config::Config;
 use crate::credentials::CredentialVerifier;
 use crate::metrics::Metrics;
 
-/// The shared state of one server node.
+/// The shared state of one server node. Cloned by every stage and extractor of every
+/// request, so it is one reference count, not one per part.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<NodeState>);
+
+/// The parts of [`AppState`].
+pub struct NodeState {
     /// The store.
     pub store: Store,
     /// Credential verification and its cache.
@@ -19,4 +24,19 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The validated configuration.
     pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// Wraps the parts.
+    pub fn new(parts: NodeState) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl Deref for AppState {
+    type Target = NodeState;
+
+    fn deref(&self) -> &NodeState {
+        &self.0
+    }
 }

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tracing::Instrument;
 
+use crate::metrics::Route;
 use crate::state::AppState;
 
 tokio::task_local! {
@@ -52,15 +53,14 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    // Only the path: query strings are not logged.
-    let path = req.uri().path().to_owned();
+        .map_or_else(Route::unmatched, |p| Route::new(p.as_str()));
+    // Only the path is logged, never the query string. Cloning a URI shares its bytes.
+    let uri = req.uri().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
         method = %method,
-        route = %route,
+        route = %route.as_str(),
         principal = tracing::field::Empty,
         decision = tracing::field::Empty,
     );
@@ -75,15 +75,15 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
     let status = response.status().as_u16();
     state
         .metrics
-        .observe_request(method.as_str(), &route, status, elapsed.as_secs_f64());
+        .observe_request(&method, route, status, elapsed.as_secs_f64());
     // One access line per request at debug (the audit log is the durable record of
     // calls); server faults at warn so they are seen at the default level.
     let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| {
         if status >= 500 {
-            tracing::warn!(status, path = %path, latency_us, "request failed");
+            tracing::warn!(status, path = %uri.path(), latency_us, "request failed");
         } else {
-            tracing::debug!(status, path = %path, latency_us, "request finished");
+            tracing::debug!(status, path = %uri.path(), latency_us, "request finished");
         }
     });
     response
