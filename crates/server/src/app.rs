@@ -141,6 +141,13 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                addr = %addr,
+                "serving plain HTTP on a non-loopback address: credentials cross the network in \
+                 clear unless a TLS-terminating proxy is in front (built-in TLS is planned)"
+            );
+        }
         let router = router(state.clone());
         Ok(Self {
             listener,
