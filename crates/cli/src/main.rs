@@ -31,6 +31,9 @@ enum Command {
     Serve(ServerArgs),
     /// Apply the store's migrations and exit (serve also applies them at start).
     Migrate(ServerArgs),
+    /// Break-glass: print a new 24-hour admin token for an active admin, read straight
+    /// from the store (run it where the server runs, with the same settings).
+    RecoverAdminToken(RecoverArgs),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -63,6 +66,19 @@ struct ServerArgs {
     /// Log filter, e.g. info or datastack=debug,info.
     #[arg(long)]
     log: Option<String>,
+}
+
+/// Whose token `recover-admin-token` issues.
+#[derive(Args, Debug)]
+struct RecoverArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The admin's workspace (default: the one created at first start).
+    #[arg(long, value_name = "ws_…")]
+    workspace: Option<String>,
+    /// The admin's email (default: the oldest active admin of the workspace).
+    #[arg(long)]
+    email: Option<String>,
 }
 
 impl ServerArgs {
@@ -115,6 +131,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
+            Command::RecoverAdminToken(args) => recover_admin_token(args).await,
             Command::Client(cmd) => client::run(cmd, &cli.conn).await,
         }
     })
@@ -137,13 +154,51 @@ async fn serve(args: ServerArgs) -> ExitCode {
         }
     };
     if let Some(token) = app.take_admin_token() {
-        // Standard output only, exactly once, never through the log.
+        // Standard output only, exactly once, never through the log. If it cannot be
+        // written, stop: `datastack recover-admin-token` issues another.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "admin token: {}", token.expose_secret());
-        let _ = out.flush();
+        let printed =
+            writeln!(out, "admin token: {}", token.expose_secret()).and_then(|()| out.flush());
+        if let Err(e) = printed {
+            eprintln!(
+                "error: cannot print the admin token to standard output ({e}); \
+                 run `datastack recover-admin-token` with the same settings to get one"
+            );
+            return ExitCode::FAILURE;
+        }
     }
     match app.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn recover_admin_token(args: RecoverArgs) -> ExitCode {
+    let config = match args.server.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match datastack_server::app::recover_admin_token(
+        &config,
+        args.workspace.as_deref(),
+        args.email.as_deref(),
+    )
+    .await
+    {
+        Ok((admin, token)) => {
+            println!("admin token: {}", token.expose_secret());
+            eprintln!(
+                "issued to {admin}; it expires in {} hours. Revoke it once you have a regular token.",
+                datastack_server::app::RECOVERY_TOKEN_HOURS
+            );
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

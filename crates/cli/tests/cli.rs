@@ -423,3 +423,61 @@ fn two_server_processes_share_revocations_through_postgres() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_lost_admin_token_is_recovered_from_the_store_and_a_busy_port_loses_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    // A first start that cannot bind must not use up the one-time token.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let busy_addr = busy.local_addr().expect("addr").to_string();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", &busy_addr, "--data-dir", data])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    drop(busy);
+    let server = Server::start(&["--data-dir", data], &[]);
+    let lost = server
+        .admin_token()
+        .expect("the token is printed on the first start that serves");
+    server.stop();
+
+    // Break-glass: a new, short-lived admin token, straight from the store.
+    let recover = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["recover-admin-token", "--data-dir", data])
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = recover(&["--email", "nobody@example.com"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("no active admin"), "{err}");
+    let (code, out, err) = recover(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    let recovered = out
+        .trim()
+        .strip_prefix("admin token: ")
+        .expect("token line")
+        .to_owned();
+    assert_ne!(recovered, lost);
+    let server = Server::start(&["--data-dir", data], &[]);
+    let (code, out, _) = client(&server, &recovered, &["whoami", "--json"]);
+    assert_eq!(code, 0);
+    let me: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(me["principal"]["role"], "admin");
+    let expires = chrono::DateTime::parse_from_rfc3339(
+        me["credential"]["expiresAt"].as_str().expect("expires"),
+    )
+    .expect("time");
+    let hours = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours();
+    assert!((23..=24).contains(&hours), "{hours}");
+    server.stop();
+}

@@ -55,6 +55,13 @@ impl SecretDigest {
         hex::encode(self.0)
     }
 
+    /// Reads a digest back from its lowercase hex form; `None` if it is not one.
+    pub fn from_hex(hex_digest: &str) -> Option<Self> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_digest, &mut bytes).ok()?;
+        Some(Self(bytes))
+    }
+
     /// Compares two digests in constant time.
     pub fn ct_eq(&self, other_hex: &str) -> bool {
         let mine = self.to_hex();

@@ -89,10 +89,27 @@ impl Scope {
     }
 }
 
+/// What an error may repeat of a rejected scope string: the string itself only when it has
+/// the shape of a mistyped scope (`read:cluster`), never anything that could be a pasted
+/// secret.
+fn echo_if_scope_shaped(s: &str) -> String {
+    let shaped = s.len() <= 40
+        && s.split_once(':').is_some_and(|(a, r)| {
+            matches!(a, "read" | "manage")
+                && !r.is_empty()
+                && r.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+        });
+    if shaped {
+        format!("`{s}`")
+    } else {
+        "the value".to_owned()
+    }
+}
+
 /// Why a scope string was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "`{0}` is not a scope: expected all-apis, read:<resource> or manage:<resource> with a known resource"
+    "{0} is not a scope: expected all-apis, read:<resource> or manage:<resource> with a known resource"
 )]
 pub struct UnknownScope(pub String);
 
@@ -103,7 +120,7 @@ impl FromStr for Scope {
         if s == "all-apis" {
             return Ok(Scope::AllApis);
         }
-        let unknown = || UnknownScope(s.chars().take(64).collect());
+        let unknown = || UnknownScope(echo_if_scope_shaped(s));
         let (access, resource) = s.split_once(':').ok_or_else(unknown)?;
         let access = match access {
             "read" => Access::Read,
@@ -236,6 +253,12 @@ mod tests {
         assert!("read:".parse::<Scope>().is_err());
         assert!("READ:users".parse::<Scope>().is_err());
         assert!("read:users ".parse::<Scope>().is_err());
+        // A typo is repeated to help; anything else is not, in case it is a secret.
+        let typo = ScopeSet::parse(&["read:cluster"]).expect_err("unknown resource");
+        assert!(typo.to_string().contains("read:cluster"));
+        let pasted = format!("dapi{}", "a".repeat(72));
+        let err = ScopeSet::parse(&[pasted.as_str()]).expect_err("not a scope");
+        assert!(!err.to_string().contains("aaaa"), "{err}");
     }
 
     proptest! {

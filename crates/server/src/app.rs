@@ -93,11 +93,91 @@ pub async fn migrate(config: &Config) -> Result<(), StartError> {
     Ok(result?)
 }
 
+/// Why a recovery token could not be issued.
+#[derive(Debug, thiserror::Error)]
+pub enum RecoverError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] datastack_store::Error),
+    /// No principal fits.
+    #[error("{0}")]
+    NoAdmin(String),
+}
+
+/// How long a break-glass token lives.
+pub const RECOVERY_TOKEN_HOURS: i64 = 24;
+
+/// Break-glass: issues a short-lived `all-apis` token to an active admin of the root
+/// workspace (or of `workspace`), chosen by `email` or, without one, the oldest. Needs
+/// direct access to the store, like `migrate`, so only an operator of the deployment can
+/// run it. Returns the admin's id and the token.
+pub async fn recover_admin_token(
+    config: &Config,
+    workspace: Option<&str>,
+    email: Option<&str>,
+) -> Result<(String, SecretString), RecoverError> {
+    let workspace = workspace
+        .map(WorkspaceId::parse)
+        .transpose()
+        .map_err(|e| RecoverError::NoAdmin(format!("--workspace {e}")))?;
+    let email = email
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| RecoverError::NoAdmin(format!("--email {e}")))?;
+    let store = Store::open(&store_config(config)).await?;
+    store.migrate().await?;
+    let admin = store
+        .find_active_admin(workspace.as_ref(), email.as_ref())
+        .await
+        .map_err(|e| match e {
+            datastack_store::Error::NotFound => RecoverError::NoAdmin(
+                "no active admin matches: check --workspace and --email (users list shows them)"
+                    .into(),
+            ),
+            other => other.into(),
+        });
+    let admin = match admin {
+        Ok(a) => a,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let secret = credential::generate(CredentialKind::PersonalAccessToken);
+    let expires = Utc::now() + chrono::Duration::hours(RECOVERY_TOKEN_HOURS);
+    let token = new_token_record(
+        &admin,
+        "recovery admin token",
+        ScopeSet::all_apis(),
+        Some(expires),
+        &secret,
+    );
+    let inserted = store.insert_token(&token).await;
+    store.close().await;
+    inserted?;
+    Ok((admin.id.to_string(), secret.secret))
+}
+
 impl Application {
     /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let store = Store::open(&store_config(&config)).await?;
         store.migrate().await?;
+        // Everything that can still fail comes before the bootstrap: a first start that
+        // created the admin and then could not serve would lose the one-time token.
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        // Subscribe before serving, so no revocation committed after start is missed.
+        let invalidations = store.listen_invalidations().await?;
         let admin_token = bootstrap(&store).await?;
         let metrics = Arc::new(Metrics::new());
         let credentials = Arc::new(CredentialVerifier::new(
@@ -121,8 +201,7 @@ impl Application {
             config.usage_flush_interval,
             shutdown_rx.clone(),
         ))];
-        // Subscribe before serving, so no revocation committed after start is missed.
-        if let Some(listener) = store.listen_invalidations().await? {
+        if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
                 store.clone(),
                 listener,
@@ -130,17 +209,6 @@ impl Application {
                 shutdown_rx,
             )));
         }
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
         if !addr.ip().is_loopback() {
             tracing::warn!(
                 addr = %addr,

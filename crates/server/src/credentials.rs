@@ -189,29 +189,29 @@ impl CredentialVerifier {
         self.generation.fetch_add(1, Ordering::SeqCst);
         match inv {
             Invalidation::Token(digest_hex) => {
-                // The cache is keyed by digest; find the entry whose digest matches.
-                let victims: Vec<SecretDigest> = self
-                    .cache
-                    .iter()
-                    .filter(|(_, v)| &v.identity.token.digest_hex == digest_hex)
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in victims {
-                    self.cache.remove(&k);
+                // The cache is keyed by digest: drop the entry directly.
+                match SecretDigest::from_hex(digest_hex) {
+                    Some(digest) => {
+                        self.cache.remove(&digest);
+                    }
+                    None => self.cache.clear(),
                 }
             }
-            Invalidation::Principal(id) => {
-                let victims: Vec<SecretDigest> = self
-                    .cache
-                    .iter()
-                    .filter(|(_, v)| v.identity.principal.id.as_str() == id)
-                    .map(|(k, _)| k)
-                    .collect();
-                for k in victims {
-                    self.cache.remove(&k);
-                }
-            }
+            Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
+            Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::All => self.cache.clear(),
+        }
+    }
+
+    fn remove_where(&self, matches: impl Fn(&Identity) -> bool) {
+        let victims: Vec<SecretDigest> = self
+            .cache
+            .iter()
+            .filter(|(_, v)| matches(&v.identity))
+            .map(|(k, _)| k)
+            .collect();
+        for k in victims {
+            self.cache.remove(&k);
         }
     }
 

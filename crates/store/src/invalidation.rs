@@ -17,6 +17,8 @@ pub enum Invalidation {
     Token(String),
     /// Every credential of this principal.
     Principal(String),
+    /// Every credential whose owner belongs to this workspace (its settings changed).
+    Workspace(String),
     /// Everything: announcements may have been missed.
     All,
 }
@@ -26,6 +28,7 @@ impl Invalidation {
         match self {
             Invalidation::Token(d) => format!("token:{d}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
+            Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::All => "all".to_owned(),
         }
     }
@@ -34,6 +37,7 @@ impl Invalidation {
         match s.split_once(':') {
             Some(("token", d)) => Invalidation::Token(d.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
+            Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
             // Anything unexpected is treated as the safe choice.
             _ => Invalidation::All,
         }

@@ -118,6 +118,32 @@ impl Store {
         row.ok_or(Error::NotFound)?.into_domain()
     }
 
+    /// An active admin user of `workspace` (default: the root workspace, the one created at
+    /// first start), the one with `email` if given, else the oldest. For break-glass
+    /// recovery.
+    pub async fn find_active_admin(
+        &self,
+        workspace: Option<&WorkspaceId>,
+        email: Option<&Email>,
+    ) -> Result<Principal> {
+        let sql = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals \
+             WHERE kind = 'user' AND role = 'admin' AND status = 'active' \
+               AND ($1 IS NULL OR email = $1) \
+               AND workspace_id = COALESCE($2, \
+                   (SELECT id FROM workspaces WHERE parent_id IS NULL ORDER BY id LIMIT 1)) \
+             ORDER BY id LIMIT 1"
+        );
+        let row: Option<PrincipalRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(email.map(Email::as_str))
+                .bind(workspace.map(WorkspaceId::as_str))
+                .fetch_optional(pool)
+                .await?
+        });
+        row.ok_or(Error::NotFound)?.into_domain()
+    }
+
     /// The principals of `workspace` matching `filter`, ordered by id.
     pub async fn list_principals(
         &self,

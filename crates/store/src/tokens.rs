@@ -83,9 +83,14 @@ impl Store {
             .bind(token.created_at)
             .bind(token.expires_at)
             .execute(pool)
-            .await?;
-        });
-        Ok(())
+            .await
+            .map(|_| ())
+        })
+        .map_err(|e| match e {
+            // The owner was deleted meanwhile.
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
+            other => other.into(),
+        })
     }
 
     /// The token with this digest, its owner and their workspace, revoked or not; the
@@ -215,9 +220,13 @@ impl Store {
         if uses.is_empty() {
             return Ok(());
         }
+        // Update rows in id order, so concurrent flushes (or a flush and a principal
+        // deletion) lock them in the same order and cannot deadlock.
+        let mut ordered: Vec<&TokenUse> = uses.iter().collect();
+        ordered.sort_by(|a, b| a.id.cmp(&b.id));
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for u in uses {
+            for u in ordered {
                 sqlx::query(
                     "UPDATE tokens SET last_used_at = $1, last_used_ip = $2 \
                      WHERE id = $3 AND (last_used_at IS NULL OR last_used_at < $1)",

@@ -172,7 +172,7 @@ impl Store {
     }
 
     /// Applies `patch` to a workspace `viewer` may see and returns the result. Cached
-    /// credentials carry their workspace, so every node is told to drop them.
+    /// credentials carry their workspace, so every node is told to drop that workspace's.
     pub async fn update_workspace(
         &self,
         viewer: &WorkspaceId,
@@ -199,7 +199,7 @@ impl Store {
             if notify {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(&channel)
-                    .bind(crate::Invalidation::All.encode())
+                    .bind(crate::Invalidation::Workspace(id.to_string()).encode())
                     .execute(&mut *tx)
                     .await?;
             }

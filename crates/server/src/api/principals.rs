@@ -231,14 +231,15 @@ async fn update(
     patch: PrincipalPatch,
 ) -> ApiResult<Json<PrincipalResponse>> {
     let id = parse_id(id, kind)?;
-    let updated = state
+    let result = state
         .store
         .update_principal(&caller.workspace_id, kind, &id, &patch)
-        .await
-        .map_err(not_found(kind))?;
+        .await;
+    // Even when reading the result back failed, the change may have committed.
     state
         .credentials
         .invalidate(&Invalidation::Principal(id.to_string()));
+    let updated = result.map_err(not_found(kind))?;
     tracing::info!(principal = %id, by = %caller.id, "principal updated");
     Ok(Json(PrincipalResponse::from(updated)))
 }
@@ -268,14 +269,14 @@ async fn remove(
     id: &str,
 ) -> ApiResult<StatusCode> {
     let id = parse_id(id, kind)?;
-    state
+    let result = state
         .store
         .delete_principal(&caller.workspace_id, kind, &id)
-        .await
-        .map_err(not_found(kind))?;
+        .await;
     state
         .credentials
         .invalidate(&Invalidation::Principal(id.to_string()));
+    result.map_err(not_found(kind))?;
     tracing::info!(principal = %id, by = %caller.id, "principal deleted");
     Ok(StatusCode::NO_CONTENT)
 }

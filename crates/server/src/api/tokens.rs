@@ -39,7 +39,8 @@ pub struct CreateTokenRequest {
     pub expires_in_days: Option<i64>,
     /// Lifetime in seconds (60–3153600000).
     pub lifetime_seconds: Option<i64>,
-    /// Scopes to grant; default `["all-apis"]`. The token acts with these ∩ the owner's role.
+    /// Scopes to grant, each covered by the calling credential's scopes; default: the
+    /// calling credential's scopes. The token acts with these ∩ the owner's role.
     pub scopes: Option<Vec<String>>,
     /// Admins only: create the token for this principal (a user or service principal of
     /// the workspace) instead of for the caller, e.g. a new user's first token.
@@ -158,10 +159,18 @@ pub async fn create_token(
         }
     };
     let label = validate::text("label", &body.label, validate::MAX_LABEL_LEN)?;
+    // A credential can only hand on what it holds: a token limited to manage:tokens must
+    // not mint an all-apis token. Without a list, the new token gets the creator's scopes.
+    let granted = &caller.identity.token.scopes;
     let scopes = match &body.scopes {
-        None => ScopeSet::all_apis(),
+        None => granted.clone(),
         Some(list) => ScopeSet::parse(list)?,
     };
+    if let Some(beyond) = scopes.as_slice().iter().find(|s| !granted.covers(**s)) {
+        return Err(ApiError::Forbidden(format!(
+            "the scope {beyond} is not granted to the credential making this call; a token can only be given scopes its creator holds"
+        )));
+    }
     let requested = validate::token_lifetime(body.expires_in_days, body.lifetime_seconds)?;
     let workspace = state.store.get_workspace(&owner.workspace_id).await?;
     let lifetime = match (requested, workspace.settings.max_token_lifetime_days) {

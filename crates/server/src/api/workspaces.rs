@@ -300,13 +300,14 @@ pub async fn update_workspace(
             .map(SettingsRequest::validate)
             .transpose()?,
     };
-    let ws = state
+    let result = state
         .store
         .update_workspace(&caller.identity.principal.workspace_id, &id, &patch)
-        .await
-        .map_err(not_found)?;
+        .await;
+    // Even when reading the result back failed, the change may have committed.
     state
         .credentials
-        .invalidate(&datastack_store::Invalidation::All);
+        .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
+    let ws = result.map_err(not_found)?;
     Ok(Json(WorkspaceResponse::from(ws)))
 }

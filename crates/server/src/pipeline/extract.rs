@@ -96,40 +96,74 @@ impl<T: DeserializeOwned + Send> FromRequestParts<AppState> for Path<T> {
     }
 }
 
-/// Replaces every quoted or backquoted value longer than a field name in a deserializer
-/// message, so submitted strings are never echoed.
+/// Replaces every quoted (`"…"`) or backquoted (`` `…` ``) value in a deserializer message
+/// unless it is a short identifier (a field name such as `expiresInDays`), so submitted
+/// strings, which could be secrets, are never echoed. Escaped quotes inside a value do not
+/// end it.
 fn redact_quoted(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
-    let mut rest = message;
-    while let Some(start) = rest.find('"') {
-        out.push_str(&rest[..start]);
-        match rest[start + 1..].find('"') {
-            Some(len) => {
-                out.push_str("\"…\"");
-                rest = &rest[start + 1 + len + 1..];
+    let mut chars = message.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        if c != '"' && c != '`' {
+            out.push(c);
+            continue;
+        }
+        let mut value = String::new();
+        let mut closed = false;
+        while let Some((_, d)) = chars.next() {
+            if d == '\\' {
+                if let Some((_, escaped)) = chars.next() {
+                    value.push('\\');
+                    value.push(escaped);
+                }
+                continue;
             }
-            None => {
-                out.push_str("\"…");
-                rest = "";
+            if d == c {
+                closed = true;
+                break;
             }
+            value.push(d);
+        }
+        let identifier = value.len() <= 40
+            && !value.to_ascii_lowercase().starts_with("dapi")
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+        out.push(c);
+        out.push_str(if identifier { &value } else { "…" });
+        if closed {
+            out.push(c);
         }
     }
-    out.push_str(rest);
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use super::redact_quoted;
+
     #[test]
     fn quoted_values_are_redacted() {
         assert_eq!(
-            super::redact_quoted(r#"label: invalid type: string "dapi123", expected u32"#),
+            redact_quoted(r#"label: invalid type: string "dapi123", expected u32"#),
             r#"label: invalid type: string "…", expected u32"#
         );
         assert_eq!(
-            super::redact_quoted("unknown field `x`"),
-            "unknown field `x`"
+            redact_quoted(r#"invalid type: string "has a space", expected u32"#),
+            r#"invalid type: string "…", expected u32"#
         );
-        assert_eq!(super::redact_quoted(r#"a "b"#), r#"a "…"#);
+        assert_eq!(
+            redact_quoted("unknown field `lifetime`"),
+            "unknown field `lifetime`"
+        );
+        assert_eq!(
+            redact_quoted(&format!("unknown field `dapi{}`", "0".repeat(72))),
+            "unknown field `…`"
+        );
+        assert_eq!(
+            redact_quoted(r#"string "x\"TAIL", expected"#),
+            r#"string "…", expected"#
+        );
+        assert_eq!(redact_quoted(r#"a "b c"#), r#"a "…"#);
     }
 }

@@ -54,8 +54,6 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(Route::unmatched, |p| Route::new(p.as_str()));
-    // Only the path is logged, never the query string. Cloning a URI shares its bytes.
-    let uri = req.uri().clone();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -76,14 +74,16 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
     state
         .metrics
         .observe_request(&method, route, status, elapsed.as_secs_f64());
+    // The raw path is never logged, only the route template in the span: a path can carry
+    // a secret someone pasted by mistake (`DELETE /api/v1/auth/tokens/dapi…`).
     // One access line per request at debug (the audit log is the durable record of
     // calls); server faults at warn so they are seen at the default level.
     let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     span.in_scope(|| {
         if status >= 500 {
-            tracing::warn!(status, path = %uri.path(), latency_us, "request failed");
+            tracing::warn!(status, latency_us, "request failed");
         } else {
-            tracing::debug!(status, path = %uri.path(), latency_us, "request finished");
+            tracing::debug!(status, latency_us, "request finished");
         }
     });
     response

@@ -15,6 +15,7 @@ on_both_stores!(
     users_manage_their_own_tokens_and_admins_anyones,
     last_use_is_recorded_in_batches,
     pagination_walks_every_token_once,
+    a_token_cannot_mint_a_broader_token,
 );
 
 async fn token_lifecycle_create_list_use_revoke(backend: Backend) {
@@ -363,5 +364,81 @@ async fn pagination_walks_every_token_once(backend: Backend) {
             .await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+    app.stop().await;
+}
+
+async fn a_token_cannot_mint_a_broader_token(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (narrow, _) = app
+        .create_token(&admin, json!({"label": "ci", "scopes": ["manage:tokens"]}))
+        .await;
+    let before = app
+        .get("/api/v1/auth/tokens", &admin, "read:tokens")
+        .await
+        .body["items"]
+        .as_array()
+        .expect("items")
+        .len();
+    for scopes in [
+        json!(["all-apis"]),
+        json!(["manage:users"]),
+        json!(["read:tokens", "read:audit"]),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/auth/tokens",
+                &narrow,
+                "manage:tokens",
+                json!({"label": "escalate", "scopes": scopes}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{scopes}: {}", r.text);
+        assert_eq!(r.code(), "FORBIDDEN");
+    }
+    // An admin's narrow token cannot mint a broad token for someone else either.
+    let (user, _) = app.user_with_token("u@example.com", "admin").await;
+    let r = app
+        .post(
+            "/api/v1/auth/tokens",
+            &narrow,
+            "manage:tokens",
+            json!({"label": "x", "ownerId": user, "scopes": ["all-apis"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let after = app
+        .get("/api/v1/auth/tokens", &admin, "read:tokens")
+        .await
+        .body["items"]
+        .as_array()
+        .expect("items")
+        .len();
+    assert_eq!(before, after, "nothing was created");
+    // Without a list, the new token gets the creator's scopes; covered scopes are fine.
+    let r = app
+        .post(
+            "/api/v1/auth/tokens",
+            &narrow,
+            "manage:tokens",
+            json!({"label": "same"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    assert_eq!(r.body["scopes"], json!(["manage:tokens"]));
+    let minted = r.body["token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        app.get("/api/v1/users", &minted, "read:users").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let r = app
+        .post(
+            "/api/v1/auth/tokens",
+            &narrow,
+            "manage:tokens",
+            json!({"label": "narrower", "scopes": ["read:tokens"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED);
     app.stop().await;
 }
