@@ -252,6 +252,22 @@ fn first_start_prints_one_token_the_cli_works_and_no_secret_reaches_the_log() {
         assert!(!log.contains(&s[4..40]), "part of a secret reached the log");
     }
 
+    // A second node on the same embedded store is refused while the first runs.
+    {
+        let first = Server::start(&["--data-dir", data], &[]);
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+            .output()
+            .expect("run");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("another datastack process"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        first.stop();
+    }
+
     // A restart keeps everything and prints nothing.
     let again = Server::start(&["--data-dir", data], &[]);
     assert_eq!(again.admin_token(), None);

@@ -37,6 +37,19 @@ pub enum StartError {
     /// The store could not be opened or migrated.
     #[error("cannot open the store: {0}")]
     Store(#[from] datastack_store::Error),
+    /// Another `datastack serve` holds the embedded store's data directory.
+    #[error(
+        "another datastack process is serving from {0}; stop it first (two nodes need PostgreSQL)"
+    )]
+    DataDirInUse(String),
+    /// The data directory's lock file could not be created.
+    #[error("cannot lock the data directory {dir}: {source}")]
+    Lock {
+        /// The directory.
+        dir: String,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -59,6 +72,8 @@ pub struct Application {
     /// request.
     workers_stop_tx: watch::Sender<bool>,
     workers: Vec<JoinHandle<()>>,
+    /// Held while serving from an embedded store, released when the node stops.
+    _data_dir_lock: Option<std::fs::File>,
 }
 
 /// Tells a running node to stop; see [`Application::shutdown_handle`].
@@ -161,6 +176,7 @@ pub async fn recover_admin_token(
 impl Application {
     /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let data_dir_lock = lock_data_dir(&config)?;
         let store = Store::open(&store_config(&config)).await?;
         store.migrate().await?;
         // Everything that can still fail comes before the bootstrap: a first start that
@@ -226,6 +242,7 @@ impl Application {
             shutdown_tx,
             workers_stop_tx,
             workers: worker_handles,
+            _data_dir_lock: data_dir_lock,
         })
     }
 
@@ -275,6 +292,34 @@ impl Application {
         self.state.store.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// On the embedded store, takes an exclusive lock on `<data_dir>/serve.lock`: a second node
+/// on the same SQLite file would never hear this node's revocations. The operating system
+/// releases the lock when the process ends, however it ends.
+fn lock_data_dir(config: &Config) -> Result<Option<std::fs::File>, StartError> {
+    if config.database_url.is_some() {
+        return Ok(None);
+    }
+    let dir = &config.data_dir;
+    let lock_error = |source| StartError::Lock {
+        dir: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(lock_error)?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("serve.lock"))
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(StartError::DataDirInUse(dir.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(lock_error(e)),
     }
 }
 

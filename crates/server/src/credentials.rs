@@ -200,6 +200,7 @@ impl CredentialVerifier {
             Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::All => self.cache.clear(),
+            Invalidation::Heartbeat => {}
         }
     }
 

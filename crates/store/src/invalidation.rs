@@ -21,6 +21,8 @@ pub enum Invalidation {
     Workspace(String),
     /// Everything: announcements may have been missed.
     All,
+    /// Nothing to drop: a node proving that the channel still delivers.
+    Heartbeat,
 }
 
 impl Invalidation {
@@ -30,10 +32,14 @@ impl Invalidation {
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::All => "all".to_owned(),
+            Invalidation::Heartbeat => "heartbeat".to_owned(),
         }
     }
 
     fn decode(s: &str) -> Self {
+        if s == "heartbeat" {
+            return Invalidation::Heartbeat;
+        }
         match s.split_once(':') {
             Some(("token", d)) => Invalidation::Token(d.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
@@ -58,6 +64,21 @@ impl Store {
         let mut listener = PgListener::connect(url).await?;
         listener.listen(&self.channel).await?;
         Ok(Some(InvalidationListener { listener }))
+    }
+}
+
+impl Store {
+    /// Sends a heartbeat on the invalidation channel (PostgreSQL only): a listener that
+    /// does not hear it is cut off without knowing it.
+    pub async fn announce_heartbeat(&self) -> Result<()> {
+        if let crate::Db::Postgres(pool) = &self.db {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.channel)
+                .bind(Invalidation::Heartbeat.encode())
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
     }
 }
 

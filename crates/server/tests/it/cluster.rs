@@ -76,3 +76,80 @@ async fn revocation_through_one_node_reaches_the_other_within_a_second() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_listening_connection_dies_reconnects_and_still_hears_revocations() {
+    let Some(base) = postgres_url() else {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
+        return;
+    };
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let StoreLocation::Postgres(url) = &*store else {
+        unreachable!("a PostgreSQL location");
+    };
+    let schema = url
+        .rsplit("search_path%3D")
+        .next()
+        .expect("schema")
+        .to_owned();
+    let a = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let b = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let admin = a.admin().to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&base)
+        .await
+        .expect("connect");
+    let listeners = |pool: sqlx::PgPool, schema: String| async move {
+        sqlx::query_scalar::<_, i32>(
+            "SELECT pid FROM pg_stat_activity WHERE query LIKE 'LISTEN %' || $1 || '%'",
+        )
+        .bind(schema)
+        .fetch_all(&pool)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let before = listeners(pool.clone(), schema.clone()).await;
+    assert_eq!(before.len(), 2, "each node listens on its own connection");
+    for pid in &before {
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .execute(&pool)
+            .await
+            .expect("terminate");
+    }
+    // Both nodes notice, empty their caches and subscribe again on new connections.
+    let reconnected = crate::helpers::eventually(Duration::from_secs(10), || {
+        let (pool, schema, before) = (pool.clone(), schema.clone(), before.clone());
+        async move {
+            let now = listeners(pool, schema).await;
+            now.len() == 2 && now.iter().all(|p| !before.contains(p))
+        }
+    })
+    .await;
+    assert!(reconnected, "the nodes did not listen again");
+
+    let (token, id) = a
+        .create_token(&admin, json!({"label": "after-reconnect"}))
+        .await;
+    assert_eq!(b.me(&token).await.status, StatusCode::OK);
+    let r = a
+        .delete(
+            &format!("/api/v1/auth/tokens/{id}"),
+            &admin,
+            "manage:tokens",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let revoked_at = Instant::now();
+    while b.me(&token).await.status != StatusCode::UNAUTHORIZED {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "node B missed a revocation after reconnecting"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pool.close().await;
+    a.stop().await;
+    b.stop().await;
+}
