@@ -261,6 +261,16 @@ pub enum WorkspacesCmd {
         /// The workspace id, ws_…
         id: String,
     },
+    /// Suspend a workspace created from yours: every credential in it is refused.
+    Suspend {
+        /// The workspace id, ws_…
+        id: String,
+    },
+    /// Activate a suspended workspace.
+    Activate {
+        /// The workspace id, ws_…
+        id: String,
+    },
     /// Create a workspace and its first admin. The admin's token is printed once, alone on
     /// stdout; details go to stderr.
     Create {
@@ -545,6 +555,12 @@ async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<
             out.page(&workspaces, workspace_table);
         }
         WorkspacesCmd::Get { id } => out.one(&client.get_workspace(&id).await?, workspace_fields),
+        WorkspacesCmd::Suspend { id } => {
+            out.one(&client.suspend_workspace(&id).await?, workspace_fields)
+        }
+        WorkspacesCmd::Activate { id } => {
+            out.one(&client.activate_workspace(&id).await?, workspace_fields)
+        }
         WorkspacesCmd::Create {
             name,
             admin_email,

@@ -29,6 +29,8 @@ pub struct Workspace {
     pub parent_id: Option<WorkspaceId>,
     /// Its credential policy.
     pub settings: WorkspaceSettings,
+    /// Active, or suspended by its parent: a suspended workspace's credentials are refused.
+    pub status: Status,
     /// When it was created.
     pub created_at: DateTime<Utc>,
     /// When it last changed.

@@ -251,6 +251,25 @@ impl Client {
         Ok(())
     }
 
+    /// `POST /api/v1/workspaces/{id}/suspend` (`manage:workspaces`): suspends a workspace
+    /// created from the caller's; every credential in it is refused until it is activated.
+    pub async fn suspend_workspace(&self, id: &str) -> Result<Workspace> {
+        self.workspace_action(id, "suspend").await
+    }
+
+    /// `POST /api/v1/workspaces/{id}/activate` (`manage:workspaces`): activates it again.
+    pub async fn activate_workspace(&self, id: &str) -> Result<Workspace> {
+        self.workspace_action(id, "activate").await
+    }
+
+    async fn workspace_action(&self, id: &str, action: &str) -> Result<Workspace> {
+        let url = self.url(&["api", "v1", "workspaces", id, action]);
+        let response = self
+            .send(Method::POST, url, Auth::Scoped(MANAGE_WORKSPACES), None)
+            .await?;
+        decode(response).await
+    }
+
     async fn user_action(&self, id: &str, action: &str) -> Result<User> {
         let url = self.url(&["api", "v1", "users", id, action]);
         let response = self

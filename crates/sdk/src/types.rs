@@ -182,6 +182,8 @@ pub struct Workspace {
     /// The settings.
     #[serde(default)]
     pub settings: WorkspaceSettings,
+    /// `active`, or `suspended` by its parent workspace (its credentials are refused).
+    pub status: Status,
     /// When the workspace was created.
     pub created_at: DateTime<Utc>,
     /// When the workspace was last changed.

@@ -181,6 +181,17 @@ async fn typed_calls_send_the_right_scope_and_decode_the_answers() {
     let token = ws.admin_token.expect("admin token");
     let child = server.client(token.expose_secret());
     assert_eq!(child.me().await.expect("me").workspace.id, ws.workspace.id);
+    let suspended = admin
+        .suspend_workspace(&ws.workspace.id)
+        .await
+        .expect("suspend");
+    assert_eq!(suspended.status, datastack_sdk::Status::Suspended);
+    assert_eq!(child.me().await.expect_err("suspended").status(), Some(401));
+    admin
+        .activate_workspace(&ws.workspace.id)
+        .await
+        .expect("activate");
+    assert!(child.me().await.is_ok());
 
     // Revoke, and the token is refused.
     admin

@@ -381,6 +381,7 @@ async fn bootstrap(store: &Store) -> Result<Option<SecretString>, datastack_stor
         name: "default".to_owned(),
         parent_id: None,
         settings: WorkspaceSettings::default(),
+        status: Status::Active,
         created_at: now,
         updated_at: now,
     };

@@ -48,6 +48,8 @@ pub enum Rejection {
     Revoked,
     /// Its owner is suspended.
     OwnerSuspended,
+    /// Its owner's workspace is suspended.
+    WorkspaceSuspended,
 }
 
 impl Rejection {
@@ -59,6 +61,7 @@ impl Rejection {
             Rejection::Expired => "expired",
             Rejection::Revoked => "revoked",
             Rejection::OwnerSuspended => "owner_suspended",
+            Rejection::WorkspaceSuspended => "workspace_suspended",
         }
     }
 }
@@ -171,6 +174,9 @@ impl CredentialVerifier {
         }
         if identity.principal.status != Status::Active {
             return Ok(Err(Rejection::OwnerSuspended));
+        }
+        if identity.workspace.status != Status::Active {
+            return Ok(Err(Rejection::WorkspaceSuspended));
         }
         let second = now.timestamp();
         if entry.last_noted.swap(second, Ordering::Relaxed) != second {

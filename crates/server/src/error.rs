@@ -157,6 +157,7 @@ impl From<datastack_store::Error> for ApiError {
         match e {
             E::NotFound => ApiError::NotFound("not found".into()),
             E::Conflict(m) => ApiError::Conflict(m),
+            E::CallerRevoked => ApiError::InvalidToken,
             E::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "the store is unavailable");
                 ApiError::Unavailable

@@ -25,6 +25,7 @@ use crate::api;
         api::principals::delete_service_principal,
         api::workspaces::list_workspaces, api::workspaces::get_workspace,
         api::workspaces::create_workspace, api::workspaces::update_workspace,
+        api::workspaces::suspend_workspace, api::workspaces::activate_workspace,
     ),
     modifiers(&BearerScheme)
 )]

@@ -45,6 +45,9 @@ pub enum Error {
     /// Migrations failed.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The credential making the call was revoked (or its owner suspended) meanwhile.
+    #[error("the calling credential is no longer valid")]
+    CallerRevoked,
     /// A stored value could not be read back into a domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),

@@ -17,6 +17,7 @@ pub(crate) struct WorkspaceRow {
     pub name: String,
     pub parent_id: Option<String>,
     pub max_token_lifetime_days: Option<i64>,
+    pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -35,6 +36,7 @@ impl WorkspaceRow {
             settings: WorkspaceSettings {
                 max_token_lifetime_days: max,
             },
+            status: Status::parse(&self.status).map_err(|e| Error::Corrupt(e.to_string()))?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })

@@ -50,6 +50,7 @@ struct TokenWithOwnerRow {
     w_name: String,
     w_parent_id: Option<String>,
     w_max_token_lifetime_days: Option<i64>,
+    w_status: String,
     w_created_at: DateTime<Utc>,
     w_updated_at: DateTime<Utc>,
 }
@@ -93,6 +94,45 @@ impl Store {
         })
     }
 
+    /// Stores a token created through the API by the credential `creator`, only if that
+    /// credential is still unrevoked and its owner active when the insert runs: a request
+    /// authenticated just before a revocation cannot mint a token after it
+    /// (`CallerRevoked`).
+    pub async fn insert_token_created_by(&self, token: &Token, creator: &TokenId) -> Result<()> {
+        let inserted = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+                 WHERE EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
+                               JOIN workspaces w ON w.id = p.workspace_id \
+                               WHERE c.id = $10 AND c.revoked_at IS NULL \
+                                 AND p.status = 'active' AND w.status = 'active')",
+            )
+            .bind(token.id.as_str())
+            .bind(token.workspace_id.as_str())
+            .bind(token.owner_id.as_str())
+            .bind(&token.label)
+            .bind(&token.digest_hex)
+            .bind(&token.last_four)
+            .bind(scopes_text(&token.scopes))
+            .bind(token.created_at)
+            .bind(token.expires_at)
+            .bind(creator.as_str())
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(|e| match e {
+            // The owner was deleted meanwhile.
+            sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
+            other => other.into(),
+        })?;
+        if inserted == 0 {
+            return Err(Error::CallerRevoked);
+        }
+        Ok(())
+    }
+
     /// The token with this digest, its owner and their workspace, revoked or not; the
     /// caller decides. One query: this is the uncached verification path.
     pub async fn find_token_by_digest(&self, digest_hex: &str) -> Result<Option<CredentialRecord>> {
@@ -101,7 +141,7 @@ impl Store {
                p.email AS p_email, p.name AS p_name, p.role AS p_role, p.status AS p_status, \
                p.created_at AS p_created_at, p.updated_at AS p_updated_at, \
                w.id AS w_id, w.name AS w_name, w.parent_id AS w_parent_id, \
-               w.max_token_lifetime_days AS w_max_token_lifetime_days, \
+               w.max_token_lifetime_days AS w_max_token_lifetime_days, w.status AS w_status, \
                w.created_at AS w_created_at, w.updated_at AS w_updated_at \
              FROM tokens t JOIN principals p ON p.id = t.owner_id \
                JOIN workspaces w ON w.id = p.workspace_id \
@@ -128,6 +168,7 @@ impl Store {
             name: row.w_name,
             parent_id: row.w_parent_id,
             max_token_lifetime_days: row.w_max_token_lifetime_days,
+            status: row.w_status,
             created_at: row.w_created_at,
             updated_at: row.w_updated_at,
         }

@@ -2,7 +2,7 @@
 
 use chrono::Utc;
 use datastack_core::id::WorkspaceId;
-use datastack_core::model::{Principal, Token, Workspace, WorkspaceSettings};
+use datastack_core::model::{Principal, Status, Token, Workspace, WorkspaceSettings};
 
 use crate::rows::{WorkspaceRow, scopes_text};
 use crate::{Error, Page, PageRequest, Result, Store, with_pool};
@@ -25,7 +25,7 @@ enum Marker {
 }
 
 const WORKSPACE_COLUMNS: &str =
-    "id, name, parent_id, max_token_lifetime_days, created_at, updated_at";
+    "id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at";
 
 impl Store {
     /// On a store that has never been bootstrapped, creates the first workspace, its admin
@@ -75,8 +75,8 @@ impl Store {
                 }
             }
             sqlx::query(
-                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at) \
+                 VALUES ($1, $2, $3, $4, $7, $5, $6)",
             )
             .bind(ws.id.as_str())
             .bind(&ws.name)
@@ -84,6 +84,7 @@ impl Store {
             .bind(ws.settings.max_token_lifetime_days.map(i64::from))
             .bind(ws.created_at)
             .bind(ws.updated_at)
+            .bind(ws.status.as_str())
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -197,6 +198,52 @@ impl Store {
             .await?
             .rows_affected();
             if notify {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(&channel)
+                    .bind(crate::Invalidation::Workspace(id.to_string()).encode())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            affected
+        });
+        if affected == 0 {
+            return Err(Error::NotFound);
+        }
+        self.get_workspace(id).await
+    }
+}
+
+impl Store {
+    /// Suspends or reactivates a workspace created from `parent`, and tells every node to
+    /// drop its cached credentials. A workspace cannot change its own status (`Conflict`):
+    /// it would lock its own admins out.
+    pub async fn set_workspace_status(
+        &self,
+        parent: &WorkspaceId,
+        id: &WorkspaceId,
+        status: Status,
+    ) -> Result<Workspace> {
+        if parent == id {
+            return Err(Error::Conflict(
+                "a workspace cannot suspend or activate itself; its parent's admins can".into(),
+            ));
+        }
+        let notify = self.backend() == crate::Backend::Postgres;
+        let channel = self.channel.clone();
+        let affected = with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE workspaces SET status = $1, updated_at = $2 WHERE id = $3 AND parent_id = $4",
+            )
+            .bind(status.as_str())
+            .bind(Utc::now())
+            .bind(id.as_str())
+            .bind(parent.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if notify && affected > 0 {
                 sqlx::query("SELECT pg_notify($1, $2)")
                     .bind(&channel)
                     .bind(crate::Invalidation::Workspace(id.to_string()).encode())

@@ -221,6 +221,7 @@ pub(super) fn workspace_fields(workspace: &Workspace) -> Vec<(&'static str, Stri
     vec![
         ("id", workspace.id.clone()),
         ("name", workspace.name.clone()),
+        ("status", workspace.status.to_string()),
         ("max token lifetime", max_lifetime(workspace)),
         ("created", when(&workspace.created_at)),
         ("updated", when(&workspace.updated_at)),

@@ -195,7 +195,10 @@ pub async fn create_token(
         lifetime.map(|l| Utc::now() + l),
         &secret,
     );
-    state.store.insert_token(&token).await?;
+    state
+        .store
+        .insert_token_created_by(&token, &caller.identity.token.id)
+        .await?;
     tracing::info!(token_id = %token.id, owner = %owner.id, "token created");
     Ok((
         StatusCode::CREATED,

@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
@@ -36,6 +36,8 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/workspaces/{id}",
             get(get_workspace).patch(update_workspace),
         )
+        .route("/api/v1/workspaces/{id}/suspend", post(suspend_workspace))
+        .route("/api/v1/workspaces/{id}/activate", post(activate_workspace))
 }
 
 /// Workspace settings as shown.
@@ -58,6 +60,8 @@ pub struct WorkspaceResponse {
     pub parent_id: Option<String>,
     /// Credential policy.
     pub settings: SettingsResponse,
+    /// `active`, or `suspended` by its parent (every credential in it is refused).
+    pub status: &'static str,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -73,6 +77,7 @@ impl From<Workspace> for WorkspaceResponse {
             settings: SettingsResponse {
                 max_token_lifetime_days: w.settings.max_token_lifetime_days,
             },
+            status: w.status.as_str(),
             created_at: w.created_at,
             updated_at: w.updated_at,
         }
@@ -234,6 +239,7 @@ pub async fn create_workspace(
         name,
         parent_id: Some(caller.identity.principal.workspace_id.clone()),
         settings,
+        status: Status::Active,
         created_at: now,
         updated_at: now,
     };
@@ -310,4 +316,52 @@ pub async fn update_workspace(
         .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
     let ws = result.map_err(not_found)?;
     Ok(Json(WorkspaceResponse::from(ws)))
+}
+
+async fn set_status(
+    state: &AppState,
+    caller: &Principal,
+    id: &str,
+    status: Status,
+) -> ApiResult<Json<WorkspaceResponse>> {
+    let id = parse_id(id)?;
+    let result = state
+        .store
+        .set_workspace_status(&caller.workspace_id, &id, status)
+        .await;
+    state
+        .credentials
+        .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
+    let ws = result.map_err(not_found)?;
+    tracing::info!(workspace = %ws.id, status = ws.status.as_str(), by = %caller.id, "workspace status changed");
+    Ok(Json(WorkspaceResponse::from(ws)))
+}
+
+/// Suspends a workspace created from the caller's: every credential in it is refused at
+/// once, on every node, until it is activated again. A workspace cannot suspend itself.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/suspend", tag = "workspaces",
+    security(("bearer" = ["manage:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
+    responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn suspend_workspace(
+    State(state): State<AppState>,
+    caller: Authorized<ManageWorkspaces>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceResponse>> {
+    set_status(&state, &caller.identity.principal, &id, Status::Suspended).await
+}
+
+/// Activates a suspended workspace created from the caller's.
+#[utoipa::path(post, path = "/api/v1/workspaces/{id}/activate", tag = "workspaces",
+    security(("bearer" = ["manage:workspaces"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
+    responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn activate_workspace(
+    State(state): State<AppState>,
+    caller: Authorized<ManageWorkspaces>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<WorkspaceResponse>> {
+    set_status(&state, &caller.identity.principal, &id, Status::Active).await
 }

@@ -5,7 +5,10 @@ use serde_json::json;
 
 use crate::helpers::{Backend, TestApp, on_both_stores};
 
-on_both_stores!(child_workspaces_are_isolated_and_visible_to_the_parent);
+on_both_stores!(
+    child_workspaces_are_isolated_and_visible_to_the_parent,
+    a_parent_suspends_a_child_workspace_and_all_its_credentials_stop,
+);
 
 async fn child_workspaces_are_isolated_and_visible_to_the_parent(backend: Backend) {
     let app = TestApp::spawn(backend).await;
@@ -101,5 +104,98 @@ async fn child_workspaces_are_isolated_and_visible_to_the_parent(backend: Backen
         )
         .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    app.stop().await;
+}
+
+async fn a_parent_suspends_a_child_workspace_and_all_its_credentials_stop(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let root = app.me(&admin).await.body["workspace"]["id"]
+        .as_str()
+        .expect("ws")
+        .to_owned();
+    let r = app
+        .post(
+            "/api/v1/workspaces",
+            &admin,
+            "manage:workspaces",
+            json!({"name": "leaky"}),
+        )
+        .await;
+    let child = r.body["workspace"]["id"].as_str().expect("id").to_owned();
+    assert_eq!(r.body["workspace"]["status"], "active");
+    let child_admin = r.body["adminToken"].as_str().expect("token").to_owned();
+    // The child admin has minted more credentials: they all stop with the workspace.
+    let (more, _) = app
+        .create_token(&child_admin, json!({"label": "more"}))
+        .await;
+    assert_eq!(app.me(&more).await.status, StatusCode::OK);
+    // A workspace cannot suspend itself, and a child cannot suspend its parent.
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{root}/suspend"),
+            &admin,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{root}/suspend"),
+            &child_admin,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(app.me(&admin).await.status, StatusCode::OK);
+
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{child}/suspend"),
+            &admin,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "suspended");
+    for token in [&child_admin, &more] {
+        let r = app.me(token).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            r.header("www-authenticate")
+                .expect("header")
+                .contains("invalid_token")
+        );
+    }
+    assert_eq!(
+        app.me(&admin).await.status,
+        StatusCode::OK,
+        "the parent is unaffected"
+    );
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{child}/activate"),
+            &admin,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(app.me(&child_admin).await.status, StatusCode::OK);
+    assert_eq!(app.me(&more).await.status, StatusCode::OK);
+    // Only admins act with manage:workspaces.
+    let (_, viewer) = app.user_with_token("v@example.com", "viewer").await;
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{child}/suspend"),
+            &viewer,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
     app.stop().await;
 }
