@@ -125,6 +125,22 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// Inside a `with_pool!` transaction `$tx`, announces `$inv` to every node when `$channel`
+/// (from [`Store::announce_channel`]) is `Some`, i.e. on PostgreSQL. The announcement is sent
+/// exactly when the transaction commits.
+macro_rules! announce {
+    ($tx:expr, $channel:expr, $inv:expr) => {
+        if let Some(channel) = $channel {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind($inv.encode())
+                .execute(&mut *$tx)
+                .await?;
+        }
+    };
+}
+pub(crate) use announce;
+
 /// How to open a store.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
@@ -217,6 +233,12 @@ impl Store {
             channel,
             pg_url: Some(url.to_owned()),
         })
+    }
+
+    /// The channel invalidations are announced on: `Some` on PostgreSQL, where other nodes
+    /// listen; `None` on SQLite, which has one node.
+    pub(crate) fn announce_channel(&self) -> Option<&str> {
+        (self.backend() == Backend::Postgres).then_some(self.channel.as_str())
     }
 
     /// Which engine this store runs on.

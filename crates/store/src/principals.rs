@@ -8,7 +8,7 @@ use datastack_core::validate::Email;
 
 use crate::invalidation::Invalidation;
 use crate::rows::PrincipalRow;
-use crate::{Error, Page, PageRequest, Result, Store, unique_violation, with_pool};
+use crate::{Error, Page, PageRequest, Result, Store, announce, unique_violation, with_pool};
 
 /// A principal to create.
 #[derive(Debug, Clone)]
@@ -51,6 +51,43 @@ const PRINCIPAL_COLUMNS: &str =
     "id, workspace_id, kind, email, name, role, status, created_at, updated_at";
 
 const LAST_ADMIN: &str = "this change would leave the workspace without an active admin";
+
+/// In transaction `$tx`, touches the workspace row and reads the principal (or returns
+/// `NotFound`). Touching the row first serialises admin changes per workspace on both
+/// engines, so two concurrent demotions cannot both pass [`ensure_another_active_admin`].
+macro_rules! lock_workspace_and_read {
+    ($tx:ident, $select:expr, $workspace:expr, $kind:expr, $id:expr) => {{
+        sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
+            .bind($workspace.as_str())
+            .execute(&mut *$tx)
+            .await?;
+        let row: Option<PrincipalRow> = sqlx::query_as($select)
+            .bind($id.as_str())
+            .bind($workspace.as_str())
+            .bind($kind.as_str())
+            .fetch_optional(&mut *$tx)
+            .await?;
+        row.ok_or(Error::NotFound)?.into_domain()?
+    }};
+}
+
+/// In transaction `$tx`, returns `Conflict` unless the workspace keeps another active admin
+/// besides `$id`.
+macro_rules! ensure_another_active_admin {
+    ($tx:ident, $workspace:expr, $id:expr) => {{
+        let others: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM principals WHERE workspace_id = $1 AND role = 'admin' \
+             AND status = 'active' AND id <> $2",
+        )
+        .bind($workspace.as_str())
+        .bind($id.as_str())
+        .fetch_one(&mut *$tx)
+        .await?;
+        if others == 0 {
+            return Err(Error::Conflict(LAST_ADMIN.into()));
+        }
+    }};
+}
 
 impl Store {
     /// Creates a principal. A user whose email the workspace already has → `Conflict`.
@@ -187,42 +224,19 @@ impl Store {
         id: &PrincipalId,
         patch: &PrincipalPatch,
     ) -> Result<Principal> {
-        let channel = self.channel.clone();
-        let notify = self.backend() == crate::Backend::Postgres;
+        let channel = self.announce_channel();
         let select = format!(
             "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1 AND workspace_id = $2 AND kind = $3"
         );
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // Touching the workspace row first serialises admin changes per workspace on
-            // both engines, so two concurrent demotions cannot both pass the check below.
-            sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
-                .bind(workspace.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let row: Option<PrincipalRow> = sqlx::query_as(&select)
-                .bind(id.as_str())
-                .bind(workspace.as_str())
-                .bind(kind.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let current = row.ok_or(Error::NotFound)?.into_domain()?;
+            let current = lock_workspace_and_read!(tx, &select, workspace, kind, id);
             let role = patch.role.unwrap_or(current.role);
             let status = patch.status.unwrap_or(current.status);
             let was_active_admin = current.role == Role::Admin && current.status == Status::Active;
             let stays_active_admin = role == Role::Admin && status == Status::Active;
             if was_active_admin && !stays_active_admin {
-                let others: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM principals WHERE workspace_id = $1 AND role = 'admin' \
-                     AND status = 'active' AND id <> $2",
-                )
-                .bind(workspace.as_str())
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-                if others == 0 {
-                    return Err(Error::Conflict(LAST_ADMIN.into()));
-                }
+                ensure_another_active_admin!(tx, workspace, id);
             }
             sqlx::query("UPDATE principals SET name = $1, role = $2, status = $3, updated_at = $4 WHERE id = $5")
                 .bind(patch.name.as_deref().unwrap_or(&current.name))
@@ -232,13 +246,7 @@ impl Store {
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            if notify {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(Invalidation::Principal(id.to_string()).encode())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            announce!(tx, channel, Invalidation::Principal(id.to_string()));
             tx.commit().await?;
         });
         self.get_principal(workspace, kind, id).await
@@ -252,36 +260,15 @@ impl Store {
         kind: PrincipalKind,
         id: &PrincipalId,
     ) -> Result<()> {
-        let channel = self.channel.clone();
-        let notify = self.backend() == crate::Backend::Postgres;
+        let channel = self.announce_channel();
         let select = format!(
             "SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1 AND workspace_id = $2 AND kind = $3"
         );
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("UPDATE workspaces SET updated_at = updated_at WHERE id = $1")
-                .bind(workspace.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let row: Option<PrincipalRow> = sqlx::query_as(&select)
-                .bind(id.as_str())
-                .bind(workspace.as_str())
-                .bind(kind.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let current = row.ok_or(Error::NotFound)?.into_domain()?;
+            let current = lock_workspace_and_read!(tx, &select, workspace, kind, id);
             if current.role == Role::Admin && current.status == Status::Active {
-                let others: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM principals WHERE workspace_id = $1 AND role = 'admin' \
-                     AND status = 'active' AND id <> $2",
-                )
-                .bind(workspace.as_str())
-                .bind(id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-                if others == 0 {
-                    return Err(Error::Conflict(LAST_ADMIN.into()));
-                }
+                ensure_another_active_admin!(tx, workspace, id);
             }
             sqlx::query("DELETE FROM tokens WHERE owner_id = $1")
                 .bind(id.as_str())
@@ -291,13 +278,7 @@ impl Store {
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            if notify {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(Invalidation::Principal(id.to_string()).encode())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            announce!(tx, channel, Invalidation::Principal(id.to_string()));
             tx.commit().await?;
         });
         Ok(())

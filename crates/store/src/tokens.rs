@@ -8,7 +8,7 @@ use datastack_core::model::{Principal, Token, Workspace};
 
 use crate::invalidation::Invalidation;
 use crate::rows::{PrincipalRow, TokenRow, WorkspaceRow, scopes_text};
-use crate::{Error, Page, PageRequest, Result, Store, with_pool};
+use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// Which tokens a list returns.
 #[derive(Debug, Clone)]
@@ -223,8 +223,7 @@ impl Store {
         id: &TokenId,
         owner: Option<&PrincipalId>,
     ) -> Result<Token> {
-        let channel = self.channel.clone();
-        let notify = self.backend() == crate::Backend::Postgres;
+        let channel = self.announce_channel();
         let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -244,13 +243,7 @@ impl Store {
             }
             let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
             let token = row.into_domain()?;
-            if notify {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(Invalidation::Token(token.digest_hex.clone()).encode())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
             tx.commit().await?;
             Ok(token)
         })

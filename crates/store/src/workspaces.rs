@@ -5,7 +5,7 @@ use datastack_core::id::WorkspaceId;
 use datastack_core::model::{Principal, Status, Token, Workspace, WorkspaceSettings};
 
 use crate::rows::{WorkspaceRow, scopes_text};
-use crate::{Error, Page, PageRequest, Result, Store, with_pool};
+use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// A change to a workspace; `None` leaves a field as it is.
 #[derive(Debug, Clone, Default)]
@@ -183,8 +183,7 @@ impl Store {
         let current = self.get_visible_workspace(viewer, id).await?;
         let name = patch.name.clone().unwrap_or(current.name);
         let settings = patch.settings.clone().unwrap_or(current.settings);
-        let notify = self.backend() == crate::Backend::Postgres;
-        let channel = self.channel.clone();
+        let channel = self.announce_channel();
         let affected = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -197,13 +196,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if notify {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(crate::Invalidation::Workspace(id.to_string()).encode())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            announce!(tx, channel, crate::Invalidation::Workspace(id.to_string()));
             tx.commit().await?;
             affected
         });
@@ -229,8 +222,7 @@ impl Store {
                 "a workspace cannot suspend or activate itself; its parent's admins can".into(),
             ));
         }
-        let notify = self.backend() == crate::Backend::Postgres;
-        let channel = self.channel.clone();
+        let channel = self.announce_channel();
         let affected = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -243,12 +235,8 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if notify && affected > 0 {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(&channel)
-                    .bind(crate::Invalidation::Workspace(id.to_string()).encode())
-                    .execute(&mut *tx)
-                    .await?;
+            if affected > 0 {
+                announce!(tx, channel, crate::Invalidation::Workspace(id.to_string()));
             }
             tx.commit().await?;
             affected
