@@ -7,7 +7,7 @@ use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
 use datastack_core::model::{Principal, Token, Workspace};
 
 use crate::invalidation::Invalidation;
-use crate::rows::{PrincipalRow, TokenRow, WorkspaceRow, scopes_text};
+use crate::rows::{PrincipalRow, TokenRow, WorkspaceRow};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// Which tokens a list returns.
@@ -28,6 +28,56 @@ pub struct TokenUse {
     pub at: DateTime<Utc>,
     /// From where.
     pub ip: Option<IpAddr>,
+}
+
+/// The start of every token INSERT: the nine stored columns, in [`bind_token!`]'s order.
+macro_rules! insert_token_columns {
+    () => {
+        "INSERT INTO tokens \
+         (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) "
+    };
+}
+
+/// Inserts one token; bind it with [`bind_token!`].
+pub(crate) const INSERT_TOKEN: &str = concat!(
+    insert_token_columns!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+);
+
+/// Inserts one token only if the calling credential (`$10`) is still unrevoked and its
+/// owner and workspace active.
+const INSERT_TOKEN_IF_CALLER_VALID: &str = concat!(
+    insert_token_columns!(),
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+     WHERE EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
+                   JOIN workspaces w ON w.id = p.workspace_id \
+                   WHERE c.id = $10 AND c.revoked_at IS NULL \
+                     AND p.status = 'active' AND w.status = 'active')"
+);
+
+/// Binds a token's nine stored columns, in [`INSERT_TOKEN`]'s order, to `$query`.
+macro_rules! bind_token {
+    ($query:expr, $token:expr) => {
+        $query
+            .bind($token.id.as_str())
+            .bind($token.workspace_id.as_str())
+            .bind($token.owner_id.as_str())
+            .bind(&$token.label)
+            .bind(&$token.digest_hex)
+            .bind(&$token.last_four)
+            .bind($crate::rows::scopes_text(&$token.scopes))
+            .bind($token.created_at)
+            .bind($token.expires_at)
+    };
+}
+pub(crate) use bind_token;
+
+/// A token whose owner was deleted meanwhile violates the foreign key: that is a 404.
+fn owner_gone_is_not_found(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
+        other => other.into(),
+    }
 }
 
 const TOKEN_COLUMNS: &str = "t.id, t.workspace_id, t.owner_id, t.label, t.digest, t.last_four, t.scopes, \
@@ -70,28 +120,12 @@ impl Store {
     /// Stores a new token.
     pub async fn insert_token(&self, token: &Token) -> Result<()> {
         with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(token.id.as_str())
-            .bind(token.workspace_id.as_str())
-            .bind(token.owner_id.as_str())
-            .bind(&token.label)
-            .bind(&token.digest_hex)
-            .bind(&token.last_four)
-            .bind(scopes_text(&token.scopes))
-            .bind(token.created_at)
-            .bind(token.expires_at)
+            bind_token!(sqlx::query(INSERT_TOKEN), token)
             .execute(pool)
             .await
             .map(|_| ())
         })
-        .map_err(|e| match e {
-            // The owner was deleted meanwhile.
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
-            other => other.into(),
-        })
+        .map_err(owner_gone_is_not_found)
     }
 
     /// Stores a token created through the API by the credential `creator`, only if that
@@ -100,33 +134,13 @@ impl Store {
     /// (`CallerRevoked`).
     pub async fn insert_token_created_by(&self, token: &Token, creator: &TokenId) -> Result<()> {
         let inserted = with_pool!(self, pool => {
-            sqlx::query(
-                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
-                 WHERE EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
-                               JOIN workspaces w ON w.id = p.workspace_id \
-                               WHERE c.id = $10 AND c.revoked_at IS NULL \
-                                 AND p.status = 'active' AND w.status = 'active')",
-            )
-            .bind(token.id.as_str())
-            .bind(token.workspace_id.as_str())
-            .bind(token.owner_id.as_str())
-            .bind(&token.label)
-            .bind(&token.digest_hex)
-            .bind(&token.last_four)
-            .bind(scopes_text(&token.scopes))
-            .bind(token.created_at)
-            .bind(token.expires_at)
+            bind_token!(sqlx::query(INSERT_TOKEN_IF_CALLER_VALID), token)
             .bind(creator.as_str())
             .execute(pool)
             .await
             .map(|r| r.rows_affected())
         })
-        .map_err(|e| match e {
-            // The owner was deleted meanwhile.
-            sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
-            other => other.into(),
-        })?;
+        .map_err(owner_gone_is_not_found)?;
         if inserted == 0 {
             return Err(Error::CallerRevoked);
         }

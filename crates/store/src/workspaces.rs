@@ -4,7 +4,8 @@ use chrono::Utc;
 use datastack_core::id::WorkspaceId;
 use datastack_core::model::{Principal, Status, Token, Workspace, WorkspaceSettings};
 
-use crate::rows::{WorkspaceRow, scopes_text};
+use crate::rows::WorkspaceRow;
+use crate::tokens::{INSERT_TOKEN, bind_token};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// A change to a workspace; `None` leaves a field as it is.
@@ -102,19 +103,7 @@ impl Store {
             .bind(admin.updated_at)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO tokens (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(token.id.as_str())
-            .bind(token.workspace_id.as_str())
-            .bind(token.owner_id.as_str())
-            .bind(&token.label)
-            .bind(&token.digest_hex)
-            .bind(&token.last_four)
-            .bind(scopes_text(&token.scopes))
-            .bind(token.created_at)
-            .bind(token.expires_at)
+            bind_token!(sqlx::query(INSERT_TOKEN), token)
             .execute(&mut *tx)
             .await?;
             tx.commit().await?;
