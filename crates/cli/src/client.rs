@@ -12,16 +12,18 @@ use std::fmt;
 use std::future::Future;
 use std::process::ExitCode;
 
+use chrono::{DateTime, Utc};
 use datastack_sdk::{
-    Client, CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace,
-    ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Page, Role, Status,
+    AuditQuery, Client, CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace,
+    ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Page, ReviewQuery, Role, Status,
     TokenLifetime, UpdateServicePrincipal, UpdateUser, UpdateWorkspace, WorkspaceSettings,
     WorkspaceSettingsUpdate,
 };
 use secrecy::SecretString;
 
 use output::{
-    Output, me_fields, print_created_token, print_created_workspace, service_principal_fields,
+    Output, audit_table, me_fields, print_bulk, print_chain_report, print_created_token,
+    print_created_workspace, review_table, security_event_table, service_principal_fields,
     service_principal_table, token_table, user_fields, user_table, workspace_fields,
     workspace_table,
 };
@@ -87,6 +89,126 @@ pub enum ClientCommand {
     },
     /// Show the principal, workspace and credential the token belongs to.
     Whoami,
+    /// Query, export and verify the audit log; list security events (admins).
+    Audit {
+        /// What to do with the audit log.
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+    /// Review every credential of the workspace: owner, scopes, age, last use and flags
+    /// (stale, rotation_due, never_expires, over_broad); revoke or narrow in bulk (admins).
+    AccessReview {
+        /// What to do; without a subcommand, list the review.
+        #[command(subcommand)]
+        cmd: Option<ReviewCmd>,
+        #[command(flatten)]
+        query: ReviewArgs,
+    },
+}
+
+/// `datastack audit …`
+#[derive(clap::Subcommand, Debug)]
+pub enum AuditCmd {
+    /// Entries, newest first, filtered.
+    Query {
+        /// At or after this time (RFC 3339, e.g. 2026-11-23T00:00:00Z).
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// The acting principal (usr_…/sp_…).
+        #[arg(long)]
+        principal: Option<String>,
+        /// The credential (tok_…).
+        #[arg(long)]
+        credential: Option<String>,
+        /// The action, e.g. tokens.create.
+        #[arg(long)]
+        action: Option<String>,
+        /// The resource type, e.g. tokens.
+        #[arg(long)]
+        resource_type: Option<String>,
+        /// The resource id.
+        #[arg(long)]
+        resource: Option<String>,
+        /// allowed, denied or error.
+        #[arg(long, value_parser = ["allowed", "denied", "error"])]
+        outcome: Option<String>,
+        /// The client address.
+        #[arg(long)]
+        ip: Option<String>,
+        /// Entries per page (1–1000; server default 100).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Start at this cursor (the `nextCursor` of a previous page).
+        #[arg(long, conflicts_with = "all_pages")]
+        cursor: Option<String>,
+        /// Follow `nextCursor` until the last page.
+        #[arg(long)]
+        all_pages: bool,
+    },
+    /// Write the entries of a time range as JSON Lines (oldest first) to stdout or a file.
+    Export {
+        /// At or after this time (RFC 3339); default: the oldest retained.
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        /// Before this time (RFC 3339); default: now.
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        /// Write to this file instead of stdout.
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Walk the workspace's hash chain and report the first altered, removed or reordered
+    /// entry. Exits 3 when the chain is broken.
+    Verify,
+    /// Security events (auth.failure_burst, credential.new_network, token.created, …).
+    SecurityEvents {
+        /// Only this type.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// Events per page (1–1000).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: Option<u32>,
+        /// Start at this cursor.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+}
+
+/// `datastack access-review …`
+#[derive(clap::Subcommand, Debug)]
+pub enum ReviewCmd {
+    /// Revoke these credentials.
+    Revoke {
+        /// Credential ids (tok_…).
+        #[arg(required = true, num_args = 1..=100)]
+        ids: Vec<String>,
+    },
+    /// Narrow these credentials to the scopes they used in the window.
+    Narrow {
+        /// Credential ids (tok_…).
+        #[arg(required = true, num_args = 1..=100)]
+        ids: Vec<String>,
+    },
+}
+
+/// The thresholds of an access review.
+#[derive(clap::Args, Debug)]
+pub struct ReviewArgs {
+    /// Unused this many days → stale (default 30).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    stale_days: Option<u32>,
+    /// Older than this many days → rotation_due (default 90).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    rotation_days: Option<u32>,
+    /// The audit window that decides over_broad and narrowing, in days (default 30).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    window_days: Option<u32>,
+    /// Only credentials with this flag.
+    #[arg(long, value_parser = ["stale", "rotation_due", "never_expires", "over_broad"])]
+    flag: Option<String>,
 }
 
 /// `datastack tokens …`
@@ -336,6 +458,8 @@ pub async fn run(cmd: ClientCommand, conn: &Connection) -> ExitCode {
         ClientCommand::ServicePrincipals { cmd } => service_principals(cmd, &client, out).await,
         ClientCommand::Workspaces { cmd } => workspaces(cmd, &client, out).await,
         ClientCommand::Whoami => whoami(&client, out).await,
+        ClientCommand::Audit { cmd } => audit(cmd, &client, out).await,
+        ClientCommand::AccessReview { cmd, query } => access_review(cmd, query, &client, out).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -349,6 +473,8 @@ enum Failure {
     Sdk(datastack_sdk::Error),
     /// The command line asks for something impossible that clap cannot express.
     Usage(String),
+    /// The audit chain is broken (exit 3).
+    ChainBroken,
 }
 
 impl From<datastack_sdk::Error> for Failure {
@@ -395,6 +521,7 @@ fn report(failure: &Failure, host: &str) -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(2)
         }
+        Failure::ChainBroken => ExitCode::from(3),
     }
 }
 
@@ -571,6 +698,7 @@ async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<
                 admin_email,
                 settings: max_token_lifetime_days.map(|days| WorkspaceSettings {
                     max_token_lifetime_days: Some(days),
+                    ..WorkspaceSettings::default()
                 }),
             };
             let created = client.create_workspace(request).await?;
@@ -596,10 +724,126 @@ async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<
                 name,
                 settings: max_lifetime.is_some().then_some(WorkspaceSettingsUpdate {
                     max_token_lifetime_days: max_lifetime,
+                    ..WorkspaceSettingsUpdate::default()
                 }),
             };
             let workspace = client.update_workspace(&id, request).await?;
             out.one(&workspace, workspace_fields);
+        }
+    }
+    Ok(())
+}
+
+async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        AuditCmd::Query {
+            since,
+            until,
+            principal,
+            credential,
+            action,
+            resource_type,
+            resource,
+            outcome,
+            ip,
+            limit,
+            cursor,
+            all_pages,
+        } => {
+            let paging = PageArgs {
+                limit: None,
+                cursor,
+                all_pages,
+            };
+            let page = collect_pages(&paging, |cursor| {
+                client.audit_events(AuditQuery {
+                    since,
+                    until,
+                    principal_id: principal.clone(),
+                    credential_id: credential.clone(),
+                    action: action.clone(),
+                    resource_type: resource_type.clone(),
+                    resource_id: resource.clone(),
+                    outcome: outcome.clone(),
+                    source_ip: ip.clone(),
+                    limit,
+                    cursor,
+                })
+            })
+            .await?;
+            out.page(&page, audit_table);
+        }
+        AuditCmd::Export {
+            since,
+            until,
+            output,
+        } => {
+            let written = match output {
+                Some(path) => {
+                    let mut file = std::fs::File::create(&path).map_err(|e| {
+                        Failure::Usage(format!("cannot create {}: {e}", path.display()))
+                    })?;
+                    client.audit_export(since, until, &mut file).await?
+                }
+                None => {
+                    let mut stdout = std::io::stdout();
+                    client.audit_export(since, until, &mut stdout).await?
+                }
+            };
+            eprintln!("exported {written} bytes");
+        }
+        AuditCmd::Verify => {
+            let report = client.audit_verify().await?;
+            print_chain_report(&report, out);
+            if !report.ok {
+                return Err(Failure::ChainBroken);
+            }
+        }
+        AuditCmd::SecurityEvents {
+            event_type,
+            limit,
+            cursor,
+        } => {
+            let page = client.security_events(event_type, limit, cursor).await?;
+            out.page(&page, security_event_table);
+        }
+    }
+    Ok(())
+}
+
+async fn access_review(
+    cmd: Option<ReviewCmd>,
+    query: ReviewArgs,
+    client: &Client,
+    out: Output,
+) -> Result<(), Failure> {
+    match cmd {
+        None => {
+            let paging = PageArgs {
+                limit: None,
+                cursor: None,
+                all_pages: true,
+            };
+            let page = collect_pages(&paging, |cursor| {
+                client.access_review(ReviewQuery {
+                    stale_days: query.stale_days,
+                    rotation_days: query.rotation_days,
+                    window_days: query.window_days,
+                    flag: query.flag.clone(),
+                    limit: Some(200),
+                    cursor,
+                })
+            })
+            .await?;
+            out.page(&page, review_table);
+        }
+        Some(ReviewCmd::Revoke { ids }) => {
+            let result = client.access_review_revoke(&ids).await?;
+            print_bulk(&result, "revoked", out);
+        }
+        Some(ReviewCmd::Narrow { ids }) => {
+            let result = client.access_review_narrow(&ids, query.window_days).await?;
+            print_bulk(&result, "narrowed", out);
         }
     }
     Ok(())

@@ -392,7 +392,14 @@ fn two_server_processes_share_revocations_through_postgres() {
     });
     let sep = if base.contains('?') { '&' } else { '?' };
     let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    // Every node of a deployment shares the audit key.
+    let key_dir = tempfile::tempdir().expect("tempdir");
+    let key_file = key_dir.path().join("audit.key");
     let envs = [
+        (
+            "DATASTACK_AUDIT_KEY_FILE",
+            key_file.to_str().expect("utf-8 path"),
+        ),
         ("DATASTACK_DATABASE_URL", url.as_str()),
         ("DATASTACK_CACHE_TTL_SECONDS", "3600"),
     ];
@@ -495,5 +502,158 @@ fn a_lost_admin_token_is_recovered_from_the_store_and_a_busy_port_loses_nothing(
     .expect("time");
     let hours = (expires.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_hours();
     assert!((23..=24).contains(&hours), "{hours}");
+    server.stop();
+}
+
+/// Runs SQL directly against a SQLite data directory, behind the server's back.
+fn sqlite_execute(data_dir: &str, statements: &[String]) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(std::path::Path::new(data_dir).join("datastack.db"))
+            .busy_timeout(Duration::from_secs(10));
+        let pool = sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the store");
+        for s in statements {
+            sqlx::query(s).execute(&pool).await.expect(s);
+        }
+        pool.close().await;
+    });
+}
+
+#[test]
+fn the_audit_cli_queries_exports_verifies_shows_tampering_and_purges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(
+        &["--data-dir", data],
+        &[("DATASTACK_AUDIT_MAINTENANCE_INTERVAL_SECONDS", "1")],
+    );
+    let admin = server.admin_token().expect("admin token");
+    for label in ["one", "two", "three"] {
+        let (code, _, err) = client(&server, &admin, &["tokens", "create", "--label", label]);
+        assert_eq!(code, 0, "{err}");
+    }
+
+    // Query: a table, and JSON with the entries' fields.
+    let (code, table, err) = client(
+        &server,
+        &admin,
+        &["audit", "query", "--action", "tokens.create"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(table.starts_with("SEQ"), "{table}");
+    assert_eq!(table.matches("tokens.create").count(), 3, "{table}");
+    let (code, out, _) = client(
+        &server,
+        &admin,
+        &["audit", "query", "--action", "tokens.create", "--json"],
+    );
+    assert_eq!(code, 0);
+    let page: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let items = page["items"].as_array().expect("items");
+    let target = items[1]["id"].as_str().expect("id").to_owned();
+    assert_eq!(items[1]["outcome"], "allowed");
+
+    // Export to a file: JSON Lines.
+    let file = dir.path().join("audit.jsonl");
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &["audit", "export", "--output", file.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let exported = std::fs::read_to_string(&file).expect("export file");
+    assert!(exported.lines().count() >= 4);
+    for line in exported.lines() {
+        serde_json::from_str::<serde_json::Value>(line).expect("one JSON entry per line");
+    }
+
+    // Verify: intact; then an entry is edited in the database and verify names it.
+    let (code, out, _) = client(&server, &admin, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("intact") && out.contains("true"), "{out}");
+    sqlite_execute(
+        data,
+        &[format!(
+            "UPDATE audit_entries SET source_ip = '203.0.113.9' WHERE id = '{target}'"
+        )],
+    );
+    let (code, out, _) = client(&server, &admin, &["audit", "verify"]);
+    assert_eq!(code, 3, "a broken chain exits 3: {out}");
+    assert!(out.contains(&format!("altered at {target}")), "{out}");
+
+    // Purge: the tampered entry and everything before it age past the retention period;
+    // the next maintenance pass purges them behind a signed checkpoint.
+    let (code, out, _) = client(&server, &admin, &["audit", "query", "--resource", &target]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.matches(target.as_str()).count(),
+        0,
+        "ids are not resources: {out}"
+    );
+    let seq = items[1]["seq"].as_i64().expect("seq");
+    sqlite_execute(
+        data,
+        &[format!(
+            "UPDATE audit_entries SET created_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now', '-400 days') WHERE seq <= {seq}"
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, out, _) = client(
+            &server,
+            &admin,
+            &["audit", "query", "--action", "audit.purge", "--json"],
+        );
+        let page: serde_json::Value = serde_json::from_str(&out).expect("json");
+        if !page["items"].as_array().expect("items").is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no purge entry");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (code, out, _) = client(&server, &admin, &["audit", "verify", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["ok"], true);
+    assert!(report["checkpoint"]["seq"].as_i64().expect("checkpoint") >= seq);
+
+    // Security events and the access review.
+    let (code, out, _) = client(
+        &server,
+        &admin,
+        &["audit", "security-events", "--type", "token.created"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.matches("token.created").count() >= 3, "{out}");
+    let (code, table, err) = client(&server, &admin, &["access-review"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        table.starts_with("CREDENTIAL") && table.contains("never_expires"),
+        "{table}"
+    );
+    let (code, out, _) = client(&server, &admin, &["access-review", "--json"]);
+    assert_eq!(code, 0);
+    let review: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let one = review["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["label"] == "one")
+        .expect("token one is reviewed")["credentialId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let (code, out, _) = client(&server, &admin, &["access-review", "revoke", &one]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("revoked {one}"));
+    let (code, _, err) = client(&server, &admin, &["access-review", "revoke", "nonsense"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("INVALID_REQUEST"), "{err}");
     server.stop();
 }

@@ -1,4 +1,4 @@
-//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`.
+//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `aud_…`, `evt_…`.
 //!
 //! The part after the prefix is a UUIDv7 in lowercase hex, so ids sort by creation time and
 //! can serve as pagination cursors.
@@ -74,6 +74,14 @@ macro_rules! prefixed_id {
 prefixed_id!(
     /// A workspace id, `ws_…`.
     WorkspaceId, "ws_"
+);
+prefixed_id!(
+    /// An audit entry id, `aud_…`.
+    AuditId, "aud_"
+);
+prefixed_id!(
+    /// A security event id, `evt_…`.
+    EventId, "evt_"
 );
 prefixed_id!(
     /// A token id, `tok_…`. It is public: it names a token, it does not prove anything.

@@ -15,6 +15,22 @@ pub struct WorkspaceSettings {
     /// The longest lifetime a personal access token may have, in days; tokens created
     /// without a lifetime get this one. `None`: no maximum.
     pub max_token_lifetime_days: Option<u32>,
+    /// How long audit entries are kept, in days; `None`: the default, 365.
+    pub audit_retention_days: Option<u32>,
+    /// Revoke personal access tokens unused for this many days (after a
+    /// `token.auto_revoke_scheduled` event); `None`: never.
+    pub auto_revoke_unused_days: Option<u32>,
+}
+
+impl WorkspaceSettings {
+    /// Audit entries are kept this long unless a workspace says otherwise.
+    pub const DEFAULT_AUDIT_RETENTION_DAYS: u32 = 365;
+
+    /// The audit retention period in force.
+    pub fn audit_retention_days(&self) -> u32 {
+        self.audit_retention_days
+            .unwrap_or(Self::DEFAULT_AUDIT_RETENTION_DAYS)
+    }
 }
 
 /// A workspace: the unit of tenancy. Principals and their credentials belong to one.

@@ -196,6 +196,20 @@ impl ScopeSet {
         Ok(Self(scopes))
     }
 
+    /// The smallest set that covers every scope of `used` (a scope another one covers is
+    /// dropped: `manage:tokens` makes `read:tokens` redundant); `None` when `used` is empty.
+    /// The access review suggests it as the narrower grant.
+    pub fn covering(used: &[Scope]) -> Option<Self> {
+        let mut scopes: Vec<Scope> = used
+            .iter()
+            .filter(|s| !used.iter().any(|o| o != *s && o.covers(**s)))
+            .copied()
+            .collect();
+        scopes.sort();
+        scopes.dedup();
+        (!scopes.is_empty()).then_some(Self(scopes))
+    }
+
     /// Whether some granted scope covers `scope`.
     pub fn covers(&self, scope: Scope) -> bool {
         self.0.iter().any(|g| g.covers(scope))
@@ -268,5 +282,18 @@ mod tests {
                 prop_assert_eq!(scope.to_string(), s);
             }
         }
+    }
+
+    #[test]
+    fn the_covering_set_drops_what_another_scope_covers() {
+        let used: Vec<Scope> = ["read:tokens", "manage:tokens", "read:users"]
+            .iter()
+            .map(|s| s.parse().expect("scope"))
+            .collect();
+        let set = ScopeSet::covering(&used).expect("some");
+        assert_eq!(set.to_strings(), vec!["read:users", "manage:tokens"]);
+        assert!(ScopeSet::covering(&[]).is_none());
+        let all = ScopeSet::covering(&[Scope::AllApis, used[0]]).expect("some");
+        assert_eq!(all.to_strings(), vec!["all-apis"]);
     }
 }

@@ -43,7 +43,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a request sends to prove who it is.
 #[derive(Clone, Copy)]
-enum Auth {
+pub(crate) enum Auth {
     /// Nothing: public endpoints such as `/healthz`.
     Anonymous,
     /// The bearer token without a scope header: `/api/v1/me`.
@@ -63,7 +63,7 @@ enum Auth {
 /// shows the token.
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
     base: Url,
     token: SecretString,
 }
@@ -419,7 +419,7 @@ impl Client {
 
     /// The base URL with these path segments appended, each percent-encoded, so an id can
     /// never change the path it is put in.
-    fn url(&self, segments: &[&str]) -> Url {
+    pub(crate) fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         url.path_segments_mut()
             .expect("Client::new accepts only http(s) URLs, which always have a path")
@@ -428,11 +428,11 @@ impl Client {
         url
     }
 
-    async fn get(&self, url: Url, scope: &'static str) -> Result<Response> {
+    pub(crate) async fn get(&self, url: Url, scope: &'static str) -> Result<Response> {
         self.send(Method::GET, url, Auth::Scoped(scope), None).await
     }
 
-    async fn post_json<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         url: Url,
         scope: &'static str,
@@ -447,7 +447,7 @@ impl Client {
 
     /// Sends a request, retrying as the type's documentation says, and returns the first
     /// successful response or the error of the last attempt.
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         url: Url,
@@ -490,7 +490,7 @@ impl Client {
         }
     }
 
-    fn build(
+    pub(crate) fn build(
         &self,
         method: Method,
         url: Url,
@@ -544,7 +544,7 @@ fn parse_host(host: &str) -> Result<Url> {
 }
 
 /// Appends the pairs that have a value; a URL without any keeps having no `?`.
-fn append_query(url: &mut Url, pairs: &[(&str, Option<String>)]) {
+pub(crate) fn append_query(url: &mut Url, pairs: &[(&str, Option<String>)]) {
     let mut present = pairs
         .iter()
         .filter_map(|(key, value)| value.as_deref().map(|value| (*key, value)))
@@ -606,7 +606,7 @@ fn jitter_fraction() -> f64 {
     mixed as f64 / (1u64 << 24) as f64
 }
 
-async fn api_error(response: Response) -> Error {
+pub(crate) async fn api_error(response: Response) -> Error {
     let status = response.status().as_u16();
     let request_id = response
         .headers()
@@ -618,11 +618,11 @@ async fn api_error(response: Response) -> Error {
     Error::from_response(status, &body, request_id)
 }
 
-fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>> {
+pub(crate) fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>> {
     serde_json::to_vec(body).map_err(|e| Error::Decode(format!("cannot encode the request: {e}")))
 }
 
-async fn decode<T: DeserializeOwned>(response: Response) -> Result<T> {
+pub(crate) async fn decode<T: DeserializeOwned>(response: Response) -> Result<T> {
     let bytes = response.bytes().await?;
     decode_bytes(&bytes)
 }

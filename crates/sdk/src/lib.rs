@@ -32,10 +32,15 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod audit;
 mod client;
 mod error;
 mod types;
 
+pub use audit::{
+    AuditEntry, AuditQuery, BulkChange, BulkResult, ChainReport, ReviewItem, ReviewOwner,
+    ReviewQuery, SecurityEvent,
+};
 pub use client::{Client, DEFAULT_HOST};
 pub use error::{Error, Result};
 pub use types::{

@@ -169,6 +169,12 @@ pub struct WorkspaceSettings {
     /// The longest lifetime a personal access token may have, in days; `None` for no limit.
     #[serde(default)]
     pub max_token_lifetime_days: Option<u32>,
+    /// How long audit entries are kept, in days (server default 365).
+    #[serde(default)]
+    pub audit_retention_days: Option<u32>,
+    /// Unused personal access tokens are revoked after this many days; `None`: never.
+    #[serde(default)]
+    pub auto_revoke_unused_days: Option<u32>,
 }
 
 /// A workspace: the unit that owns users, service principals and their credentials.
@@ -504,6 +510,14 @@ pub struct WorkspaceSettingsUpdate {
     /// `Some(Some(days))` sets it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_token_lifetime_days: Option<Option<u32>>,
+    /// `None` keeps the audit retention, `Some(None)` restores the default, `Some(Some(days))`
+    /// sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_retention_days: Option<Option<u32>>,
+    /// `None` keeps the auto-revocation policy, `Some(None)` turns it off,
+    /// `Some(Some(days))` sets it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_revoke_unused_days: Option<Option<u32>>,
 }
 
 /// The answer of creating a workspace: the workspace, its first admin and that admin's

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::from_fn_with_state;
 use chrono::Utc;
+use datastack_core::audit::{AuditKey, AuditRecord, SecurityEvent};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
 use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
@@ -16,13 +17,14 @@ use datastack_core::model::{
 };
 use datastack_core::scope::ScopeSet;
 use datastack_core::validate::Email;
-use datastack_store::{Store, StoreConfig};
+use datastack_store::{Store, StoreConfig, Trail};
 use secrecy::SecretString;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::CredentialVerifier;
 use crate::error::ApiError;
@@ -50,6 +52,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The audit key could not be read or created.
+    #[error("{0}")]
+    AuditKey(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -139,8 +144,12 @@ pub async fn recover_admin_token(
         .map(Email::parse)
         .transpose()
         .map_err(|e| RecoverError::NoAdmin(format!("--email {e}")))?;
-    let store = Store::open(&store_config(config)).await?;
+    let key = load_audit_key(config).map_err(|e| RecoverError::NoAdmin(e.to_string()))?;
+    let store = Store::open(&store_config(config))
+        .await?
+        .with_audit_key(Arc::new(key));
     store.migrate().await?;
+    store.check_audit_key().await?;
     let admin = store
         .find_active_admin(workspace.as_ref(), email.as_ref())
         .await
@@ -167,7 +176,25 @@ pub async fn recover_admin_token(
         Some(expires),
         &secret,
     );
-    let inserted = store.insert_token(&token).await;
+    let mut record = AuditRecord::system(admin.workspace_id.clone(), "tokens.recover", "tokens");
+    record.principal_id = Some(admin.id.to_string());
+    record.resource_id = Some(token.id.to_string());
+    record.detail = Some(
+        serde_json::json!({ "via": "datastack recover-admin-token", "expiresAt": expires })
+            .to_string(),
+    );
+    let trail = Trail::of(record).with_event(SecurityEvent::new(
+        admin.workspace_id.clone(),
+        "token.created",
+        serde_json::json!({
+            "tokenId": token.id,
+            "ownerId": admin.id,
+            "scopes": token.scopes,
+            "expiresAt": expires,
+            "reason": "break-glass recovery",
+        }),
+    ));
+    let inserted = store.insert_token(&token, &trail).await;
     store.close().await;
     inserted?;
     Ok((admin.id.to_string(), secret.secret))
@@ -177,8 +204,12 @@ impl Application {
     /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let data_dir_lock = lock_data_dir(&config)?;
-        let store = Store::open(&store_config(&config)).await?;
+        let key = load_audit_key(&config)?;
+        let store = Store::open(&store_config(&config))
+            .await?
+            .with_audit_key(Arc::new(key));
         store.migrate().await?;
+        store.check_audit_key().await?;
         // Everything that can still fail comes before the bootstrap: a first start that
         // created the admin and then could not serve would lose the one-time token.
         let listener =
@@ -195,6 +226,11 @@ impl Application {
         // Subscribe before serving, so no revocation committed after start is missed.
         let invalidations = store.listen_invalidations().await?;
         let admin_token = bootstrap(&store).await?;
+        let root = store.root_workspace_id().await?.ok_or_else(|| {
+            StartError::Store(datastack_store::Error::Corrupt(
+                "the store has no root workspace".into(),
+            ))
+        })?;
         let metrics = Arc::new(Metrics::new());
         let credentials = Arc::new(CredentialVerifier::new(
             store.clone(),
@@ -202,21 +238,38 @@ impl Application {
             config.cache_ttl,
             metrics.clone(),
         ));
+        let (audit, audit_rx) = AuditLog::new(&config, root);
         let config = Arc::new(config);
         let state = AppState::new(NodeState {
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: metrics.clone(),
             config: config.clone(),
+            audit: Arc::new(audit),
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);
-        let mut worker_handles = vec![tokio::spawn(workers::usage::usage_flusher(
-            credentials.clone(),
-            metrics.clone(),
-            config.usage_flush_interval,
-            shutdown_rx.clone(),
-        ))];
+        let mut worker_handles = vec![
+            tokio::spawn(workers::usage::usage_flusher(
+                credentials.clone(),
+                metrics.clone(),
+                config.usage_flush_interval,
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(workers::audit_writer::audit_writer(
+                store.clone(),
+                audit_rx,
+                config.clone(),
+                metrics.clone(),
+                shutdown_rx.clone(),
+            )),
+            tokio::spawn(workers::maintenance::maintenance(
+                store.clone(),
+                credentials.clone(),
+                config.clone(),
+                shutdown_rx.clone(),
+            )),
+        ];
         if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
                 store.clone(),
@@ -295,6 +348,63 @@ impl Application {
     }
 }
 
+/// The audit key: `audit_key` from the configuration, or the key file (default
+/// `<data_dir>/audit.key`), created with a new random key, readable only by its owner, on
+/// first start.
+pub fn load_audit_key(config: &Config) -> Result<AuditKey, StartError> {
+    use secrecy::ExposeSecret;
+    if let Some(hex) = &config.audit_key {
+        return AuditKey::from_hex(hex.expose_secret())
+            .map_err(|e| StartError::AuditKey(format!("audit_key: {e}")));
+    }
+    let path = config
+        .audit_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit.key"));
+    let unreadable = |e: std::io::Error| {
+        StartError::AuditKey(format!(
+            "cannot read the audit key file {}: {e}",
+            path.display()
+        ))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            return AuditKey::from_hex(&text)
+                .map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(unreadable(e)),
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(unreadable)?;
+    }
+    let key = AuditKey::generate();
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    match options.open(&path) {
+        Ok(mut file) => {
+            use std::io::Write;
+            file.write_all(key.to_hex().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(unreadable)?;
+            tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(), "created the audit key");
+            Ok(key)
+        }
+        // Another process created it first: use theirs.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let text = std::fs::read_to_string(&path).map_err(unreadable)?;
+            AuditKey::from_hex(&text)
+                .map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
+        }
+        Err(e) => Err(unreadable(e)),
+    }
+}
+
 /// On the embedded store, takes an exclusive lock on `<data_dir>/serve.lock`: a second node
 /// on the same SQLite file would never hear this node's revocations. The operating system
 /// releases the lock when the process ends, however it ends.
@@ -365,6 +475,7 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(from_fn_with_state(state.clone(), pipeline::audit::audit))
         .layer(from_fn_with_state(
             state.clone(),
             pipeline::request_id::request_id,
@@ -404,7 +515,16 @@ async fn bootstrap(store: &Store) -> Result<Option<SecretString>, datastack_stor
         None,
         &secret,
     );
-    let created = store.bootstrap(&ws, &admin, &token).await?;
+    let mut record = AuditRecord::system(ws.id.clone(), "workspaces.bootstrap", "workspaces");
+    record.resource_id = Some(ws.id.to_string());
+    record.detail =
+        Some(serde_json::json!({ "adminId": admin.id, "adminTokenId": token.id }).to_string());
+    let trail = Trail::of(record).with_event(SecurityEvent::new(
+        ws.id.clone(),
+        "token.created",
+        serde_json::json!({ "tokenId": token.id, "ownerId": admin.id, "scopes": token.scopes, "reason": "bootstrap" }),
+    ));
+    let created = store.bootstrap(&ws, &admin, &token, &trail).await?;
     Ok(created.then_some(secret.secret))
 }
 

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The server's settings. See `docs/configuration.md` for each one.
@@ -32,6 +33,43 @@ pub struct Config {
     pub usage_flush_interval: Duration,
     /// The log filter, e.g. `info` or `datastack=debug,info`. Default `info`.
     pub log: String,
+    /// The audit key, 64 hex characters (`DATASTACK_AUDIT_KEY`); overrides the key file.
+    pub audit_key: Option<SecretString>,
+    /// Where the audit key is kept; created on first start if missing. Default
+    /// `<data_dir>/audit.key`.
+    pub audit_key_file: Option<PathBuf>,
+    /// Whether a response waits for its audit entry to be committed. Default batched.
+    pub audit_durability: AuditDurability,
+    /// How many audit entries may wait to be written. Default 8192.
+    pub audit_queue_capacity: usize,
+    /// How long a request waits for room in a full audit queue before it is refused with
+    /// 503. Default 2 s.
+    pub audit_enqueue_timeout: Duration,
+    /// Whether successful `GET`/`HEAD` calls are audited (failures and changes always
+    /// are). Default true.
+    pub audit_successful_reads: bool,
+    /// How often retention purges and automatic revocations run. Default 1 h.
+    pub audit_maintenance_interval: Duration,
+    /// Failed authentications from one address, or against one credential, that raise
+    /// `auth.failure_burst`. Default 10.
+    pub auth_failure_burst_threshold: u32,
+    /// The window of that count. Default 60 s.
+    pub auth_failure_burst_window: Duration,
+    /// A credential used from a network it has not used in this many days raises
+    /// `credential.new_network`. Default 30.
+    pub new_network_window_days: u32,
+    /// How long before an automatic revocation its owner is warned. Default 168 h.
+    pub auto_revoke_notice: Duration,
+}
+
+/// Whether a response waits for its audit entry to be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDurability {
+    /// Entries of reads and refusals are written in group commits right after the
+    /// response: a crash can lose the last moments' entries (see `docs/audit.md`).
+    Batched,
+    /// Every response waits for its entry's group commit.
+    Sync,
 }
 
 impl Default for Config {
@@ -47,6 +85,17 @@ impl Default for Config {
             cache_ttl: Duration::from_secs(60),
             usage_flush_interval: Duration::from_secs(5),
             log: "info".to_owned(),
+            audit_key: None,
+            audit_key_file: None,
+            audit_durability: AuditDurability::Batched,
+            audit_queue_capacity: 8192,
+            audit_enqueue_timeout: Duration::from_secs(2),
+            audit_successful_reads: true,
+            audit_maintenance_interval: Duration::from_secs(3600),
+            auth_failure_burst_threshold: 10,
+            auth_failure_burst_window: Duration::from_secs(60),
+            new_network_window_days: 30,
+            auto_revoke_notice: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -76,6 +125,28 @@ pub struct ConfigLayer {
     pub usage_flush_interval_ms: Option<u64>,
     /// `log`.
     pub log: Option<String>,
+    /// `audit_key` (kept secret: never printed by `Debug`).
+    pub audit_key: Option<SecretString>,
+    /// `audit_key_file`.
+    pub audit_key_file: Option<PathBuf>,
+    /// `audit_durability`: `batched` or `sync`.
+    pub audit_durability: Option<String>,
+    /// `audit_queue_capacity`.
+    pub audit_queue_capacity: Option<u64>,
+    /// `audit_enqueue_timeout_ms`.
+    pub audit_enqueue_timeout_ms: Option<u64>,
+    /// `audit_successful_reads`.
+    pub audit_successful_reads: Option<bool>,
+    /// `audit_maintenance_interval_seconds`.
+    pub audit_maintenance_interval_seconds: Option<u64>,
+    /// `auth_failure_burst_threshold`.
+    pub auth_failure_burst_threshold: Option<u64>,
+    /// `auth_failure_burst_window_seconds`.
+    pub auth_failure_burst_window_seconds: Option<u64>,
+    /// `new_network_window_days`.
+    pub new_network_window_days: Option<u64>,
+    /// `auto_revoke_notice_hours`.
+    pub auto_revoke_notice_hours: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -141,6 +212,37 @@ impl ConfigLayer {
                 "CACHE_TTL_SECONDS" => layer.cache_ttl_seconds = Some(number(&value)?),
                 "USAGE_FLUSH_INTERVAL_MS" => layer.usage_flush_interval_ms = Some(number(&value)?),
                 "LOG" => layer.log = Some(value),
+                "AUDIT_KEY" => layer.audit_key = Some(SecretString::from(value)),
+                "AUDIT_KEY_FILE" => layer.audit_key_file = Some(PathBuf::from(value)),
+                "AUDIT_DURABILITY" => layer.audit_durability = Some(value),
+                "AUDIT_QUEUE_CAPACITY" => layer.audit_queue_capacity = Some(number(&value)?),
+                "AUDIT_ENQUEUE_TIMEOUT_MS" => {
+                    layer.audit_enqueue_timeout_ms = Some(number(&value)?)
+                }
+                "AUDIT_SUCCESSFUL_READS" => {
+                    layer.audit_successful_reads = Some(match value.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(ConfigError(format!(
+                                "{key}={value:?} is not true or false"
+                            )));
+                        }
+                    })
+                }
+                "AUDIT_MAINTENANCE_INTERVAL_SECONDS" => {
+                    layer.audit_maintenance_interval_seconds = Some(number(&value)?)
+                }
+                "AUTH_FAILURE_BURST_THRESHOLD" => {
+                    layer.auth_failure_burst_threshold = Some(number(&value)?)
+                }
+                "AUTH_FAILURE_BURST_WINDOW_SECONDS" => {
+                    layer.auth_failure_burst_window_seconds = Some(number(&value)?)
+                }
+                "NEW_NETWORK_WINDOW_DAYS" => layer.new_network_window_days = Some(number(&value)?),
+                "AUTO_REVOKE_NOTICE_HOURS" => {
+                    layer.auto_revoke_notice_hours = Some(number(&value)?)
+                }
                 // Variables of the client commands and of the tests are not server settings.
                 _ => {}
             }
@@ -162,7 +264,18 @@ impl ConfigLayer {
             cache_capacity,
             cache_ttl_seconds,
             usage_flush_interval_ms,
-            log
+            log,
+            audit_key,
+            audit_key_file,
+            audit_durability,
+            audit_queue_capacity,
+            audit_enqueue_timeout_ms,
+            audit_successful_reads,
+            audit_maintenance_interval_seconds,
+            auth_failure_burst_threshold,
+            auth_failure_burst_window_seconds,
+            new_network_window_days,
+            auto_revoke_notice_hours
         );
         self
     }
@@ -170,6 +283,7 @@ impl ConfigLayer {
     /// Validates the merged layers over the defaults.
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut c = Config::default();
+        self.build_audit(&mut c)?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(
@@ -252,6 +366,82 @@ impl ConfigLayer {
             c.log = log;
         }
         Ok(c)
+    }
+
+    fn build_audit(&self, c: &mut Config) -> Result<(), ConfigError> {
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError(format!("{name} must be between {lo} and {hi}")))
+            }
+        };
+        if let Some(key) = self
+            .audit_key
+            .clone()
+            .filter(|k| !k.expose_secret().trim().is_empty())
+        {
+            // Checked here so a bad key stops the start; the message never repeats it.
+            datastack_core::audit::AuditKey::from_hex(key.expose_secret()).map_err(|_| {
+                ConfigError(
+                    "audit_key must be 64 hexadecimal characters; generate one with `openssl rand -hex 32`"
+                        .into(),
+                )
+            })?;
+            c.audit_key = Some(key);
+        }
+        if let Some(path) = &self.audit_key_file {
+            c.audit_key_file = Some(path.clone());
+        }
+        if let Some(d) = &self.audit_durability {
+            c.audit_durability = match d.trim() {
+                "batched" => AuditDurability::Batched,
+                "sync" => AuditDurability::Sync,
+                _ => {
+                    return Err(ConfigError(
+                        "audit_durability must be batched or sync".into(),
+                    ));
+                }
+            };
+        }
+        if let Some(n) = self.audit_queue_capacity {
+            c.audit_queue_capacity = within("audit_queue_capacity", n, 16, 1_000_000)? as usize;
+        }
+        if let Some(ms) = self.audit_enqueue_timeout_ms {
+            c.audit_enqueue_timeout =
+                Duration::from_millis(within("audit_enqueue_timeout_ms", ms, 1, 60_000)?);
+        }
+        if let Some(b) = self.audit_successful_reads {
+            c.audit_successful_reads = b;
+        }
+        if let Some(s) = self.audit_maintenance_interval_seconds {
+            c.audit_maintenance_interval = Duration::from_secs(within(
+                "audit_maintenance_interval_seconds",
+                s,
+                1,
+                7 * 24 * 3600,
+            )?);
+        }
+        if let Some(n) = self.auth_failure_burst_threshold {
+            c.auth_failure_burst_threshold =
+                within("auth_failure_burst_threshold", n, 2, 1_000_000)? as u32;
+        }
+        if let Some(s) = self.auth_failure_burst_window_seconds {
+            c.auth_failure_burst_window = Duration::from_secs(within(
+                "auth_failure_burst_window_seconds",
+                s,
+                1,
+                24 * 3600,
+            )?);
+        }
+        if let Some(d) = self.new_network_window_days {
+            c.new_network_window_days = within("new_network_window_days", d, 1, 3650)? as u32;
+        }
+        if let Some(h) = self.auto_revoke_notice_hours {
+            c.auto_revoke_notice =
+                Duration::from_secs(within("auto_revoke_notice_hours", h, 0, 24 * 365)? * 3600);
+        }
+        Ok(())
     }
 }
 

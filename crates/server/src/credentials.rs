@@ -66,6 +66,9 @@ impl Rejection {
     }
 }
 
+/// A refusal, with the refused credential's identity when it exists.
+pub type Refused = (Rejection, Option<Arc<Identity>>);
+
 /// A failure to verify that is not the credential's fault.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -105,14 +108,15 @@ impl CredentialVerifier {
         }
     }
 
-    /// Verifies a presented secret at `now` from `ip`.
+    /// Verifies a presented secret at `now` from `ip`. A refused credential that exists
+    /// comes back with its identity, so the refusal can be attributed in the audit log.
     pub async fn verify(
         &self,
         secret: &SecretString,
         ip: Option<IpAddr>,
-    ) -> Result<Result<Arc<Identity>, Rejection>, VerifyError> {
+    ) -> Result<Result<Arc<Identity>, Refused>, VerifyError> {
         let Some(presented) = credential::parse_presented(secret) else {
-            return Ok(Err(Rejection::Malformed));
+            return Ok(Err((Rejection::Malformed, None)));
         };
         let now = Utc::now();
         let cached = self
@@ -136,12 +140,12 @@ impl CredentialVerifier {
                     .find_token_by_digest(&presented.digest.to_hex())
                     .await?
                 else {
-                    return Ok(Err(Rejection::Unknown));
+                    return Ok(Err((Rejection::Unknown, None)));
                 };
                 // The digest was the lookup key; compare it again in constant time so the
                 // decision never rests on a variable-time comparison.
                 if !presented.digest.ct_eq(&token.digest_hex) {
-                    return Ok(Err(Rejection::Unknown));
+                    return Ok(Err((Rejection::Unknown, None)));
                 }
                 let entry = Arc::new(CachedCredential {
                     identity: Arc::new(Identity {
@@ -166,17 +170,19 @@ impl CredentialVerifier {
             }
         };
         let identity = &entry.identity;
-        if identity.token.revoked_at.is_some() {
-            return Ok(Err(Rejection::Revoked));
-        }
-        if identity.token.expires_at.is_some_and(|e| e <= now) {
-            return Ok(Err(Rejection::Expired));
-        }
-        if identity.principal.status != Status::Active {
-            return Ok(Err(Rejection::OwnerSuspended));
-        }
-        if identity.workspace.status != Status::Active {
-            return Ok(Err(Rejection::WorkspaceSuspended));
+        let refusal = if identity.token.revoked_at.is_some() {
+            Some(Rejection::Revoked)
+        } else if identity.token.expires_at.is_some_and(|e| e <= now) {
+            Some(Rejection::Expired)
+        } else if identity.principal.status != Status::Active {
+            Some(Rejection::OwnerSuspended)
+        } else if identity.workspace.status != Status::Active {
+            Some(Rejection::WorkspaceSuspended)
+        } else {
+            None
+        };
+        if let Some(rejection) = refusal {
+            return Ok(Err((rejection, Some(identity.clone()))));
         }
         let second = now.timestamp();
         if entry.last_noted.swap(second, Ordering::Relaxed) != second {

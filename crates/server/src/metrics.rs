@@ -68,6 +68,15 @@ pub struct Metrics {
     auth: Family<OutcomeLabels, Counter>,
     cache: Family<ResultLabels, Counter>,
     usage_buffered: Gauge,
+    audit_written: Counter,
+    audit_write_failures: Counter,
+    audit_batch: Gauge,
+    security_events: Family<EventLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EventLabels {
+    event_type: String,
 }
 
 impl Default for Metrics {
@@ -115,6 +124,30 @@ impl Metrics {
             "Token uses written by the last usage flush",
             usage_buffered.clone(),
         );
+        let audit_written = Counter::default();
+        registry.register(
+            "audit_entries_written",
+            "Audit entries written by the group-commit writer",
+            audit_written.clone(),
+        );
+        let audit_write_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Failed audit batch writes (the batch is retried, not dropped)",
+            audit_write_failures.clone(),
+        );
+        let audit_batch = Gauge::default();
+        registry.register(
+            "audit_last_batch_size",
+            "Entries in the writer's last group commit",
+            audit_batch.clone(),
+        );
+        let security_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Security events raised by the audit writer, by type",
+            security_events.clone(),
+        );
         Self {
             registry,
             requests,
@@ -122,6 +155,10 @@ impl Metrics {
             auth,
             cache,
             usage_buffered,
+            audit_written,
+            audit_write_failures,
+            audit_batch,
+            security_events,
         }
     }
 
@@ -175,6 +212,26 @@ impl Metrics {
     pub fn usage_flushed(&self, n: usize) {
         self.usage_buffered
             .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records a committed audit batch.
+    pub fn audit_batch_written(&self, n: usize) {
+        self.audit_written.inc_by(n as u64);
+        self.audit_batch.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failed audit batch write.
+    pub fn audit_write_failed(&self) {
+        self.audit_write_failures.inc();
+    }
+
+    /// Counts a raised security event.
+    pub fn security_event(&self, event_type: &str) {
+        self.security_events
+            .get_or_create(&EventLabels {
+                event_type: event_type.to_owned(),
+            })
+            .inc();
     }
 
     /// The metrics in Prometheus text format.

@@ -26,6 +26,10 @@ use crate::api;
         api::workspaces::list_workspaces, api::workspaces::get_workspace,
         api::workspaces::create_workspace, api::workspaces::update_workspace,
         api::workspaces::suspend_workspace, api::workspaces::activate_workspace,
+        api::audit::query_events, api::audit::export, api::audit::verify,
+        api::audit::security_events,
+        api::access_review::review, api::access_review::bulk_revoke,
+        api::access_review::bulk_narrow,
     ),
     modifiers(&BearerScheme)
 )]

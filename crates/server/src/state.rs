@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use datastack_store::Store;
 
+use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::CredentialVerifier;
 use crate::metrics::Metrics;
@@ -24,6 +25,8 @@ pub struct NodeState {
     pub metrics: Arc<Metrics>,
     /// The validated configuration.
     pub config: Arc<Config>,
+    /// The audit log's queue and policy.
+    pub audit: Arc<AuditLog>,
 }
 
 impl AppState {

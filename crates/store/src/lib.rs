@@ -7,6 +7,7 @@
 //! rules a transaction must enforce (such as "a workspace keeps an active admin").
 #![forbid(unsafe_code)]
 
+mod audit;
 mod invalidation;
 mod principals;
 mod rows;
@@ -22,9 +23,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use audit::{AuditFilter, ChainReport, ScopeUse, Sighting, Trail, WorkspacePolicy};
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
-pub use tokens::{CredentialRecord, TokenFilter, TokenUse};
+pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
 pub use workspaces::WorkspacePatch;
 
 /// What can go wrong in the store.
@@ -48,6 +50,17 @@ pub enum Error {
     /// The credential making the call was revoked (or its owner suspended) meanwhile.
     #[error("the calling credential is no longer valid")]
     CallerRevoked,
+    /// The audit key differs from the one the store's audit trail was written with.
+    #[error(
+        "the audit key (fingerprint {configured}) differs from the one this store's audit log \
+         was written with (fingerprint {stored}); every node must use the same key"
+    )]
+    AuditKeyMismatch {
+        /// The stored fingerprint.
+        stored: String,
+        /// The configured key's fingerprint.
+        configured: String,
+    },
     /// A stored value could not be read back into a domain type.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
@@ -165,6 +178,8 @@ pub struct Store {
     /// The PostgreSQL channel on which invalidations are announced to other nodes.
     channel: String,
     pg_url: Option<String>,
+    /// The key the audit chain is signed with.
+    audit_key: Option<std::sync::Arc<datastack_core::audit::AuditKey>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -211,6 +226,7 @@ impl Store {
             db: Db::Sqlite(pool),
             channel: String::new(),
             pg_url: None,
+            audit_key: None,
         })
     }
 
@@ -232,7 +248,14 @@ impl Store {
             db: Db::Postgres(pool),
             channel,
             pg_url: Some(url.to_owned()),
+            audit_key: None,
         })
+    }
+
+    /// The store, signing its audit trail with `key`.
+    pub fn with_audit_key(mut self, key: std::sync::Arc<datastack_core::audit::AuditKey>) -> Self {
+        self.audit_key = Some(key);
+        self
     }
 
     /// The channel invalidations are announced on: `Some` on PostgreSQL, where other nodes

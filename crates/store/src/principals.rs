@@ -6,6 +6,7 @@ use datastack_core::id::{PrincipalId, WorkspaceId};
 use datastack_core::model::{Principal, PrincipalKind, Status};
 use datastack_core::validate::Email;
 
+use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
 use crate::rows::PrincipalRow;
 use crate::{Error, Page, PageRequest, Result, Store, announce, unique_violation, with_pool};
@@ -91,7 +92,13 @@ macro_rules! ensure_another_active_admin {
 
 impl Store {
     /// Creates a principal. A user whose email the workspace already has → `Conflict`.
-    pub async fn create_principal(&self, new: &NewPrincipal) -> Result<Principal> {
+    /// `trail` builds the audit trail of the creation from the new principal; it is written
+    /// in the same transaction.
+    pub async fn create_principal(
+        &self,
+        new: &NewPrincipal,
+        trail: impl FnOnce(&Principal) -> Trail,
+    ) -> Result<Principal> {
         let now = Utc::now();
         let principal = Principal {
             id: match new.kind {
@@ -107,7 +114,16 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        let result = with_pool!(self, pool => {
+        let trail = trail(&principal);
+        let taken = |e: sqlx::Error| {
+            if unique_violation(&e) {
+                Error::Conflict("a user with this email already exists in the workspace".into())
+            } else {
+                e.into()
+            }
+        };
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO principals (id, workspace_id, kind, email, name, role, status, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -121,17 +137,13 @@ impl Store {
             .bind(principal.status.as_str())
             .bind(principal.created_at)
             .bind(principal.updated_at)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
-            .map(|_| ())
+            .map_err(taken)?;
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
         });
-        match result {
-            Ok(_) => Ok(principal),
-            Err(e) if unique_violation(&e) => Err(Error::Conflict(
-                "a user with this email already exists in the workspace".into(),
-            )),
-            Err(e) => Err(e.into()),
-        }
+        Ok(principal)
     }
 
     /// A principal of `workspace` by id and kind.
@@ -223,6 +235,7 @@ impl Store {
         kind: PrincipalKind,
         id: &PrincipalId,
         patch: &PrincipalPatch,
+        trail: &Trail,
     ) -> Result<Principal> {
         let channel = self.announce_channel();
         let select = format!(
@@ -247,6 +260,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             announce!(tx, channel, Invalidation::Principal(id.to_string()));
+            write_trail!(self, tx, trail);
             tx.commit().await?;
         });
         self.get_principal(workspace, kind, id).await
@@ -259,6 +273,7 @@ impl Store {
         workspace: &WorkspaceId,
         kind: PrincipalKind,
         id: &PrincipalId,
+        trail: &Trail,
     ) -> Result<()> {
         let channel = self.announce_channel();
         let select = format!(
@@ -279,6 +294,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             announce!(tx, channel, Invalidation::Principal(id.to_string()));
+            write_trail!(self, tx, trail);
             tx.commit().await?;
         });
         Ok(())

@@ -17,6 +17,8 @@ pub(crate) struct WorkspaceRow {
     pub name: String,
     pub parent_id: Option<String>,
     pub max_token_lifetime_days: Option<i64>,
+    pub audit_retention_days: Option<i64>,
+    pub auto_revoke_unused_days: Option<i64>,
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -24,17 +26,22 @@ pub(crate) struct WorkspaceRow {
 
 impl WorkspaceRow {
     pub fn into_domain(self) -> Result<Workspace> {
-        let max = self
-            .max_token_lifetime_days
-            .map(u32::try_from)
-            .transpose()
-            .map_err(|_| Error::Corrupt("max_token_lifetime_days out of range".into()))?;
+        let days = |v: Option<i64>, name: &str| {
+            v.map(u32::try_from)
+                .transpose()
+                .map_err(|_| Error::Corrupt(format!("{name} out of range")))
+        };
+        let max = days(self.max_token_lifetime_days, "max_token_lifetime_days")?;
+        let retention = days(self.audit_retention_days, "audit_retention_days")?;
+        let auto_revoke = days(self.auto_revoke_unused_days, "auto_revoke_unused_days")?;
         Ok(Workspace {
             id: WorkspaceId::from_trusted(self.id),
             name: self.name,
             parent_id: self.parent_id.map(WorkspaceId::from_trusted),
             settings: WorkspaceSettings {
                 max_token_lifetime_days: max,
+                audit_retention_days: retention,
+                auto_revoke_unused_days: auto_revoke,
             },
             status: Status::parse(&self.status).map_err(|e| Error::Corrupt(e.to_string()))?,
             created_at: self.created_at,

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
 use datastack_core::model::{Principal, Token, Workspace};
 
+use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
 use crate::rows::{PrincipalRow, TokenRow, WorkspaceRow};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
@@ -100,6 +101,8 @@ struct TokenWithOwnerRow {
     w_name: String,
     w_parent_id: Option<String>,
     w_max_token_lifetime_days: Option<i64>,
+    w_audit_retention_days: Option<i64>,
+    w_auto_revoke_unused_days: Option<i64>,
     w_status: String,
     w_created_at: DateTime<Utc>,
     w_updated_at: DateTime<Utc>,
@@ -117,34 +120,46 @@ pub struct CredentialRecord {
 }
 
 impl Store {
-    /// Stores a new token.
-    pub async fn insert_token(&self, token: &Token) -> Result<()> {
+    /// Stores a new token, with its audit trail.
+    pub async fn insert_token(&self, token: &Token, trail: &Trail) -> Result<()> {
         with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
             bind_token!(sqlx::query(INSERT_TOKEN), token)
-            .execute(pool)
+            .execute(&mut *tx)
             .await
-            .map(|_| ())
+            .map_err(owner_gone_is_not_found)?;
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(())
         })
-        .map_err(owner_gone_is_not_found)
     }
 
     /// Stores a token created through the API by the credential `creator`, only if that
     /// credential is still unrevoked and its owner active when the insert runs: a request
     /// authenticated just before a revocation cannot mint a token after it
     /// (`CallerRevoked`).
-    pub async fn insert_token_created_by(&self, token: &Token, creator: &TokenId) -> Result<()> {
-        let inserted = with_pool!(self, pool => {
-            bind_token!(sqlx::query(INSERT_TOKEN_IF_CALLER_VALID), token)
-            .bind(creator.as_str())
-            .execute(pool)
-            .await
-            .map(|r| r.rows_affected())
+    pub async fn insert_token_created_by(
+        &self,
+        token: &Token,
+        creator: &TokenId,
+        trail: &Trail,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = bind_token!(sqlx::query(INSERT_TOKEN_IF_CALLER_VALID), token)
+                .bind(creator.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(owner_gone_is_not_found)?
+                .rows_affected();
+            if inserted == 0 {
+                // Nothing was written; the transaction rolls back when dropped.
+                return Err(Error::CallerRevoked);
+            }
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(())
         })
-        .map_err(owner_gone_is_not_found)?;
-        if inserted == 0 {
-            return Err(Error::CallerRevoked);
-        }
-        Ok(())
     }
 
     /// The token with this digest, its owner and their workspace, revoked or not; the
@@ -156,6 +171,8 @@ impl Store {
                p.created_at AS p_created_at, p.updated_at AS p_updated_at, \
                w.id AS w_id, w.name AS w_name, w.parent_id AS w_parent_id, \
                w.max_token_lifetime_days AS w_max_token_lifetime_days, w.status AS w_status, \
+               w.audit_retention_days AS w_audit_retention_days, \
+               w.auto_revoke_unused_days AS w_auto_revoke_unused_days, \
                w.created_at AS w_created_at, w.updated_at AS w_updated_at \
              FROM tokens t JOIN principals p ON p.id = t.owner_id \
                JOIN workspaces w ON w.id = p.workspace_id \
@@ -182,6 +199,8 @@ impl Store {
             name: row.w_name,
             parent_id: row.w_parent_id,
             max_token_lifetime_days: row.w_max_token_lifetime_days,
+            audit_retention_days: row.w_audit_retention_days,
+            auto_revoke_unused_days: row.w_auto_revoke_unused_days,
             status: row.w_status,
             created_at: row.w_created_at,
             updated_at: row.w_updated_at,
@@ -236,6 +255,7 @@ impl Store {
         workspace: &WorkspaceId,
         id: &TokenId,
         owner: Option<&PrincipalId>,
+        trail: &Trail,
     ) -> Result<Token> {
         let channel = self.announce_channel();
         let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
@@ -258,6 +278,7 @@ impl Store {
             let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
             let token = row.into_domain()?;
             announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
+            write_trail!(self, tx, trail);
             tx.commit().await?;
             Ok(token)
         })
@@ -288,5 +309,145 @@ impl Store {
             tx.commit().await?;
         });
         Ok(())
+    }
+}
+
+/// A principal as the access review names it.
+#[derive(Debug, Clone)]
+pub struct OwnerSummary {
+    /// Its id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// A user's email.
+    pub email: Option<String>,
+    /// `user` or `service_principal`.
+    pub kind: String,
+}
+
+impl Store {
+    /// Replaces the scopes of an unrevoked token of `workspace` and announces it to every
+    /// node, with its audit trail, in one transaction. Returns the token as changed.
+    pub async fn set_token_scopes(
+        &self,
+        workspace: &WorkspaceId,
+        id: &TokenId,
+        scopes: &datastack_core::scope::ScopeSet,
+        trail: &Trail,
+    ) -> Result<Token> {
+        let channel = self.announce_channel();
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE tokens SET scopes = $1 WHERE id = $2 AND workspace_id = $3 AND revoked_at IS NULL",
+            )
+            .bind(crate::rows::scopes_text(scopes))
+            .bind(id.as_str())
+            .bind(workspace.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Err(Error::NotFound);
+            }
+            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
+            let token = row.into_domain()?;
+            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(token)
+        })
+    }
+
+    /// Unrevoked tokens of `workspace` neither used nor created since `unused_since`, with
+    /// when their owner was told they would be revoked (if that was after their last use).
+    pub async fn auto_revoke_candidates(
+        &self,
+        workspace: &WorkspaceId,
+        unused_since: DateTime<Utc>,
+    ) -> Result<Vec<(Token, Option<DateTime<Utc>>)>> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            #[sqlx(flatten)]
+            token: TokenRow,
+            auto_revoke_notified_at: Option<DateTime<Utc>>,
+        }
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, t.auto_revoke_notified_at FROM tokens t \
+             WHERE t.workspace_id = $1 AND t.revoked_at IS NULL \
+               AND COALESCE(t.last_used_at, t.created_at) < $2 ORDER BY t.id LIMIT 1000"
+        );
+        let rows: Vec<Row> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(unused_since)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|r| {
+                let token = r.token.into_domain()?;
+                let idle_since = token.last_used_at.unwrap_or(token.created_at);
+                let notified = r.auto_revoke_notified_at.filter(|n| *n > idle_since);
+                Ok((token, notified))
+            })
+            .collect()
+    }
+
+    /// Records that a token's owner was told it will be revoked, with the event, once.
+    pub async fn mark_auto_revoke_notified(&self, id: &TokenId, trail: &Trail) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE tokens SET auto_revoke_notified_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(datastack_core::audit::now_micros())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Ok(false);
+            }
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    /// Every principal of `workspace`, for naming owners in the access review.
+    pub async fn owner_summaries(&self, workspace: &WorkspaceId) -> Result<Vec<OwnerSummary>> {
+        let rows: Vec<(String, String, Option<String>, String)> = with_pool!(self, pool => {
+            sqlx::query_as("SELECT id, name, email, kind FROM principals WHERE workspace_id = $1")
+                .bind(workspace.as_str())
+                .fetch_all(pool)
+                .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, email, kind)| OwnerSummary {
+                id,
+                name,
+                email,
+                kind,
+            })
+            .collect())
+    }
+}
+
+impl Store {
+    /// A token of `workspace` by id, revoked or not.
+    pub async fn find_token(&self, workspace: &WorkspaceId, id: &TokenId) -> Result<Option<Token>> {
+        let sql =
+            format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1 AND t.workspace_id = $2");
+        let row: Option<TokenRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(id.as_str())
+                .bind(workspace.as_str())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(TokenRow::into_domain).transpose()
     }
 }

@@ -4,6 +4,7 @@ use chrono::Utc;
 use datastack_core::id::WorkspaceId;
 use datastack_core::model::{Principal, Status, Token, Workspace, WorkspaceSettings};
 
+use crate::audit::{Trail, write_trail};
 use crate::rows::WorkspaceRow;
 use crate::tokens::{INSERT_TOKEN, bind_token};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
@@ -13,8 +14,13 @@ use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 pub struct WorkspacePatch {
     /// A new name.
     pub name: Option<String>,
-    /// New settings, replacing the old ones whole.
-    pub settings: Option<WorkspaceSettings>,
+    /// Settings to change: `None` keeps a setting, `Some(None)` clears it, `Some(Some(v))`
+    /// sets it.
+    pub max_token_lifetime_days: Option<Option<u32>>,
+    /// See `max_token_lifetime_days`.
+    pub audit_retention_days: Option<Option<u32>>,
+    /// See `max_token_lifetime_days`.
+    pub auto_revoke_unused_days: Option<Option<u32>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -25,8 +31,8 @@ enum Marker {
     Skip,
 }
 
-const WORKSPACE_COLUMNS: &str =
-    "id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at";
+const WORKSPACE_COLUMNS: &str = "id, name, parent_id, max_token_lifetime_days, audit_retention_days, auto_revoke_unused_days, \
+     status, created_at, updated_at";
 
 impl Store {
     /// On a store that has never been bootstrapped, creates the first workspace, its admin
@@ -37,8 +43,9 @@ impl Store {
         ws: &Workspace,
         admin: &Principal,
         token: &Token,
+        trail: &Trail,
     ) -> Result<bool> {
-        self.insert_workspace_with_admin(ws, admin, token, Marker::Claim)
+        self.insert_workspace_with_admin(ws, admin, token, trail, Marker::Claim)
             .await
     }
 
@@ -48,8 +55,9 @@ impl Store {
         ws: &Workspace,
         admin: &Principal,
         token: &Token,
+        trail: &Trail,
     ) -> Result<()> {
-        self.insert_workspace_with_admin(ws, admin, token, Marker::Skip)
+        self.insert_workspace_with_admin(ws, admin, token, trail, Marker::Skip)
             .await
             .map(|_| ())
     }
@@ -59,6 +67,7 @@ impl Store {
         ws: &Workspace,
         admin: &Principal,
         token: &Token,
+        trail: &Trail,
         marker: Marker,
     ) -> Result<bool> {
         with_pool!(self, pool => {
@@ -76,8 +85,9 @@ impl Store {
                 }
             }
             sqlx::query(
-                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $7, $5, $6)",
+                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at, \
+                 audit_retention_days, auto_revoke_unused_days) \
+                 VALUES ($1, $2, $3, $4, $7, $5, $6, $8, $9)",
             )
             .bind(ws.id.as_str())
             .bind(&ws.name)
@@ -86,6 +96,8 @@ impl Store {
             .bind(ws.created_at)
             .bind(ws.updated_at)
             .bind(ws.status.as_str())
+            .bind(ws.settings.audit_retention_days.map(i64::from))
+            .bind(ws.settings.auto_revoke_unused_days.map(i64::from))
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -106,6 +118,7 @@ impl Store {
             bind_token!(sqlx::query(INSERT_TOKEN), token)
             .execute(&mut *tx)
             .await?;
+            write_trail!(self, tx, trail);
             tx.commit().await?;
             Ok(true)
         })
@@ -168,24 +181,42 @@ impl Store {
         viewer: &WorkspaceId,
         id: &WorkspaceId,
         patch: &WorkspacePatch,
+        trail: &Trail,
     ) -> Result<Workspace> {
         let current = self.get_visible_workspace(viewer, id).await?;
         let name = patch.name.clone().unwrap_or(current.name);
-        let settings = patch.settings.clone().unwrap_or(current.settings);
+        let settings = WorkspaceSettings {
+            max_token_lifetime_days: patch
+                .max_token_lifetime_days
+                .unwrap_or(current.settings.max_token_lifetime_days),
+            audit_retention_days: patch
+                .audit_retention_days
+                .unwrap_or(current.settings.audit_retention_days),
+            auto_revoke_unused_days: patch
+                .auto_revoke_unused_days
+                .unwrap_or(current.settings.auto_revoke_unused_days),
+        };
         let channel = self.announce_channel();
         let affected = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
-                "UPDATE workspaces SET name = $1, max_token_lifetime_days = $2, updated_at = $3 WHERE id = $4",
+                "UPDATE workspaces SET name = $1, max_token_lifetime_days = $2, updated_at = $3, \
+                 audit_retention_days = $5, auto_revoke_unused_days = $6 WHERE id = $4",
             )
             .bind(&name)
             .bind(settings.max_token_lifetime_days.map(i64::from))
             .bind(Utc::now())
             .bind(id.as_str())
+            .bind(settings.audit_retention_days.map(i64::from))
+            .bind(settings.auto_revoke_unused_days.map(i64::from))
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            if affected == 0 {
+                return Err(Error::NotFound);
+            }
             announce!(tx, channel, crate::Invalidation::Workspace(id.to_string()));
+            write_trail!(self, tx, trail);
             tx.commit().await?;
             affected
         });
@@ -205,6 +236,7 @@ impl Store {
         parent: &WorkspaceId,
         id: &WorkspaceId,
         status: Status,
+        trail: &Trail,
     ) -> Result<Workspace> {
         if parent == id {
             return Err(Error::Conflict(
@@ -226,6 +258,7 @@ impl Store {
             .rows_affected();
             if affected > 0 {
                 announce!(tx, channel, crate::Invalidation::Workspace(id.to_string()));
+                write_trail!(self, tx, trail);
             }
             tx.commit().await?;
             affected

@@ -5,7 +5,8 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use datastack_sdk::{
-    CreatedToken, CreatedWorkspace, Me, Page, ServicePrincipal, Token, User, Workspace,
+    AuditEntry, BulkResult, ChainReport, CreatedToken, CreatedWorkspace, Me, Page, ReviewItem,
+    SecurityEvent, ServicePrincipal, Token, User, Workspace,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -334,6 +335,9 @@ macro_rules! impl_record {
 }
 
 impl_record!(
+    Page<AuditEntry>,
+    Page<SecurityEvent>,
+    Page<ReviewItem>,
     User,
     ServicePrincipal,
     Workspace,
@@ -360,4 +364,148 @@ fn write_stdout(text: &str) {
 
 fn write_stderr(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
+}
+
+pub(super) fn audit_table(entries: &[AuditEntry]) -> String {
+    let rows = entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                when(&e.time),
+                e.action.clone(),
+                e.outcome.clone(),
+                e.status.to_string(),
+                e.principal_id.clone().unwrap_or_else(|| "-".to_owned()),
+                e.credential_id.clone().unwrap_or_else(|| "-".to_owned()),
+                e.resource_id.clone().unwrap_or_else(|| "-".to_owned()),
+                e.source_ip.clone().unwrap_or_else(|| "-".to_owned()),
+                e.request_id.clone().unwrap_or_else(|| "-".to_owned()),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "SEQ",
+            "TIME",
+            "ACTION",
+            "OUTCOME",
+            "STATUS",
+            "PRINCIPAL",
+            "CREDENTIAL",
+            "RESOURCE",
+            "IP",
+            "REQUEST",
+        ],
+        rows,
+    )
+}
+
+pub(super) fn security_event_table(events: &[SecurityEvent]) -> String {
+    let rows = events
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                when(&e.time),
+                e.event_type.clone(),
+                e.payload.to_string(),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "TIME", "TYPE", "PAYLOAD"], rows)
+}
+
+pub(super) fn review_table(items: &[ReviewItem]) -> String {
+    let rows = items
+        .iter()
+        .map(|i| {
+            vec![
+                i.credential_id.clone(),
+                i.label.clone(),
+                i.owner
+                    .as_ref()
+                    .map(|o| o.email.clone().unwrap_or_else(|| o.name.clone()))
+                    .unwrap_or_else(|| "-".to_owned()),
+                i.scopes.join(","),
+                format!("{}d", i.age_days),
+                i.last_used_at
+                    .as_ref()
+                    .map_or_else(|| "never".to_owned(), when),
+                when_or(i.expires_at.as_ref(), "never"),
+                if i.flags.is_empty() {
+                    "-".to_owned()
+                } else {
+                    i.flags.join(",")
+                },
+                i.suggested_scopes
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| s.join(",")),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "CREDENTIAL",
+            "LABEL",
+            "OWNER",
+            "SCOPES",
+            "AGE",
+            "LAST USED",
+            "EXPIRES",
+            "FLAGS",
+            "SUGGESTED",
+        ],
+        rows,
+    )
+}
+
+pub(super) fn print_chain_report(report: &ChainReport, out: Output) {
+    if out.json {
+        print_json(&serde_json::to_value(report).unwrap_or(Value::Null));
+        return;
+    }
+    let mut fields = vec![
+        ("workspace", report.workspace_id.clone()),
+        ("intact", report.ok.to_string()),
+        ("checked", report.checked.to_string()),
+        ("head", report.head_seq.to_string()),
+    ];
+    if let Some(c) = &report.checkpoint {
+        fields.push(("checkpoint", c.to_string()));
+    }
+    if let Some(b) = &report.first_break {
+        let problem = b["problem"].as_str().unwrap_or("broken").to_owned();
+        let at = b["id"]
+            .as_str()
+            .or_else(|| b["afterId"].as_str())
+            .unwrap_or("-");
+        fields.push(("first break", format!("{problem} at {at}")));
+    }
+    write_stdout(&render_fields(&fields));
+}
+
+pub(super) fn print_bulk(result: &BulkResult, verb: &str, out: Output) {
+    if out.json {
+        print_json(&serde_json::to_value(result).unwrap_or(Value::Null));
+        return;
+    }
+    let mut text = String::new();
+    for c in &result.changed {
+        match &c.scopes {
+            Some(scopes) => text.push_str(&format!(
+                "{verb} {} to {}\n",
+                c.credential_id,
+                scopes.join(",")
+            )),
+            None => text.push_str(&format!("{verb} {}\n", c.credential_id)),
+        }
+    }
+    for id in &result.unchanged {
+        text.push_str(&format!("unchanged {id}\n"));
+    }
+    for id in &result.not_found {
+        text.push_str(&format!("not found {id}\n"));
+    }
+    write_stdout(&text);
 }

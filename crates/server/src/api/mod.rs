@@ -2,6 +2,8 @@
 //! request/response types; the public JSON shapes (camelCase, RFC 3339 timestamps) live
 //! here, separate from the domain types, so the contract changes only on purpose.
 
+pub mod access_review;
+pub mod audit;
 pub mod health;
 pub mod me;
 pub mod principals;
@@ -24,6 +26,8 @@ pub fn routes() -> Router<AppState> {
         .merge(tokens::routes())
         .merge(principals::routes())
         .merge(workspaces::routes())
+        .merge(audit::routes())
+        .merge(access_review::routes())
 }
 
 /// Pagination parameters shared by list endpoints.

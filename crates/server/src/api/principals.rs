@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{PageParams, page_of};
+use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageUsers, ReadUsers};
 use crate::pipeline::extract::{Json, Path, Query};
@@ -200,10 +201,21 @@ async fn list(
 
 async fn create(
     state: &AppState,
+    audit: &AuditContext,
     caller: &Principal,
     new: NewPrincipal,
 ) -> ApiResult<(StatusCode, Json<PrincipalResponse>)> {
-    let created = state.store.create_principal(&new).await?;
+    let created = state
+        .store
+        .create_principal(&new, |p| {
+            audit.set_resource_id(p.id.as_str());
+            audit.set_detail(
+                serde_json::json!({ "role": p.role.as_str(), "kind": p.kind.as_str() }),
+            );
+            audit.change(StatusCode::CREATED)
+        })
+        .await?;
+    audit.mark_recorded();
     tracing::info!(principal = %created.id, by = %caller.id, "principal created");
     Ok((StatusCode::CREATED, Json(PrincipalResponse::from(created))))
 }
@@ -225,16 +237,31 @@ async fn get_one(
 
 async fn update(
     state: &AppState,
+    audit: &AuditContext,
     caller: &Principal,
     kind: PrincipalKind,
     id: &str,
     patch: PrincipalPatch,
 ) -> ApiResult<Json<PrincipalResponse>> {
     let id = parse_id(id, kind)?;
+    audit.set_detail(serde_json::json!({
+        "name": patch.name.is_some(),
+        "role": patch.role.map(Role::as_str),
+        "status": patch.status.map(Status::as_str),
+    }));
     let result = state
         .store
-        .update_principal(&caller.workspace_id, kind, &id, &patch)
+        .update_principal(
+            &caller.workspace_id,
+            kind,
+            &id,
+            &patch,
+            &audit.change(StatusCode::OK),
+        )
         .await;
+    if result.is_ok() {
+        audit.mark_recorded();
+    }
     // Even when reading the result back failed, the change may have committed.
     state
         .credentials
@@ -264,6 +291,7 @@ fn status_patch(status: Status) -> PrincipalPatch {
 
 async fn remove(
     state: &AppState,
+    audit: &AuditContext,
     caller: &Principal,
     kind: PrincipalKind,
     id: &str,
@@ -271,8 +299,16 @@ async fn remove(
     let id = parse_id(id, kind)?;
     let result = state
         .store
-        .delete_principal(&caller.workspace_id, kind, &id)
+        .delete_principal(
+            &caller.workspace_id,
+            kind,
+            &id,
+            &audit.change(StatusCode::NO_CONTENT),
+        )
         .await;
+    if result.is_ok() {
+        audit.mark_recorded();
+    }
     state
         .credentials
         .invalidate(&Invalidation::Principal(id.to_string()));
@@ -311,6 +347,7 @@ pub async fn list_users(
 pub async fn create_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Json(body): Json<CreateUserRequest>,
 ) -> ApiResult<(StatusCode, Json<PrincipalResponse>)> {
     let me = &caller.identity.principal;
@@ -326,7 +363,7 @@ pub async fn create_user(
             .transpose()?
             .unwrap_or(Role::Viewer),
     };
-    create(&state, me, new).await
+    create(&state, &audit, me, new).await
 }
 
 /// Gets a user.
@@ -353,11 +390,13 @@ pub async fn get_user(
 pub async fn update_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
     Json(body): Json<UpdatePrincipalRequest>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::User,
         &id,
@@ -375,10 +414,12 @@ pub async fn update_user(
 pub async fn suspend_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::User,
         &id,
@@ -396,10 +437,12 @@ pub async fn suspend_user(
 pub async fn activate_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::User,
         &id,
@@ -417,9 +460,17 @@ pub async fn activate_user(
 pub async fn delete_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    remove(&state, &caller.identity.principal, PrincipalKind::User, &id).await
+    remove(
+        &state,
+        &audit,
+        &caller.identity.principal,
+        PrincipalKind::User,
+        &id,
+    )
+    .await
 }
 
 /// Lists the workspace's service principals.
@@ -452,6 +503,7 @@ pub async fn list_service_principals(
 pub async fn create_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Json(body): Json<CreateServicePrincipalRequest>,
 ) -> ApiResult<(StatusCode, Json<PrincipalResponse>)> {
     let me = &caller.identity.principal;
@@ -467,7 +519,7 @@ pub async fn create_service_principal(
             .transpose()?
             .unwrap_or(Role::Viewer),
     };
-    create(&state, me, new).await
+    create(&state, &audit, me, new).await
 }
 
 /// Gets a service principal.
@@ -500,11 +552,13 @@ pub async fn get_service_principal(
 pub async fn update_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
     Json(body): Json<UpdatePrincipalRequest>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::ServicePrincipal,
         &id,
@@ -522,10 +576,12 @@ pub async fn update_service_principal(
 pub async fn suspend_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::ServicePrincipal,
         &id,
@@ -543,10 +599,12 @@ pub async fn suspend_service_principal(
 pub async fn activate_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::ServicePrincipal,
         &id,
@@ -564,10 +622,12 @@ pub async fn activate_service_principal(
 pub async fn delete_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     remove(
         &state,
+        &audit,
         &caller.identity.principal,
         PrincipalKind::ServicePrincipal,
         &id,

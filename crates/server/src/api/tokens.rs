@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{PageParams, page_of};
 use crate::app::new_token_record;
+use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageTokens, ReadTokens};
 use crate::pipeline::extract::{Json, Path, Query};
@@ -127,6 +128,7 @@ pub struct ListTokensParams {
 pub async fn create_token(
     State(state): State<AppState>,
     caller: Authorized<ManageTokens>,
+    audit: AuditContext,
     Json(body): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedTokenResponse>)> {
     let me = caller.identity.principal.clone();
@@ -195,10 +197,28 @@ pub async fn create_token(
         lifetime.map(|l| Utc::now() + l),
         &secret,
     );
+    audit.set_resource_id(token.id.as_str());
+    audit.set_detail(serde_json::json!({
+        "ownerId": token.owner_id,
+        "scopes": token.scopes,
+        "expiresAt": token.expires_at,
+    }));
+    let trail = audit.change(StatusCode::CREATED).with_event(audit.event(
+        &token.workspace_id,
+        "token.created",
+        serde_json::json!({
+            "tokenId": token.id,
+            "ownerId": token.owner_id,
+            "createdBy": caller.identity.principal.id,
+            "scopes": token.scopes,
+            "expiresAt": token.expires_at,
+        }),
+    ));
     state
         .store
-        .insert_token_created_by(&token, &caller.identity.token.id)
+        .insert_token_created_by(&token, &caller.identity.token.id, &trail)
         .await?;
+    audit.mark_recorded();
     tracing::info!(token_id = %token.id, owner = %owner.id, "token created");
     Ok((
         StatusCode::CREATED,
@@ -261,20 +281,27 @@ pub async fn list_tokens(
 pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Authorized<ManageTokens>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let me = &caller.identity.principal;
     let id = TokenId::parse(&id)
         .map_err(|_| ApiError::InvalidRequest("id: must be a token id (tok_…)".into()))?;
     let owner = (me.role != Role::Admin).then_some(&me.id);
+    let trail = audit.change(StatusCode::NO_CONTENT).with_event(audit.event(
+        &me.workspace_id,
+        "token.revoked",
+        serde_json::json!({ "tokenId": id, "revokedBy": me.id, "reason": "api" }),
+    ));
     let revoked = state
         .store
-        .revoke_token(&me.workspace_id, &id, owner)
+        .revoke_token(&me.workspace_id, &id, owner, &trail)
         .await
         .map_err(|e| match e {
             datastack_store::Error::NotFound => ApiError::not_found("token"),
             other => other.into(),
         })?;
+    audit.mark_recorded();
     state
         .credentials
         .invalidate(&Invalidation::Token(revoked.digest_hex.clone()));

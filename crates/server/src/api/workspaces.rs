@@ -21,6 +21,7 @@ use utoipa::ToSchema;
 use super::principals::PrincipalResponse;
 use super::{PageParams, page_of};
 use crate::app::new_token_record;
+use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageWorkspaces, ReadWorkspaces};
 use crate::pipeline::extract::{Json, Path, Query};
@@ -46,6 +47,10 @@ pub(super) fn routes() -> Router<AppState> {
 pub struct SettingsResponse {
     /// The longest PAT lifetime in days; `null`: no maximum.
     pub max_token_lifetime_days: Option<u32>,
+    /// How long audit entries are kept, in days.
+    pub audit_retention_days: u32,
+    /// Unused tokens are revoked after this many days; `null`: never.
+    pub auto_revoke_unused_days: Option<u32>,
 }
 
 /// A workspace.
@@ -76,6 +81,8 @@ impl From<Workspace> for WorkspaceResponse {
             parent_id: w.parent_id.map(|p| p.to_string()),
             settings: SettingsResponse {
                 max_token_lifetime_days: w.settings.max_token_lifetime_days,
+                audit_retention_days: w.settings.audit_retention_days(),
+                auto_revoke_unused_days: w.settings.auto_revoke_unused_days,
             },
             status: w.status.as_str(),
             created_at: w.created_at,
@@ -86,27 +93,67 @@ impl From<Workspace> for WorkspaceResponse {
 
 page_of!(WorkspacePage, WorkspaceResponse);
 
-/// Settings as submitted.
+/// Settings as submitted. In an update, an absent field keeps its value and `null` clears
+/// it; in a creation both mean "not set".
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SettingsRequest {
     /// 1–36500 days, or `null` for no maximum.
-    pub max_token_lifetime_days: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub max_token_lifetime_days: Option<Option<i64>>,
+    /// Audit retention, 1–36500 days; `null`: the default, 365.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub audit_retention_days: Option<Option<i64>>,
+    /// Revoke personal access tokens unused for this many days (1–36500), after a
+    /// `token.auto_revoke_scheduled` event; `null`: never.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub auto_revoke_unused_days: Option<Option<i64>>,
+}
+
+/// Changes to (max token lifetime, audit retention, auto-revocation): `None` keeps a
+/// setting, `Some(None)` clears it.
+type SettingsChanges = (
+    Option<Option<u32>>,
+    Option<Option<u32>>,
+    Option<Option<u32>>,
+);
+
+/// A field that is present, even as `null`, becomes `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<i64>>, D::Error> {
+    Option::<i64>::deserialize(d).map(Some)
 }
 
 impl SettingsRequest {
+    fn days(value: Option<Option<i64>>, field: &str) -> ApiResult<Option<Option<u32>>> {
+        match value {
+            None => Ok(None),
+            Some(None) => Ok(Some(None)),
+            Some(Some(d)) if (1..=36_500).contains(&d) => Ok(Some(Some(d as u32))),
+            Some(Some(_)) => Err(ApiError::InvalidRequest(format!(
+                "settings.{field}: must be between 1 and 36500, or null"
+            ))),
+        }
+    }
+
+    /// The changes an update asks for.
+    fn patch(&self) -> ApiResult<SettingsChanges> {
+        Ok((
+            Self::days(self.max_token_lifetime_days, "maxTokenLifetimeDays")?,
+            Self::days(self.audit_retention_days, "auditRetentionDays")?,
+            Self::days(self.auto_revoke_unused_days, "autoRevokeUnusedDays")?,
+        ))
+    }
+
+    /// The settings of a new workspace.
     fn validate(&self) -> ApiResult<WorkspaceSettings> {
-        let max = match self.max_token_lifetime_days {
-            None => None,
-            Some(d) if (1..=36_500).contains(&d) => Some(d as u32),
-            Some(_) => {
-                return Err(ApiError::InvalidRequest(
-                    "settings.maxTokenLifetimeDays: must be between 1 and 36500, or null".into(),
-                ));
-            }
-        };
+        let (max, retention, revoke) = self.patch()?;
         Ok(WorkspaceSettings {
-            max_token_lifetime_days: max,
+            max_token_lifetime_days: max.flatten(),
+            audit_retention_days: retention.flatten(),
+            auto_revoke_unused_days: revoke.flatten(),
         })
     }
 }
@@ -215,6 +262,7 @@ pub async fn get_workspace(
 pub async fn create_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
+    audit: AuditContext,
     Json(body): Json<CreateWorkspaceRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedWorkspaceResponse>)> {
     let name = validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
@@ -266,10 +314,20 @@ pub async fn create_workspace(
         lifetime,
         &secret,
     );
+    audit.set_resource_id(ws.id.as_str());
+    audit.set_detail(
+        serde_json::json!({ "name": ws.name, "adminId": admin.id, "adminTokenId": token.id }),
+    );
+    let trail = audit.change(StatusCode::CREATED).with_event(audit.event(
+        &ws.id,
+        "token.created",
+        serde_json::json!({ "tokenId": token.id, "ownerId": admin.id, "scopes": token.scopes, "expiresAt": token.expires_at, "createdBy": caller.identity.principal.id }),
+    ));
     state
         .store
-        .create_workspace_with_admin(&ws, &admin, &token)
+        .create_workspace_with_admin(&ws, &admin, &token, &trail)
         .await?;
+    audit.mark_recorded();
     tracing::info!(workspace = %ws.id, by = %caller.identity.principal.id, "workspace created");
     Ok((
         StatusCode::CREATED,
@@ -291,25 +349,42 @@ pub async fn create_workspace(
 pub async fn update_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
+    audit: AuditContext,
     Path(id): Path<String>,
     Json(body): Json<UpdateWorkspaceRequest>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
     let id = parse_id(&id)?;
+    let (max, retention, revoke) = match &body.settings {
+        Some(s) => s.patch()?,
+        None => (None, None, None),
+    };
     let patch = WorkspacePatch {
         name: body
             .name
             .map(|n| validate::text("name", &n, validate::MAX_NAME_LEN))
             .transpose()?,
-        settings: body
-            .settings
-            .as_ref()
-            .map(SettingsRequest::validate)
-            .transpose()?,
+        max_token_lifetime_days: max,
+        audit_retention_days: retention,
+        auto_revoke_unused_days: revoke,
     };
+    audit.set_detail(serde_json::json!({
+        "name": patch.name.is_some(),
+        "maxTokenLifetimeDays": max,
+        "auditRetentionDays": retention,
+        "autoRevokeUnusedDays": revoke,
+    }));
     let result = state
         .store
-        .update_workspace(&caller.identity.principal.workspace_id, &id, &patch)
+        .update_workspace(
+            &caller.identity.principal.workspace_id,
+            &id,
+            &patch,
+            &audit.change(StatusCode::OK),
+        )
         .await;
+    if result.is_ok() {
+        audit.mark_recorded();
+    }
     // Even when reading the result back failed, the change may have committed.
     state
         .credentials
@@ -320,6 +395,7 @@ pub async fn update_workspace(
 
 async fn set_status(
     state: &AppState,
+    audit: &AuditContext,
     caller: &Principal,
     id: &str,
     status: Status,
@@ -327,8 +403,16 @@ async fn set_status(
     let id = parse_id(id)?;
     let result = state
         .store
-        .set_workspace_status(&caller.workspace_id, &id, status)
+        .set_workspace_status(
+            &caller.workspace_id,
+            &id,
+            status,
+            &audit.change(StatusCode::OK),
+        )
         .await;
+    if result.is_ok() {
+        audit.mark_recorded();
+    }
     state
         .credentials
         .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
@@ -347,9 +431,17 @@ async fn set_status(
 pub async fn suspend_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
-    set_status(&state, &caller.identity.principal, &id, Status::Suspended).await
+    set_status(
+        &state,
+        &audit,
+        &caller.identity.principal,
+        &id,
+        Status::Suspended,
+    )
+    .await
 }
 
 /// Activates a suspended workspace created from the caller's.
@@ -361,7 +453,15 @@ pub async fn suspend_workspace(
 pub async fn activate_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
+    audit: AuditContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
-    set_status(&state, &caller.identity.principal, &id, Status::Active).await
+    set_status(
+        &state,
+        &audit,
+        &caller.identity.principal,
+        &id,
+        Status::Active,
+    )
+    .await
 }

@@ -12,6 +12,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 
+use crate::audit::AuditContext;
 use crate::credentials::{Identity, Rejection};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,8 +28,8 @@ pub enum Authentication {
     Anonymous,
     /// An `Authorization` header that is not `Bearer <credential>`.
     MalformedHeader,
-    /// A bearer credential that was refused.
-    Rejected(Rejection),
+    /// A bearer credential that was refused (with its identity when it exists).
+    Rejected(Rejection, Option<Arc<Identity>>),
     /// A verified credential.
     Verified(Arc<Identity>),
 }
@@ -46,11 +47,19 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
             None => Authentication::MalformedHeader,
             Some(secret) => match state.credentials.verify(&secret, ip).await {
                 Ok(Ok(identity)) => Authentication::Verified(identity),
-                Ok(Err(rejection)) => Authentication::Rejected(rejection),
+                Ok(Err((rejection, identity))) => Authentication::Rejected(rejection, identity),
                 Err(e) => return ApiError::from(e.0).into_response(),
             },
         },
     };
+    if let Some(audit) = req.extensions().get::<AuditContext>() {
+        match &outcome {
+            Authentication::Verified(identity) | Authentication::Rejected(_, Some(identity)) => {
+                audit.set_identity(identity);
+            }
+            _ => {}
+        }
+    }
     req.extensions_mut().insert(outcome);
     next.run(req).await
 }

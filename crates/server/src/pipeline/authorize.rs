@@ -13,6 +13,7 @@ use axum::http::request::Parts;
 use datastack_core::authz;
 use datastack_core::scope::{Resource, Scope};
 
+use crate::audit::AuditContext;
 use crate::credentials::Identity;
 use crate::error::ApiError;
 use crate::pipeline::authenticate::{Authentication, ClientIp};
@@ -46,6 +47,7 @@ required_scopes! {
     ManageUsers = manage Users;
     ReadWorkspaces = read Workspaces;
     ManageWorkspaces = manage Workspaces;
+    ReadAudit = read Audit;
 }
 
 /// A caller with a valid credential, and the client address.
@@ -81,7 +83,7 @@ fn authenticated(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiEr
                 client_ip,
             })
         }
-        Some(Authentication::Rejected(rejection)) => {
+        Some(Authentication::Rejected(rejection, _)) => {
             state.metrics.auth_decision("invalid_token");
             span.record("decision", rejection.as_str());
             Err(ApiError::InvalidToken)
@@ -122,6 +124,9 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
             identity.principal.role,
         ) {
             Ok(acting_scope) => {
+                if let Some(audit) = parts.extensions.get::<AuditContext>() {
+                    audit.set_scope(acting_scope);
+                }
                 state.metrics.auth_decision("allowed");
                 span.record("decision", "allowed");
                 Ok(Authorized {
@@ -131,6 +136,13 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
                 })
             }
             Err(denial) => {
+                if let Some(audit) = parts.extensions.get::<AuditContext>() {
+                    // Only a well-formed scope is kept: the header could hold anything.
+                    if let Some(named) = named.and_then(|n| n.parse::<Scope>().ok()) {
+                        audit.set_scope(named);
+                    }
+                    audit.set_detail(serde_json::json!({ "requiredScope": S::SCOPE.to_string() }));
+                }
                 state.metrics.auth_decision("insufficient_scope");
                 span.record("decision", "insufficient_scope");
                 Err(ApiError::InsufficientScope {

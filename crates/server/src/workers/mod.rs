@@ -1,4 +1,6 @@
 //! Background work of a node.
 
+pub mod audit_writer;
 pub mod invalidations;
+pub mod maintenance;
 pub mod usage;

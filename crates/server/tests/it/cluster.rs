@@ -84,7 +84,7 @@ async fn a_node_whose_listening_connection_dies_reconnects_and_still_hears_revoc
         return;
     };
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
-    let StoreLocation::Postgres(url) = &*store else {
+    let StoreLocation::Postgres(url, _) = &*store else {
         unreachable!("a PostgreSQL location");
     };
     let schema = url

@@ -43,14 +43,18 @@ pub async fn fresh_postgres_schema() -> String {
 /// Where a test app keeps its data, so that a second node or a restart can share it.
 pub enum StoreLocation {
     Sqlite(tempfile::TempDir),
-    Postgres(String),
+    /// A schema URL, and the directory holding the audit key its nodes share.
+    Postgres(String, tempfile::TempDir),
 }
 
 impl StoreLocation {
     pub async fn new(backend: Backend) -> Self {
         match backend {
             Backend::Sqlite => StoreLocation::Sqlite(tempfile::tempdir().expect("tempdir")),
-            Backend::Postgres => StoreLocation::Postgres(fresh_postgres_schema().await),
+            Backend::Postgres => StoreLocation::Postgres(
+                fresh_postgres_schema().await,
+                tempfile::tempdir().expect("tempdir"),
+            ),
         }
     }
 
@@ -62,12 +66,130 @@ impl StoreLocation {
         };
         match self {
             StoreLocation::Sqlite(dir) => config.data_dir = dir.path().to_path_buf(),
-            StoreLocation::Postgres(url) => {
+            StoreLocation::Postgres(url, dir) => {
                 config.database_url = Some(url.clone());
+                config.data_dir = dir.path().to_path_buf();
                 config.database_max_connections = 4;
             }
         }
         config
+    }
+}
+
+/// A connection to a test's store that holds the audit tables' write lock until released.
+pub enum HeldLock {
+    Sqlite(sqlx::pool::PoolConnection<sqlx::Sqlite>),
+    Postgres(sqlx::pool::PoolConnection<sqlx::Postgres>),
+}
+
+impl HeldLock {
+    pub async fn release(self) {
+        match self {
+            HeldLock::Sqlite(mut c) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut *c)
+                    .await
+                    .expect("rollback");
+            }
+            HeldLock::Postgres(mut c) => {
+                sqlx::query("ROLLBACK")
+                    .execute(&mut *c)
+                    .await
+                    .expect("rollback");
+            }
+        }
+    }
+}
+
+impl StoreLocation {
+    /// Which engine.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, StoreLocation::Postgres(..))
+    }
+
+    async fn sqlite_pool(dir: &std::path::Path) -> sqlx::SqlitePool {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(dir.join("datastack.db"))
+            .busy_timeout(Duration::from_secs(10));
+        sqlx::SqlitePool::connect_with(options)
+            .await
+            .expect("open the SQLite store")
+    }
+
+    /// Runs statements directly against the store, behind the server's back (to tamper
+    /// with it, or to age records). Returns the rows affected by the last statement.
+    pub async fn execute(&self, statements: &[&str]) -> u64 {
+        let mut affected = 0;
+        match self {
+            StoreLocation::Sqlite(dir) => {
+                let pool = Self::sqlite_pool(dir.path()).await;
+                for s in statements {
+                    affected = sqlx::query(s)
+                        .execute(&pool)
+                        .await
+                        .expect(s)
+                        .rows_affected();
+                }
+                pool.close().await;
+            }
+            StoreLocation::Postgres(url, _) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect");
+                for s in statements {
+                    affected = sqlx::query(s)
+                        .execute(&pool)
+                        .await
+                        .expect(s)
+                        .rows_affected();
+                }
+                pool.close().await;
+            }
+        }
+        affected
+    }
+
+    /// The first column of every row of `sql`, as text.
+    pub async fn strings(&self, sql: &str) -> Vec<String> {
+        match self {
+            StoreLocation::Sqlite(dir) => {
+                let pool = Self::sqlite_pool(dir.path()).await;
+                let rows: Vec<(Option<String>,)> =
+                    sqlx::query_as(sql).fetch_all(&pool).await.expect(sql);
+                pool.close().await;
+                rows.into_iter().map(|r| r.0.unwrap_or_default()).collect()
+            }
+            StoreLocation::Postgres(url, _) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect");
+                let rows: Vec<(Option<String>,)> =
+                    sqlx::query_as(sql).fetch_all(&pool).await.expect(sql);
+                pool.close().await;
+                rows.into_iter().map(|r| r.0.unwrap_or_default()).collect()
+            }
+        }
+    }
+
+    /// Takes the write lock the audit writer needs and holds it until released.
+    pub async fn lock_audit_writes(&self) -> HeldLock {
+        match self {
+            StoreLocation::Sqlite(dir) => {
+                let pool = Self::sqlite_pool(dir.path()).await;
+                let mut c = pool.acquire().await.expect("connection");
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *c)
+                    .await
+                    .expect("lock");
+                HeldLock::Sqlite(c)
+            }
+            StoreLocation::Postgres(url, _) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect");
+                let mut c = pool.acquire().await.expect("connection");
+                sqlx::query("BEGIN").execute(&mut *c).await.expect("begin");
+                sqlx::query("LOCK TABLE audit_heads IN EXCLUSIVE MODE")
+                    .execute(&mut *c)
+                    .await
+                    .expect("lock");
+                HeldLock::Postgres(c)
+            }
+        }
     }
 }
 
@@ -127,6 +249,11 @@ impl TestApp {
             server: Some(server),
             _store: store,
         }
+    }
+
+    /// The store this node runs on.
+    pub fn store(&self) -> &StoreLocation {
+        &self._store
     }
 
     pub fn admin(&self) -> &str {

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod audit;
 mod cluster;
 mod contract;
 mod input;

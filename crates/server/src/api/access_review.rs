@@ -1,0 +1,512 @@
+//! The access review: every credential of the workspace with its owner, scopes, age and
+//! last use, flagged `stale`, `rotation_due`, `never_expires` or `over_broad` (granted
+//! scopes the audit log shows unused, with the narrower set that covers what was used), and
+//! bulk actions to revoke or narrow what the review found.
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use chrono::{DateTime, Duration, Utc};
+use datastack_core::authz::Role;
+use datastack_core::id::TokenId;
+use datastack_core::model::Token;
+use datastack_core::scope::{Scope, ScopeSet};
+use datastack_store::{Invalidation, PageRequest, TokenFilter, Trail};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::audit::AuditContext;
+use crate::credentials::Identity;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::pipeline::authorize::{Authorized, ManageTokens, ReadAudit};
+use crate::pipeline::extract::{Json, Query};
+use crate::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/access-review", get(review))
+        .route("/api/v1/access-review/revoke", post(bulk_revoke))
+        .route("/api/v1/access-review/narrow", post(bulk_narrow))
+}
+
+/// The thresholds of a review (all optional).
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReviewParams {
+    /// Unused for this many days → `stale` (default 30).
+    pub stale_days: Option<i64>,
+    /// Older than this many days → `rotation_due` (default 90).
+    pub rotation_days: Option<i64>,
+    /// The audit window whose use decides `over_broad`, in days (default 30).
+    pub window_days: Option<i64>,
+    /// Only credentials with this flag.
+    pub flag: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// The owner of a reviewed credential.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOwner {
+    /// `usr_…` or `sp_…`.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// A user's email.
+    pub email: Option<String>,
+    /// `user` or `service_principal`.
+    pub kind: String,
+}
+
+/// One credential in the review.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewItem {
+    /// The credential's id.
+    pub credential_id: String,
+    /// `personal_access_token` (API keys and OAuth clients join as they land).
+    pub kind: &'static str,
+    /// Its label.
+    pub label: String,
+    /// Who it acts for.
+    pub owner: Option<ReviewOwner>,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Expires; `null`: never.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last use.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Age in days.
+    pub age_days: i64,
+    /// `stale`, `rotation_due`, `never_expires`, `over_broad`.
+    pub flags: Vec<&'static str>,
+    /// Scopes it acted with in the window, with the number of allowed calls.
+    pub used_scopes: HashMap<String, i64>,
+    /// For `over_broad`: the narrower set that covers what was used.
+    pub suggested_scopes: Option<Vec<String>>,
+}
+
+/// One page of the review.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewPage {
+    /// The credentials.
+    pub items: Vec<ReviewItem>,
+    /// Pass as `cursor` for the next page; `null` on the last.
+    pub next_cursor: Option<String>,
+    /// The thresholds used.
+    pub stale_days: i64,
+    /// The thresholds used.
+    pub rotation_days: i64,
+    /// The thresholds used.
+    pub window_days: i64,
+}
+
+fn days_param(name: &str, value: Option<i64>, default: i64) -> ApiResult<i64> {
+    match value {
+        None => Ok(default),
+        Some(d) if (1..=3650).contains(&d) => Ok(d),
+        Some(_) => Err(ApiError::InvalidRequest(format!(
+            "{name}: must be between 1 and 3650"
+        ))),
+    }
+}
+
+fn admin_only(identity: &Identity) -> ApiResult<()> {
+    if identity.principal.role != Role::Admin {
+        return Err(ApiError::Forbidden(
+            "the access review is for workspace admins".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Lists the workspace's credentials with their review flags.
+#[utoipa::path(get, path = "/api/v1/access-review", tag = "access-review",
+    security(("bearer" = ["read:audit"])),
+    params(("x-datastack-scope" = String, Header, description = "read:audit"), ReviewParams),
+    responses((status = 200, body = ReviewPage), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn review(
+    State(state): State<AppState>,
+    caller: Authorized<ReadAudit>,
+    Query(params): Query<ReviewParams>,
+) -> ApiResult<Json<ReviewPage>> {
+    admin_only(&caller.identity)?;
+    let stale_days = days_param("staleDays", params.stale_days, 30)?;
+    let rotation_days = days_param("rotationDays", params.rotation_days, 90)?;
+    let window_days = days_param("windowDays", params.window_days, 30)?;
+    let flag = match params.flag.as_deref() {
+        None => None,
+        Some(f @ ("stale" | "rotation_due" | "never_expires" | "over_broad")) => Some(f.to_owned()),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(
+                "flag: must be stale, rotation_due, never_expires or over_broad".into(),
+            ));
+        }
+    };
+    let page = super::PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    }
+    .to_request()?;
+    let ws = &caller.identity.workspace.id;
+    let reviewer = Reviewer::load(&state, ws, window_days).await?;
+    let now = Utc::now();
+    // With a flag filter, keep reading pages until this one is full or the tokens end.
+    let mut items = Vec::new();
+    let mut request = page.clone();
+    let next_cursor = loop {
+        let tokens = state
+            .store
+            .list_tokens(ws, &TokenFilter::Workspace, &request)
+            .await?;
+        let usage = reviewer.usage(&state, ws, &tokens.items).await?;
+        for token in tokens.items {
+            let id = token.id.to_string();
+            let item = reviewer.item(token, usage.get(&id), now, stale_days, rotation_days);
+            if flag.as_deref().is_none_or(|f| item.flags.contains(&f)) {
+                items.push(item);
+            }
+        }
+        match tokens.next_cursor {
+            Some(c) if flag.is_some() && items.len() < page.limit as usize => {
+                request = PageRequest {
+                    after: Some(c),
+                    limit: page.limit,
+                };
+            }
+            other => break other,
+        }
+    };
+    Ok(Json(ReviewPage {
+        items,
+        next_cursor,
+        stale_days,
+        rotation_days,
+        window_days,
+    }))
+}
+
+/// What a review needs besides the tokens: owners and the audit window.
+struct Reviewer {
+    owners: HashMap<String, ReviewOwner>,
+    since: DateTime<Utc>,
+}
+
+type Usage = HashMap<String, HashMap<String, i64>>;
+
+impl Reviewer {
+    async fn load(
+        state: &AppState,
+        ws: &datastack_core::id::WorkspaceId,
+        window_days: i64,
+    ) -> ApiResult<Self> {
+        let owners = state
+            .store
+            .owner_summaries(ws)
+            .await?
+            .into_iter()
+            .map(|o| {
+                (
+                    o.id.clone(),
+                    ReviewOwner {
+                        id: o.id,
+                        name: o.name,
+                        email: o.email,
+                        kind: o.kind,
+                    },
+                )
+            })
+            .collect();
+        Ok(Self {
+            owners,
+            since: Utc::now() - Duration::days(window_days),
+        })
+    }
+
+    async fn usage(
+        &self,
+        state: &AppState,
+        ws: &datastack_core::id::WorkspaceId,
+        tokens: &[Token],
+    ) -> ApiResult<Usage> {
+        let ids: Vec<String> = tokens.iter().map(|t| t.id.to_string()).collect();
+        let mut usage: Usage = HashMap::new();
+        for u in state.store.scope_usage(ws, &ids, self.since).await? {
+            usage
+                .entry(u.credential_id)
+                .or_default()
+                .insert(u.scope, u.calls);
+        }
+        Ok(usage)
+    }
+
+    fn item(
+        &self,
+        token: Token,
+        used: Option<&HashMap<String, i64>>,
+        now: DateTime<Utc>,
+        stale_days: i64,
+        rotation_days: i64,
+    ) -> ReviewItem {
+        let idle_since = token.last_used_at.unwrap_or(token.created_at);
+        let mut flags = Vec::new();
+        if now - idle_since >= Duration::days(stale_days) {
+            flags.push("stale");
+        }
+        if now - token.created_at >= Duration::days(rotation_days) {
+            flags.push("rotation_due");
+        }
+        if token.expires_at.is_none() {
+            flags.push("never_expires");
+        }
+        let used = used.cloned().unwrap_or_default();
+        let suggested = suggestion(&token.scopes, &used);
+        if suggested.is_some() {
+            flags.push("over_broad");
+        }
+        ReviewItem {
+            credential_id: token.id.to_string(),
+            kind: "personal_access_token",
+            label: token.label,
+            owner: self.owners.get(token.owner_id.as_str()).cloned(),
+            scopes: token.scopes.to_strings(),
+            created_at: token.created_at,
+            expires_at: token.expires_at,
+            last_used_at: token.last_used_at,
+            age_days: (now - token.created_at).num_days(),
+            flags,
+            used_scopes: used,
+            suggested_scopes: suggested.map(|s| s.to_strings()),
+        }
+    }
+}
+
+/// The narrower grant for a credential that used only part of `granted`: the smallest set
+/// covering the scopes it acted with, when that differs from what it holds. Nothing is
+/// suggested for a credential unused in the window (that is `stale`).
+fn suggestion(granted: &ScopeSet, used: &HashMap<String, i64>) -> Option<ScopeSet> {
+    let used: Vec<Scope> = used
+        .keys()
+        .filter_map(|s| s.parse::<Scope>().ok())
+        .filter(|s| granted.covers(*s))
+        .collect();
+    let narrower = ScopeSet::covering(&used)?;
+    (narrower != *granted).then_some(narrower)
+}
+
+/// Credentials a bulk action applies to.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BulkRequest {
+    /// 1–100 credential ids (`tok_…`).
+    pub credential_ids: Vec<String>,
+    /// For `narrow`: the audit window in days (default 30).
+    pub window_days: Option<i64>,
+}
+
+/// What a bulk action did, per credential.
+#[derive(Debug, Default, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkResponse {
+    /// Revoked, or narrowed (with the scopes now granted).
+    pub changed: Vec<BulkChange>,
+    /// Left as they were (nothing narrower to grant: unused in the window or already
+    /// minimal).
+    pub unchanged: Vec<String>,
+    /// Not found in the workspace (or already revoked).
+    pub not_found: Vec<String>,
+}
+
+/// One changed credential.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkChange {
+    /// The credential.
+    pub credential_id: String,
+    /// For `narrow`, its scopes now.
+    pub scopes: Option<Vec<String>>,
+}
+
+fn bulk_ids(body: &BulkRequest) -> ApiResult<Vec<TokenId>> {
+    if body.credential_ids.is_empty() || body.credential_ids.len() > 100 {
+        return Err(ApiError::InvalidRequest(
+            "credentialIds: must list 1 to 100 credential ids".into(),
+        ));
+    }
+    let mut ids = body
+        .credential_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            TokenId::parse(id).map_err(|_| {
+                ApiError::InvalidRequest(format!("credentialIds[{i}]: must be a token id (tok_…)"))
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    ids.sort();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Revokes a list of credentials. Each revocation is its own change, with its audit entry
+/// and `token.revoked` event; the response says what happened to each.
+#[utoipa::path(post, path = "/api/v1/access-review/revoke", tag = "access-review",
+    security(("bearer" = ["manage:tokens"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
+    request_body = BulkRequest,
+    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn bulk_revoke(
+    State(state): State<AppState>,
+    caller: Authorized<ManageTokens>,
+    audit: AuditContext,
+    Json(body): Json<BulkRequest>,
+) -> ApiResult<(StatusCode, Json<BulkResponse>)> {
+    admin_only(&caller.identity)?;
+    let ids = bulk_ids(&body)?;
+    let me = &caller.identity.principal;
+    let mut out = BulkResponse::default();
+    for id in ids {
+        let trail = change_trail(
+            &audit,
+            &caller.identity,
+            "tokens.revoke",
+            &id,
+            serde_json::json!({ "via": "access_review" }),
+        )
+        .with_event(audit.event(
+            &me.workspace_id,
+            "token.revoked",
+            serde_json::json!({ "tokenId": id, "revokedBy": me.id, "reason": "access_review" }),
+        ));
+        match state
+            .store
+            .revoke_token(&me.workspace_id, &id, None, &trail)
+            .await
+        {
+            Ok(revoked) => {
+                state
+                    .credentials
+                    .invalidate(&Invalidation::Token(revoked.digest_hex));
+                out.changed.push(BulkChange {
+                    credential_id: id.to_string(),
+                    scopes: None,
+                });
+            }
+            Err(datastack_store::Error::NotFound) => out.not_found.push(id.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    audit.set_detail(
+        serde_json::json!({ "revoked": out.changed.len(), "notFound": out.not_found.len() }),
+    );
+    Ok((StatusCode::OK, Json(out)))
+}
+
+/// Narrows each listed credential to the scopes the review suggests (the smallest set
+/// covering what the audit log shows it used in the window). Credentials with nothing
+/// narrower to grant are left unchanged.
+#[utoipa::path(post, path = "/api/v1/access-review/narrow", tag = "access-review",
+    security(("bearer" = ["manage:tokens"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
+    request_body = BulkRequest,
+    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn bulk_narrow(
+    State(state): State<AppState>,
+    caller: Authorized<ManageTokens>,
+    audit: AuditContext,
+    Json(body): Json<BulkRequest>,
+) -> ApiResult<(StatusCode, Json<BulkResponse>)> {
+    admin_only(&caller.identity)?;
+    let ids = bulk_ids(&body)?;
+    let window_days = days_param("windowDays", body.window_days, 30)?;
+    let ws = caller.identity.workspace.id.clone();
+    let reviewer = Reviewer::load(&state, &ws, window_days).await?;
+    // The current tokens, to compute each suggestion from what is granted now.
+    let mut tokens = Vec::new();
+    for id in &ids {
+        match state.store.find_token(&ws, id).await? {
+            Some(t) if t.revoked_at.is_none() => tokens.push(t),
+            _ => {}
+        }
+    }
+    let usage = reviewer.usage(&state, &ws, &tokens).await?;
+    let mut out = BulkResponse::default();
+    let found: Vec<TokenId> = tokens.iter().map(|t| t.id.clone()).collect();
+    out.not_found = ids
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(ToString::to_string)
+        .collect();
+    for token in tokens {
+        let used = usage.get(token.id.as_str()).cloned().unwrap_or_default();
+        let Some(narrower) = suggestion(&token.scopes, &used) else {
+            out.unchanged.push(token.id.to_string());
+            continue;
+        };
+        let trail = change_trail(
+            &audit,
+            &caller.identity,
+            "tokens.narrow",
+            &token.id,
+            serde_json::json!({ "via": "access_review", "from": token.scopes, "to": narrower }),
+        );
+        match state
+            .store
+            .set_token_scopes(&ws, &token.id, &narrower, &trail)
+            .await
+        {
+            Ok(changed) => {
+                state
+                    .credentials
+                    .invalidate(&Invalidation::Token(changed.digest_hex));
+                out.changed.push(BulkChange {
+                    credential_id: token.id.to_string(),
+                    scopes: Some(narrower.to_strings()),
+                });
+            }
+            Err(datastack_store::Error::NotFound) => out.not_found.push(token.id.to_string()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    audit.set_detail(
+        serde_json::json!({ "narrowed": out.changed.len(), "unchanged": out.unchanged.len() }),
+    );
+    Ok((StatusCode::OK, Json(out)))
+}
+
+/// The entry of one change made by a bulk action: the request's context, naming the
+/// credential changed, written with the change.
+fn change_trail(
+    audit: &AuditContext,
+    identity: &Identity,
+    action: &str,
+    id: &TokenId,
+    detail: serde_json::Value,
+) -> Trail {
+    let mut trail = audit.change(StatusCode::OK);
+    for r in &mut trail.records {
+        r.id = datastack_core::id::AuditId::generate();
+        r.action = action.to_owned();
+        r.resource_type = Some("tokens".to_owned());
+        r.resource_id = Some(id.to_string());
+        r.workspace_id = identity.workspace.id.clone();
+        r.detail = Some(detail.to_string());
+    }
+    trail
+}

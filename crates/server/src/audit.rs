@@ -1,0 +1,436 @@
+//! The audit log as the server uses it: the per-request context the pipeline stages and
+//! handlers fill in, the bounded queue to the group-commit writer, and the names of actions.
+//!
+//! Durability promise (see `docs/audit.md`):
+//! - a management change writes its entry in its own transaction: no change without its
+//!   entry, ever;
+//! - every other entry (reads, refusals, failures) is queued after the response and written
+//!   by the writer in group commits; a clean shutdown writes everything queued; a crash
+//!   loses at most what was queued and not yet committed (bounded by the queue capacity,
+//!   in practice the last few milliseconds of traffic). With `audit_durability = "sync"` a
+//!   response waits for its entry's commit, and a crash loses nothing that was answered;
+//! - the queue is bounded: when it is full a request waits up to `audit_enqueue_timeout`
+//!   for room and is then refused with 503 before it runs, so nothing runs unaudited and a
+//!   stuck audit store never stalls requests indefinitely.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode};
+use datastack_core::audit::{AuditRecord, MAX_USER_AGENT, Outcome, SecurityEvent, now_micros};
+use datastack_core::id::{AuditId, WorkspaceId};
+use datastack_core::scope::Scope;
+use datastack_store::Trail;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{AuditDurability, Config};
+use crate::credentials::Identity;
+use crate::error::ApiError;
+
+/// An entry on its way to the writer; `ack` is answered once it is committed.
+pub struct Queued {
+    /// The entry.
+    pub record: AuditRecord,
+    /// Told when the entry is committed (sync durability).
+    pub ack: Option<oneshot::Sender<()>>,
+}
+
+/// The node's side of the audit log: the queue to the writer and its policy.
+pub struct AuditLog {
+    tx: mpsc::Sender<Queued>,
+    durability: AuditDurability,
+    enqueue_timeout: Duration,
+    successful_reads: bool,
+    /// The chain of entries that belong to no workspace (an unknown credential).
+    root_workspace: WorkspaceId,
+}
+
+/// Room for one entry in the queue, reserved before the request runs.
+pub struct Slot(mpsc::OwnedPermit<Queued>);
+
+impl AuditLog {
+    /// A log whose writer reads the returned receiver.
+    pub fn new(config: &Config, root_workspace: WorkspaceId) -> (Self, mpsc::Receiver<Queued>) {
+        let (tx, rx) = mpsc::channel(config.audit_queue_capacity);
+        (
+            Self {
+                tx,
+                durability: config.audit_durability,
+                enqueue_timeout: config.audit_enqueue_timeout,
+                successful_reads: config.audit_successful_reads,
+                root_workspace,
+            },
+            rx,
+        )
+    }
+
+    /// Reserves room for a request's entry, waiting up to the enqueue timeout; a full
+    /// queue after that refuses the request (503) before it does anything.
+    pub async fn reserve(&self) -> Result<Slot, ApiError> {
+        let reserve = self.tx.clone().reserve_owned();
+        match tokio::time::timeout(self.enqueue_timeout, reserve).await {
+            Ok(Ok(permit)) => Ok(Slot(permit)),
+            Ok(Err(_)) => Err(ApiError::Unavailable),
+            Err(_) => {
+                tracing::warn!("the audit queue is full: refusing a request (503)");
+                Err(ApiError::Unavailable)
+            }
+        }
+    }
+
+    /// After the response: queues the request's entry unless its handler already wrote
+    /// it with its change (or it is a successful read and those are not audited). In sync
+    /// mode, waits for the commit; a commit that does not come in time turns the answer
+    /// into a 503.
+    pub async fn finish(
+        &self,
+        ctx: &AuditContext,
+        slot: Slot,
+        method: &Method,
+        status: StatusCode,
+    ) -> Result<(), ApiError> {
+        let outcome = Outcome::of_status(status.as_u16());
+        if ctx.already_recorded()
+            || (!self.successful_reads
+                && outcome == Outcome::Allowed
+                && (method == Method::GET || method == Method::HEAD))
+        {
+            return Ok(());
+        }
+        let record = ctx.record_with(status, Some(&self.root_workspace));
+        match self.durability {
+            AuditDurability::Batched => {
+                slot.0.send(Queued { record, ack: None });
+                Ok(())
+            }
+            AuditDurability::Sync => {
+                let (ack, done) = oneshot::channel();
+                slot.0.send(Queued {
+                    record,
+                    ack: Some(ack),
+                });
+                match tokio::time::timeout(self.enqueue_timeout, done).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => Err(ApiError::Unavailable),
+                }
+            }
+        }
+    }
+}
+
+/// What the pipeline knows about a request, for its audit entry. Stages and handlers add
+/// to it as they learn (who is calling, with which scope, on which resource); the audit
+/// stage turns it into the entry.
+#[derive(Clone)]
+pub struct AuditContext(Arc<Mutex<Pending>>);
+
+struct Pending {
+    started: Instant,
+    time: chrono::DateTime<chrono::Utc>,
+    request_id: String,
+    action: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    source_ip: Option<IpAddr>,
+    user_agent: Option<String>,
+    principal_id: Option<String>,
+    credential_id: Option<String>,
+    workspace_id: Option<WorkspaceId>,
+    scope: Option<String>,
+    detail: Option<serde_json::Value>,
+    recorded: bool,
+}
+
+impl AuditContext {
+    /// A context for a request to `route` (a template such as `/api/v1/users/{id}`).
+    pub fn new(
+        request_id: String,
+        method: &Method,
+        route: Option<&str>,
+        path: &str,
+        source_ip: Option<IpAddr>,
+        user_agent: Option<&str>,
+    ) -> Self {
+        let (action, resource_type, resource_id) = describe(method, route, path);
+        Self(Arc::new(Mutex::new(Pending {
+            started: Instant::now(),
+            time: now_micros(),
+            request_id,
+            action,
+            resource_type,
+            resource_id,
+            source_ip,
+            user_agent: user_agent.map(scrub_user_agent),
+            principal_id: None,
+            credential_id: None,
+            workspace_id: None,
+            scope: None,
+            detail: None,
+            recorded: false,
+        })))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Pending) -> R) -> R {
+        let mut pending = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut pending)
+    }
+
+    /// Who is calling: the credential, its owner and their workspace (also for a
+    /// credential that was refused but is known).
+    pub fn set_identity(&self, identity: &Identity) {
+        self.with(|p| {
+            p.principal_id = Some(identity.principal.id.to_string());
+            p.credential_id = Some(identity.token.id.to_string());
+            p.workspace_id = Some(identity.workspace.id.clone());
+        });
+    }
+
+    /// The scope the caller acts with.
+    pub fn set_scope(&self, scope: Scope) {
+        self.with(|p| p.scope = Some(scope.to_string()));
+    }
+
+    /// The resource acted on, when the path does not name it (a creation).
+    pub fn set_resource_id(&self, id: &str) {
+        self.with(|p| p.resource_id = Some(id.to_owned()));
+    }
+
+    /// Action-specific detail: a small JSON object, never a secret.
+    pub fn set_detail(&self, detail: serde_json::Value) {
+        self.with(|p| p.detail = Some(detail));
+    }
+
+    /// The request's id.
+    pub fn request_id(&self) -> String {
+        self.with(|p| p.request_id.clone())
+    }
+
+    fn already_recorded(&self) -> bool {
+        self.with(|p| p.recorded)
+    }
+
+    /// The entry of a change about to be written with its change, answered with
+    /// `status`. Call [`AuditContext::mark_recorded`] once the change is committed.
+    pub fn change(&self, status: StatusCode) -> Trail {
+        Trail::of(self.record_with(status, None))
+    }
+
+    /// The change's entry was committed with the change: the stage writes no other.
+    pub fn mark_recorded(&self) {
+        self.with(|p| p.recorded = true);
+    }
+
+    /// An event raised by this request, carrying its `request_id`.
+    pub fn event(
+        &self,
+        workspace: &WorkspaceId,
+        event_type: &str,
+        mut payload: serde_json::Value,
+    ) -> SecurityEvent {
+        if let Some(map) = payload.as_object_mut() {
+            map.insert(
+                "request_id".into(),
+                serde_json::Value::String(self.request_id()),
+            );
+        }
+        SecurityEvent::new(workspace.clone(), event_type, payload)
+    }
+
+    fn record_with(&self, status: StatusCode, fallback: Option<&WorkspaceId>) -> AuditRecord {
+        self.with(|p| {
+            let workspace_id = p
+                .workspace_id
+                .clone()
+                .or_else(|| fallback.cloned())
+                .unwrap_or_else(|| WorkspaceId::from_trusted(String::new()));
+            AuditRecord {
+                id: AuditId::generate(),
+                time: p.time,
+                workspace_id,
+                request_id: Some(p.request_id.clone()),
+                principal_id: p.principal_id.clone(),
+                credential_id: p.credential_id.clone(),
+                action: p.action.clone(),
+                resource_type: p.resource_type.clone(),
+                resource_id: p.resource_id.clone(),
+                scope: p.scope.clone(),
+                source_ip: p.source_ip.map(|ip| ip.to_string()),
+                user_agent: p.user_agent.clone(),
+                outcome: Outcome::of_status(status.as_u16()),
+                status: status.as_u16(),
+                latency_us: i64::try_from(p.started.elapsed().as_micros()).unwrap_or(i64::MAX),
+                detail: p.detail.as_ref().map(ToString::to_string),
+            }
+        })
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuditContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<AuditContext>()
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("the audit stage did not run".into()))
+    }
+}
+
+/// Whether requests to `route` are audited: every API call; not the health, metrics and
+/// description endpoints that probes and scrapers poll.
+pub fn audited(route: Option<&str>) -> bool {
+    !matches!(
+        route,
+        Some("/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+    )
+}
+
+/// Names a request's action from its method and route: `tokens.create`,
+/// `users.update`, `workspaces.suspend`, `audit.events`. The resource type is the first
+/// segment after `/api/v1/` (and `auth/`), and the resource id is the `{id}` in the path,
+/// kept only when it has the shape of an id (a mistyped path can hold a pasted secret).
+fn describe(
+    method: &Method,
+    route: Option<&str>,
+    path: &str,
+) -> (String, Option<String>, Option<String>) {
+    let Some(route) = route else {
+        return ("request.unmatched".to_owned(), None, None);
+    };
+    let Some(rest) = route.strip_prefix("/api/v1/") else {
+        return (
+            format!("request.{}", method.as_str().to_ascii_lowercase()),
+            None,
+            None,
+        );
+    };
+    let rest = rest.strip_prefix("auth/").unwrap_or(rest);
+    let template: Vec<&str> = rest.split('/').collect();
+    let resource = template[0];
+    let base = resource.replace('-', "_");
+    let verb = match (template.as_slice(), method) {
+        ([_], &Method::GET) if resource == "me" => "read",
+        ([_], &Method::GET) => "list",
+        ([_], &Method::POST) => "create",
+        ([_, "{id}"], &Method::GET) => "get",
+        ([_, "{id}"], &Method::PATCH | &Method::PUT) => "update",
+        ([_, "{id}"], &Method::DELETE) if matches!(resource, "tokens" | "api-keys") => "revoke",
+        ([_, "{id}"], &Method::DELETE) => "delete",
+        ([_, .., last], _) if !last.starts_with('{') => last,
+        _ => method.as_str(),
+    };
+    let action = format!("{base}.{}", verb.replace('-', "_").to_ascii_lowercase());
+    // The path's segment where the template has `{id}`.
+    let resource_id = template.iter().position(|s| *s == "{id}").and_then(|i| {
+        let offset = route.split('/').count() - template.len();
+        path.split('/')
+            .nth(offset + i)
+            .filter(|v| id_shaped(v))
+            .map(str::to_owned)
+    });
+    (action, Some(resource.to_owned()), resource_id)
+}
+
+/// The `User-Agent` as recorded: at most 256 characters, and any run of 32 or more
+/// token characters (letters, digits, `-`, `_`, `.`) replaced by `[redacted]`, because a
+/// client can put anything in the header, a credential included.
+fn scrub_user_agent(ua: &str) -> String {
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 32 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in ua.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+            run.push(c);
+        } else {
+            flush(&mut run, &mut out);
+            out.push(if c.is_control() { ' ' } else { c });
+        }
+    }
+    flush(&mut run, &mut out);
+    out.chars().take(MAX_USER_AGENT).collect()
+}
+
+/// `prefix_` followed by 32 lowercase hex digits, as every id this server issues.
+fn id_shaped(s: &str) -> bool {
+    s.split_once('_').is_some_and(|(prefix, body)| {
+        !prefix.is_empty()
+            && prefix.len() <= 8
+            && prefix.bytes().all(|b| b.is_ascii_lowercase())
+            && body.len() == 32
+            && body
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(method: Method, route: &str, path: &str) -> (String, Option<String>, Option<String>) {
+        describe(&method, Some(route), path)
+    }
+
+    #[test]
+    fn actions_are_named_from_the_route() {
+        let id = "tok_0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            d(Method::POST, "/api/v1/auth/tokens", "/api/v1/auth/tokens").0,
+            "tokens.create"
+        );
+        let (a, r, i) = d(
+            Method::DELETE,
+            "/api/v1/auth/tokens/{id}",
+            &format!("/api/v1/auth/tokens/{id}"),
+        );
+        assert_eq!(
+            (a.as_str(), r.as_deref(), i.as_deref()),
+            ("tokens.revoke", Some("tokens"), Some(id))
+        );
+        assert_eq!(
+            d(Method::PATCH, "/api/v1/users/{id}", "/api/v1/users/x").0,
+            "users.update"
+        );
+        assert_eq!(
+            d(Method::POST, "/api/v1/service-principals/{id}/suspend", "/").0,
+            "service_principals.suspend"
+        );
+        assert_eq!(
+            d(Method::GET, "/api/v1/audit/events", "/").0,
+            "audit.events"
+        );
+        assert_eq!(d(Method::GET, "/api/v1/me", "/api/v1/me").0, "me.read");
+        assert_eq!(describe(&Method::GET, None, "/nope").0, "request.unmatched");
+    }
+
+    #[test]
+    fn user_agents_lose_anything_that_could_be_a_secret() {
+        let secret = format!("dapi{}", "0".repeat(72));
+        assert_eq!(scrub_user_agent("curl/8.5.0"), "curl/8.5.0");
+        assert_eq!(scrub_user_agent(&format!("bot {secret}")), "bot [redacted]");
+        assert_eq!(scrub_user_agent("a\nb"), "a b");
+        assert_eq!(scrub_user_agent(&"x ".repeat(500)).chars().count(), 256);
+    }
+
+    #[test]
+    fn a_pasted_secret_in_the_path_is_not_kept() {
+        let secret = format!("dapi{}", "a".repeat(72));
+        let (_, _, id) = d(
+            Method::DELETE,
+            "/api/v1/auth/tokens/{id}",
+            &format!("/api/v1/auth/tokens/{secret}"),
+        );
+        assert_eq!(id, None);
+    }
+}

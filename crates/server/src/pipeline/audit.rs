@@ -1,0 +1,59 @@
+//! The audit stage: every API call leaves an entry. Before the request runs it reserves
+//! room in the audit queue (a full queue refuses the request instead of running it
+//! unaudited) and opens the request's [`AuditContext`], which the authenticate and
+//! authorize stages and the handler fill in. After the response it queues the entry,
+//! unless the handler already wrote it in the transaction of its change.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::header::USER_AGENT;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::audit::{self, AuditContext};
+use crate::pipeline::request_id::RequestId;
+use crate::state::AppState;
+
+/// The middleware.
+pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned());
+    if !audit::audited(route.as_deref()) {
+        return next.run(req).await;
+    }
+    let slot = match state.audit.reserve().await {
+        Ok(slot) => slot,
+        Err(e) => return e.into_response(),
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |id| id.0.clone());
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let user_agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
+    let method = req.method().clone();
+    let ctx = AuditContext::new(
+        request_id,
+        &method,
+        route.as_deref(),
+        req.uri().path(),
+        ip,
+        user_agent,
+    );
+    req.extensions_mut().insert(ctx.clone());
+    let response = next.run(req).await;
+    match state
+        .audit
+        .finish(&ctx, slot, &method, response.status())
+        .await
+    {
+        Ok(()) => response,
+        Err(e) => e.into_response(),
+    }
+}

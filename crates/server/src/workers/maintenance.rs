@@ -1,0 +1,137 @@
+//! Periodic maintenance: audit retention (purge, with a signed checkpoint and an entry
+//! recording the purge) and the workspace policy that revokes unused tokens (an event
+//! first, the revocation after the notice period).
+//!
+//! Several nodes may run it at once: a purge locks its chain, a notice is recorded once per
+//! idle period, and a revocation of an already revoked token changes nothing.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use datastack_core::audit::{AuditRecord, SecurityEvent};
+use datastack_store::{Invalidation, Store, Trail, WorkspacePolicy};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::credentials::CredentialVerifier;
+
+/// Runs a pass at start and then every `audit_maintenance_interval`, until `stop`.
+pub async fn maintenance(
+    store: Store,
+    credentials: Arc<CredentialVerifier>,
+    config: Arc<Config>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(config.audit_maintenance_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = run_once(&store, &credentials, &config).await {
+            tracing::warn!(error = %e, "audit maintenance failed; it runs again next interval");
+        }
+    }
+}
+
+async fn run_once(
+    store: &Store,
+    credentials: &CredentialVerifier,
+    config: &Config,
+) -> Result<(), datastack_store::Error> {
+    for policy in store.workspace_policies().await? {
+        let before = Utc::now() - chrono::Duration::days(i64::from(policy.audit_retention_days));
+        let purged = store.purge_audit(&policy.id, before).await?;
+        if purged > 0 {
+            tracing::info!(workspace = %policy.id, purged, "audit entries past retention purged");
+        }
+        if policy.auto_revoke_unused_days.is_some() {
+            auto_revoke(store, credentials, config, &policy).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Tokens idle for the policy's days minus the notice period get a notice
+/// (`token.auto_revoke_scheduled`); once idle for the full period and noticed at least the
+/// notice period ago, they are revoked (`token.revoked`, reason `unused`). A use in between
+/// cancels the notice.
+async fn auto_revoke(
+    store: &Store,
+    credentials: &CredentialVerifier,
+    config: &Config,
+    policy: &WorkspacePolicy,
+) -> Result<(), datastack_store::Error> {
+    let Some(days) = policy.auto_revoke_unused_days else {
+        return Ok(());
+    };
+    let now = Utc::now();
+    let period = chrono::Duration::days(i64::from(days));
+    let notice = chrono::Duration::from_std(config.auto_revoke_notice)
+        .unwrap_or(chrono::Duration::days(7))
+        .min(period);
+    for (token, noticed) in store
+        .auto_revoke_candidates(&policy.id, now - period + notice)
+        .await?
+    {
+        let idle_since = token.last_used_at.unwrap_or(token.created_at);
+        let payload = |extra: serde_json::Value| {
+            let mut p = serde_json::json!({
+                "tokenId": token.id,
+                "ownerId": token.owner_id,
+                "label": token.label,
+                "idleSince": idle_since,
+                "policyDays": days,
+            });
+            if let (Some(p), Some(e)) = (p.as_object_mut(), extra.as_object()) {
+                p.extend(e.clone());
+            }
+            p
+        };
+        let record = |action: &str| {
+            let mut r = AuditRecord::system(policy.id.clone(), action, "tokens");
+            r.resource_id = Some(token.id.to_string());
+            r.principal_id = None;
+            r.detail = Some(
+                serde_json::json!({ "ownerId": token.owner_id, "idleSince": idle_since, "policyDays": days })
+                    .to_string(),
+            );
+            r
+        };
+        match noticed {
+            None => {
+                let revoke_at = (idle_since + period).max(now + notice);
+                let trail = Trail::of(record("tokens.auto_revoke_scheduled")).with_event(
+                    SecurityEvent::new(
+                        policy.id.clone(),
+                        "token.auto_revoke_scheduled",
+                        payload(serde_json::json!({ "revokeAt": revoke_at })),
+                    ),
+                );
+                store.mark_auto_revoke_notified(&token.id, &trail).await?;
+            }
+            Some(at) if now - idle_since >= period && now - at >= notice => {
+                let trail = Trail::of(record("tokens.auto_revoke")).with_event(SecurityEvent::new(
+                    policy.id.clone(),
+                    "token.revoked",
+                    payload(serde_json::json!({ "reason": "unused" })),
+                ));
+                match store
+                    .revoke_token(&policy.id, &token.id, None, &trail)
+                    .await
+                {
+                    Ok(revoked) => {
+                        credentials.invalidate(&Invalidation::Token(revoked.digest_hex));
+                        tracing::info!(token_id = %token.id, "unused token revoked by workspace policy");
+                    }
+                    // Revoked meanwhile by someone else: nothing to do.
+                    Err(datastack_store::Error::NotFound) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}

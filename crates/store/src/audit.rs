@@ -1,0 +1,775 @@
+//! The audit trail: appending to each workspace's hash chain (in the caller's transaction
+//! or in batches), querying, exporting, verifying and purging it; security events; the
+//! networks each credential was used from.
+
+use chrono::{DateTime, Duration, Utc};
+use datastack_core::audit::{
+    AuditEntry, AuditKey, AuditRecord, ChainBreak, ChainVerifier, Checkpoint, Head, Outcome,
+    SecurityEvent, Step,
+};
+use datastack_core::id::{AuditId, EventId, WorkspaceId};
+
+use crate::{Backend, Error, Result, Store, with_pool};
+
+/// What a change writes to the audit trail in its own transaction: its entries and the
+/// security events it raises.
+#[derive(Debug, Clone, Default)]
+pub struct Trail {
+    /// Audit entries.
+    pub records: Vec<AuditRecord>,
+    /// Security events.
+    pub events: Vec<SecurityEvent>,
+}
+
+impl Trail {
+    /// A trail of one entry.
+    pub fn of(record: AuditRecord) -> Self {
+        Self {
+            records: vec![record],
+            events: Vec::new(),
+        }
+    }
+
+    /// Adds an event.
+    pub fn with_event(mut self, event: SecurityEvent) -> Self {
+        self.events.push(event);
+        self
+    }
+}
+
+/// One use of a credential from a network, for "new network" detection.
+#[derive(Debug, Clone)]
+pub struct Sighting {
+    /// The credential.
+    pub credential_id: String,
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+    /// The network (`203.0.113.0/24`, `2001:db8::/64`).
+    pub network: String,
+    /// The client address.
+    pub ip: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// The request.
+    pub request_id: Option<String>,
+}
+
+/// Which entries a query returns; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// At or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Before.
+    pub until: Option<DateTime<Utc>>,
+    /// The acting principal.
+    pub principal_id: Option<String>,
+    /// The credential.
+    pub credential_id: Option<String>,
+    /// The action, e.g. `tokens.create`.
+    pub action: Option<String>,
+    /// The resource type, e.g. `tokens`.
+    pub resource_type: Option<String>,
+    /// The resource id.
+    pub resource_id: Option<String>,
+    /// The outcome.
+    pub outcome: Option<Outcome>,
+    /// The client address.
+    pub source_ip: Option<String>,
+}
+
+/// The result of verifying one workspace's chain.
+#[derive(Debug, Clone)]
+pub struct ChainReport {
+    /// How many entries were found in place.
+    pub checked: u64,
+    /// The first break, if any.
+    pub broken: Option<ChainBreak>,
+    /// Where the retained chain starts: the checkpoint's sequence number and purge time.
+    pub checkpoint: Option<(i64, DateTime<Utc>)>,
+    /// The signed head's sequence number.
+    pub head_seq: i64,
+}
+
+/// A workspace's retention and revocation policy, for the maintenance worker.
+#[derive(Debug, Clone)]
+pub struct WorkspacePolicy {
+    /// The workspace.
+    pub id: WorkspaceId,
+    /// Audit retention in days.
+    pub audit_retention_days: u32,
+    /// Auto-revocation of unused tokens, in days.
+    pub auto_revoke_unused_days: Option<u32>,
+}
+
+/// One credential's use of one scope in the review window.
+#[derive(Debug, Clone)]
+pub struct ScopeUse {
+    /// The credential.
+    pub credential_id: String,
+    /// The scope it acted with.
+    pub scope: String,
+    /// How many allowed calls.
+    pub calls: i64,
+}
+
+/// How many rows one INSERT statement carries (19 columns each: well under both engines'
+/// limit on bound parameters).
+pub(crate) const INSERT_CHUNK: usize = 400;
+
+pub(crate) const ENTRY_COLUMNS: &str = "workspace_id, seq, id, created_at, request_id, principal_id, \
+     credential_id, action, resource_type, resource_id, scope, source_ip, user_agent, outcome, \
+     status, latency_us, detail, prev_hash, hash";
+
+/// Inside a `with_pool!` transaction `$tx`, appends `$records` (an iterator of
+/// `&AuditRecord`) to their workspaces' chains under `$key`. Workspaces are locked in id
+/// order (their head rows), so concurrent appenders on several nodes serialise per chain
+/// and cannot deadlock.
+macro_rules! append_audit {
+    ($tx:ident, $key:expr, $records:expr) => {{
+        let mut by_workspace: std::collections::BTreeMap<&str, Vec<&datastack_core::audit::AuditRecord>> =
+            std::collections::BTreeMap::new();
+        for r in $records {
+            by_workspace.entry(r.workspace_id.as_str()).or_default().push(r);
+        }
+        for (workspace, records) in by_workspace {
+            // Creating the head is a write, which on SQLite takes the write lock before
+            // the head is read; on PostgreSQL the UPDATE locks the head row.
+            sqlx::query(
+                "INSERT INTO audit_heads (workspace_id, seq, hash, signature) VALUES ($1, 0, $2, '') \
+                 ON CONFLICT (workspace_id) DO NOTHING",
+            )
+            .bind(workspace)
+            .bind(datastack_core::audit::GENESIS)
+            .execute(&mut *$tx)
+            .await?;
+            let (mut seq, mut prev): (i64, String) = sqlx::query_as(
+                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash",
+            )
+            .bind(workspace)
+            .fetch_one(&mut *$tx)
+            .await?;
+            for chunk in records.chunks($crate::audit::INSERT_CHUNK) {
+                let mut links = Vec::with_capacity(chunk.len());
+                for r in chunk {
+                    seq += 1;
+                    let hash = $key.link(&prev, r);
+                    links.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
+                }
+                let mut insert = sqlx::QueryBuilder::new(format!(
+                    "INSERT INTO audit_entries ({}) ",
+                    $crate::audit::ENTRY_COLUMNS
+                ));
+                insert.push_values(chunk.iter().zip(links), |mut b, (r, (seq, prev, hash))| {
+                    b.push_bind(r.workspace_id.as_str())
+                        .push_bind(seq)
+                        .push_bind(r.id.as_str())
+                        .push_bind(r.time)
+                        .push_bind(r.request_id.as_deref())
+                        .push_bind(r.principal_id.as_deref())
+                        .push_bind(r.credential_id.as_deref())
+                        .push_bind(r.action.as_str())
+                        .push_bind(r.resource_type.as_deref())
+                        .push_bind(r.resource_id.as_deref())
+                        .push_bind(r.scope.as_deref())
+                        .push_bind(r.source_ip.as_deref())
+                        .push_bind(r.user_agent.as_deref())
+                        .push_bind(r.outcome.as_str())
+                        .push_bind(i64::from(r.status))
+                        .push_bind(r.latency_us)
+                        .push_bind(r.detail.as_deref())
+                        .push_bind(prev)
+                        .push_bind(hash);
+                });
+                insert.build().execute(&mut *$tx).await?;
+            }
+            let ws = datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned());
+            sqlx::query(
+                "UPDATE audit_heads SET seq = $2, hash = $3, signature = $4 WHERE workspace_id = $1",
+            )
+            .bind(workspace)
+            .bind(seq)
+            .bind(&prev)
+            .bind($key.sign_head(&ws, seq, &prev))
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+pub(crate) use append_audit;
+
+/// Inside a `with_pool!` transaction `$tx`, stores security events.
+macro_rules! insert_events {
+    ($tx:ident, $events:expr) => {{
+        for e in $events {
+            sqlx::query(
+                "INSERT INTO security_events (id, workspace_id, type, created_at, payload) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(e.id.as_str())
+            .bind(e.workspace_id.as_str())
+            .bind(&e.event_type)
+            .bind(e.time)
+            .bind(e.payload.to_string())
+            .execute(&mut *$tx)
+            .await?;
+        }
+    }};
+}
+pub(crate) use insert_events;
+
+/// Inside a `with_pool!` transaction `$tx` of a method of `$store`, writes a [`Trail`].
+macro_rules! write_trail {
+    ($store:expr, $tx:ident, $trail:expr) => {{
+        let key = $store.audit_key()?;
+        $crate::audit::append_audit!($tx, key, $trail.records.iter());
+        $crate::audit::insert_events!($tx, $trail.events.iter());
+    }};
+}
+pub(crate) use write_trail;
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    workspace_id: String,
+    seq: i64,
+    id: String,
+    created_at: DateTime<Utc>,
+    request_id: Option<String>,
+    principal_id: Option<String>,
+    credential_id: Option<String>,
+    action: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    scope: Option<String>,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    outcome: String,
+    status: i64,
+    latency_us: i64,
+    detail: Option<String>,
+    prev_hash: String,
+    hash: String,
+}
+
+impl EntryRow {
+    fn into_domain(self) -> Result<AuditEntry> {
+        Ok(AuditEntry {
+            seq: self.seq,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+            record: AuditRecord {
+                id: AuditId::from_trusted(self.id),
+                time: self.created_at,
+                workspace_id: WorkspaceId::from_trusted(self.workspace_id),
+                request_id: self.request_id,
+                principal_id: self.principal_id,
+                credential_id: self.credential_id,
+                action: self.action,
+                resource_type: self.resource_type,
+                resource_id: self.resource_id,
+                scope: self.scope,
+                source_ip: self.source_ip,
+                user_agent: self.user_agent,
+                // An unknown outcome or status is kept visible as an alteration: verify
+                // hashes what is stored, so map it to something that will not match.
+                outcome: Outcome::parse(&self.outcome).unwrap_or(Outcome::Error),
+                status: u16::try_from(self.status).unwrap_or(u16::MAX),
+                latency_us: self.latency_us,
+                detail: self.detail,
+            },
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    id: String,
+    workspace_id: String,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    created_at: DateTime<Utc>,
+    payload: String,
+}
+
+impl EventRow {
+    fn into_domain(self) -> Result<SecurityEvent> {
+        Ok(SecurityEvent {
+            id: EventId::from_trusted(self.id),
+            workspace_id: WorkspaceId::from_trusted(self.workspace_id),
+            event_type: self.event_type,
+            time: self.created_at,
+            payload: serde_json::from_str(&self.payload)
+                .map_err(|e| Error::Corrupt(format!("security event payload: {e}")))?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CheckpointRow {
+    workspace_id: String,
+    seq: i64,
+    hash: String,
+    purged_before: DateTime<Utc>,
+    signature: String,
+}
+
+#[derive(sqlx::FromRow)]
+struct HeadRow {
+    seq: i64,
+    hash: String,
+    signature: String,
+}
+
+impl Store {
+    /// The audit key this store signs with.
+    pub(crate) fn audit_key(&self) -> Result<&AuditKey> {
+        self.audit_key
+            .as_deref()
+            .ok_or_else(|| Error::Corrupt("the store was opened without an audit key".into()))
+    }
+
+    /// Records the audit key's fingerprint on first use and refuses a different key
+    /// afterwards: entries signed with two keys could not be verified as one chain.
+    pub async fn check_audit_key(&self) -> Result<()> {
+        let fingerprint = self.audit_key()?.fingerprint();
+        let stored: String = with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO audit_key (id, fingerprint, created_at) VALUES (1, $1, $2) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&fingerprint)
+            .bind(Utc::now())
+            .execute(pool)
+            .await?;
+            sqlx::query_scalar("SELECT fingerprint FROM audit_key WHERE id = 1")
+                .fetch_one(pool)
+                .await?
+        });
+        if stored != fingerprint {
+            return Err(Error::AuditKeyMismatch {
+                stored,
+                configured: fingerprint,
+            });
+        }
+        Ok(())
+    }
+
+    /// The first workspace, created at bootstrap: entries that belong to no workspace
+    /// (a failed authentication with an unknown credential) go to its chain.
+    pub async fn root_workspace_id(&self) -> Result<Option<WorkspaceId>> {
+        let id: Option<String> = with_pool!(self, pool => {
+            sqlx::query_scalar(
+                "SELECT id FROM workspaces WHERE parent_id IS NULL ORDER BY created_at, id LIMIT 1",
+            )
+            .fetch_optional(pool)
+            .await?
+        });
+        Ok(id.map(WorkspaceId::from_trusted))
+    }
+
+    /// Writes a batch of entries and events in one transaction (group commit), and records
+    /// the credential sightings, raising `credential.new_network` for a credential seen
+    /// before but not from this network within `new_network_window`. Returns the events
+    /// raised.
+    pub async fn record_audit_batch(
+        &self,
+        records: &[AuditRecord],
+        events: &[SecurityEvent],
+        sightings: &[Sighting],
+        new_network_window: Duration,
+    ) -> Result<Vec<SecurityEvent>> {
+        let key = self.audit_key()?;
+        let mut ordered: Vec<&Sighting> = sightings.iter().collect();
+        ordered.sort_by(|a, b| (&a.credential_id, &a.network).cmp(&(&b.credential_id, &b.network)));
+        ordered.dedup_by(|a, b| a.credential_id == b.credential_id && a.network == b.network);
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            append_audit!(tx, key, records.iter());
+            let mut raised = Vec::new();
+            for s in ordered {
+                let last: Option<DateTime<Utc>> = sqlx::query_scalar(
+                    "SELECT last_seen_at FROM credential_networks WHERE credential_id = $1 AND network = $2",
+                )
+                .bind(&s.credential_id)
+                .bind(&s.network)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let fresh = last.is_some_and(|t| s.at - t < new_network_window);
+                if !fresh {
+                    let known: i64 = sqlx::query_scalar(
+                        "SELECT COUNT(*) FROM credential_networks WHERE credential_id = $1 AND network <> $2",
+                    )
+                    .bind(&s.credential_id)
+                    .bind(&s.network)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    if known > 0 {
+                        raised.push(SecurityEvent::new(
+                            s.workspace_id.clone(),
+                            "credential.new_network",
+                            serde_json::json!({
+                                "request_id": s.request_id,
+                                "credentialId": s.credential_id,
+                                "network": s.network,
+                                "sourceIp": s.ip,
+                                "lastSeenFromNetwork": last,
+                                "windowDays": new_network_window.num_days(),
+                            }),
+                        ));
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO credential_networks (credential_id, network, last_seen_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (credential_id, network) DO UPDATE SET last_seen_at = excluded.last_seen_at \
+                     WHERE credential_networks.last_seen_at < excluded.last_seen_at",
+                )
+                .bind(&s.credential_id)
+                .bind(&s.network)
+                .bind(s.at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            insert_events!(tx, events.iter().chain(raised.iter()));
+            tx.commit().await?;
+            Ok(raised)
+        })
+    }
+
+    /// Entries of `workspace` matching `filter`, newest first, starting below sequence
+    /// number `before` when given. Returns the page and the cursor of the next one.
+    pub async fn query_audit(
+        &self,
+        workspace: &WorkspaceId,
+        filter: &AuditFilter,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<(Vec<AuditEntry>, Option<i64>)> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 AND seq < $2 \
+               AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4) \
+               AND ($5 IS NULL OR principal_id = $5) AND ($6 IS NULL OR credential_id = $6) \
+               AND ($7 IS NULL OR action = $7) AND ($8 IS NULL OR resource_type = $8) \
+               AND ($9 IS NULL OR resource_id = $9) AND ($10 IS NULL OR outcome = $10) \
+               AND ($11 IS NULL OR source_ip = $11) \
+             ORDER BY seq DESC LIMIT $12"
+        );
+        let rows: Vec<EntryRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(before.unwrap_or(i64::MAX))
+                .bind(filter.since)
+                .bind(filter.until)
+                .bind(filter.principal_id.as_deref())
+                .bind(filter.credential_id.as_deref())
+                .bind(filter.action.as_deref())
+                .bind(filter.resource_type.as_deref())
+                .bind(filter.resource_id.as_deref())
+                .bind(filter.outcome.map(Outcome::as_str))
+                .bind(filter.source_ip.as_deref())
+                .bind(i64::from(limit) + 1)
+                .fetch_all(pool)
+                .await?
+        });
+        let mut entries = rows
+            .into_iter()
+            .map(EntryRow::into_domain)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if entries.len() > limit as usize {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| e.seq)
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+
+    /// Up to `limit` entries of `workspace` in `[since, until)` after sequence number
+    /// `after`, oldest first: one page of an export.
+    pub async fn audit_export_page(
+        &self,
+        workspace: &WorkspaceId,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<AuditEntry>> {
+        let sql = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 AND seq > $2 \
+               AND ($3 IS NULL OR created_at >= $3) AND ($4 IS NULL OR created_at < $4) \
+             ORDER BY seq LIMIT $5"
+        );
+        let rows: Vec<EntryRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(after)
+                .bind(since)
+                .bind(until)
+                .bind(i64::from(limit))
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter().map(EntryRow::into_domain).collect()
+    }
+
+    /// Walks `workspace`'s chain from its checkpoint (or its start) to its signed head, in
+    /// one consistent snapshot, and reports the first break.
+    pub async fn verify_audit_chain(&self, workspace: &WorkspaceId) -> Result<ChainReport> {
+        const PAGE: i64 = 1000;
+        let key = self.audit_key()?;
+        let select = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 AND seq > $2 \
+             AND seq <= $3 ORDER BY seq LIMIT $4"
+        );
+        let postgres = self.backend() == Backend::Postgres;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            if postgres {
+                sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let head: Option<HeadRow> = sqlx::query_as(
+                "SELECT seq, hash, signature FROM audit_heads WHERE workspace_id = $1",
+            )
+            .bind(workspace.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let checkpoint: Option<CheckpointRow> = sqlx::query_as(
+                "SELECT workspace_id, seq, hash, purged_before, signature FROM audit_checkpoints \
+                 WHERE workspace_id = $1",
+            )
+            .bind(workspace.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let checkpoint = checkpoint.map(|c| Checkpoint {
+                workspace_id: WorkspaceId::from_trusted(c.workspace_id),
+                seq: c.seq,
+                hash: c.hash,
+                purged_before: c.purged_before,
+                signature: c.signature,
+            });
+            let head = head.map(|h| Head { seq: h.seq, hash: h.hash, signature: h.signature });
+            let mut verifier = ChainVerifier::new(key, checkpoint.as_ref());
+            // Entries appended after the head was read are not part of this snapshot's
+            // chain; everything up to the head is (and anything beyond it is a forgery
+            // the head check reports).
+            let last = head.as_ref().map_or(i64::MAX, |h| h.seq);
+            let mut after = i64::MIN;
+            'walk: loop {
+                let rows: Vec<EntryRow> = sqlx::query_as(&select)
+                    .bind(workspace.as_str())
+                    .bind(after)
+                    .bind(last)
+                    .bind(PAGE)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let n = rows.len();
+                for row in rows {
+                    let entry = row.into_domain()?;
+                    after = entry.seq;
+                    match verifier.step(&entry) {
+                        Step::Ok => {}
+                        Step::Broken => break 'walk,
+                        Step::LinkBroken => {
+                            let successor: i64 = sqlx::query_scalar(
+                                "SELECT COUNT(*) FROM audit_entries WHERE workspace_id = $1 AND prev_hash = $2",
+                            )
+                            .bind(workspace.as_str())
+                            .bind(verifier.expected_prev())
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            verifier.broken_link(&entry, successor > 0);
+                            break 'walk;
+                        }
+                    }
+                }
+                if (n as i64) < PAGE {
+                    break;
+                }
+            }
+            // Entries past the signed head were added without the key.
+            let beyond: i64 = match &head {
+                Some(h) => sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM audit_entries WHERE workspace_id = $1 AND seq > $2",
+                )
+                .bind(workspace.as_str())
+                .bind(h.seq)
+                .fetch_one(&mut *tx)
+                .await?,
+                None => 0,
+            };
+            tx.rollback().await?;
+            let checked = verifier.checked();
+            let mut broken = verifier.finish(workspace, head.as_ref()).err();
+            if broken.is_none() && beyond > 0 {
+                broken = Some(ChainBreak::HeadForged);
+            }
+            Ok(ChainReport {
+                checked,
+                broken,
+                checkpoint: checkpoint.map(|c| (c.seq, c.purged_before)),
+                head_seq: head.map_or(0, |h| h.seq),
+            })
+        })
+    }
+
+    /// Purges `workspace`'s entries older than `before`: the longest prefix of the chain
+    /// whose newest entry is older, so the retained chain stays contiguous. Writes a signed
+    /// checkpoint where the retained chain now starts and records the purge itself as an
+    /// entry, in one transaction. Returns how many entries were purged.
+    pub async fn purge_audit(&self, workspace: &WorkspaceId, before: DateTime<Utc>) -> Result<u64> {
+        let key = self.audit_key()?;
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            // Lock the chain first: no append may interleave with the purge.
+            let locked = sqlx::query("UPDATE audit_heads SET seq = seq WHERE workspace_id = $1")
+                .bind(workspace.as_str())
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if locked == 0 {
+                return Ok(0);
+            }
+            let through: Option<i64> = sqlx::query_scalar(
+                "SELECT MAX(seq) FROM audit_entries WHERE workspace_id = $1 AND created_at < $2",
+            )
+            .bind(workspace.as_str())
+            .bind(before)
+            .fetch_one(&mut *tx)
+            .await?;
+            let Some(through) = through else {
+                return Ok(0);
+            };
+            let hash: String = sqlx::query_scalar(
+                "SELECT hash FROM audit_entries WHERE workspace_id = $1 AND seq = $2",
+            )
+            .bind(workspace.as_str())
+            .bind(through)
+            .fetch_one(&mut *tx)
+            .await?;
+            let purged = sqlx::query("DELETE FROM audit_entries WHERE workspace_id = $1 AND seq <= $2")
+                .bind(workspace.as_str())
+                .bind(through)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            let checkpoint = key.checkpoint(workspace, through, &hash, before);
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (workspace_id, seq, hash, purged_before, signature, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id) DO UPDATE SET \
+                 seq = excluded.seq, hash = excluded.hash, purged_before = excluded.purged_before, \
+                 signature = excluded.signature, created_at = excluded.created_at",
+            )
+            .bind(workspace.as_str())
+            .bind(checkpoint.seq)
+            .bind(&checkpoint.hash)
+            .bind(checkpoint.purged_before)
+            .bind(&checkpoint.signature)
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?;
+            let mut record = AuditRecord::system(workspace.clone(), "audit.purge", "audit");
+            record.detail = Some(
+                serde_json::json!({
+                    "purged": purged,
+                    "purgedBefore": checkpoint.purged_before,
+                    "throughSeq": through,
+                })
+                .to_string(),
+            );
+            append_audit!(tx, key, std::iter::once(&record));
+            tx.commit().await?;
+            Ok(purged)
+        })
+    }
+
+    /// Every workspace's audit retention and auto-revocation policy.
+    pub async fn workspace_policies(&self) -> Result<Vec<WorkspacePolicy>> {
+        let rows: Vec<(String, Option<i64>, Option<i64>)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, audit_retention_days, auto_revoke_unused_days FROM workspaces ORDER BY id",
+            )
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, retention, revoke)| WorkspacePolicy {
+                id: WorkspaceId::from_trusted(id),
+                audit_retention_days: retention.and_then(|d| u32::try_from(d).ok()).unwrap_or(
+                    datastack_core::model::WorkspaceSettings::DEFAULT_AUDIT_RETENTION_DAYS,
+                ),
+                auto_revoke_unused_days: revoke.and_then(|d| u32::try_from(d).ok()),
+            })
+            .collect())
+    }
+
+    /// Security events of `workspace`, newest first, of one type when given, starting
+    /// below the id `before`.
+    pub async fn list_security_events(
+        &self,
+        workspace: &WorkspaceId,
+        event_type: Option<&str>,
+        before: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<SecurityEvent>, Option<String>)> {
+        let rows: Vec<EventRow> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT id, workspace_id, type, created_at, payload FROM security_events \
+                 WHERE workspace_id = $1 AND ($2 IS NULL OR type = $2) AND id < $3 \
+                 ORDER BY id DESC LIMIT $4",
+            )
+            .bind(workspace.as_str())
+            .bind(event_type)
+            .bind(before.unwrap_or("~"))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(pool)
+            .await?
+        });
+        let mut events = rows
+            .into_iter()
+            .map(EventRow::into_domain)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if events.len() > limit as usize {
+            events.truncate(limit as usize);
+            events.last().map(|e| e.id.to_string())
+        } else {
+            None
+        };
+        Ok((events, next))
+    }
+
+    /// For each of `credentials`, the scopes it acted with in allowed calls since `since`.
+    pub async fn scope_usage(
+        &self,
+        workspace: &WorkspaceId,
+        credentials: &[String],
+        since: DateTime<Utc>,
+    ) -> Result<Vec<ScopeUse>> {
+        if credentials.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT credential_id, scope, COUNT(*) FROM audit_entries WHERE workspace_id = ",
+            );
+            q.push_bind(workspace.as_str());
+            q.push(" AND created_at >= ");
+            q.push_bind(since);
+            q.push(" AND outcome = 'allowed' AND scope IS NOT NULL AND credential_id IN (");
+            let mut list = q.separated(", ");
+            for c in credentials {
+                list.push_bind(c.as_str());
+            }
+            q.push(") GROUP BY credential_id, scope");
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(credential_id, scope, calls)| ScopeUse {
+                credential_id,
+                scope,
+                calls,
+            })
+            .collect())
+    }
+}
