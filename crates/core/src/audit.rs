@@ -446,6 +446,9 @@ pub enum ChainBreak {
     },
     /// The chain head's signature is wrong.
     HeadForged,
+    /// The chain has no head: every workspace's chain starts when the workspace is created,
+    /// so its head (and entries) were deleted.
+    HeadMissing,
     /// The retention checkpoint's signature is wrong.
     CheckpointForged,
 }
@@ -547,6 +550,11 @@ impl<'k> ChainVerifier<'k> {
         });
     }
 
+    /// The break found so far, taken out of the walk.
+    pub fn take_break(&mut self) -> Option<ChainBreak> {
+        self.broken.take()
+    }
+
     /// Ends the walk against the chain's signed head.
     pub fn finish(
         mut self,
@@ -557,12 +565,7 @@ impl<'k> ChainVerifier<'k> {
             return Err(b);
         }
         let Some(head) = head else {
-            // No head: nothing was ever appended, so nothing may be present.
-            return if self.checked == 0 {
-                Ok(0)
-            } else {
-                Err(ChainBreak::HeadForged)
-            };
+            return Err(ChainBreak::HeadMissing);
         };
         if !self.key.head_is_intact(workspace, head) {
             return Err(ChainBreak::HeadForged);

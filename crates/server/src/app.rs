@@ -144,7 +144,7 @@ pub async fn recover_admin_token(
         .map(Email::parse)
         .transpose()
         .map_err(|e| RecoverError::NoAdmin(format!("--email {e}")))?;
-    let key = load_audit_key(config).map_err(|e| RecoverError::NoAdmin(e.to_string()))?;
+    let key = load_audit_key(config, false).map_err(|e| RecoverError::NoAdmin(e.to_string()))?;
     let store = Store::open(&store_config(config))
         .await?
         .with_audit_key(Arc::new(key));
@@ -204,7 +204,7 @@ impl Application {
     /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let data_dir_lock = lock_data_dir(&config)?;
-        let key = load_audit_key(&config)?;
+        let key = load_audit_key(&config, true)?;
         let store = Store::open(&store_config(&config))
             .await?
             .with_audit_key(Arc::new(key));
@@ -349,9 +349,10 @@ impl Application {
 }
 
 /// The audit key: `audit_key` from the configuration, or the key file (default
-/// `<data_dir>/audit.key`), created with a new random key, readable only by its owner, on
-/// first start.
-pub fn load_audit_key(config: &Config) -> Result<AuditKey, StartError> {
+/// `<data_dir>/audit.key`). When `create` is set and there is no key file, one is created
+/// with a new random key, readable only by its owner: written to a temporary file, synced,
+/// then renamed into place, so a crash never leaves a partial key.
+pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartError> {
     use secrecy::ExposeSecret;
     if let Some(hex) = &config.audit_key {
         return AuditKey::from_hex(hex.expose_secret())
@@ -375,34 +376,47 @@ pub fn load_audit_key(config: &Config) -> Result<AuditKey, StartError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(unreadable(e)),
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(unreadable)?;
+    if !create {
+        return Err(StartError::AuditKey(format!(
+            "no audit key: {} does not exist and DATASTACK_AUDIT_KEY is not set; use the key the servers use",
+            path.display()
+        )));
     }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+        .to_path_buf();
+    std::fs::create_dir_all(&dir).map_err(unreadable)?;
     let key = AuditKey::generate();
+    let temp = dir.join(format!(".audit.key.{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
+    options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    match options.open(&path) {
-        Ok(mut file) => {
-            use std::io::Write;
-            file.write_all(key.to_hex().as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(unreadable)?;
-            tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(), "created the audit key");
-            Ok(key)
-        }
-        // Another process created it first: use theirs.
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let text = std::fs::read_to_string(&path).map_err(unreadable)?;
-            AuditKey::from_hex(&text)
-                .map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
-        }
-        Err(e) => Err(unreadable(e)),
+    {
+        use std::io::Write;
+        let mut file = options.open(&temp).map_err(unreadable)?;
+        file.write_all(key.to_hex().as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(unreadable)?;
     }
+    // Another process may have created the key meanwhile: the first rename wins, and
+    // everyone reads what is in place.
+    if path.exists() {
+        let _ = std::fs::remove_file(&temp);
+    } else {
+        std::fs::rename(&temp, &path).map_err(unreadable)?;
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(), "created the audit key");
+    }
+    let text = std::fs::read_to_string(&path).map_err(unreadable)?;
+    AuditKey::from_hex(&text).map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
 }
 
 /// On the embedded store, takes an exclusive lock on `<data_dir>/serve.lock`: a second node

@@ -218,6 +218,22 @@ impl AuditContext {
         Trail::of(self.record_with(status, None))
     }
 
+    /// The entry of a change to another workspace (a child the caller's workspace
+    /// manages): recorded in the caller's chain and, as a copy, in the target's chain, so
+    /// each workspace's own log shows what was done to it.
+    pub fn change_in(&self, status: StatusCode, target: &WorkspaceId) -> Trail {
+        let mut trail = self.change(status);
+        if let Some(first) = trail.records.first()
+            && first.workspace_id != *target
+        {
+            let mut copy = first.clone();
+            copy.id = AuditId::generate();
+            copy.workspace_id = target.clone();
+            trail.records.push(copy);
+        }
+        trail
+    }
+
     /// The change's entry was committed with the change: the stage writes no other.
     pub fn mark_recorded(&self) {
         self.with(|p| p.recorded = true);

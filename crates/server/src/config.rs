@@ -58,8 +58,12 @@ pub struct Config {
     /// A credential used from a network it has not used in this many days raises
     /// `credential.new_network`. Default 30.
     pub new_network_window_days: u32,
-    /// How long before an automatic revocation its owner is warned. Default 168 h.
+    /// How long before an automatic revocation its owner is warned (at most half the
+    /// policy's period). Default 168 h.
     pub auto_revoke_notice: Duration,
+    /// The shortest audit retention in force, whatever a workspace asks: a workspace admin
+    /// cannot erase history by setting one day. Default 30 days.
+    pub audit_min_retention_days: u32,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -96,6 +100,7 @@ impl Default for Config {
             auth_failure_burst_window: Duration::from_secs(60),
             new_network_window_days: 30,
             auto_revoke_notice: Duration::from_secs(7 * 24 * 3600),
+            audit_min_retention_days: 30,
         }
     }
 }
@@ -147,6 +152,8 @@ pub struct ConfigLayer {
     pub new_network_window_days: Option<u64>,
     /// `auto_revoke_notice_hours`.
     pub auto_revoke_notice_hours: Option<u64>,
+    /// `audit_min_retention_days`.
+    pub audit_min_retention_days: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -243,6 +250,9 @@ impl ConfigLayer {
                 "AUTO_REVOKE_NOTICE_HOURS" => {
                     layer.auto_revoke_notice_hours = Some(number(&value)?)
                 }
+                "AUDIT_MIN_RETENTION_DAYS" => {
+                    layer.audit_min_retention_days = Some(number(&value)?)
+                }
                 // Variables of the client commands and of the tests are not server settings.
                 _ => {}
             }
@@ -275,7 +285,8 @@ impl ConfigLayer {
             auth_failure_burst_threshold,
             auth_failure_burst_window_seconds,
             new_network_window_days,
-            auto_revoke_notice_hours
+            auto_revoke_notice_hours,
+            audit_min_retention_days
         );
         self
     }
@@ -436,6 +447,9 @@ impl ConfigLayer {
         }
         if let Some(d) = self.new_network_window_days {
             c.new_network_window_days = within("new_network_window_days", d, 1, 3650)? as u32;
+        }
+        if let Some(d) = self.audit_min_retention_days {
+            c.audit_min_retention_days = within("audit_min_retention_days", d, 1, 36_500)? as u32;
         }
         if let Some(h) = self.auto_revoke_notice_hours {
             c.auto_revoke_notice =

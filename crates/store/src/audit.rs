@@ -90,6 +90,18 @@ pub struct ChainReport {
     pub head_seq: i64,
 }
 
+/// What a purge did.
+#[derive(Debug, Clone, Default)]
+pub struct Purge {
+    /// Entries deleted.
+    pub purged: u64,
+    /// The last purged sequence number.
+    pub through: i64,
+    /// The chain did not verify where the purge would have deleted: nothing from there on
+    /// was purged.
+    pub refused: Option<ChainBreak>,
+}
+
 /// A workspace's retention and revocation policy, for the maintenance worker.
 #[derive(Debug, Clone)]
 pub struct WorkspacePolicy {
@@ -312,6 +324,18 @@ struct CheckpointRow {
     signature: String,
 }
 
+impl CheckpointRow {
+    fn into_domain(self) -> Checkpoint {
+        Checkpoint {
+            workspace_id: WorkspaceId::from_trusted(self.workspace_id),
+            seq: self.seq,
+            hash: self.hash,
+            purged_before: self.purged_before,
+            signature: self.signature,
+        }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct HeadRow {
     seq: i64,
@@ -383,8 +407,19 @@ impl Store {
         ordered.dedup_by(|a, b| a.credential_id == b.credential_id && a.network == b.network);
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            append_audit!(tx, key, records.iter());
+            // A retry of a batch whose commit succeeded but was not confirmed (a lost
+            // connection) must not append it twice: its first entry tells.
+            if let Some(first) = records.first() {
+                let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE id = $1")
+                    .bind(first.id.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if seen > 0 {
+                    return Ok(Vec::new());
+                }
+            }
             let mut raised = Vec::new();
+            // Sightings first: the chain heads are locked last and held briefly.
             for s in ordered {
                 let last: Option<DateTime<Utc>> = sqlx::query_scalar(
                     "SELECT last_seen_at FROM credential_networks WHERE credential_id = $1 AND network = $2",
@@ -428,6 +463,7 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
             }
+            append_audit!(tx, key, records.iter());
             insert_events!(tx, events.iter().chain(raised.iter()));
             tx.commit().await?;
             Ok(raised)
@@ -540,13 +576,7 @@ impl Store {
             .bind(workspace.as_str())
             .fetch_optional(&mut *tx)
             .await?;
-            let checkpoint = checkpoint.map(|c| Checkpoint {
-                workspace_id: WorkspaceId::from_trusted(c.workspace_id),
-                seq: c.seq,
-                hash: c.hash,
-                purged_before: c.purged_before,
-                signature: c.signature,
-            });
+            let checkpoint = checkpoint.map(CheckpointRow::into_domain);
             let head = head.map(|h| Head { seq: h.seq, hash: h.hash, signature: h.signature });
             let mut verifier = ChainVerifier::new(key, checkpoint.as_ref());
             // Entries appended after the head was read are not part of this snapshot's
@@ -612,74 +642,157 @@ impl Store {
         })
     }
 
-    /// Purges `workspace`'s entries older than `before`: the longest prefix of the chain
-    /// whose newest entry is older, so the retained chain stays contiguous. Writes a signed
-    /// checkpoint where the retained chain now starts and records the purge itself as an
-    /// entry, in one transaction. Returns how many entries were purged.
-    pub async fn purge_audit(&self, workspace: &WorkspaceId, before: DateTime<Utc>) -> Result<u64> {
+    /// Purges `workspace`'s entries older than `before`: the chain's prefix that ends just
+    /// before its first entry at or after `before` (so an entry dated in the past cannot
+    /// take newer ones with it). Each batch of up to 5 000 entries is first checked against
+    /// the key, then deleted in its own short transaction that moves the signed checkpoint
+    /// forward; appenders are never blocked by a long delete. A segment that does not
+    /// verify is not purged: the purge stops and reports the break. The purge is recorded
+    /// as an entry. Several nodes may purge at once: the checkpoint only moves forward.
+    pub async fn purge_audit(
+        &self,
+        workspace: &WorkspaceId,
+        before: DateTime<Utc>,
+    ) -> Result<Purge> {
+        const CHUNK: i64 = 5000;
         let key = self.audit_key()?;
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            // Lock the chain first: no append may interleave with the purge.
-            let locked = sqlx::query("UPDATE audit_heads SET seq = seq WHERE workspace_id = $1")
+        let select = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 AND seq > $2 \
+             AND seq <= $3 ORDER BY seq"
+        );
+        let (head, first_kept, checkpoint): (Option<i64>, Option<i64>, Option<CheckpointRow>) = with_pool!(self, pool => {
+            let head: Option<i64> = sqlx::query_scalar("SELECT seq FROM audit_heads WHERE workspace_id = $1")
                 .bind(workspace.as_str())
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if locked == 0 {
-                return Ok(0);
-            }
-            let through: Option<i64> = sqlx::query_scalar(
-                "SELECT MAX(seq) FROM audit_entries WHERE workspace_id = $1 AND created_at < $2",
+                .fetch_optional(pool)
+                .await?;
+            let first_kept: Option<i64> = sqlx::query_scalar(
+                "SELECT MIN(seq) FROM audit_entries WHERE workspace_id = $1 AND created_at >= $2",
             )
             .bind(workspace.as_str())
             .bind(before)
-            .fetch_one(&mut *tx)
+            .fetch_one(pool)
             .await?;
-            let Some(through) = through else {
-                return Ok(0);
-            };
-            let hash: String = sqlx::query_scalar(
-                "SELECT hash FROM audit_entries WHERE workspace_id = $1 AND seq = $2",
+            let checkpoint: Option<CheckpointRow> = sqlx::query_as(
+                "SELECT workspace_id, seq, hash, purged_before, signature FROM audit_checkpoints \
+                 WHERE workspace_id = $1",
             )
             .bind(workspace.as_str())
-            .bind(through)
-            .fetch_one(&mut *tx)
+            .fetch_optional(pool)
             .await?;
-            let purged = sqlx::query("DELETE FROM audit_entries WHERE workspace_id = $1 AND seq <= $2")
-                .bind(workspace.as_str())
-                .bind(through)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            let checkpoint = key.checkpoint(workspace, through, &hash, before);
-            sqlx::query(
-                "INSERT INTO audit_checkpoints (workspace_id, seq, hash, purged_before, signature, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id) DO UPDATE SET \
-                 seq = excluded.seq, hash = excluded.hash, purged_before = excluded.purged_before, \
-                 signature = excluded.signature, created_at = excluded.created_at",
-            )
-            .bind(workspace.as_str())
-            .bind(checkpoint.seq)
-            .bind(&checkpoint.hash)
-            .bind(checkpoint.purged_before)
-            .bind(&checkpoint.signature)
-            .bind(Utc::now())
-            .execute(&mut *tx)
-            .await?;
+            (head, first_kept, checkpoint)
+        });
+        let Some(head) = head else {
+            return Ok(Purge::default());
+        };
+        let checkpoint = checkpoint.map(CheckpointRow::into_domain);
+        let through = first_kept.map_or(head, |s| s - 1).min(head);
+        let mut from = checkpoint.as_ref().map_or(0, |c| c.seq);
+        if through <= from {
+            return Ok(Purge::default());
+        }
+        let mut verifier = ChainVerifier::new(key, checkpoint.as_ref());
+        let mut outcome = Purge::default();
+        while from < through {
+            let end = (from + CHUNK).min(through);
+            let result: std::result::Result<u64, ChainBreak> = with_pool!(self, pool => {
+                let rows: Vec<EntryRow> = sqlx::query_as(&select)
+                    .bind(workspace.as_str())
+                    .bind(from)
+                    .bind(end)
+                    .fetch_all(pool)
+                    .await?;
+                let mut last_hash = None;
+                let mut broken = None;
+                for row in rows {
+                    let entry = row.into_domain()?;
+                    match verifier.step(&entry) {
+                        Step::Ok => last_hash = Some(entry.hash.clone()),
+                        Step::LinkBroken => {
+                            verifier.broken_link(&entry, false);
+                            broken = verifier.take_break();
+                            break;
+                        }
+                        Step::Broken => {
+                            broken = verifier.take_break();
+                            break;
+                        }
+                    }
+                }
+                match (broken, last_hash) {
+                    (Some(b), _) => Err(b),
+                    (None, Some(hash)) if verifier.checked() as i64 == end - checkpoint.as_ref().map_or(0, |c| c.seq) => {
+                        let cp = key.checkpoint(workspace, end, &hash, before);
+                        let mut tx = pool.begin().await?;
+                        let purged = sqlx::query(
+                            "DELETE FROM audit_entries WHERE workspace_id = $1 AND seq > $2 AND seq <= $3",
+                        )
+                        .bind(workspace.as_str())
+                        .bind(from)
+                        .bind(end)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        sqlx::query(
+                            "INSERT INTO audit_checkpoints (workspace_id, seq, hash, purged_before, signature, created_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workspace_id) DO UPDATE SET \
+                             seq = excluded.seq, hash = excluded.hash, purged_before = excluded.purged_before, \
+                             signature = excluded.signature, created_at = excluded.created_at \
+                             WHERE audit_checkpoints.seq < excluded.seq",
+                        )
+                        .bind(workspace.as_str())
+                        .bind(cp.seq)
+                        .bind(&cp.hash)
+                        .bind(cp.purged_before)
+                        .bind(&cp.signature)
+                        .bind(Utc::now())
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await?;
+                        Ok(purged)
+                    }
+                    // Entries are missing from the segment (or it is empty).
+                    _ => Err(ChainBreak::Removed { id: String::new(), seq: from + 1 }),
+                }
+            });
+            match result {
+                Ok(n) => {
+                    outcome.purged += n;
+                    outcome.through = end;
+                    from = end;
+                }
+                Err(b) => {
+                    outcome.refused = Some(b);
+                    break;
+                }
+            }
+        }
+        if outcome.purged > 0 {
             let mut record = AuditRecord::system(workspace.clone(), "audit.purge", "audit");
             record.detail = Some(
                 serde_json::json!({
-                    "purged": purged,
-                    "purgedBefore": checkpoint.purged_before,
-                    "throughSeq": through,
+                    "purged": outcome.purged,
+                    "purgedBefore": before,
+                    "throughSeq": outcome.through,
                 })
                 .to_string(),
             );
-            append_audit!(tx, key, std::iter::once(&record));
-            tx.commit().await?;
-            Ok(purged)
-        })
+            with_pool!(self, pool => {
+                let mut tx = pool.begin().await?;
+                append_audit!(tx, key, std::iter::once(&record));
+                tx.commit().await?;
+            });
+        }
+        Ok(outcome)
+    }
+
+    /// A chain's signed head: its last sequence number and hash.
+    pub async fn audit_head(&self, workspace: &WorkspaceId) -> Result<Option<(i64, String)>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as("SELECT seq, hash FROM audit_heads WHERE workspace_id = $1")
+                .bind(workspace.as_str())
+                .fetch_optional(pool)
+                .await?
+        }))
     }
 
     /// Every workspace's audit retention and auto-revocation policy.
@@ -715,12 +828,12 @@ impl Store {
         let rows: Vec<EventRow> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT id, workspace_id, type, created_at, payload FROM security_events \
-                 WHERE workspace_id = $1 AND ($2 IS NULL OR type = $2) AND id < $3 \
+                 WHERE workspace_id = $1 AND ($2 IS NULL OR type = $2) AND ($3 IS NULL OR id < $3) \
                  ORDER BY id DESC LIMIT $4",
             )
             .bind(workspace.as_str())
             .bind(event_type)
-            .bind(before.unwrap_or("~"))
+            .bind(before)
             .bind(i64::from(limit) + 1)
             .fetch_all(pool)
             .await?

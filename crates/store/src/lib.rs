@@ -23,7 +23,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
-pub use audit::{AuditFilter, ChainReport, ScopeUse, Sighting, Trail, WorkspacePolicy};
+pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, WorkspacePolicy};
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};

@@ -326,40 +326,6 @@ pub struct OwnerSummary {
 }
 
 impl Store {
-    /// Replaces the scopes of an unrevoked token of `workspace` and announces it to every
-    /// node, with its audit trail, in one transaction. Returns the token as changed.
-    pub async fn set_token_scopes(
-        &self,
-        workspace: &WorkspaceId,
-        id: &TokenId,
-        scopes: &datastack_core::scope::ScopeSet,
-        trail: &Trail,
-    ) -> Result<Token> {
-        let channel = self.announce_channel();
-        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
-        with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            let affected = sqlx::query(
-                "UPDATE tokens SET scopes = $1 WHERE id = $2 AND workspace_id = $3 AND revoked_at IS NULL",
-            )
-            .bind(crate::rows::scopes_text(scopes))
-            .bind(id.as_str())
-            .bind(workspace.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if affected == 0 {
-                return Err(Error::NotFound);
-            }
-            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
-            let token = row.into_domain()?;
-            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
-            write_trail!(self, tx, trail);
-            tx.commit().await?;
-            Ok(token)
-        })
-    }
-
     /// Unrevoked tokens of `workspace` neither used nor created since `unused_since`, with
     /// when their owner was told they would be revoked (if that was after their last use).
     pub async fn auto_revoke_candidates(
@@ -395,15 +361,25 @@ impl Store {
             .collect()
     }
 
-    /// Records that a token's owner was told it will be revoked, with the event, once.
-    pub async fn mark_auto_revoke_notified(&self, id: &TokenId, trail: &Trail) -> Result<bool> {
+    /// Records that a token's owner was told it will be revoked, with the event, once per
+    /// idle period (`idle_since`): a notice already given since then is not repeated, even
+    /// by another node running the same pass.
+    pub async fn mark_auto_revoke_notified(
+        &self,
+        id: &TokenId,
+        idle_since: DateTime<Utc>,
+        trail: &Trail,
+    ) -> Result<bool> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
-                "UPDATE tokens SET auto_revoke_notified_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                "UPDATE tokens SET auto_revoke_notified_at = $1 WHERE id = $2 AND revoked_at IS NULL \
+                 AND (auto_revoke_notified_at IS NULL OR auto_revoke_notified_at <= $3) \
+                 AND COALESCE(last_used_at, created_at) <= $3",
             )
             .bind(datastack_core::audit::now_micros())
             .bind(id.as_str())
+            .bind(idle_since)
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -449,5 +425,84 @@ impl Store {
                 .await?
         });
         row.map(TokenRow::into_domain).transpose()
+    }
+}
+
+impl Store {
+    /// Revokes a token for the auto-revocation policy only if it is still idle since before
+    /// `idle_before` and its notice (`noticed_at`) is the one recorded, checked in the same
+    /// statement: a use recorded meanwhile keeps it. Announces it like any revocation.
+    pub async fn revoke_idle_token(
+        &self,
+        workspace: &WorkspaceId,
+        id: &TokenId,
+        idle_before: DateTime<Utc>,
+        noticed_at: DateTime<Utc>,
+        trail: &Trail,
+    ) -> Result<Token> {
+        let channel = self.announce_channel();
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND workspace_id = $3 \
+                 AND revoked_at IS NULL AND COALESCE(last_used_at, created_at) < $4 \
+                 AND auto_revoke_notified_at = $5",
+            )
+            .bind(Utc::now())
+            .bind(id.as_str())
+            .bind(workspace.as_str())
+            .bind(idle_before)
+            .bind(noticed_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Err(Error::NotFound);
+            }
+            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
+            let token = row.into_domain()?;
+            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(token)
+        })
+    }
+
+    /// Replaces a token's scopes only if they are still `expected` (compare-and-set), with
+    /// the audit trail, and announces it. `NotFound` when the token changed meanwhile.
+    pub async fn narrow_token_scopes(
+        &self,
+        workspace: &WorkspaceId,
+        id: &TokenId,
+        expected: &datastack_core::scope::ScopeSet,
+        scopes: &datastack_core::scope::ScopeSet,
+        trail: &Trail,
+    ) -> Result<Token> {
+        let channel = self.announce_channel();
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "UPDATE tokens SET scopes = $1 WHERE id = $2 AND workspace_id = $3 \
+                 AND revoked_at IS NULL AND scopes = $4",
+            )
+            .bind(crate::rows::scopes_text(scopes))
+            .bind(id.as_str())
+            .bind(workspace.as_str())
+            .bind(crate::rows::scopes_text(expected))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Err(Error::NotFound);
+            }
+            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
+            let token = row.into_domain()?;
+            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(token)
+        })
     }
 }

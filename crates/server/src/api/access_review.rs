@@ -435,6 +435,13 @@ pub async fn bulk_narrow(
     admin_only(&caller.identity)?;
     let ids = bulk_ids(&body)?;
     let window_days = days_param("windowDays", body.window_days, 30)?;
+    // Narrowing trusts the audit log to show every use; a node that does not record
+    // successful reads would narrow away scopes in use.
+    if !state.config.audit_successful_reads {
+        return Err(ApiError::Conflict(
+            "narrowing needs every use in the audit log, and this server does not record successful reads (audit_successful_reads = false)".into(),
+        ));
+    }
     let ws = caller.identity.workspace.id.clone();
     let reviewer = Reviewer::load(&state, &ws, window_days).await?;
     // The current tokens, to compute each suggestion from what is granted now.
@@ -468,7 +475,7 @@ pub async fn bulk_narrow(
         );
         match state
             .store
-            .set_token_scopes(&ws, &token.id, &narrower, &trail)
+            .narrow_token_scopes(&ws, &token.id, &token.scopes, &narrower, &trail)
             .await
         {
             Ok(changed) => {

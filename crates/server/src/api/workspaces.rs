@@ -318,7 +318,7 @@ pub async fn create_workspace(
     audit.set_detail(
         serde_json::json!({ "name": ws.name, "adminId": admin.id, "adminTokenId": token.id }),
     );
-    let trail = audit.change(StatusCode::CREATED).with_event(audit.event(
+    let trail = audit.change_in(StatusCode::CREATED, &ws.id).with_event(audit.event(
         &ws.id,
         "token.created",
         serde_json::json!({ "tokenId": token.id, "ownerId": admin.id, "scopes": token.scopes, "expiresAt": token.expires_at, "createdBy": caller.identity.principal.id }),
@@ -379,7 +379,7 @@ pub async fn update_workspace(
             &caller.identity.principal.workspace_id,
             &id,
             &patch,
-            &audit.change(StatusCode::OK),
+            &audit.change_in(StatusCode::OK, &id),
         )
         .await;
     if result.is_ok() {
@@ -407,7 +407,7 @@ async fn set_status(
             &caller.workspace_id,
             &id,
             status,
-            &audit.change(StatusCode::OK),
+            &audit.change_in(StatusCode::OK, &id),
         )
         .await;
     if result.is_ok() {

@@ -30,13 +30,18 @@ pub fn current() -> String {
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
 
-/// Whether an incoming id is kept: 1–128 characters of `A-Z a-z 0-9 - _ . :`.
+/// Whether an incoming id is kept: 1–128 characters of `A-Z a-z 0-9 - _ . :`, without a
+/// run of 64 or more hex digits. The id goes into logs, audit entries and events, so it
+/// must not be able to carry a credential (whose random part is 72 hex digits).
 fn well_formed(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+        && id
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .all(|run| run.len() < 64)
 }
 
 /// The middleware.
@@ -98,5 +103,7 @@ mod tests {
         assert!(!super::well_formed("a b"));
         assert!(!super::well_formed("a\nb"));
         assert!(!super::well_formed(&"a".repeat(129)));
+        assert!(!super::well_formed(&format!("dapi{}", "0".repeat(72))));
+        assert!(super::well_formed(&"0".repeat(32)));
     }
 }

@@ -58,7 +58,8 @@ pub async fn audit_writer(
                 Err(_) => break,
             }
         }
-        let records: Vec<AuditRecord> = batch.iter().map(|q| q.record.clone()).collect();
+        let (records, acks): (Vec<AuditRecord>, Vec<_>) =
+            batch.into_iter().map(|q| (q.record, q.ack)).unzip();
         let mut events = Vec::new();
         let mut sightings = Vec::new();
         for r in &records {
@@ -97,10 +98,8 @@ pub async fn audit_writer(
                 }
             }
         }
-        for q in batch {
-            if let Some(ack) = q.ack {
-                let _ = ack.send(());
-            }
+        for ack in acks.into_iter().flatten() {
+            let _ = ack.send(());
         }
     }
 }
@@ -112,6 +111,7 @@ struct Detector {
     window: chrono::Duration,
     failures: HashMap<String, Window>,
     sighted: HashMap<(String, String), DateTime<Utc>>,
+    last_prune: Option<DateTime<Utc>>,
 }
 
 struct Window {
@@ -128,6 +128,7 @@ impl Detector {
                 .unwrap_or(chrono::Duration::seconds(60)),
             failures: HashMap::new(),
             sighted: HashMap::new(),
+            last_prune: None,
         }
     }
 
@@ -139,7 +140,18 @@ impl Detector {
     ) {
         if r.status == 401 {
             if let Some(ip) = &r.source_ip {
-                self.count_failure(format!("ip {ip}"), r, events, "sourceIp", ip);
+                // Counted per network (/24, /64), so rotating addresses inside one IPv6
+                // prefix neither escapes the count nor grows the map.
+                let network = ip
+                    .parse::<IpAddr>()
+                    .map_or_else(|_| ip.clone(), |a| network_of(a).to_string());
+                let before = events.len();
+                self.count_failure(format!("net {network}"), r, events, "network", &network);
+                if events.len() > before
+                    && let Some(e) = events.last_mut()
+                {
+                    e.payload["sourceIp"] = serde_json::Value::String(ip.clone());
+                }
             }
             if let Some(credential) = &r.credential_id {
                 self.count_failure(
@@ -222,12 +234,33 @@ impl Detector {
         });
     }
 
-    /// Keeps the maps bounded: expired windows and old sightings go.
+    /// Keeps the maps bounded: expired windows and old sightings go, at most once a
+    /// second, and a map still over its limit is emptied (a flood of distinct keys loses
+    /// only its own counts).
     fn prune(&mut self, now: DateTime<Utc>) {
         const LIMIT: usize = 100_000;
+        if self.failures.len() <= LIMIT && self.sighted.len() <= LIMIT {
+            return;
+        }
+        if self
+            .last_prune
+            .is_some_and(|t| now - t < chrono::Duration::seconds(1))
+        {
+            if self.failures.len() > 2 * LIMIT {
+                self.failures.clear();
+            }
+            if self.sighted.len() > 2 * LIMIT {
+                self.sighted.clear();
+            }
+            return;
+        }
+        self.last_prune = Some(now);
         if self.failures.len() > LIMIT {
             let window = self.window;
             self.failures.retain(|_, w| now - w.start < window);
+            if self.failures.len() > LIMIT {
+                self.failures.clear();
+            }
         }
         if self.sighted.len() > LIMIT {
             self.sighted.retain(|_, t| now - *t < SIGHTING_REFRESH);

@@ -8,8 +8,12 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use datastack_core::audit::{AuditRecord, SecurityEvent};
+use std::collections::HashMap;
+
+use datastack_core::audit::{AuditRecord, ChainBreak, SecurityEvent};
+use datastack_core::id::WorkspaceId;
 use datastack_store::{Invalidation, Store, Trail, WorkspacePolicy};
+
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -22,6 +26,7 @@ pub async fn maintenance(
     config: Arc<Config>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut reported = HashMap::new();
     let mut ticker = tokio::time::interval(config.audit_maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -29,26 +34,67 @@ pub async fn maintenance(
             _ = ticker.tick() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
-        if let Err(e) = run_once(&store, &credentials, &config).await {
+        if let Err(e) = run_once(&store, &credentials, &config, &mut reported).await {
             tracing::warn!(error = %e, "audit maintenance failed; it runs again next interval");
         }
     }
 }
 
+/// The chain breaks already reported, so a break found on every pass raises one event.
+type Reported = HashMap<WorkspaceId, ChainBreak>;
+
 async fn run_once(
     store: &Store,
     credentials: &CredentialVerifier,
     config: &Config,
+    reported: &mut Reported,
 ) -> Result<(), datastack_store::Error> {
     for policy in store.workspace_policies().await? {
-        let before = Utc::now() - chrono::Duration::days(i64::from(policy.audit_retention_days));
-        let purged = store.purge_audit(&policy.id, before).await?;
-        if purged > 0 {
-            tracing::info!(workspace = %policy.id, purged, "audit entries past retention purged");
+        // One workspace's failure does not stop the others' maintenance.
+        if let Err(e) = maintain(store, credentials, config, &policy, reported).await {
+            tracing::warn!(workspace = %policy.id, error = %e, "audit maintenance of a workspace failed");
         }
-        if policy.auto_revoke_unused_days.is_some() {
-            auto_revoke(store, credentials, config, &policy).await?;
-        }
+    }
+    Ok(())
+}
+
+async fn maintain(
+    store: &Store,
+    credentials: &CredentialVerifier,
+    config: &Config,
+    policy: &WorkspacePolicy,
+    reported: &mut Reported,
+) -> Result<(), datastack_store::Error> {
+    let days = policy
+        .audit_retention_days
+        .max(config.audit_min_retention_days);
+    let before = Utc::now() - chrono::Duration::days(i64::from(days));
+    let purge = store.purge_audit(&policy.id, before).await?;
+    if purge.purged > 0 {
+        tracing::info!(workspace = %policy.id, purged = purge.purged, through = purge.through, "audit entries past retention purged");
+    }
+    if let Some(problem) = purge.refused
+        && reported.get(&policy.id) != Some(&problem)
+    {
+        // Never delete what does not verify: the evidence stays, and people are told.
+        tracing::error!(workspace = %policy.id, problem = ?problem, "the audit chain does not verify where retention would purge it; purge stopped");
+        let event = SecurityEvent::new(
+            policy.id.clone(),
+            "audit.tamper_detected",
+            serde_json::json!({ "firstBreak": problem, "during": "retention purge" }),
+        );
+        store
+            .record_audit_batch(&[], &[event], &[], chrono::Duration::days(30))
+            .await?;
+        reported.insert(policy.id.clone(), problem);
+    }
+    // The signed head, in the log: an anchor outside the database that shows a later
+    // rollback of the chain (see docs/audit.md).
+    if let Some((seq, hash)) = store.audit_head(&policy.id).await? {
+        tracing::info!(workspace = %policy.id, seq, hash = %hash, "audit chain head");
+    }
+    if policy.auto_revoke_unused_days.is_some() {
+        auto_revoke(store, credentials, config, policy).await?;
     }
     Ok(())
 }
@@ -68,9 +114,10 @@ async fn auto_revoke(
     };
     let now = Utc::now();
     let period = chrono::Duration::days(i64::from(days));
+    // The notice is at most half the period, so a token is never told on every pass.
     let notice = chrono::Duration::from_std(config.auto_revoke_notice)
         .unwrap_or(chrono::Duration::days(7))
-        .min(period);
+        .min(period / 2);
     for (token, noticed) in store
         .auto_revoke_candidates(&policy.id, now - period + notice)
         .await?
@@ -109,7 +156,9 @@ async fn auto_revoke(
                         payload(serde_json::json!({ "revokeAt": revoke_at })),
                     ),
                 );
-                store.mark_auto_revoke_notified(&token.id, &trail).await?;
+                store
+                    .mark_auto_revoke_notified(&token.id, idle_since, &trail)
+                    .await?;
             }
             Some(at) if now - idle_since >= period && now - at >= notice => {
                 let trail = Trail::of(record("tokens.auto_revoke")).with_event(SecurityEvent::new(
@@ -117,8 +166,9 @@ async fn auto_revoke(
                     "token.revoked",
                     payload(serde_json::json!({ "reason": "unused" })),
                 ));
+                // Revoked only if still idle since before the period, and noticed as seen.
                 match store
-                    .revoke_token(&policy.id, &token.id, None, &trail)
+                    .revoke_idle_token(&policy.id, &token.id, now - period, at, &trail)
                     .await
                 {
                     Ok(revoked) => {

@@ -153,3 +153,69 @@ async fn a_node_whose_listening_connection_dies_reconnects_and_still_hears_revoc
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_append_to_one_verifiable_audit_chain_and_a_foreign_key_is_refused() {
+    if postgres_url().is_none() {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
+        return;
+    }
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let a = TestApp::spawn_on(store.clone(), |_| {}).await;
+    let b = TestApp::spawn_on(store.clone(), |_| {}).await;
+    let admin = a.admin().to_owned();
+    // Both nodes write changes (in their transactions) and reads (group-committed) at once.
+    async fn work(node: &TestApp, admin: &str, name: &str) {
+        for i in 0..15 {
+            node.create_token(admin, json!({"label": format!("{name}-{i}")}))
+                .await;
+            assert_eq!(node.me(admin).await.status, StatusCode::OK);
+        }
+    }
+    tokio::join!(work(&a, &admin, "a"), work(&b, &admin, "b"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let r = a.get("/api/v1/audit/export", &admin, "read:audit").await;
+        assert_eq!(r.status, StatusCode::OK);
+        let lines: Vec<serde_json::Value> = r
+            .text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json line"))
+            .collect();
+        if lines.iter().filter(|e| e["action"] == "me.read").count() >= 30 {
+            break lines;
+        }
+        assert!(Instant::now() < deadline, "the reads were not all recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|e| e["action"] == "tokens.create")
+            .count(),
+        30
+    );
+    for (i, w) in lines.windows(2).enumerate() {
+        assert_eq!(
+            w[1]["seq"].as_i64(),
+            w[0]["seq"].as_i64().map(|s| s + 1),
+            "at {i}"
+        );
+        assert_eq!(w[1]["prevHash"], w[0]["hash"], "at {i}");
+    }
+    for node in [&a, &b] {
+        let r = node.get("/api/v1/audit/verify", &admin, "read:audit").await;
+        assert_eq!(r.body["ok"], true, "{}", r.text);
+    }
+
+    // A node configured with another audit key would fork the chain: it does not start.
+    let mut config = store.config();
+    config.audit_key = Some(secrecy::SecretString::from("ab".repeat(32)));
+    let refused = datastack_server::app::Application::build(config).await;
+    let Err(e) = refused else {
+        panic!("a node with a different audit key started");
+    };
+    assert!(e.to_string().contains("audit key"), "{e}");
+    a.stop().await;
+    b.stop().await;
+}
