@@ -449,6 +449,14 @@ pub enum ChainBreak {
     /// The chain has no head: every workspace's chain starts when the workspace is created,
     /// so its head (and entries) were deleted.
     HeadMissing,
+    /// The chain's first entry is not its workspace's creation: the chain was wiped and
+    /// started again.
+    StartMissing {
+        /// The entry found first.
+        id: String,
+        /// Its sequence number (1).
+        seq: i64,
+    },
     /// The retention checkpoint's signature is wrong.
     CheckpointForged,
 }

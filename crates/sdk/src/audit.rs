@@ -104,7 +104,7 @@ pub struct ChainReport {
     /// Where the retained chain starts after purges.
     pub checkpoint: Option<serde_json::Value>,
     /// The first break: `problem` (`altered`, `removed`, `reordered`, `truncated`,
-    /// `head_forged`, `checkpoint_forged`) with the entry's `id` and `seq`.
+    /// `head_forged`, `head_missing`, `start_missing`, `checkpoint_forged`) with the entry's `id` and `seq`.
     pub first_break: Option<serde_json::Value>,
 }
 

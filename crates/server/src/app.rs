@@ -489,7 +489,6 @@ pub fn router(state: AppState) -> Router {
             },
         ))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(from_fn_with_state(state.clone(), pipeline::audit::audit))
         .layer(from_fn_with_state(
             state.clone(),
             pipeline::request_id::request_id,

@@ -584,6 +584,7 @@ impl Store {
             // the head check reports).
             let last = head.as_ref().map_or(i64::MAX, |h| h.seq);
             let mut after = i64::MIN;
+            let mut start_missing = None;
             'walk: loop {
                 let rows: Vec<EntryRow> = sqlx::query_as(&select)
                     .bind(workspace.as_str())
@@ -596,6 +597,20 @@ impl Store {
                 for row in rows {
                     let entry = row.into_domain()?;
                     after = entry.seq;
+                    // A chain without a checkpoint starts with its workspace's creation: a
+                    // chain wiped and started again does not.
+                    if entry.seq == 1
+                        && checkpoint.is_none()
+                        && !(matches!(
+                            entry.record.action.as_str(),
+                            "workspaces.create" | "workspaces.bootstrap"
+                        ) && entry.record.resource_id.as_deref() == Some(workspace.as_str()))
+                    {
+                        start_missing = Some(ChainBreak::StartMissing {
+                            id: entry.record.id.to_string(),
+                            seq: 1,
+                        });
+                    }
                     match verifier.step(&entry) {
                         Step::Ok => {}
                         Step::Broken => break 'walk,
@@ -629,7 +644,7 @@ impl Store {
             };
             tx.rollback().await?;
             let checked = verifier.checked();
-            let mut broken = verifier.finish(workspace, head.as_ref()).err();
+            let mut broken = start_missing.or(verifier.finish(workspace, head.as_ref()).err());
             if broken.is_none() && beyond > 0 {
                 broken = Some(ChainBreak::HeadForged);
             }
@@ -761,7 +776,17 @@ impl Store {
                     from = end;
                 }
                 Err(b) => {
-                    outcome.refused = Some(b);
+                    // Another node purging the same chain moves the checkpoint past what
+                    // this one read: that is not tampering.
+                    let now_at: Option<i64> = with_pool!(self, pool => {
+                        sqlx::query_scalar("SELECT seq FROM audit_checkpoints WHERE workspace_id = $1")
+                            .bind(workspace.as_str())
+                            .fetch_optional(pool)
+                            .await?
+                    });
+                    if now_at.unwrap_or(0) <= from {
+                        outcome.refused = Some(b);
+                    }
                     break;
                 }
             }

@@ -349,9 +349,9 @@ pub struct VerifyResponse {
     pub head_seq: i64,
     /// Where the retained chain starts after retention purges.
     pub checkpoint: Option<CheckpointResponse>,
-    /// The first break: `{problem: altered|removed|reordered, id, seq}`,
-    /// `{problem: truncated, afterId, headSeq}`, `{problem: head_forged}` or
-    /// `{problem: checkpoint_forged}`.
+    /// The first break: `{problem: altered|removed|reordered|start_missing, id, seq}`,
+    /// `{problem: truncated, afterId, headSeq}`, `{problem: head_forged}`,
+    /// `{problem: head_missing}` or `{problem: checkpoint_forged}`.
     #[schema(value_type = Option<Object>)]
     pub first_break: Option<ChainBreak>,
 }

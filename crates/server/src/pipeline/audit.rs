@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Request};
 use axum::http::header::USER_AGENT;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -15,13 +15,12 @@ use crate::audit::{self, AuditContext};
 use crate::pipeline::request_id::RequestId;
 use crate::state::AppState;
 
-/// The middleware.
-pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned());
-    if !audit::audited(route.as_deref()) {
+/// The stage, run by the request-id stage around the rest of the pipeline (one
+/// middleware layer fewer on every request).
+pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response {
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let route = route.as_ref().map(MatchedPath::as_str);
+    if !audit::audited(route) {
         return next.run(req).await;
     }
     let slot = match state.audit.reserve().await {
@@ -38,14 +37,7 @@ pub async fn audit(State(state): State<AppState>, mut req: Request, next: Next) 
         .map(|ConnectInfo(addr)| addr.ip());
     let user_agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
     let method = req.method().clone();
-    let ctx = AuditContext::new(
-        request_id,
-        &method,
-        route.as_deref(),
-        req.uri().path(),
-        ip,
-        user_agent,
-    );
+    let ctx = AuditContext::new(request_id, &method, route, req.uri().path(), ip, user_agent);
     req.extensions_mut().insert(ctx.clone());
     let response = next.run(req).await;
     match state

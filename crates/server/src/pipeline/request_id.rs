@@ -1,5 +1,6 @@
-//! The first stage: gives the request its id, opens its span, and on the way out stamps
-//! `x-request-id`, logs one access line and records metrics.
+//! The first stage: gives the request its id, opens its span, runs the audit stage around
+//! the rest of the pipeline, and on the way out stamps `x-request-id`, logs one access line
+//! and records metrics.
 //!
 //! The id is kept in a task-local so that every error response built further down — by a
 //! handler, an extractor or the panic guard — carries the same `requestId`.
@@ -69,7 +70,10 @@ pub async fn request_id(State(state): State<AppState>, mut req: Request, next: N
     );
     let started = Instant::now();
     let mut response = REQUEST_ID
-        .scope(id.clone(), next.run(req).instrument(span.clone()))
+        .scope(
+            id.clone(),
+            super::audit::around(&state, req, next).instrument(span.clone()),
+        )
         .await;
     let elapsed = started.elapsed();
     if let Ok(value) = HeaderValue::from_str(&id) {

@@ -426,9 +426,16 @@ async fn retention_purges_old_entries_behind_a_signed_checkpoint(backend: Backen
             &format!("DELETE FROM audit_checkpoints WHERE workspace_id = '{ws}'"),
         ])
         .await;
+    // (Entries of requests still queued may start a new chain meanwhile.)
+    let v = verify(&app, &admin).await;
+    let problem = v["firstBreak"]["problem"].as_str().expect("broken");
+    assert!(matches!(problem, "head_missing" | "start_missing"), "{v}");
+    // A chain that starts again after the wipe does not begin with the workspace's creation.
+    app.create_token(&admin, json!({"label": "after the wipe"}))
+        .await;
     assert_eq!(
         verify(&app, &admin).await["firstBreak"]["problem"],
-        "head_missing"
+        "start_missing"
     );
 
     // Retention is a workspace setting, validated.
