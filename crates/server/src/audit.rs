@@ -17,9 +17,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use datastack_core::audit::{AuditRecord, MAX_USER_AGENT, Outcome, SecurityEvent, now_micros};
 use datastack_core::id::{AuditId, WorkspaceId};
 use datastack_core::scope::Scope;
@@ -127,19 +127,20 @@ impl AuditLog {
 #[derive(Clone)]
 pub struct AuditContext(Arc<Mutex<Pending>>);
 
+/// What the request is, kept as cheap handles: the entry's text (action name, resource
+/// id, scrubbed user agent) is only built when an entry is made.
 struct Pending {
     started: Instant,
     time: chrono::DateTime<chrono::Utc>,
     request_id: String,
-    action: String,
-    resource_type: Option<String>,
-    resource_id: Option<String>,
+    method: Method,
+    route: Option<MatchedPath>,
+    uri: Uri,
     source_ip: Option<IpAddr>,
-    user_agent: Option<String>,
-    principal_id: Option<String>,
-    credential_id: Option<String>,
-    workspace_id: Option<WorkspaceId>,
-    scope: Option<String>,
+    user_agent: Option<HeaderValue>,
+    identity: Option<Arc<Identity>>,
+    scope: Option<Scope>,
+    resource_id: Option<String>,
     detail: Option<serde_json::Value>,
     recorded: bool,
 }
@@ -148,26 +149,24 @@ impl AuditContext {
     /// A context for a request to `route` (a template such as `/api/v1/users/{id}`).
     pub fn new(
         request_id: String,
-        method: &Method,
-        route: Option<&str>,
-        path: &str,
+        method: Method,
+        route: Option<MatchedPath>,
+        uri: Uri,
         source_ip: Option<IpAddr>,
-        user_agent: Option<&str>,
+        user_agent: Option<HeaderValue>,
     ) -> Self {
-        let (action, resource_type, resource_id) = describe(method, route, path);
         Self(Arc::new(Mutex::new(Pending {
             started: Instant::now(),
             time: now_micros(),
             request_id,
-            action,
-            resource_type,
-            resource_id,
+            method,
+            route,
+            uri,
             source_ip,
-            user_agent: user_agent.map(scrub_user_agent),
-            principal_id: None,
-            credential_id: None,
-            workspace_id: None,
+            user_agent,
+            identity: None,
             scope: None,
+            resource_id: None,
             detail: None,
             recorded: false,
         })))
@@ -180,17 +179,13 @@ impl AuditContext {
 
     /// Who is calling: the credential, its owner and their workspace (also for a
     /// credential that was refused but is known).
-    pub fn set_identity(&self, identity: &Identity) {
-        self.with(|p| {
-            p.principal_id = Some(identity.principal.id.to_string());
-            p.credential_id = Some(identity.token.id.to_string());
-            p.workspace_id = Some(identity.workspace.id.clone());
-        });
+    pub fn set_identity(&self, identity: &Arc<Identity>) {
+        self.with(|p| p.identity = Some(identity.clone()));
     }
 
     /// The scope the caller acts with.
     pub fn set_scope(&self, scope: Scope) {
-        self.with(|p| p.scope = Some(scope.to_string()));
+        self.with(|p| p.scope = Some(scope));
     }
 
     /// The resource acted on, when the path does not name it (a creation).
@@ -258,23 +253,33 @@ impl AuditContext {
     fn record_with(&self, status: StatusCode, fallback: Option<&WorkspaceId>) -> AuditRecord {
         self.with(|p| {
             let workspace_id = p
-                .workspace_id
-                .clone()
+                .identity
+                .as_ref()
+                .map(|i| i.workspace.id.clone())
                 .or_else(|| fallback.cloned())
                 .unwrap_or_else(|| WorkspaceId::from_trusted(String::new()));
+            let (action, resource_type, path_id) = describe(
+                &p.method,
+                p.route.as_ref().map(MatchedPath::as_str),
+                p.uri.path(),
+            );
             AuditRecord {
                 id: AuditId::generate(),
                 time: p.time,
                 workspace_id,
                 request_id: Some(p.request_id.clone()),
-                principal_id: p.principal_id.clone(),
-                credential_id: p.credential_id.clone(),
-                action: p.action.clone(),
-                resource_type: p.resource_type.clone(),
-                resource_id: p.resource_id.clone(),
-                scope: p.scope.clone(),
+                principal_id: p.identity.as_ref().map(|i| i.principal.id.to_string()),
+                credential_id: p.identity.as_ref().map(|i| i.token.id.to_string()),
+                action,
+                resource_type,
+                resource_id: p.resource_id.clone().or(path_id),
+                scope: p.scope.map(|s| s.to_string()),
                 source_ip: p.source_ip.map(|ip| ip.to_string()),
-                user_agent: p.user_agent.clone(),
+                user_agent: p
+                    .user_agent
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .map(scrub_user_agent),
                 outcome: Outcome::of_status(status.as_u16()),
                 status: status.as_u16(),
                 latency_us: i64::try_from(p.started.elapsed().as_micros()).unwrap_or(i64::MAX),

@@ -146,14 +146,45 @@ macro_rules! append_audit {
         for (workspace, records) in by_workspace {
             // Creating the head is a write, which on SQLite takes the write lock before
             // the head is read; on PostgreSQL the UPDATE locks the head row.
-            sqlx::query(
+            let created = sqlx::query(
                 "INSERT INTO audit_heads (workspace_id, seq, hash, signature) VALUES ($1, 0, $2, '') \
                  ON CONFLICT (workspace_id) DO NOTHING",
             )
             .bind(workspace)
             .bind(datastack_core::audit::GENESIS)
             .execute(&mut *$tx)
-            .await?;
+            .await?
+            .rows_affected();
+            if created == 1 {
+                // A new head for a chain that has entries: the head row was deleted. Go on
+                // after the last entry (so the chain stays writable and verifiable) and
+                // say so.
+                let last: Option<(i64, String)> = sqlx::query_as(
+                    "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(workspace)
+                .fetch_optional(&mut *$tx)
+                .await?;
+                if let Some((last_seq, last_hash)) = last {
+                    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE workspace_id = $1")
+                        .bind(workspace)
+                        .bind(last_seq)
+                        .bind(&last_hash)
+                        .execute(&mut *$tx)
+                        .await?;
+                    let event = datastack_core::audit::SecurityEvent::new(
+                        datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned()),
+                        "audit.tamper_detected",
+                        serde_json::json!({
+                            "firstBreak": { "problem": "head_missing" },
+                            "during": "append",
+                            "resumedAfterSeq": last_seq,
+                        }),
+                    );
+                    $crate::audit::insert_events!($tx, std::iter::once(&event));
+                    tracing::error!(workspace, last_seq, "the audit chain's head was missing; resumed after its last entry");
+                }
+            }
             let (mut seq, mut prev): (i64, String) = sqlx::query_as(
                 "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash",
             )

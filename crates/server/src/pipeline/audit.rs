@@ -18,8 +18,10 @@ use crate::state::AppState;
 /// The stage, run by the request-id stage around the rest of the pipeline (one
 /// middleware layer fewer on every request).
 pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let route = route.as_ref().map(MatchedPath::as_str);
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str);
     if !audit::audited(route) {
         return next.run(req).await;
     }
@@ -35,9 +37,15 @@ pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response 
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let user_agent = req.headers().get(USER_AGENT).and_then(|v| v.to_str().ok());
     let method = req.method().clone();
-    let ctx = AuditContext::new(request_id, &method, route, req.uri().path(), ip, user_agent);
+    let ctx = AuditContext::new(
+        request_id,
+        method.clone(),
+        req.extensions().get::<MatchedPath>().cloned(),
+        req.uri().clone(),
+        ip,
+        req.headers().get(USER_AGENT).cloned(),
+    );
     req.extensions_mut().insert(ctx.clone());
     let response = next.run(req).await;
     match state

@@ -329,6 +329,19 @@ async fn verify_points_at_altered_reordered_and_removed_entries(backend: Backend
     store.execute(&refs).await;
     assert_eq!(verify(&app, &admin).await["ok"], true);
 
+    // The head row alone deleted: the next append resumes after the last entry (the
+    // chain stays writable and verifiable) and raises an alarm.
+    store
+        .execute(&[&format!(
+            "DELETE FROM audit_heads WHERE workspace_id = '{ws}'"
+        )])
+        .await;
+    app.create_token(&admin, json!({"label": "after the head"}))
+        .await;
+    let alarms = wait_for_event(&app, &admin, "audit.tamper_detected").await;
+    assert_eq!(alarms[0]["payload"]["during"], "append");
+    assert_eq!(verify(&app, &admin).await["ok"], true);
+
     // Removed: an entry is deleted; verify names the entry after the gap.
     store
         .execute(&[&format!("DELETE FROM audit_entries WHERE id = '{id}'")])
