@@ -3,6 +3,12 @@
 
 mod client;
 
+/// mimalloc instead of the system allocator: the server allocates and frees small objects
+/// on several threads (request handling, the audit writer, SQLite's connection threads),
+/// where glibc's arenas contend and keep freed memory.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

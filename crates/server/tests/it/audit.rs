@@ -311,6 +311,19 @@ async fn verify_points_at_altered_reordered_and_removed_entries(backend: Backend
         )])
         .await;
     assert_eq!(verify(&app, &admin).await["ok"], true);
+    // An outcome no server writes is an alteration too.
+    store
+        .execute(&[&format!(
+            "UPDATE audit_entries SET outcome = 'junk' WHERE id = '{id}'"
+        )])
+        .await;
+    assert_eq!(verify(&app, &admin).await["firstBreak"]["id"], id.as_str());
+    store
+        .execute(&[&format!(
+            "UPDATE audit_entries SET outcome = 'allowed' WHERE id = '{id}'"
+        )])
+        .await;
+    assert_eq!(verify(&app, &admin).await["ok"], true);
 
     // Reordered: two entries swap places.
     let swap = |a: i64, b: i64| {
