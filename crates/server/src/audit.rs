@@ -10,8 +10,10 @@
 //!   in practice the last few milliseconds of traffic). With `audit_durability = "sync"` a
 //!   response waits for its entry's commit, and a crash loses nothing that was answered;
 //! - the queue is bounded: when it is full a request waits up to `audit_enqueue_timeout`
-//!   for room and is then refused with 503 before it runs, so nothing runs unaudited and a
-//!   stuck audit store never stalls requests indefinitely.
+//!   for room and is then refused with 503 before it runs; a request that finds the queue
+//!   filled when it ends waits as long for room and is answered 503 (its result withheld)
+//!   if there is none. So no answer goes out without its entry queued, and a stuck audit
+//!   store never stalls requests indefinitely.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -48,9 +50,6 @@ pub struct AuditLog {
     root_workspace: WorkspaceId,
 }
 
-/// Room for one entry in the queue, reserved before the request runs.
-pub struct Slot(mpsc::OwnedPermit<Queued>);
-
 impl AuditLog {
     /// A log whose writer reads the returned receiver.
     pub fn new(config: &Config, root_workspace: WorkspaceId) -> (Self, mpsc::Receiver<Queued>) {
@@ -67,17 +66,39 @@ impl AuditLog {
         )
     }
 
-    /// Reserves room for a request's entry, waiting up to the enqueue timeout; a full
-    /// queue after that refuses the request (503) before it does anything.
-    pub async fn reserve(&self) -> Result<Slot, ApiError> {
-        let reserve = self.tx.clone().reserve_owned();
-        match tokio::time::timeout(self.enqueue_timeout, reserve).await {
-            Ok(Ok(permit)) => Ok(Slot(permit)),
+    /// Admits a request: at once while the queue has room (one atomic read), else after
+    /// waiting up to the enqueue timeout for room; a queue still full refuses the request
+    /// (503) before it does anything.
+    pub async fn admit(&self) -> Result<(), ApiError> {
+        if self.tx.capacity() > 0 {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.enqueue_timeout, self.tx.reserve()).await {
+            // The room is for whoever comes first: dropping the permit gives it back.
+            Ok(Ok(_permit)) => Ok(()),
             Ok(Err(_)) => Err(ApiError::Unavailable),
             Err(_) => {
                 tracing::warn!("the audit queue is full: refusing a request (503)");
                 Err(ApiError::Unavailable)
             }
+        }
+    }
+
+    /// Queues an entry, waiting up to the enqueue timeout when the queue filled up while
+    /// the request ran; the answer becomes a 503 if there is still no room.
+    async fn enqueue(&self, queued: Queued) -> Result<(), ApiError> {
+        match self.tx.try_send(queued) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(queued)) => {
+                match tokio::time::timeout(self.enqueue_timeout, self.tx.send(queued)).await {
+                    Ok(Ok(())) => Ok(()),
+                    _ => {
+                        tracing::warn!("the audit queue is full: answering 503");
+                        Err(ApiError::Unavailable)
+                    }
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ApiError::Unavailable),
         }
     }
 
@@ -88,7 +109,6 @@ impl AuditLog {
     pub async fn finish(
         &self,
         ctx: &AuditContext,
-        slot: Slot,
         method: &Method,
         status: StatusCode,
     ) -> Result<(), ApiError> {
@@ -102,16 +122,14 @@ impl AuditLog {
         }
         let record = ctx.record_with(status, Some(&self.root_workspace));
         match self.durability {
-            AuditDurability::Batched => {
-                slot.0.send(Queued { record, ack: None });
-                Ok(())
-            }
+            AuditDurability::Batched => self.enqueue(Queued { record, ack: None }).await,
             AuditDurability::Sync => {
                 let (ack, done) = oneshot::channel();
-                slot.0.send(Queued {
+                self.enqueue(Queued {
                     record,
                     ack: Some(ack),
-                });
+                })
+                .await?;
                 match tokio::time::timeout(self.enqueue_timeout, done).await {
                     Ok(Ok(())) => Ok(()),
                     _ => Err(ApiError::Unavailable),

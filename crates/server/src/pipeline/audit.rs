@@ -1,8 +1,9 @@
-//! The audit stage: every API call leaves an entry. Before the request runs it reserves
-//! room in the audit queue (a full queue refuses the request instead of running it
+//! The audit stage: every API call leaves an entry. Before the request runs it checks that
+//! the audit queue has room (a full queue refuses the request instead of running it
 //! unaudited) and opens the request's [`AuditContext`], which the authenticate and
 //! authorize stages and the handler fill in. After the response it queues the entry,
-//! unless the handler already wrote it in the transaction of its change.
+//! unless the handler already wrote it in the transaction of its change; an answer whose
+//! entry cannot be queued in time becomes a 503.
 
 use std::net::SocketAddr;
 
@@ -25,10 +26,9 @@ pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response 
     if !audit::audited(route) {
         return next.run(req).await;
     }
-    let slot = match state.audit.reserve().await {
-        Ok(slot) => slot,
-        Err(e) => return e.into_response(),
-    };
+    if let Err(e) = state.audit.admit().await {
+        return e.into_response();
+    }
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -48,11 +48,7 @@ pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response 
     );
     req.extensions_mut().insert(ctx.clone());
     let response = next.run(req).await;
-    match state
-        .audit
-        .finish(&ctx, slot, &method, response.status())
-        .await
-    {
+    match state.audit.finish(&ctx, &method, response.status()).await {
         Ok(()) => response,
         Err(e) => e.into_response(),
     }
