@@ -108,6 +108,27 @@ struct TokenWithOwnerRow {
     w_updated_at: DateTime<Utc>,
 }
 
+/// Ends a change to token `$id` inside transaction `$tx` (of a method of `$store`) that
+/// updated `$affected` rows: `NotFound` when none, otherwise reads the token back, announces
+/// it to every node, writes `$trail` and commits. Evaluates to the token as changed.
+macro_rules! finish_token_change {
+    ($store:expr, $tx:ident, $affected:expr, $id:expr, $channel:expr, $trail:expr) => {{
+        if $affected == 0 {
+            return Err(Error::NotFound);
+        }
+        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
+        let row: TokenRow = sqlx::query_as(&select)
+            .bind($id.as_str())
+            .fetch_one(&mut *$tx)
+            .await?;
+        let token = row.into_domain()?;
+        announce!($tx, $channel, Invalidation::Token(token.digest_hex.clone()));
+        write_trail!($store, $tx, $trail);
+        $tx.commit().await?;
+        token
+    }};
+}
+
 /// A credential found by digest, with its owner and the owner's workspace.
 #[derive(Debug, Clone)]
 pub struct CredentialRecord {
@@ -258,7 +279,6 @@ impl Store {
         trail: &Trail,
     ) -> Result<Token> {
         let channel = self.announce_channel();
-        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -272,15 +292,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if affected == 0 {
-                return Err(Error::NotFound);
-            }
-            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
-            let token = row.into_domain()?;
-            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
-            write_trail!(self, tx, trail);
-            tx.commit().await?;
-            Ok(token)
+            Ok(finish_token_change!(self, tx, affected, id, channel, trail))
         })
     }
 
@@ -441,7 +453,6 @@ impl Store {
         trail: &Trail,
     ) -> Result<Token> {
         let channel = self.announce_channel();
-        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -457,15 +468,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if affected == 0 {
-                return Err(Error::NotFound);
-            }
-            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
-            let token = row.into_domain()?;
-            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
-            write_trail!(self, tx, trail);
-            tx.commit().await?;
-            Ok(token)
+            Ok(finish_token_change!(self, tx, affected, id, channel, trail))
         })
     }
 
@@ -480,7 +483,6 @@ impl Store {
         trail: &Trail,
     ) -> Result<Token> {
         let channel = self.announce_channel();
-        let select = format!("SELECT {TOKEN_COLUMNS} FROM tokens t WHERE t.id = $1");
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -494,15 +496,7 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if affected == 0 {
-                return Err(Error::NotFound);
-            }
-            let row: TokenRow = sqlx::query_as(&select).bind(id.as_str()).fetch_one(&mut *tx).await?;
-            let token = row.into_domain()?;
-            announce!(tx, channel, Invalidation::Token(token.digest_hex.clone()));
-            write_trail!(self, tx, trail);
-            tx.commit().await?;
-            Ok(token)
+            Ok(finish_token_change!(self, tx, affected, id, channel, trail))
         })
     }
 }
