@@ -20,6 +20,7 @@ on_both_stores!(
     unused_tokens_are_revoked_by_policy_after_notice,
     a_stuck_audit_store_refuses_requests_in_bounded_time_and_loses_nothing,
     no_secret_ever_enters_the_audit_trail,
+    a_clean_shutdown_writes_every_queued_entry,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -915,4 +916,57 @@ async fn no_secret_ever_enters_the_audit_trail(backend: Backend) {
         );
     }
     assert!(text.contains("[redacted]"), "the user agent was scrubbed");
+}
+
+async fn a_clean_shutdown_writes_every_queued_entry(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store.clone(), |_| {}).await;
+    let admin = app.admin().to_owned();
+    let token_id = app.me(&admin).await.body["credential"]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    // The writer is held up (its tables locked), so the answered reads' entries are
+    // still queued when the stop begins.
+    let lock = store.lock_audit_writes().await;
+    let mut answered = 1;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..200 {
+        let (http, url, admin) = (
+            app.http.clone(),
+            format!("{}/api/v1/me", app.base),
+            admin.clone(),
+        );
+        calls.spawn(async move {
+            http.get(url)
+                .bearer_auth(admin)
+                .send()
+                .await
+                .expect("send")
+                .status()
+        });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::OK);
+        answered += 1;
+    }
+    let stopping = tokio::spawn(app.stop());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !stopping.is_finished(),
+        "the stop waits for the queued entries"
+    );
+    lock.release().await;
+    stopping.await.expect("stopped");
+    let recorded = store
+        .strings(&format!(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM audit_entries \
+             WHERE action = 'me.read' AND credential_id = '{token_id}' AND status = 200"
+        ))
+        .await;
+    assert_eq!(
+        recorded,
+        vec![answered.to_string()],
+        "a graceful stop loses no entry"
+    );
 }
