@@ -247,6 +247,24 @@ impl AuditContext {
         trail
     }
 
+    /// The entry of one of several changes a request makes (a bulk action): the request's
+    /// context, with its own action, resource and detail, written with that change. The
+    /// request's own entry is still queued by the stage.
+    pub fn change_of(
+        &self,
+        action: &str,
+        resource_type: &str,
+        resource_id: &str,
+        detail: serde_json::Value,
+    ) -> Trail {
+        let mut record = self.record_with(StatusCode::OK, None);
+        record.action = action.to_owned();
+        record.resource_type = Some(resource_type.to_owned());
+        record.resource_id = Some(resource_id.to_owned());
+        record.detail = Some(detail.to_string());
+        Trail::of(record)
+    }
+
     /// The change's entry was committed with the change: the stage writes no other.
     pub fn mark_recorded(&self) {
         self.with(|p| p.recorded = true);

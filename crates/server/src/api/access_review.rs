@@ -14,7 +14,7 @@ use datastack_core::authz::Role;
 use datastack_core::id::TokenId;
 use datastack_core::model::Token;
 use datastack_core::scope::{Scope, ScopeSet};
-use datastack_store::{Invalidation, PageRequest, TokenFilter, Trail};
+use datastack_store::{Invalidation, PageRequest, TokenFilter};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -380,18 +380,18 @@ pub async fn bulk_revoke(
     let me = &caller.identity.principal;
     let mut out = BulkResponse::default();
     for id in ids {
-        let trail = change_trail(
-            &audit,
-            &caller.identity,
-            "tokens.revoke",
-            &id,
-            serde_json::json!({ "via": "access_review" }),
-        )
-        .with_event(audit.event(
-            &me.workspace_id,
-            "token.revoked",
-            serde_json::json!({ "tokenId": id, "revokedBy": me.id, "reason": "access_review" }),
-        ));
+        let trail = audit
+            .change_of(
+                "tokens.revoke",
+                "tokens",
+                id.as_str(),
+                serde_json::json!({ "via": "access_review" }),
+            )
+            .with_event(audit.event(
+                &me.workspace_id,
+                "token.revoked",
+                serde_json::json!({ "tokenId": id, "revokedBy": me.id, "reason": "access_review" }),
+            ));
         match state
             .store
             .revoke_token(&me.workspace_id, &id, None, &trail)
@@ -466,11 +466,10 @@ pub async fn bulk_narrow(
             out.unchanged.push(token.id.to_string());
             continue;
         };
-        let trail = change_trail(
-            &audit,
-            &caller.identity,
+        let trail = audit.change_of(
             "tokens.narrow",
-            &token.id,
+            "tokens",
+            token.id.as_str(),
             serde_json::json!({ "via": "access_review", "from": token.scopes, "to": narrower }),
         );
         match state
@@ -495,25 +494,4 @@ pub async fn bulk_narrow(
         serde_json::json!({ "narrowed": out.changed.len(), "unchanged": out.unchanged.len() }),
     );
     Ok((StatusCode::OK, Json(out)))
-}
-
-/// The entry of one change made by a bulk action: the request's context, naming the
-/// credential changed, written with the change.
-fn change_trail(
-    audit: &AuditContext,
-    identity: &Identity,
-    action: &str,
-    id: &TokenId,
-    detail: serde_json::Value,
-) -> Trail {
-    let mut trail = audit.change(StatusCode::OK);
-    for r in &mut trail.records {
-        r.id = datastack_core::id::AuditId::generate();
-        r.action = action.to_owned();
-        r.resource_type = Some("tokens".to_owned());
-        r.resource_id = Some(id.to_string());
-        r.workspace_id = identity.workspace.id.clone();
-        r.detail = Some(detail.to_string());
-    }
-    trail
 }
