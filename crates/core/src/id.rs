@@ -166,3 +166,15 @@ mod tests {
         assert!(PrincipalId::parse("tok_00000000000000000000000000000000").is_err());
     }
 }
+prefixed_id!(
+    /// A gateway route id, `rt_…`.
+    RouteId, "rt_"
+);
+prefixed_id!(
+    /// An IP access list id, `ipl_…`.
+    IpListId, "ipl_"
+);
+prefixed_id!(
+    /// An abuse flag id, `abf_…`.
+    AbuseFlagId, "abf_"
+);

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod authz;
 pub mod credential;
+pub mod edge;
 pub mod error;
 pub mod id;
 pub mod model;

@@ -20,6 +20,14 @@ pub struct WorkspaceSettings {
     /// Revoke personal access tokens unused for this many days (after a
     /// `token.auto_revoke_scheduled` event); `None`: never.
     pub auto_revoke_unused_days: Option<u32>,
+    /// Suspends the enforcement of the workspace's IP access lists (they stay stored and
+    /// editable). Default false: enabled lists are enforced.
+    #[serde(default)]
+    pub ip_access_lists_suspended: bool,
+    /// The workspace opted in to data retention by upstream services; passed to them as
+    /// `x-datastack-retention-consent`. Default false.
+    #[serde(default)]
+    pub data_retention_consent: bool,
 }
 
 impl WorkspaceSettings {

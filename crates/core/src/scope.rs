@@ -142,6 +142,36 @@ impl fmt::Display for Scope {
     }
 }
 
+impl Resource {
+    /// Parses a resource name (`clusters`, `jobs`, …).
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for Resource {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Resource {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Resource::parse(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{} is not a resource; expected one of: {}",
+                echo_if_scope_shaped(&s),
+                Resource::ALL
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+}
+
 impl Serialize for Scope {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -55,6 +55,9 @@ pub enum StartError {
     /// The audit key could not be read or created.
     #[error("{0}")]
     AuditKey(String),
+    /// Edge enforcement could not start (routes, signing key, Redis URL).
+    #[error("{0}")]
+    Edge(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -238,6 +241,10 @@ impl Application {
             config.cache_ttl,
             metrics.clone(),
         ));
+        let seed = load_signing_key(&config)?;
+        let edge = crate::edge::Edge::new(&store, &config, metrics.clone(), &seed, root.clone())
+            .await
+            .map_err(StartError::Edge)?;
         let (audit, audit_rx) = AuditLog::new(&config, root);
         let config = Arc::new(config);
         let state = AppState::new(NodeState {
@@ -246,6 +253,7 @@ impl Application {
             metrics: metrics.clone(),
             config: config.clone(),
             audit: Arc::new(audit),
+            edge: Arc::new(edge),
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);
@@ -269,12 +277,16 @@ impl Application {
                 config.clone(),
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(workers::edge::edge_refresher(
+                state.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
                 store.clone(),
                 listener,
-                credentials.clone(),
+                state.clone(),
                 shutdown_rx,
             )));
         }
@@ -349,9 +361,7 @@ impl Application {
 }
 
 /// The audit key: `audit_key` from the configuration, or the key file (default
-/// `<data_dir>/audit.key`). When `create` is set and there is no key file, one is created
-/// with a new random key, readable only by its owner: written to a temporary file, synced,
-/// then renamed into place, so a crash never leaves a partial key.
+/// `<data_dir>/audit.key`), created when `create` is set and there is none.
 pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartError> {
     use secrecy::ExposeSecret;
     if let Some(hex) = &config.audit_key {
@@ -362,25 +372,57 @@ pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartEr
         .audit_key_file
         .clone()
         .unwrap_or_else(|| config.data_dir.join("audit.key"));
-    let unreadable = |e: std::io::Error| {
-        StartError::AuditKey(format!(
-            "cannot read the audit key file {}: {e}",
-            path.display()
-        ))
-    };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            return AuditKey::from_hex(&text)
-                .map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())));
-        }
+    let text = key_file(&path, create, "audit", || {
+        AuditKey::generate().to_hex().as_str().to_owned()
+    })
+    .map_err(StartError::AuditKey)?;
+    AuditKey::from_hex(&text).map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
+}
+
+/// The Ed25519 seed that signs identity assertions: `signing_key`, or the key file
+/// (default `<data_dir>/signing.key`), created on first start.
+pub fn load_signing_key(config: &Config) -> Result<[u8; 32], StartError> {
+    use secrecy::ExposeSecret;
+    if let Some(hex) = &config.signing_key {
+        return crate::config::parse_seed(hex.expose_secret())
+            .ok_or_else(|| StartError::AuditKey("signing_key: not 64 hex characters".into()));
+    }
+    let path = config
+        .signing_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("signing.key"));
+    let text = key_file(&path, true, "signing", || {
+        let mut seed = [0u8; 32];
+        // The operating system's generator; failing it, no key is better than a weak one.
+        getrandom::fill(&mut seed).expect("the operating system's random generator works");
+        hex::encode(seed)
+    })
+    .map_err(StartError::AuditKey)?;
+    crate::config::parse_seed(&text)
+        .ok_or_else(|| StartError::AuditKey(format!("{}: not 64 hex characters", path.display())))
+}
+
+/// Reads a key file, or, when `create` is set and it does not exist, creates it with
+/// `generate()`, readable only by its owner: written to a temporary file, synced, then
+/// renamed into place, so a crash never leaves a partial key.
+fn key_file(
+    path: &std::path::Path,
+    create: bool,
+    what: &str,
+    generate: impl FnOnce() -> String,
+) -> Result<String, String> {
+    let unreadable =
+        |e: std::io::Error| format!("cannot read the {what} key file {}: {e}", path.display());
+    match std::fs::read_to_string(path) {
+        Ok(text) => return Ok(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(unreadable(e)),
     }
     if !create {
-        return Err(StartError::AuditKey(format!(
-            "no audit key: {} does not exist and DATASTACK_AUDIT_KEY is not set; use the key the servers use",
+        return Err(format!(
+            "no {what} key: {} does not exist and the key is not configured; use the key the servers use",
             path.display()
-        )));
+        ));
     }
     let dir = path
         .parent()
@@ -388,8 +430,7 @@ pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartEr
         .unwrap_or(std::path::Path::new("."))
         .to_path_buf();
     std::fs::create_dir_all(&dir).map_err(unreadable)?;
-    let key = AuditKey::generate();
-    let temp = dir.join(format!(".audit.key.{}", std::process::id()));
+    let temp = dir.join(format!(".{what}.key.{}", std::process::id()));
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -400,7 +441,7 @@ pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartEr
     {
         use std::io::Write;
         let mut file = options.open(&temp).map_err(unreadable)?;
-        file.write_all(key.to_hex().as_bytes())
+        file.write_all(generate().as_bytes())
             .and_then(|()| file.sync_all())
             .map_err(unreadable)?;
     }
@@ -409,14 +450,13 @@ pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartEr
     if path.exists() {
         let _ = std::fs::remove_file(&temp);
     } else {
-        std::fs::rename(&temp, &path).map_err(unreadable)?;
+        std::fs::rename(&temp, path).map_err(unreadable)?;
         if let Ok(d) = std::fs::File::open(&dir) {
             let _ = d.sync_all();
         }
-        tracing::info!(path = %path.display(), fingerprint = %key.fingerprint(), "created the audit key");
+        tracing::info!(path = %path.display(), "created the {what} key");
     }
-    let text = std::fs::read_to_string(&path).map_err(unreadable)?;
-    AuditKey::from_hex(&text).map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
+    std::fs::read_to_string(path).map_err(unreadable)
 }
 
 /// On the embedded store, takes an exclusive lock on `<data_dir>/serve.lock`: a second node
@@ -473,10 +513,21 @@ async fn wait_for_signal() {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     crate::api::routes()
-        .fallback(|| async { ApiError::NotFound("no such path".into()) })
+        // Paths that are not API routes go to the gateway, which proxies those under a
+        // route's prefix and answers 404 to the rest.
+        .fallback(crate::edge::proxy::gateway)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         // Stages run top to bottom for a request: `layer` wraps what is above it, so the
-        // last one added runs first.
+        // last one added runs first: request id (and audit, client IP) → panic guard →
+        // authenticate → IP access lists → rate limit → handler (authorize) or gateway.
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::edge::rate_limit_stage,
+        ))
+        .layer(from_fn_with_state(
+            state.clone(),
+            crate::edge::ip_lists_stage,
+        ))
         .layer(from_fn_with_state(
             state.clone(),
             pipeline::authenticate::authenticate,

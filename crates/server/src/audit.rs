@@ -160,6 +160,7 @@ struct Pending {
     scope: Option<Scope>,
     resource_id: Option<String>,
     detail: Option<serde_json::Value>,
+    action: Option<(String, String)>,
     recorded: bool,
 }
 
@@ -186,6 +187,7 @@ impl AuditContext {
             scope: None,
             resource_id: None,
             detail: None,
+            action: None,
             recorded: false,
         })))
     }
@@ -204,6 +206,12 @@ impl AuditContext {
     /// The scope the caller acts with.
     pub fn set_scope(&self, scope: Scope) {
         self.with(|p| p.scope = Some(scope));
+    }
+
+    /// Names the action and resource type when the route template does not (the gateway
+    /// and forward-auth, whose paths are not API routes).
+    pub fn set_action(&self, action: &str, resource_type: &str) {
+        self.with(|p| p.action = Some((action.to_owned(), resource_type.to_owned())));
     }
 
     /// The resource acted on, when the path does not name it (a creation).
@@ -294,11 +302,14 @@ impl AuditContext {
                 .map(|i| i.workspace.id.clone())
                 .or_else(|| fallback.cloned())
                 .unwrap_or_else(|| WorkspaceId::from_trusted(String::new()));
-            let (action, resource_type, path_id) = describe(
-                &p.method,
-                p.route.as_ref().map(MatchedPath::as_str),
-                p.uri.path(),
-            );
+            let (action, resource_type, path_id) = match &p.action {
+                Some((action, resource)) => (action.clone(), Some(resource.clone()), None),
+                None => describe(
+                    &p.method,
+                    p.route.as_ref().map(MatchedPath::as_str),
+                    p.uri.path(),
+                ),
+            };
             AuditRecord {
                 id: AuditId::generate(),
                 time: p.time,
@@ -366,6 +377,15 @@ fn describe(
         );
     };
     let rest = rest.strip_prefix("auth/").unwrap_or(rest);
+    // The gateway's routes are a collection one level down: `gateway/routes/{id}`.
+    let renamed;
+    let rest = match rest.strip_prefix("gateway/routes") {
+        Some(tail) if tail.is_empty() || tail.starts_with('/') => {
+            renamed = format!("gateway-routes{tail}");
+            renamed.as_str()
+        }
+        _ => rest,
+    };
     let template: Vec<&str> = rest.split('/').collect();
     let resource = template[0];
     let base = resource.replace('-', "_");

@@ -64,6 +64,41 @@ pub struct Config {
     /// The shortest audit retention in force, whatever a workspace asks: a workspace admin
     /// cannot erase history by setting one day. Default 30 days.
     pub audit_min_retention_days: u32,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs). Default
+    /// none: the socket peer is the client.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Requests per minute per credential (also its burst); 0 turns the limit off.
+    /// Default 6000.
+    pub rate_limit_credential_per_minute: u32,
+    /// Requests per minute per workspace, all its credentials together. Default 60000.
+    pub rate_limit_workspace_per_minute: u32,
+    /// Requests per minute per client address without a valid credential (anonymous
+    /// calls and failed authentications). Default 600.
+    pub rate_limit_ip_per_minute: u32,
+    /// Refused requests within one minute that flag a client as abusive. Default 50.
+    pub abuse_threshold: u32,
+    /// The first penalty of a flagged client; each new flag within a day multiplies it
+    /// by 4. Default 60 s.
+    pub abuse_penalty: Duration,
+    /// The longest penalty. Default 24 h.
+    pub abuse_penalty_max: Duration,
+    /// The prefix of every Redis key this node uses. Default `datastack:`.
+    pub redis_key_prefix: String,
+    /// Gateway routes from the configuration file (read-only through the API).
+    pub gateway_routes: Vec<datastack_core::edge::RouteSpec>,
+    /// The largest request body the gateway forwards. Default 10 MiB.
+    pub gateway_max_body_bytes: usize,
+    /// The Ed25519 seed that signs identity assertions, 64 hex characters
+    /// (`DATASTACK_SIGNING_KEY`); overrides the key file.
+    pub signing_key: Option<SecretString>,
+    /// Where the signing key is kept; created on first start if missing. Default
+    /// `<data_dir>/signing.key`.
+    pub signing_key_file: Option<PathBuf>,
+    /// How long an identity assertion is valid. Default 60 s.
+    pub assertion_ttl: Duration,
+    /// The public base URL of this deployment (the assertions' issuer). Default unset:
+    /// the issuer is `datastack`.
+    pub public_url: Option<String>,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -101,6 +136,20 @@ impl Default for Config {
             new_network_window_days: 30,
             auto_revoke_notice: Duration::from_secs(7 * 24 * 3600),
             audit_min_retention_days: 30,
+            trusted_proxies: Vec::new(),
+            rate_limit_credential_per_minute: 6000,
+            rate_limit_workspace_per_minute: 60_000,
+            rate_limit_ip_per_minute: 600,
+            abuse_threshold: 50,
+            abuse_penalty: Duration::from_secs(60),
+            abuse_penalty_max: Duration::from_secs(24 * 3600),
+            redis_key_prefix: "datastack:".to_owned(),
+            gateway_routes: Vec::new(),
+            gateway_max_body_bytes: 10 * 1024 * 1024,
+            signing_key: None,
+            signing_key_file: None,
+            assertion_ttl: Duration::from_secs(60),
+            public_url: None,
         }
     }
 }
@@ -154,6 +203,34 @@ pub struct ConfigLayer {
     pub auto_revoke_notice_hours: Option<u64>,
     /// `audit_min_retention_days`.
     pub audit_min_retention_days: Option<u64>,
+    /// `trusted_proxies`.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// `rate_limit_credential_per_minute`.
+    pub rate_limit_credential_per_minute: Option<u64>,
+    /// `rate_limit_workspace_per_minute`.
+    pub rate_limit_workspace_per_minute: Option<u64>,
+    /// `rate_limit_ip_per_minute`.
+    pub rate_limit_ip_per_minute: Option<u64>,
+    /// `abuse_threshold`.
+    pub abuse_threshold: Option<u64>,
+    /// `abuse_penalty_seconds`.
+    pub abuse_penalty_seconds: Option<u64>,
+    /// `abuse_penalty_max_seconds`.
+    pub abuse_penalty_max_seconds: Option<u64>,
+    /// `redis_key_prefix`.
+    pub redis_key_prefix: Option<String>,
+    /// `[[gateway_routes]]` tables (camelCase keys, as in the API).
+    pub gateway_routes: Option<Vec<datastack_core::edge::RouteSpec>>,
+    /// `gateway_max_body_bytes`.
+    pub gateway_max_body_bytes: Option<u64>,
+    /// `signing_key` (kept secret).
+    pub signing_key: Option<SecretString>,
+    /// `signing_key_file`.
+    pub signing_key_file: Option<PathBuf>,
+    /// `assertion_ttl_seconds`.
+    pub assertion_ttl_seconds: Option<u64>,
+    /// `public_url`.
+    pub public_url: Option<String>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -253,6 +330,35 @@ impl ConfigLayer {
                 "AUDIT_MIN_RETENTION_DAYS" => {
                     layer.audit_min_retention_days = Some(number(&value)?)
                 }
+                "TRUSTED_PROXIES" => {
+                    layer.trusted_proxies = Some(
+                        value
+                            .split(',')
+                            .map(|s| s.trim().to_owned())
+                            .filter(|s| !s.is_empty())
+                            .collect(),
+                    )
+                }
+                "RATE_LIMIT_CREDENTIAL_PER_MINUTE" => {
+                    layer.rate_limit_credential_per_minute = Some(number(&value)?)
+                }
+                "RATE_LIMIT_WORKSPACE_PER_MINUTE" => {
+                    layer.rate_limit_workspace_per_minute = Some(number(&value)?)
+                }
+                "RATE_LIMIT_IP_PER_MINUTE" => {
+                    layer.rate_limit_ip_per_minute = Some(number(&value)?)
+                }
+                "ABUSE_THRESHOLD" => layer.abuse_threshold = Some(number(&value)?),
+                "ABUSE_PENALTY_SECONDS" => layer.abuse_penalty_seconds = Some(number(&value)?),
+                "ABUSE_PENALTY_MAX_SECONDS" => {
+                    layer.abuse_penalty_max_seconds = Some(number(&value)?)
+                }
+                "REDIS_KEY_PREFIX" => layer.redis_key_prefix = Some(value),
+                "GATEWAY_MAX_BODY_BYTES" => layer.gateway_max_body_bytes = Some(number(&value)?),
+                "SIGNING_KEY" => layer.signing_key = Some(SecretString::from(value)),
+                "SIGNING_KEY_FILE" => layer.signing_key_file = Some(PathBuf::from(value)),
+                "ASSERTION_TTL_SECONDS" => layer.assertion_ttl_seconds = Some(number(&value)?),
+                "PUBLIC_URL" => layer.public_url = Some(value),
                 // Variables of the client commands and of the tests are not server settings.
                 _ => {}
             }
@@ -286,7 +392,21 @@ impl ConfigLayer {
             auth_failure_burst_window_seconds,
             new_network_window_days,
             auto_revoke_notice_hours,
-            audit_min_retention_days
+            audit_min_retention_days,
+            trusted_proxies,
+            rate_limit_credential_per_minute,
+            rate_limit_workspace_per_minute,
+            rate_limit_ip_per_minute,
+            abuse_threshold,
+            abuse_penalty_seconds,
+            abuse_penalty_max_seconds,
+            redis_key_prefix,
+            gateway_routes,
+            gateway_max_body_bytes,
+            signing_key,
+            signing_key_file,
+            assertion_ttl_seconds,
+            public_url
         );
         self
     }
@@ -295,6 +415,7 @@ impl ConfigLayer {
     pub fn build(self) -> Result<Config, ConfigError> {
         let mut c = Config::default();
         self.build_audit(&mut c)?;
+        self.build_edge(&mut c)?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(
@@ -379,6 +500,125 @@ impl ConfigLayer {
         Ok(c)
     }
 
+    fn build_edge(&self, c: &mut Config) -> Result<(), ConfigError> {
+        let within = |name: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ConfigError(format!("{name} must be between {lo} and {hi}")))
+            }
+        };
+        if let Some(list) = &self.trusted_proxies {
+            c.trusted_proxies = list
+                .iter()
+                .map(|s| {
+                    let s = s.trim();
+                    s.parse::<ipnet::IpNet>()
+                        .map(|n| n.trunc())
+                        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                        .map_err(|_| {
+                            ConfigError(format!(
+                                "trusted_proxies: {s:?} is not an address or CIDR range (e.g. 10.0.0.0/8)"
+                            ))
+                        })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        let per_minute = |name: &str, v: Option<u64>, default: u32| -> Result<u32, ConfigError> {
+            match v {
+                None => Ok(default),
+                Some(n) => Ok(within(name, n, 0, 100_000_000)? as u32),
+            }
+        };
+        c.rate_limit_credential_per_minute = per_minute(
+            "rate_limit_credential_per_minute",
+            self.rate_limit_credential_per_minute,
+            c.rate_limit_credential_per_minute,
+        )?;
+        c.rate_limit_workspace_per_minute = per_minute(
+            "rate_limit_workspace_per_minute",
+            self.rate_limit_workspace_per_minute,
+            c.rate_limit_workspace_per_minute,
+        )?;
+        c.rate_limit_ip_per_minute = per_minute(
+            "rate_limit_ip_per_minute",
+            self.rate_limit_ip_per_minute,
+            c.rate_limit_ip_per_minute,
+        )?;
+        if let Some(n) = self.abuse_threshold {
+            c.abuse_threshold = within("abuse_threshold", n, 1, 1_000_000)? as u32;
+        }
+        if let Some(s) = self.abuse_penalty_seconds {
+            c.abuse_penalty =
+                Duration::from_secs(within("abuse_penalty_seconds", s, 1, 7 * 24 * 3600)?);
+        }
+        if let Some(s) = self.abuse_penalty_max_seconds {
+            c.abuse_penalty_max =
+                Duration::from_secs(within("abuse_penalty_max_seconds", s, 1, 30 * 24 * 3600)?);
+        }
+        if c.abuse_penalty_max < c.abuse_penalty {
+            return Err(ConfigError(
+                "abuse_penalty_max_seconds must be at least abuse_penalty_seconds".into(),
+            ));
+        }
+        if let Some(p) = &self.redis_key_prefix {
+            if p.len() > 64 || p.chars().any(|ch| ch.is_whitespace() || ch.is_control()) {
+                return Err(ConfigError(
+                    "redis_key_prefix must be at most 64 characters without spaces".into(),
+                ));
+            }
+            c.redis_key_prefix = p.clone();
+        }
+        if let Some(routes) = &self.gateway_routes {
+            let mut seen = std::collections::HashSet::new();
+            let mut valid = Vec::with_capacity(routes.len());
+            for (i, r) in routes.iter().enumerate() {
+                let r = r
+                    .clone()
+                    .validate()
+                    .map_err(|e| ConfigError(format!("gateway_routes[{i}].{e}")))?;
+                if !seen.insert(r.path_prefix.clone()) {
+                    return Err(ConfigError(format!(
+                        "gateway_routes[{i}]: pathPrefix {} appears twice",
+                        r.path_prefix
+                    )));
+                }
+                valid.push(r);
+            }
+            c.gateway_routes = valid;
+        }
+        if let Some(n) = self.gateway_max_body_bytes {
+            c.gateway_max_body_bytes =
+                within("gateway_max_body_bytes", n, 1024, 4 * 1024 * 1024 * 1024)? as usize;
+        }
+        if let Some(key) = self
+            .signing_key
+            .clone()
+            .filter(|k| !k.expose_secret().trim().is_empty())
+        {
+            if parse_seed(key.expose_secret()).is_none() {
+                return Err(ConfigError(
+                    "signing_key must be 64 hexadecimal characters; generate one with `openssl rand -hex 32`"
+                        .into(),
+                ));
+            }
+            c.signing_key = Some(key);
+        }
+        if let Some(path) = &self.signing_key_file {
+            c.signing_key_file = Some(path.clone());
+        }
+        if let Some(s) = self.assertion_ttl_seconds {
+            c.assertion_ttl = Duration::from_secs(within("assertion_ttl_seconds", s, 5, 3600)?);
+        }
+        if let Some(url) = self.public_url.as_ref().filter(|u| !u.trim().is_empty()) {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError("public_url must be an http(s):// URL".into()));
+            }
+            c.public_url = Some(url.trim_end_matches('/').to_owned());
+        }
+        Ok(())
+    }
+
     fn build_audit(&self, c: &mut Config) -> Result<(), ConfigError> {
         let within = |name: &str, v: u64, lo: u64, hi: u64| {
             if (lo..=hi).contains(&v) {
@@ -457,6 +697,12 @@ impl ConfigLayer {
         }
         Ok(())
     }
+}
+
+/// A 32-byte key from 64 hex characters.
+pub fn parse_seed(hex_text: &str) -> Option<[u8; 32]> {
+    let bytes = hex::decode(hex_text.trim()).ok()?;
+    bytes.try_into().ok()
 }
 
 /// The log filter type, re-exported so the binary and this validation agree.

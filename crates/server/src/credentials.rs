@@ -212,7 +212,11 @@ impl CredentialVerifier {
             Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::All => self.cache.clear(),
-            Invalidation::Heartbeat => {}
+            // Edge rules, not credentials.
+            Invalidation::Routes
+            | Invalidation::IpLists(_)
+            | Invalidation::Penalty(_)
+            | Invalidation::Heartbeat => {}
         }
     }
 

@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 403: refused for a reason other than scope.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: the client address is refused by an IP access list.
+    #[error("{0}")]
+    IpNotAllowed(String),
     /// 404.
     #[error("{0}")]
     NotFound(String),
@@ -44,6 +47,13 @@ pub enum ApiError {
     /// 413: the body is over the configured limit.
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    /// 429: over a rate limit (or under an abuse penalty); the rate-limit stage adds
+    /// `Retry-After` and the `RateLimit` headers.
+    #[error("{0}")]
+    RateLimited(String),
+    /// 502/503/504: the upstream of a gateway route failed, was unreachable or too slow.
+    #[error("{1}")]
+    Upstream(StatusCode, String),
     /// 503: the server cannot answer now (the store is unreachable).
     #[error("the service is unavailable; retry later")]
     Unavailable,
@@ -63,9 +73,9 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorDetail {
-    /// A stable code: `INVALID_REQUEST`, `UNAUTHORIZED`, `FORBIDDEN`, `NOT_FOUND`,
-    /// `METHOD_NOT_ALLOWED`, `CONFLICT`, `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`, `INTERNAL`,
-    /// `UNAVAILABLE`.
+    /// A stable code: `INVALID_REQUEST`, `UNAUTHORIZED`, `FORBIDDEN`, `IP_NOT_ALLOWED`,
+    /// `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `CONFLICT`, `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`,
+    /// `INTERNAL`, `UNAVAILABLE`, `UPSTREAM_UNAVAILABLE`.
     pub code: &'static str,
     /// A sentence for people; it never contains a secret.
     pub message: String,
@@ -86,6 +96,9 @@ impl ApiError {
             ApiError::InsufficientScope { .. } | ApiError::Forbidden(_) => {
                 (StatusCode::FORBIDDEN, "FORBIDDEN")
             }
+            ApiError::IpNotAllowed(_) => (StatusCode::FORBIDDEN, "IP_NOT_ALLOWED"),
+            ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::Upstream(status, _) => (*status, "UPSTREAM_UNAVAILABLE"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),

@@ -11,6 +11,7 @@ pub mod app;
 pub mod audit;
 pub mod config;
 pub mod credentials;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod openapi;

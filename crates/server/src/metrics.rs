@@ -72,6 +72,16 @@ pub struct Metrics {
     audit_write_failures: Counter,
     audit_batch: Gauge,
     security_events: Family<EventLabels, Counter>,
+    ratelimit: Family<RateLimitLabels, Counter>,
+    ratelimit_redis: Gauge,
+    ip_denied: Counter,
+    upstream: Family<OutcomeLabels, Counter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RateLimitLabels {
+    policy: &'static str,
+    decision: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -148,7 +158,35 @@ impl Metrics {
             "Security events raised by the audit writer, by type",
             security_events.clone(),
         );
+        let ratelimit = Family::<RateLimitLabels, Counter>::default();
+        registry.register(
+            "ratelimit_decisions",
+            "Rate-limit decisions by policy (credential, workspace, ip) and decision",
+            ratelimit.clone(),
+        );
+        let ratelimit_redis = Gauge::default();
+        registry.register(
+            "ratelimit_redis_available",
+            "1 when rate-limit counters are shared through Redis, 0 when this node runs on local limits (no redis_url, or Redis unreachable)",
+            ratelimit_redis.clone(),
+        );
+        let ip_denied = Counter::default();
+        registry.register(
+            "ip_access_denied",
+            "Requests refused by an IP access list",
+            ip_denied.clone(),
+        );
+        let upstream = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "gateway_upstream_responses",
+            "Proxied requests by outcome (ok, timeout, unreachable, body_too_large)",
+            upstream.clone(),
+        );
         Self {
+            ratelimit,
+            ratelimit_redis,
+            ip_denied,
+            upstream,
             registry,
             requests,
             latency,
@@ -231,6 +269,30 @@ impl Metrics {
             .get_or_create(&EventLabels {
                 event_type: event_type.to_owned(),
             })
+            .inc();
+    }
+
+    /// Counts a rate-limit decision.
+    pub fn ratelimit_decision(&self, policy: &'static str, decision: &'static str) {
+        self.ratelimit
+            .get_or_create(&RateLimitLabels { policy, decision })
+            .inc();
+    }
+
+    /// Records whether counters are shared through Redis.
+    pub fn set_ratelimit_backend(&self, backend: &str) {
+        self.ratelimit_redis.set(i64::from(backend == "redis"));
+    }
+
+    /// Counts an IP access list refusal.
+    pub fn ip_denied(&self) {
+        self.ip_denied.inc();
+    }
+
+    /// Counts a proxied request's outcome.
+    pub fn upstream(&self, outcome: &'static str) {
+        self.upstream
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -30,6 +30,12 @@ use crate::api;
         api::audit::security_events,
         api::access_review::review, api::access_review::bulk_revoke,
         api::access_review::bulk_narrow,
+        api::gateway::list_routes, api::gateway::create_route, api::gateway::get_route,
+        api::gateway::replace_route, api::gateway::delete_route, api::gateway::verify,
+        api::gateway::jwks,
+        api::ip_lists::list, api::ip_lists::create, api::ip_lists::get_one, api::ip_lists::update,
+        api::ip_lists::replace, api::ip_lists::remove,
+        api::abuse::list, api::abuse::clear,
     ),
     modifiers(&BearerScheme)
 )]

@@ -27,6 +27,8 @@ pub struct NodeState {
     pub config: Arc<Config>,
     /// The audit log's queue and policy.
     pub audit: Arc<AuditLog>,
+    /// Edge enforcement: routes, IP lists, rate limits, the assertion signer.
+    pub edge: Arc<crate::edge::Edge>,
 }
 
 impl AppState {

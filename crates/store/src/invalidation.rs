@@ -19,6 +19,12 @@ pub enum Invalidation {
     Principal(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
     Workspace(String),
+    /// The gateway routes changed.
+    Routes,
+    /// The IP access lists of this workspace changed.
+    IpLists(String),
+    /// The rate-limit penalty of this subject (`kind:subject`) was lifted.
+    Penalty(String),
     /// Everything: announcements may have been missed.
     All,
     /// Nothing to drop: a node proving that the channel still delivers.
@@ -31,6 +37,9 @@ impl Invalidation {
             Invalidation::Token(d) => format!("token:{d}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
+            Invalidation::Routes => "routes".to_owned(),
+            Invalidation::IpLists(w) => format!("iplists:{w}"),
+            Invalidation::Penalty(s) => format!("penalty:{s}"),
             Invalidation::All => "all".to_owned(),
             Invalidation::Heartbeat => "heartbeat".to_owned(),
         }
@@ -40,10 +49,15 @@ impl Invalidation {
         if s == "heartbeat" {
             return Invalidation::Heartbeat;
         }
+        if s == "routes" {
+            return Invalidation::Routes;
+        }
         match s.split_once(':') {
             Some(("token", d)) => Invalidation::Token(d.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
+            Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),
+            Some(("penalty", s)) => Invalidation::Penalty(s.to_owned()),
             // Anything unexpected is treated as the safe choice.
             _ => Invalidation::All,
         }

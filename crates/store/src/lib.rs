@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod edge;
 mod invalidation;
 mod principals;
 mod rows;
@@ -24,6 +25,7 @@ use sqlx::sqlite::{
 };
 
 pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, WorkspacePolicy};
+pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};

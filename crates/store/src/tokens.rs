@@ -103,6 +103,8 @@ struct TokenWithOwnerRow {
     w_max_token_lifetime_days: Option<i64>,
     w_audit_retention_days: Option<i64>,
     w_auto_revoke_unused_days: Option<i64>,
+    w_ip_access_lists_suspended: bool,
+    w_data_retention_consent: bool,
     w_status: String,
     w_created_at: DateTime<Utc>,
     w_updated_at: DateTime<Utc>,
@@ -194,6 +196,8 @@ impl Store {
                w.max_token_lifetime_days AS w_max_token_lifetime_days, w.status AS w_status, \
                w.audit_retention_days AS w_audit_retention_days, \
                w.auto_revoke_unused_days AS w_auto_revoke_unused_days, \
+               w.ip_access_lists_suspended AS w_ip_access_lists_suspended, \
+               w.data_retention_consent AS w_data_retention_consent, \
                w.created_at AS w_created_at, w.updated_at AS w_updated_at \
              FROM tokens t JOIN principals p ON p.id = t.owner_id \
                JOIN workspaces w ON w.id = p.workspace_id \
@@ -222,6 +226,8 @@ impl Store {
             max_token_lifetime_days: row.w_max_token_lifetime_days,
             audit_retention_days: row.w_audit_retention_days,
             auto_revoke_unused_days: row.w_auto_revoke_unused_days,
+            ip_access_lists_suspended: row.w_ip_access_lists_suspended,
+            data_retention_consent: row.w_data_retention_consent,
             status: row.w_status,
             created_at: row.w_created_at,
             updated_at: row.w_updated_at,

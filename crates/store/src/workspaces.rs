@@ -21,6 +21,10 @@ pub struct WorkspacePatch {
     pub audit_retention_days: Option<Option<u32>>,
     /// See `max_token_lifetime_days`.
     pub auto_revoke_unused_days: Option<Option<u32>>,
+    /// Suspend (or resume) the enforcement of IP access lists.
+    pub ip_access_lists_suspended: Option<bool>,
+    /// Opt in to (or out of) data retention by upstream services.
+    pub data_retention_consent: Option<bool>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -31,7 +35,7 @@ enum Marker {
     Skip,
 }
 
-const WORKSPACE_COLUMNS: &str = "id, name, parent_id, max_token_lifetime_days, audit_retention_days, auto_revoke_unused_days, \
+const WORKSPACE_COLUMNS: &str = "id, name, parent_id, max_token_lifetime_days, audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, data_retention_consent, \
      status, created_at, updated_at";
 
 impl Store {
@@ -86,8 +90,8 @@ impl Store {
             }
             sqlx::query(
                 "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at, \
-                 audit_retention_days, auto_revoke_unused_days) \
-                 VALUES ($1, $2, $3, $4, $7, $5, $6, $8, $9)",
+                 audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, data_retention_consent) \
+                 VALUES ($1, $2, $3, $4, $7, $5, $6, $8, $9, $10, $11)",
             )
             .bind(ws.id.as_str())
             .bind(&ws.name)
@@ -98,6 +102,8 @@ impl Store {
             .bind(ws.status.as_str())
             .bind(ws.settings.audit_retention_days.map(i64::from))
             .bind(ws.settings.auto_revoke_unused_days.map(i64::from))
+            .bind(ws.settings.ip_access_lists_suspended)
+            .bind(ws.settings.data_retention_consent)
             .execute(&mut *tx)
             .await?;
             sqlx::query(
@@ -195,13 +201,20 @@ impl Store {
             auto_revoke_unused_days: patch
                 .auto_revoke_unused_days
                 .unwrap_or(current.settings.auto_revoke_unused_days),
+            ip_access_lists_suspended: patch
+                .ip_access_lists_suspended
+                .unwrap_or(current.settings.ip_access_lists_suspended),
+            data_retention_consent: patch
+                .data_retention_consent
+                .unwrap_or(current.settings.data_retention_consent),
         };
         let channel = self.announce_channel();
         let affected = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
                 "UPDATE workspaces SET name = $1, max_token_lifetime_days = $2, updated_at = $3, \
-                 audit_retention_days = $5, auto_revoke_unused_days = $6 WHERE id = $4",
+                 audit_retention_days = $5, auto_revoke_unused_days = $6, \
+                 ip_access_lists_suspended = $7, data_retention_consent = $8 WHERE id = $4",
             )
             .bind(&name)
             .bind(settings.max_token_lifetime_days.map(i64::from))
@@ -209,6 +222,8 @@ impl Store {
             .bind(id.as_str())
             .bind(settings.audit_retention_days.map(i64::from))
             .bind(settings.auto_revoke_unused_days.map(i64::from))
+            .bind(settings.ip_access_lists_suspended)
+            .bind(settings.data_retention_consent)
             .execute(&mut *tx)
             .await?
             .rows_affected();

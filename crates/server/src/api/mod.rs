@@ -2,9 +2,12 @@
 //! request/response types; the public JSON shapes (camelCase, RFC 3339 timestamps) live
 //! here, separate from the domain types, so the contract changes only on purpose.
 
+pub mod abuse;
 pub mod access_review;
 pub mod audit;
+pub mod gateway;
 pub mod health;
+pub mod ip_lists;
 pub mod me;
 pub mod principals;
 pub mod tokens;
@@ -28,6 +31,9 @@ pub fn routes() -> Router<AppState> {
         .merge(workspaces::routes())
         .merge(audit::routes())
         .merge(access_review::routes())
+        .merge(gateway::routes())
+        .merge(ip_lists::routes())
+        .merge(abuse::routes())
 }
 
 /// Pagination parameters shared by list endpoints.

@@ -51,6 +51,11 @@ pub struct SettingsResponse {
     pub audit_retention_days: u32,
     /// Unused tokens are revoked after this many days; `null`: never.
     pub auto_revoke_unused_days: Option<u32>,
+    /// Whether the enforcement of the workspace's IP access lists is suspended.
+    pub ip_access_lists_suspended: bool,
+    /// Whether the workspace opted in to data retention by upstream services (passed to
+    /// them as `x-datastack-retention-consent`).
+    pub data_retention_consent: bool,
 }
 
 /// A workspace.
@@ -83,6 +88,8 @@ impl From<Workspace> for WorkspaceResponse {
                 max_token_lifetime_days: w.settings.max_token_lifetime_days,
                 audit_retention_days: w.settings.audit_retention_days(),
                 auto_revoke_unused_days: w.settings.auto_revoke_unused_days,
+                ip_access_lists_suspended: w.settings.ip_access_lists_suspended,
+                data_retention_consent: w.settings.data_retention_consent,
             },
             status: w.status.as_str(),
             created_at: w.created_at,
@@ -111,6 +118,10 @@ pub struct SettingsRequest {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<i64>)]
     pub auto_revoke_unused_days: Option<Option<i64>>,
+    /// Suspend (true) or resume (false) the enforcement of IP access lists. Default false.
+    pub ip_access_lists_suspended: Option<bool>,
+    /// Opt in (true) or out (false) of data retention by upstream services. Default false.
+    pub data_retention_consent: Option<bool>,
 }
 
 /// Changes to (max token lifetime, audit retention, auto-revocation): `None` keeps a
@@ -154,6 +165,8 @@ impl SettingsRequest {
             max_token_lifetime_days: max.flatten(),
             audit_retention_days: retention.flatten(),
             auto_revoke_unused_days: revoke.flatten(),
+            ip_access_lists_suspended: self.ip_access_lists_suspended.unwrap_or(false),
+            data_retention_consent: self.data_retention_consent.unwrap_or(false),
         })
     }
 }
@@ -366,8 +379,18 @@ pub async fn update_workspace(
         max_token_lifetime_days: max,
         audit_retention_days: retention,
         auto_revoke_unused_days: revoke,
+        ip_access_lists_suspended: body
+            .settings
+            .as_ref()
+            .and_then(|s| s.ip_access_lists_suspended),
+        data_retention_consent: body
+            .settings
+            .as_ref()
+            .and_then(|s| s.data_retention_consent),
     };
     audit.set_detail(serde_json::json!({
+        "ipAccessListsSuspended": patch.ip_access_lists_suspended,
+        "dataRetentionConsent": patch.data_retention_consent,
         "name": patch.name.is_some(),
         "maxTokenLifetimeDays": max,
         "auditRetentionDays": retention,

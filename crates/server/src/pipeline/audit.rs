@@ -5,9 +5,7 @@
 //! unless the handler already wrote it in the transaction of its change; an answer whose
 //! entry cannot be queued in time becomes a 503.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{MatchedPath, Request};
 use axum::http::header::USER_AGENT;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -33,10 +31,10 @@ pub async fn around(state: &AppState, mut req: Request, next: Next) -> Response 
         .extensions()
         .get::<RequestId>()
         .map_or_else(String::new, |id| id.0.clone());
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+    // The client address behind trusted proxies, resolved once for every later stage.
+    let client = crate::pipeline::authenticate::resolve_client_ip(state, &req);
+    req.extensions_mut().insert(client);
+    let ip = client.0;
     let method = req.method().clone();
     let ctx = AuditContext::new(
         request_id,

@@ -17,9 +17,41 @@ use crate::credentials::{Identity, Rejection};
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// The client's address: the socket peer (trusted-proxy handling comes with edge enforcement).
+/// The client's address: the socket peer, or, behind trusted proxies, the address they
+/// forwarded for (resolved by the audit stage, which runs first; see `edge::client_ip`).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(None)))
+    }
+}
+
+/// Resolves the client address of `req` (once per request).
+pub fn resolve_client_ip(state: &AppState, req: &Request) -> ClientIp {
+    if let Some(ip) = req.extensions().get::<ClientIp>() {
+        return *ip;
+    }
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    ClientIp(crate::edge::client_ip::resolve(
+        peer,
+        req.headers(),
+        &state.config.trusted_proxies,
+    ))
+}
 
 /// What the request proved about its caller.
 #[derive(Debug, Clone)]
@@ -36,11 +68,9 @@ pub enum Authentication {
 
 /// The middleware.
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
-    req.extensions_mut().insert(ClientIp(ip));
+    let client = resolve_client_ip(&state, &req);
+    let ip = client.0;
+    req.extensions_mut().insert(client);
     let outcome = match req.headers().get(AUTHORIZATION) {
         None => Authentication::Anonymous,
         Some(value) => match bearer(value.as_bytes()) {

@@ -48,6 +48,10 @@ required_scopes! {
     ReadWorkspaces = read Workspaces;
     ManageWorkspaces = manage Workspaces;
     ReadAudit = read Audit;
+    ReadGateway = read Gateway;
+    ManageGateway = manage Gateway;
+    ReadIpLists = read IpAccessLists;
+    ManageIpLists = manage IpAccessLists;
 }
 
 /// A caller with a valid credential, and the client address.
@@ -68,12 +72,19 @@ pub struct Authorized<S: RequiredScope> {
 }
 
 fn authenticated(parts: &Parts, state: &AppState) -> Result<Authenticated, ApiError> {
-    let client_ip = parts
-        .extensions
+    authenticated_in(&parts.extensions, state)
+}
+
+/// The caller of a request with these extensions, or the 401 to answer.
+pub fn authenticated_in(
+    extensions: &axum::http::Extensions,
+    state: &AppState,
+) -> Result<Authenticated, ApiError> {
+    let client_ip = extensions
         .get::<ClientIp>()
         .copied()
         .unwrap_or(ClientIp(None));
-    let outcome = parts.extensions.get::<Authentication>();
+    let outcome = extensions.get::<Authentication>();
     let span = tracing::Span::current();
     match outcome {
         Some(Authentication::Verified(identity)) => {

@@ -8,13 +8,12 @@
 //! may have been missed) and the listener reconnects, emptying the cache again once
 //! subscribed.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use datastack_store::{Invalidation, InvalidationListener, Store};
 use tokio::sync::watch;
 
-use crate::credentials::CredentialVerifier;
+use crate::state::AppState;
 
 /// How long the channel may be quiet before the node checks it.
 pub const IDLE: Duration = Duration::from_secs(2);
@@ -48,13 +47,13 @@ async fn hear(
 pub async fn revocation_listener(
     store: Store,
     mut listener: InvalidationListener,
-    verifier: Arc<CredentialVerifier>,
+    state: AppState,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let lost = match hear(&mut listener, IDLE, &mut shutdown).await {
             Heard::Notice(inv) => {
-                verifier.invalidate(&inv);
+                crate::edge::apply_invalidation(&state, &inv).await;
                 continue;
             }
             Heard::Stop => return,
@@ -65,7 +64,7 @@ pub async fn revocation_listener(
                 }
                 match hear(&mut listener, HEARTBEAT_DEADLINE, &mut shutdown).await {
                     Heard::Notice(inv) => {
-                        verifier.invalidate(&inv);
+                        crate::edge::apply_invalidation(&state, &inv).await;
                         continue;
                     }
                     Heard::Stop => return,
@@ -75,7 +74,7 @@ pub async fn revocation_listener(
             }
         };
         tracing::warn!(error = %lost, "lost the invalidation channel; emptying the credential cache and reconnecting");
-        verifier.invalidate(&Invalidation::All);
+        crate::edge::apply_invalidation(&state, &Invalidation::All).await;
         listener = loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
@@ -84,7 +83,7 @@ pub async fn revocation_listener(
             match store.listen_invalidations().await {
                 Ok(Some(l)) => {
                     // Anything announced while disconnected is lost: start clean.
-                    verifier.invalidate(&Invalidation::All);
+                    crate::edge::apply_invalidation(&state, &Invalidation::All).await;
                     tracing::info!("listening for invalidations again");
                     break l;
                 }

@@ -1,6 +1,7 @@
 //! Background work of a node.
 
 pub mod audit_writer;
+pub mod edge;
 pub mod invalidations;
 pub mod maintenance;
 pub mod usage;

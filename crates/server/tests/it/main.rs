@@ -6,6 +6,7 @@ mod helpers;
 mod audit;
 mod cluster;
 mod contract;
+mod edge;
 mod input;
 mod principals;
 mod surface;

@@ -1,0 +1,430 @@
+//! The edge's HTTP surface: gateway routes (`/api/v1/gateway/routes`), the forward-auth
+//! decision (`/auth/verify` for nginx, Traefik and Envoy) and the assertion key set
+//! (`/.well-known/jwks.json`).
+
+use std::collections::BTreeMap;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use chrono::{DateTime, Utc};
+use datastack_core::edge::RouteSpec;
+use datastack_core::id::RouteId;
+use datastack_store::{Invalidation, StoredRoute};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::audit::AuditContext;
+use crate::edge::routes::ActiveRoute;
+use crate::edge::{self, Undecidable, identity_headers};
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::pipeline::authorize::{Authorized, ManageGateway, ReadGateway};
+use crate::pipeline::extract::{Json, Path};
+use crate::pipeline::request_id::RequestId;
+use crate::state::AppState;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/gateway/routes",
+            get(list_routes).post(create_route),
+        )
+        .route(
+            "/api/v1/gateway/routes/{id}",
+            get(get_route).put(replace_route).delete(delete_route),
+        )
+        .route("/auth/verify", any(verify))
+        .route("/auth/verify/{*path}", any(verify))
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// A route to create or the full replacement of one.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct RouteBody {
+    /// Requests whose path is this prefix or under it use the route (e.g. `/v1/clusters`).
+    pub path_prefix: String,
+    /// The upstream base URL (`http://127.0.0.1:9001`); omit for a forward-auth-only route.
+    pub upstream: Option<String>,
+    /// The resource of the route's scopes (`clusters`, `jobs`, `notebooks`, `pipelines`,
+    /// `sql`, …): `GET`/`HEAD` need `read:<resource>`, other methods `manage:<resource>`.
+    pub resource: String,
+    /// Remove the prefix before forwarding. Default false.
+    pub strip_prefix: Option<bool>,
+    /// Upstream timeout in milliseconds, 1–300000. Default 30000.
+    pub timeout_ms: Option<u32>,
+    /// Spend units per request. Default 0.
+    pub price_per_request: Option<u64>,
+    /// Forward the client's `Authorization` header. Default false.
+    pub forward_authorization: Option<bool>,
+    /// Per-method scope overrides, e.g. `{"POST": "read:jobs"}`.
+    pub method_scopes: Option<BTreeMap<String, String>>,
+}
+
+/// A route in force.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteResponse {
+    /// Its id (`rt_…`); `null` for a route from `datastack.toml`.
+    pub id: Option<String>,
+    /// `api` (managed here) or `config` (from `datastack.toml`, read-only).
+    pub source: &'static str,
+    /// The path prefix.
+    pub path_prefix: String,
+    /// The upstream base URL.
+    pub upstream: Option<String>,
+    /// The resource of its scopes.
+    pub resource: String,
+    /// Whether the prefix is removed before forwarding.
+    pub strip_prefix: bool,
+    /// Upstream timeout, ms.
+    pub timeout_ms: u32,
+    /// Spend units per request.
+    pub price_per_request: u64,
+    /// Whether `Authorization` is forwarded.
+    pub forward_authorization: bool,
+    /// Per-method scope overrides.
+    pub method_scopes: BTreeMap<String, String>,
+    /// Creation time (API routes).
+    pub created_at: Option<DateTime<Utc>>,
+    /// Last change (API routes).
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+fn response_of(
+    id: Option<&RouteId>,
+    spec: &RouteSpec,
+    created: Option<DateTime<Utc>>,
+    updated: Option<DateTime<Utc>>,
+) -> RouteResponse {
+    RouteResponse {
+        id: id.map(ToString::to_string),
+        source: if id.is_some() { "api" } else { "config" },
+        path_prefix: spec.path_prefix.clone(),
+        upstream: spec.upstream.clone(),
+        resource: spec.resource.as_str().to_owned(),
+        strip_prefix: spec.strip_prefix,
+        timeout_ms: spec.timeout_ms,
+        price_per_request: spec.price_per_request,
+        forward_authorization: spec.forward_authorization,
+        method_scopes: spec
+            .method_scopes
+            .iter()
+            .map(|(m, s)| (m.clone(), s.to_string()))
+            .collect(),
+        created_at: created,
+        updated_at: updated,
+    }
+}
+
+impl From<&ActiveRoute> for RouteResponse {
+    fn from(r: &ActiveRoute) -> Self {
+        response_of(r.id.as_ref(), &r.spec, r.created_at, r.updated_at)
+    }
+}
+
+impl From<&StoredRoute> for RouteResponse {
+    fn from(r: &StoredRoute) -> Self {
+        response_of(Some(&r.id), &r.spec, Some(r.created_at), Some(r.updated_at))
+    }
+}
+
+/// Every route in force.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteList {
+    /// The routes, configured ones first.
+    pub items: Vec<RouteResponse>,
+    /// Always `null`: the list is not paginated.
+    pub next_cursor: Option<String>,
+}
+
+/// Routes apply to every workspace, so only the root workspace manages them.
+fn require_root(state: &AppState, caller: &Authorized<ManageGateway>) -> ApiResult<()> {
+    if caller.identity.workspace.id != state.edge.root_workspace {
+        return Err(ApiError::Forbidden(
+            "gateway routes apply to every workspace and are managed from the root workspace"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_id(id: &str) -> ApiResult<RouteId> {
+    RouteId::parse(id).map_err(|_| ApiError::not_found("route"))
+}
+
+/// Lists every route in force (configured and managed).
+#[utoipa::path(get, path = "/api/v1/gateway/routes", tag = "gateway",
+    security(("bearer" = ["read:gateway"])),
+    params(("x-datastack-scope" = String, Header, description = "read:gateway")),
+    responses((status = 200, body = RouteList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_routes(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadGateway>,
+) -> Json<RouteList> {
+    let routes = state.edge.routes.all();
+    Json(RouteList {
+        items: routes
+            .iter()
+            .map(|r| RouteResponse::from(r.as_ref()))
+            .collect(),
+        next_cursor: None,
+    })
+}
+
+/// Creates a route. Admins of the root workspace only.
+#[utoipa::path(post, path = "/api/v1/gateway/routes", tag = "gateway",
+    security(("bearer" = ["manage:gateway"])),
+    params(("x-datastack-scope" = String, Header, description = "manage:gateway")),
+    request_body = RouteBody,
+    responses((status = 201, body = RouteResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn create_route(
+    State(state): State<AppState>,
+    caller: Authorized<ManageGateway>,
+    audit: AuditContext,
+    Json(spec): Json<RouteSpec>,
+) -> ApiResult<(StatusCode, Json<RouteResponse>)> {
+    require_root(&state, &caller)?;
+    let spec = spec.validate()?;
+    if state.edge.routes.configured(&spec.path_prefix) {
+        return Err(ApiError::Conflict(
+            "datastack.toml already configures a route with this pathPrefix".into(),
+        ));
+    }
+    let now = Utc::now();
+    let route = StoredRoute {
+        id: RouteId::generate(),
+        spec,
+        created_at: now,
+        updated_at: now,
+    };
+    audit.set_resource_id(route.id.as_str());
+    audit.set_detail(serde_json::to_value(&route.spec).unwrap_or_default());
+    state
+        .store
+        .insert_route(&route, &audit.change(StatusCode::CREATED))
+        .await?;
+    audit.mark_recorded();
+    edge::apply_invalidation(&state, &Invalidation::Routes).await;
+    tracing::info!(route = %route.id, prefix = %route.spec.path_prefix, "gateway route created");
+    Ok((StatusCode::CREATED, Json(RouteResponse::from(&route))))
+}
+
+/// One route.
+#[utoipa::path(get, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+    security(("bearer" = ["read:gateway"])),
+    params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "read:gateway")),
+    responses((status = 200, body = RouteResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub async fn get_route(
+    State(state): State<AppState>,
+    _caller: Authorized<ReadGateway>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RouteResponse>> {
+    let id = parse_id(&id)?;
+    let route = state.store.get_route(&id).await.map_err(|e| match e {
+        datastack_store::Error::NotFound => ApiError::not_found("route"),
+        other => other.into(),
+    })?;
+    Ok(Json(RouteResponse::from(&route)))
+}
+
+/// Replaces a route. Admins of the root workspace only.
+#[utoipa::path(put, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+    security(("bearer" = ["manage:gateway"])),
+    params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "manage:gateway")),
+    request_body = RouteBody,
+    responses((status = 200, body = RouteResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn replace_route(
+    State(state): State<AppState>,
+    caller: Authorized<ManageGateway>,
+    audit: AuditContext,
+    Path(id): Path<String>,
+    Json(spec): Json<RouteSpec>,
+) -> ApiResult<Json<RouteResponse>> {
+    require_root(&state, &caller)?;
+    let id = parse_id(&id)?;
+    let spec = spec.validate()?;
+    if state.edge.routes.configured(&spec.path_prefix) {
+        return Err(ApiError::Conflict(
+            "datastack.toml already configures a route with this pathPrefix".into(),
+        ));
+    }
+    audit.set_detail(serde_json::to_value(&spec).unwrap_or_default());
+    let route = state
+        .store
+        .update_route(&id, &spec, &audit.change(StatusCode::OK))
+        .await
+        .map_err(|e| match e {
+            datastack_store::Error::NotFound => ApiError::not_found("route"),
+            other => other.into(),
+        })?;
+    audit.mark_recorded();
+    edge::apply_invalidation(&state, &Invalidation::Routes).await;
+    Ok(Json(RouteResponse::from(&route)))
+}
+
+/// Deletes a route. Admins of the root workspace only.
+#[utoipa::path(delete, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+    security(("bearer" = ["manage:gateway"])),
+    params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "manage:gateway")),
+    responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_route(
+    State(state): State<AppState>,
+    caller: Authorized<ManageGateway>,
+    audit: AuditContext,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    require_root(&state, &caller)?;
+    let id = parse_id(&id)?;
+    state
+        .store
+        .delete_route(&id, &audit.change(StatusCode::NO_CONTENT))
+        .await
+        .map_err(|e| match e {
+            datastack_store::Error::NotFound => ApiError::not_found("route"),
+            other => other.into(),
+        })?;
+    audit.mark_recorded();
+    edge::apply_invalidation(&state, &Invalidation::Routes).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The original method and path of a forward-auth request: nginx `auth_request`
+/// (`X-Original-Method`, `X-Original-URI`), Traefik ForwardAuth (`X-Forwarded-Method`,
+/// `X-Forwarded-Uri`), or Envoy ext_authz (the request's own method, and the original path
+/// appended after `/auth/verify`).
+fn original_request(method: &str, uri_path: &str, headers: &HeaderMap) -> Option<(String, String)> {
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let strip_query = |u: String| -> String {
+        let without = u.split(['?', '#']).next().unwrap_or_default().to_owned();
+        // An absolute URI (some proxies send one): keep its path.
+        match without.split_once("://") {
+            Some((_, rest)) => rest
+                .find('/')
+                .map_or_else(|| "/".to_owned(), |i| rest[i..].to_owned()),
+            None => without,
+        }
+    };
+    if let Some(uri) = get("x-original-uri") {
+        let m = get("x-original-method").unwrap_or_else(|| "GET".to_owned());
+        return Some((m.to_ascii_uppercase(), strip_query(uri)));
+    }
+    if let Some(uri) = get("x-forwarded-uri") {
+        let m = get("x-forwarded-method").unwrap_or_else(|| "GET".to_owned());
+        return Some((m.to_ascii_uppercase(), strip_query(uri)));
+    }
+    let rest = uri_path.strip_prefix("/auth/verify")?;
+    if rest.starts_with('/') {
+        return Some((method.to_owned(), rest.to_owned()));
+    }
+    None
+}
+
+/// The forward-auth decision: 200 with the identity headers when the original request may
+/// pass, otherwise 401/403/429 with the error body (and `WWW-Authenticate`).
+#[utoipa::path(get, path = "/auth/verify", tag = "gateway",
+    security(("bearer" = [])),
+    params(
+        ("X-Original-URI" = Option<String>, Header, description = "nginx auth_request: the original URI"),
+        ("X-Original-Method" = Option<String>, Header, description = "nginx: the original method"),
+        ("X-Forwarded-Uri" = Option<String>, Header, description = "Traefik ForwardAuth: the original URI"),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "Traefik: the original method")),
+    responses((status = 200, description = "allowed; the identity headers are set"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 429, body = ErrorBody)))]
+pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
+    let Some((method, path)) =
+        original_request(req.method().as_str(), req.uri().path(), req.headers())
+    else {
+        return ApiError::InvalidRequest(
+            "name the original request: X-Original-URI (nginx), X-Forwarded-Uri (Traefik), or a path after /auth/verify (Envoy)"
+                .into(),
+        )
+        .into_response();
+    };
+    let allowed = match edge::decide(
+        &state,
+        req.extensions(),
+        req.headers(),
+        &method,
+        &path,
+        "forward_auth.verify",
+    ) {
+        Ok(a) => a,
+        Err(Undecidable::NoRoute) => {
+            return ApiError::Forbidden("no gateway route covers this path".into()).into_response();
+        }
+        Err(Undecidable::Refused(e)) => return e.into_response(),
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone());
+    match identity_headers(&state, &allowed, &request_id, &method, &path) {
+        Ok(headers) => {
+            let mut response = StatusCode::OK.into_response();
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value);
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The public key that signs `x-datastack-assertion`, as a JWK set.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "gateway",
+    responses((status = 200, content_type = "application/json", body = Object)))]
+pub async fn jwks(State(state): State<AppState>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        state.edge.signer.jwks().to_owned(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    #[test]
+    fn original_request_from_each_proxy() {
+        let mut h = HeaderMap::new();
+        h.insert("x-original-uri", "/v1/clusters/1?x=1".parse().expect("v"));
+        h.insert("x-original-method", "post".parse().expect("v"));
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Some(("POST".into(), "/v1/clusters/1".into()))
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-uri", "/v1/jobs".parse().expect("v"));
+        h.insert("x-forwarded-method", "DELETE".parse().expect("v"));
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Some(("DELETE".into(), "/v1/jobs".into()))
+        );
+        assert_eq!(
+            super::original_request("PUT", "/auth/verify/v1/sql/q", &HeaderMap::new()),
+            Some(("PUT".into(), "/v1/sql/q".into()))
+        );
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &HeaderMap::new()),
+            None
+        );
+    }
+}

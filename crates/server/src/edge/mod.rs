@@ -1,0 +1,518 @@
+//! Edge enforcement: the client address behind trusted proxies, IP access lists, rate
+//! limits and abuse flags, the gateway's routes and proxy, the forward-auth decision, and
+//! the signed identity assertion.
+//!
+//! The gateway and forward-auth make the same decision ([`decide`]): the route for the
+//! path, a valid credential, and a scope that covers what the route requires for the
+//! method. The IP-list and rate-limit stages have run before either.
+
+pub mod client_ip;
+pub mod ip_lists;
+pub mod proxy;
+pub mod ratelimit;
+pub mod routes;
+pub mod signer;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use datastack_core::audit::AuditRecord;
+use datastack_core::authz;
+use datastack_core::id::{AbuseFlagId, WorkspaceId};
+use datastack_core::scope::Scope;
+use datastack_store::{AbuseFlag, Invalidation, Store, Trail};
+
+use crate::audit::AuditContext;
+use crate::config::Config;
+use crate::credentials::Identity;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pipeline::authenticate::{Authentication, ClientIp};
+use crate::pipeline::authorize::{SCOPE_HEADER, authenticated_in};
+use crate::state::AppState;
+
+use self::ip_lists::IpRuleCache;
+use self::ratelimit::{Bucket, Flagged, Limiter, Subject, Verdict};
+use self::routes::{ActiveRoute, RouteTable};
+use self::signer::{Assertion, Signer};
+
+/// The headers datastack sets on requests it lets through; incoming copies are removed.
+pub const IDENTITY_HEADER_PREFIX: &str = "x-datastack-";
+
+/// The edge state of a node.
+pub struct Edge {
+    /// The gateway routes.
+    pub routes: RouteTable,
+    /// IP access lists per workspace.
+    pub ip_rules: IpRuleCache,
+    /// Rate limits.
+    pub limiter: Limiter,
+    /// The assertion signer.
+    pub signer: Signer,
+    /// The upstream client.
+    pub upstreams: proxy::Upstreams,
+    /// The workspace that records what belongs to none (anonymous clients).
+    pub root_workspace: WorkspaceId,
+}
+
+impl Edge {
+    /// Builds the edge state and loads the routes.
+    pub async fn new(
+        store: &Store,
+        config: &Config,
+        metrics: Arc<Metrics>,
+        seed: &[u8; 32],
+        root_workspace: WorkspaceId,
+    ) -> Result<Self, String> {
+        let routes = RouteTable::new(store.clone(), &config.gateway_routes);
+        routes
+            .reload()
+            .await
+            .map_err(|e| format!("cannot load the gateway routes: {e}"))?;
+        let issuer = config
+            .public_url
+            .clone()
+            .unwrap_or_else(|| "datastack".to_owned());
+        Ok(Self {
+            routes,
+            ip_rules: IpRuleCache::new(store.clone()),
+            limiter: Limiter::new(config, metrics).await?,
+            signer: Signer::new(seed, config.assertion_ttl.as_secs(), issuer)?,
+            upstreams: proxy::Upstreams::new(),
+            root_workspace,
+        })
+    }
+
+    /// Applies an invalidation to the edge caches. Returns whether the routes must be
+    /// reloaded (which is async).
+    pub fn invalidate(&self, inv: &Invalidation) -> bool {
+        match inv {
+            Invalidation::IpLists(ws) | Invalidation::Workspace(ws) => {
+                self.ip_rules.invalidate(ws);
+                false
+            }
+            Invalidation::Routes => true,
+            Invalidation::All => {
+                self.ip_rules.clear();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Applies an invalidation to every cache of the node: credentials, edge rules, routes
+/// and penalties.
+pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
+    state.credentials.invalidate(inv);
+    if state.edge.invalidate(inv)
+        && let Err(e) = state.edge.routes.reload().await
+    {
+        tracing::warn!(error = %e, "cannot reload the gateway routes");
+    }
+    if let Invalidation::Penalty(key) = inv {
+        state.edge.limiter.clear(key).await;
+    }
+}
+
+/// The IP access list stage: a request with a valid credential must come from an address
+/// its workspace's enabled lists admit (unless the workspace suspended enforcement).
+pub async fn ip_lists_stage(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let identity = match req.extensions().get::<Authentication>() {
+        Some(Authentication::Verified(identity)) => identity.clone(),
+        _ => return next.run(req).await,
+    };
+    if identity.workspace.settings.ip_access_lists_suspended {
+        return next.run(req).await;
+    }
+    let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
+    match state.edge.ip_rules.check(&identity.workspace.id, ip).await {
+        Ok(Ok(())) => next.run(req).await,
+        Ok(Err(denial)) => {
+            state.metrics.ip_denied();
+            if let Some(audit) = req.extensions().get::<AuditContext>() {
+                let list = match &denial {
+                    datastack_core::edge::IpDenial::Blocked(id) => Some(id.clone()),
+                    _ => None,
+                };
+                audit.set_detail(serde_json::json!({
+                    "ipAccess": "denied",
+                    "blockList": list,
+                }));
+            }
+            tracing::Span::current().record("decision", "ip_not_allowed");
+            ApiError::IpNotAllowed(denial.explain().to_owned()).into_response()
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// Whether a route is subject to rate limits: every API call, forward-auth and proxied
+/// traffic; not health, metrics and the public documents.
+fn limited(path: &str) -> bool {
+    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+        && !path.starts_with("/.well-known/")
+}
+
+/// The rate-limit stage.
+pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if !limited(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let config = &state.config;
+    let buckets = match req.extensions().get::<Authentication>() {
+        Some(Authentication::Verified(identity)) => vec![
+            Bucket {
+                subject: Subject::Credential(identity.token.id.to_string()),
+                per_minute: config.rate_limit_credential_per_minute,
+            },
+            Bucket {
+                subject: Subject::Workspace(identity.workspace.id.to_string()),
+                per_minute: config.rate_limit_workspace_per_minute,
+            },
+        ],
+        _ => match req.extensions().get::<ClientIp>().and_then(|c| c.0) {
+            Some(ip) => vec![Bucket {
+                subject: Subject::Ip(ip),
+                per_minute: config.rate_limit_ip_per_minute,
+            }],
+            None => Vec::new(),
+        },
+    };
+    let verdict = state.edge.limiter.check(&buckets).await;
+    if !verdict.applies() {
+        return next.run(req).await;
+    }
+    if verdict.allowed() {
+        state.metrics.ratelimit_decision(verdict.policy, "allowed");
+        let mut response = next.run(req).await;
+        rate_limit_headers(response.headers_mut(), &verdict);
+        return response;
+    }
+    state.metrics.ratelimit_decision(
+        verdict.policy,
+        if verdict.penalized {
+            "penalized"
+        } else {
+            "limited"
+        },
+    );
+    tracing::Span::current().record("decision", "rate_limited");
+    let identity = match req.extensions().get::<Authentication>() {
+        Some(Authentication::Verified(identity)) => Some(identity.clone()),
+        _ => None,
+    };
+    if let Some(audit) = req.extensions().get::<AuditContext>() {
+        audit.set_detail(serde_json::json!({
+            "rateLimit": verdict.policy,
+            "penalized": verdict.penalized,
+        }));
+        if let Some(flagged) = &verdict.flagged {
+            record_flag(&state, audit, identity.as_deref(), flagged);
+        }
+    }
+    let message = if verdict.penalized {
+        "this client kept sending while rate-limited and is blocked for a while; wait for Retry-After"
+    } else {
+        "rate limit exceeded; retry after the time in Retry-After"
+    };
+    let mut response = ApiError::RateLimited(message.to_owned()).into_response();
+    rate_limit_headers(response.headers_mut(), &verdict);
+    response
+}
+
+/// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and, when
+/// refused, `Retry-After`.
+fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
+    let policy = format!(
+        "\"{}\";q={};w={}",
+        v.policy,
+        v.quota,
+        ratelimit::WINDOW_SECONDS
+    );
+    let state = format!("\"{}\";r={};t={}", v.policy, v.remaining, v.reset);
+    if let Ok(value) = HeaderValue::from_str(&policy) {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+    if let Some(wait) = v.retry_after {
+        let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        headers.insert(
+            axum::http::header::RETRY_AFTER,
+            HeaderValue::from(seconds.max(1)),
+        );
+    }
+}
+
+/// Records a new abuse flag (audit entry and security event, in one transaction), in the
+/// background so the refusal is not delayed.
+fn record_flag(
+    state: &AppState,
+    audit: &AuditContext,
+    identity: Option<&Identity>,
+    flagged: &Flagged,
+) {
+    let workspace = match (&flagged.subject, identity) {
+        (Subject::Ip(_), _) | (_, None) => state.edge.root_workspace.clone(),
+        (_, Some(i)) => i.workspace.id.clone(),
+    };
+    let now = Utc::now();
+    let penalty = chrono::Duration::from_std(flagged.penalty).unwrap_or(chrono::Duration::zero());
+    let flag = AbuseFlag {
+        id: AbuseFlagId::generate(),
+        workspace_id: workspace.clone(),
+        subject_kind: flagged.subject.kind().to_owned(),
+        subject: flagged.subject.value(),
+        level: flagged.level,
+        rejected: flagged.rejected,
+        flagged_at: now,
+        penalty_until: now + penalty,
+        cleared_at: None,
+        cleared_by: None,
+    };
+    let mut record =
+        AuditRecord::system(workspace.clone(), "ratelimit.abuse_flagged", "abuse-flags");
+    record.request_id = Some(audit.request_id());
+    record.resource_id = Some(flag.id.to_string());
+    record.status = 429;
+    record.outcome = datastack_core::audit::Outcome::of_status(429);
+    if let Some(i) = identity {
+        record.principal_id = Some(i.principal.id.to_string());
+        record.credential_id = Some(i.token.id.to_string());
+    }
+    let detail = serde_json::json!({
+        "flagId": flag.id,
+        "subjectKind": flag.subject_kind,
+        "subject": flag.subject,
+        "level": flag.level,
+        "penaltySeconds": flagged.penalty.as_secs(),
+        "rejected": flag.rejected,
+    });
+    record.detail = Some(detail.to_string());
+    let event = audit.event(&workspace, "ratelimit.abuse_flagged", detail);
+    let trail = Trail::of(record).with_event(event);
+    tracing::warn!(
+        subject_kind = %flag.subject_kind,
+        level = flag.level,
+        penalty_seconds = flagged.penalty.as_secs(),
+        "flagged a client that kept sending while rate-limited"
+    );
+    state.metrics.security_event("ratelimit.abuse_flagged");
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        for attempt in 0..3u32 {
+            match store.insert_abuse_flag(&flag, &trail).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "cannot record an abuse flag; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        tracing::error!("gave up recording an abuse flag");
+    });
+}
+
+/// A request the edge lets through.
+pub struct Allowed {
+    /// Who.
+    pub identity: Arc<Identity>,
+    /// Through which route.
+    pub route: Arc<ActiveRoute>,
+    /// Acting with which scope.
+    pub scope: Scope,
+}
+
+/// Why a path cannot be decided on.
+pub enum Undecidable {
+    /// No route covers it.
+    NoRoute,
+    /// The credential or scope is refused (or the path is unsafe).
+    Refused(ApiError),
+}
+
+/// Refuses paths whose meaning could differ between datastack and the upstream: dot
+/// segments, empty segments and percent-encoded `.`, `/` or `\`.
+fn safe_path(path: &str) -> bool {
+    if !path.starts_with('/') {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    if lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+    {
+        return false;
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let last = segments.len() - 1;
+    !segments
+        .iter()
+        .enumerate()
+        .any(|(i, seg)| *seg == "." || *seg == ".." || (seg.is_empty() && i < last))
+}
+
+/// The gateway's and forward-auth's decision for `method` on `path` (without query).
+pub fn decide(
+    state: &AppState,
+    extensions: &Extensions,
+    headers: &HeaderMap,
+    method: &str,
+    path: &str,
+    action: &str,
+) -> Result<Allowed, Undecidable> {
+    if !safe_path(path) {
+        return Err(Undecidable::Refused(ApiError::InvalidRequest(
+            "the path has dot segments, empty segments or encoded separators; send it normalised"
+                .into(),
+        )));
+    }
+    let audit = extensions.get::<AuditContext>();
+    let route = state.edge.routes.find(path).ok_or(Undecidable::NoRoute)?;
+    if let Some(audit) = audit {
+        audit.set_action(action, route.spec.resource.as_str());
+        audit.set_resource_id(&route.spec.path_prefix);
+        audit.set_detail(serde_json::json!({ "route": route.spec.path_prefix, "method": method }));
+    }
+    let caller = authenticated_in(extensions, state).map_err(Undecidable::Refused)?;
+    let identity = caller.identity;
+    let required = route.spec.required_scope(method);
+    let required_text = required.to_string();
+    let named = headers
+        .get(SCOPE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(&required_text);
+    let span = tracing::Span::current();
+    match authz::decide(
+        Some(named),
+        required,
+        &identity.token.scopes,
+        identity.principal.role,
+    ) {
+        Ok(scope) => {
+            if let Some(audit) = audit {
+                audit.set_scope(scope);
+            }
+            state.metrics.auth_decision("allowed");
+            span.record("decision", "allowed");
+            Ok(Allowed {
+                identity,
+                route,
+                scope,
+            })
+        }
+        Err(denial) => {
+            if let Some(audit) = audit {
+                if let Ok(s) = named.parse::<Scope>() {
+                    audit.set_scope(s);
+                }
+                audit.set_detail(serde_json::json!({
+                    "route": route.spec.path_prefix,
+                    "method": method,
+                    "requiredScope": required_text,
+                }));
+            }
+            state.metrics.auth_decision("insufficient_scope");
+            span.record("decision", "insufficient_scope");
+            Err(Undecidable::Refused(ApiError::InsufficientScope {
+                required,
+                message: denial.explain(required),
+            }))
+        }
+    }
+}
+
+/// The identity headers of an allowed request, the signed assertion included.
+pub fn identity_headers(
+    state: &AppState,
+    allowed: &Allowed,
+    request_id: &str,
+    method: &str,
+    path: &str,
+) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
+    let identity = &allowed.identity;
+    let scopes = identity.token.scopes.to_strings().join(" ");
+    let consent = identity.workspace.settings.data_retention_consent;
+    let now = Signer::now();
+    let signer = &state.edge.signer;
+    let assertion = signer
+        .sign(&Assertion {
+            iss: &signer.issuer,
+            aud: &allowed.route.spec.path_prefix,
+            sub: identity.principal.id.as_str(),
+            ws: identity.workspace.id.as_str(),
+            cred: identity.token.id.as_str(),
+            scope: &scopes,
+            rid: request_id,
+            consent,
+            htm: method,
+            htu: path,
+            iat: now,
+            exp: now + signer.ttl,
+            jti: request_id,
+        })
+        .map_err(|e| ApiError::Internal(format!("cannot sign the assertion: {e}")))?;
+    let value = |s: &str| {
+        HeaderValue::from_str(s)
+            .map_err(|_| ApiError::Internal("unencodable identity header".into()))
+    };
+    Ok(vec![
+        (
+            HeaderName::from_static("x-datastack-principal"),
+            value(identity.principal.id.as_str())?,
+        ),
+        (
+            HeaderName::from_static("x-datastack-workspace"),
+            value(identity.workspace.id.as_str())?,
+        ),
+        (
+            HeaderName::from_static("x-datastack-scopes"),
+            value(&scopes)?,
+        ),
+        (
+            HeaderName::from_static("x-datastack-credential"),
+            value(identity.token.id.as_str())?,
+        ),
+        (
+            HeaderName::from_static("x-datastack-request-id"),
+            value(request_id)?,
+        ),
+        (
+            HeaderName::from_static("x-datastack-retention-consent"),
+            HeaderValue::from_static(if consent { "true" } else { "false" }),
+        ),
+        (
+            HeaderName::from_static("x-datastack-assertion"),
+            value(&assertion)?,
+        ),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn unsafe_paths_are_refused() {
+        for ok in ["/v1/clusters", "/v1/clusters/", "/v1/a.b/c"] {
+            assert!(super::safe_path(ok), "{ok}");
+        }
+        for bad in [
+            "/v1/jobs/../clusters",
+            "/v1/./x",
+            "/v1//x",
+            "/v1/%2e%2e/x",
+            "/v1/a%2Fb",
+            "/v1\\x",
+            "v1",
+        ] {
+            assert!(!super::safe_path(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,297 @@
+//! The gateway: requests under a route's prefix are decided on ([`super::decide`]) and, when
+//! allowed, forwarded to the route's upstream with the identity headers, streaming bodies
+//! both ways over pooled keep-alive connections; WebSocket (and other `Upgrade`) requests
+//! are tunnelled once the upstream agrees.
+//!
+//! Only configured upstreams are reachable: the upstream URL comes from the route, never
+//! from the request. Hop-by-hop headers (RFC 9110 §7.6.1) are dropped in both directions,
+//! every incoming `x-datastack-*` header is removed, and the client's `Authorization` is
+//! forwarded only when the route says so.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use super::{IDENTITY_HEADER_PREFIX, Undecidable, decide, identity_headers};
+use crate::error::ApiError;
+use crate::pipeline::authenticate::ClientIp;
+use crate::pipeline::request_id::RequestId;
+use crate::state::AppState;
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The pooled client to every upstream.
+pub struct Upstreams {
+    client: Client<Connector, Body>,
+}
+
+impl Default for Upstreams {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Upstreams {
+    /// A client with keep-alive pooling, HTTP and HTTPS (WebPKI roots).
+    pub fn new() -> Self {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Self { client }
+    }
+}
+
+/// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "proxy-connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Removes hop-by-hop headers, including those the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The upgrade protocol requested, when the request asks to switch protocols.
+fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
+    let wants = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if wants {
+        headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+/// The fallback handler: proxies requests under a route's prefix; 404 otherwise.
+pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let allowed = match decide(
+        &state,
+        req.extensions(),
+        req.headers(),
+        method.as_str(),
+        &path,
+        "gateway.proxy",
+    ) {
+        Ok(a) => a,
+        Err(Undecidable::NoRoute) => {
+            return ApiError::NotFound("no such path".into()).into_response();
+        }
+        Err(Undecidable::Refused(e)) => return e.into_response(),
+    };
+    let route = allowed.route.clone();
+    let Some(upstream) = route.spec.upstream.as_deref() else {
+        return ApiError::NotFound(
+            "this route is for forward-auth decisions only; it has no upstream".into(),
+        )
+        .into_response();
+    };
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone());
+    let identity = match identity_headers(&state, &allowed, &request_id, method.as_str(), &path) {
+        Ok(h) => h,
+        Err(e) => return e.into_response(),
+    };
+    // The upstream URI: its base, the path (without the prefix if so configured), the query.
+    let forwarded_path = if route.spec.strip_prefix {
+        let rest = &path[route.spec.path_prefix.len()..];
+        if rest.is_empty() { "/" } else { rest }
+    } else {
+        path.as_str()
+    };
+    let query = req
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let target: Uri = match format!("{upstream}{forwarded_path}{query}").parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return ApiError::InvalidRequest("the request path cannot be forwarded".into())
+                .into_response();
+        }
+    };
+    let max_body = state.config.gateway_max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        return ApiError::PayloadTooLarge(max_body).into_response();
+    }
+    let upgrade = upgrade_of(req.headers());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let client_ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
+    let (parts, body) = req.into_parts();
+    let mut headers = parts.headers;
+    let original_host = headers.get(header::HOST).cloned();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    let incoming: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(IDENTITY_HEADER_PREFIX))
+        .cloned()
+        .collect();
+    for name in incoming {
+        headers.remove(name);
+    }
+    if !route.spec.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if let Some(ip) = client_ip {
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if let Some(host) = original_host {
+        headers.insert("x-forwarded-host", host);
+    }
+    for (name, value) in identity {
+        headers.insert(name, value);
+    }
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    let body = Body::new(Limited::new(body, max_body).map_err(axum::Error::new));
+    let mut upstream_req = axum::http::Request::new(body);
+    *upstream_req.method_mut() = method.clone();
+    *upstream_req.uri_mut() = target;
+    *upstream_req.headers_mut() = headers;
+    let timeout = Duration::from_millis(u64::from(route.spec.timeout_ms));
+    let started = std::time::Instant::now();
+    let result =
+        tokio::time::timeout(timeout, state.edge.upstreams.client.request(upstream_req)).await;
+    let mut response = match result {
+        Err(_) => {
+            state.metrics.upstream("timeout");
+            return ApiError::Upstream(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!(
+                    "the upstream did not answer within {} ms",
+                    route.spec.timeout_ms
+                ),
+            )
+            .into_response();
+        }
+        Ok(Err(e)) => {
+            if is_body_limit(&e) {
+                state.metrics.upstream("body_too_large");
+                return ApiError::PayloadTooLarge(max_body).into_response();
+            }
+            state.metrics.upstream("unreachable");
+            tracing::warn!(route = %route.spec.path_prefix, error = %e, "the upstream is unreachable");
+            // Nothing listening (or no route to it): unavailable; a broken exchange: bad gateway.
+            let status = if e.is_connect() {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            return ApiError::Upstream(
+                status,
+                "the upstream could not be reached or failed to answer".into(),
+            )
+            .into_response();
+        }
+        Ok(Ok(r)) => r,
+    };
+    state.metrics.upstream("ok");
+    let upstream_status = response.status();
+    tracing::debug!(
+        route = %route.spec.path_prefix,
+        upstream_status = upstream_status.as_u16(),
+        upstream_us = started.elapsed().as_micros() as u64,
+        "proxied"
+    );
+    if upstream_status == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_side) = client_upgrade {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                match (client_side.await, upstream_side.await) {
+                    (Ok(client), Ok(upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::debug!(error = %e, "a protocol upgrade did not complete");
+                    }
+                }
+            });
+            let (parts, _) = response.into_parts();
+            return Response::from_parts(parts, Body::empty());
+        }
+        return ApiError::Upstream(
+            StatusCode::BAD_GATEWAY,
+            "the upstream switched protocols without being asked".into(),
+        )
+        .into_response();
+    }
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+/// Whether a client error was caused by the request body going over the limit.
+fn is_body_limit(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}

@@ -1,0 +1,652 @@
+//! Rate limits: GCRA buckets per credential, per workspace and per client address (for
+//! anonymous traffic and failed authentications), and the escalating penalty for clients
+//! that keep sending while limited.
+//!
+//! Each policy is "N requests per minute", with a burst of N (the IETF `RateLimit-Policy`
+//! `q=N;w=60`). On one node the buckets live in memory (`governor`); in cluster mode
+//! (`redis_url`) they live in Redis and one Lua script checks and updates every bucket of
+//! a request atomically, using the Redis server's clock, so all nodes enforce one limit.
+//!
+//! When Redis cannot be reached the node falls back to its local buckets (each node then
+//! enforces the limit on its own share of the traffic), logs the change once, shows it in
+//! `/metrics` and `/readyz`, and tries Redis again every second until it answers. The
+//! choice is to stay available: refusing all traffic because a counter store is down
+//! would turn a Redis outage into an outage of every protected service.
+//!
+//! Abuse: a subject refused `abuse_threshold` times within one window is flagged; every
+//! request of it is then refused for a penalty that starts at `abuse_penalty` and is
+//! multiplied by 4 at each new flag within a day, up to `abuse_penalty_max`.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use governor::clock::{Clock, QuantaClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// The window of every policy, in seconds.
+pub const WINDOW_SECONDS: u64 = 60;
+/// How long a flag level is remembered: a new flag within this time escalates.
+const LEVEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// How long a Redis call may take before the node falls back to local limits.
+const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// How often a node in fallback tries Redis again.
+const REDIS_RETRY: Duration = Duration::from_secs(1);
+
+/// What a bucket limits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// A credential (its id).
+    Credential(String),
+    /// A workspace (its id).
+    Workspace(String),
+    /// A client address, for traffic without a valid credential.
+    Ip(IpAddr),
+}
+
+impl Subject {
+    /// `credential`, `workspace` or `ip`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Subject::Credential(_) => "credential",
+            Subject::Workspace(_) => "workspace",
+            Subject::Ip(_) => "ip",
+        }
+    }
+
+    /// The id or address.
+    pub fn value(&self) -> String {
+        match self {
+            Subject::Credential(s) | Subject::Workspace(s) => s.clone(),
+            Subject::Ip(ip) => ip.to_string(),
+        }
+    }
+
+    /// `kind:value`, the key of its buckets and penalty.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.kind(), self.value())
+    }
+}
+
+/// One bucket a request must pass: a subject under a per-minute quota.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    /// What it limits.
+    pub subject: Subject,
+    /// Requests per minute (and burst).
+    pub per_minute: u32,
+}
+
+/// Flagging news from a decision.
+#[derive(Debug, Clone)]
+pub struct Flagged {
+    /// The flagged subject.
+    pub subject: Subject,
+    /// The flag's level (1 for the first in a day).
+    pub level: u32,
+    /// The penalty imposed.
+    pub penalty: Duration,
+    /// Refusals that raised it.
+    pub rejected: u64,
+}
+
+/// The outcome of checking a request's buckets.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The bucket reported in the headers: the refusing one, else the one with the least
+    /// room left.
+    pub policy: &'static str,
+    /// Its quota per window.
+    pub quota: u32,
+    /// Requests left in it.
+    pub remaining: u32,
+    /// Seconds until it is full again (or, refused, until a request may pass).
+    pub reset: u64,
+    /// `Some` when refused: how long to wait.
+    pub retry_after: Option<Duration>,
+    /// Refused because of an abuse penalty.
+    pub penalized: bool,
+    /// A flag raised by this request.
+    pub flagged: Option<Flagged>,
+}
+
+impl Verdict {
+    fn unlimited() -> Self {
+        Verdict {
+            policy: "none",
+            quota: 0,
+            remaining: 0,
+            reset: 0,
+            retry_after: None,
+            penalized: false,
+            flagged: None,
+        }
+    }
+
+    /// Whether the request may proceed.
+    pub fn allowed(&self) -> bool {
+        self.retry_after.is_none()
+    }
+
+    /// Whether the headers should be sent (a bucket applied).
+    pub fn applies(&self) -> bool {
+        self.quota > 0
+    }
+}
+
+type Keyed =
+    RateLimiter<String, DashMapStateStore<String>, QuantaClock, StateInformationMiddleware>;
+
+#[derive(Default)]
+struct Abuse {
+    /// Refusals in the current window.
+    rejected: u64,
+    window_start: Option<Instant>,
+    level: u32,
+    level_until: Option<Instant>,
+    penalty_until: Option<Instant>,
+}
+
+/// The in-process limiter: one keyed GCRA limiter per distinct quota.
+struct Local {
+    limiters: Mutex<HashMap<u32, std::sync::Arc<Keyed>>>,
+    abuse: Mutex<HashMap<String, Abuse>>,
+    /// Whether any penalty may be active (skips the lock on the common path).
+    any_penalty: AtomicBool,
+}
+
+impl Local {
+    fn limiter(&self, per_minute: u32) -> std::sync::Arc<Keyed> {
+        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(per_minute)
+            .or_insert_with(|| {
+                let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+                std::sync::Arc::new(
+                    RateLimiter::dashmap(Quota::per_minute(n))
+                        .with_middleware::<StateInformationMiddleware>(),
+                )
+            })
+            .clone()
+    }
+
+    fn penalty(&self, key: &str) -> Option<Duration> {
+        if !self.any_penalty.load(Ordering::Relaxed) {
+            return None;
+        }
+        let abuse = self.abuse.lock().unwrap_or_else(|p| p.into_inner());
+        let until = abuse.get(key)?.penalty_until?;
+        until.checked_duration_since(Instant::now())
+    }
+}
+
+/// The Redis side: a connection manager (reconnects by itself) and the health flag.
+struct Remote {
+    cached: std::sync::RwLock<Option<redis::aio::ConnectionManager>>,
+    connecting: tokio::sync::Mutex<()>,
+    client: redis::Client,
+    prefix: String,
+    healthy: AtomicBool,
+    /// Milliseconds since `epoch` before which no Redis call is tried.
+    retry_at_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// The limiter of a node.
+pub struct Limiter {
+    local: Local,
+    remote: Option<Remote>,
+    script: redis::Script,
+    abuse_threshold: u64,
+    penalty_base: Duration,
+    penalty_max: Duration,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// Checks every bucket (without changing any), then, if all pass, takes one request from
+/// each; if one refuses, counts the refusal against its subject and flags the subject when
+/// the count reaches the threshold. One call per request, atomic, on Redis's clock.
+///
+/// KEYS: for each bucket, 4 keys: tat, penalty, rejections, level.
+/// ARGV[1] threshold, ARGV[2] penalty base ms, ARGV[3] penalty max ms, ARGV[4] window ms,
+/// ARGV[5] level memory ms, then for each bucket its per-minute quota.
+/// Returns {status, bucket index (1-based), remaining, ms, level, rejected}, status 0
+/// allowed (ms until the tightest bucket is full), 1 limited (ms to wait), 2 penalized
+/// (ms left), 3 flagged now (penalty ms).
+const GCRA_LUA: &str = r#"
+local threshold = tonumber(ARGV[1])
+local base = tonumber(ARGV[2])
+local maxpen = tonumber(ARGV[3])
+local window = tonumber(ARGV[4])
+local memory = tonumber(ARGV[5])
+local n = #KEYS / 4
+for i = 1, n do
+  local pttl = redis.call('PTTL', KEYS[(i - 1) * 4 + 2])
+  if pttl > 0 then return {2, i, 0, pttl, 0, 0} end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local new_tats = {}
+local best_i, best_rem, best_ms = 1, -1, 0
+for i = 1, n do
+  local q = tonumber(ARGV[5 + i])
+  local T = 60000000 / q
+  local tat = tonumber(redis.call('GET', KEYS[(i - 1) * 4 + 1]) or now)
+  if tat < now then tat = now end
+  local new_tat = tat + T
+  local allow_at = new_tat - q * T
+  if now < allow_at then
+    local rk = KEYS[(i - 1) * 4 + 3]
+    local rej = redis.call('INCR', rk)
+    if rej == 1 then redis.call('PEXPIRE', rk, window) end
+    if rej >= threshold then
+      redis.call('DEL', rk)
+      local lk = KEYS[(i - 1) * 4 + 4]
+      local lvl = redis.call('INCR', lk)
+      redis.call('PEXPIRE', lk, memory)
+      local pen = math.min(base * math.pow(4, lvl - 1), maxpen)
+      redis.call('SET', KEYS[(i - 1) * 4 + 2], '1', 'PX', math.floor(pen))
+      return {3, i, 0, math.floor(pen), lvl, rej}
+    end
+    return {1, i, 0, math.ceil((allow_at - now) / 1000), 0, rej}
+  end
+  new_tats[i] = new_tat
+  local rem = math.floor((now - allow_at) / T)
+  if best_rem < 0 or rem < best_rem then
+    best_i, best_rem, best_ms = i, rem, math.ceil((new_tat - now) / 1000)
+  end
+end
+for i = 1, n do
+  redis.call('SET', KEYS[(i - 1) * 4 + 1], string.format('%.0f', new_tats[i]), 'PX', math.ceil((new_tats[i] - now) / 1000) + 1000)
+end
+return {0, best_i, best_rem, best_ms, 0, 0}
+"#;
+
+fn policy_name(subject: &Subject) -> &'static str {
+    subject.kind()
+}
+
+impl Limiter {
+    /// A limiter configured by `config`; cluster mode when `redis_url` is set.
+    pub async fn new(config: &Config, metrics: std::sync::Arc<Metrics>) -> Result<Self, String> {
+        let remote = match &config.redis_url {
+            None => None,
+            Some(url) => {
+                let client = redis::Client::open(url.as_str())
+                    .map_err(|e| format!("redis_url is not usable: {e}"))?;
+                let remote = Remote {
+                    cached: std::sync::RwLock::new(None),
+                    connecting: tokio::sync::Mutex::new(()),
+                    client,
+                    prefix: config.redis_key_prefix.clone(),
+                    healthy: AtomicBool::new(false),
+                    retry_at_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                };
+                Some(remote)
+            }
+        };
+        let limiter = Self {
+            local: Local {
+                limiters: Mutex::new(HashMap::new()),
+                abuse: Mutex::new(HashMap::new()),
+                any_penalty: AtomicBool::new(false),
+            },
+            remote,
+            script: redis::Script::new(GCRA_LUA),
+            abuse_threshold: u64::from(config.abuse_threshold),
+            penalty_base: config.abuse_penalty,
+            penalty_max: config.abuse_penalty_max,
+            metrics,
+        };
+        if limiter.remote.is_some() {
+            // Connect now so a misconfiguration shows at start; a Redis that is down is
+            // not fatal (the node starts on local limits and keeps trying).
+            if limiter.connection().await.is_some() {
+                tracing::info!("rate limits are shared through Redis");
+            }
+        }
+        limiter.metrics.set_ratelimit_backend(limiter.backend());
+        Ok(limiter)
+    }
+
+    /// `local`, `redis`, or `local (redis unreachable)`.
+    pub fn backend(&self) -> &'static str {
+        match &self.remote {
+            None => "local",
+            Some(r) if r.healthy.load(Ordering::Relaxed) => "redis",
+            Some(_) => "local (redis unreachable)",
+        }
+    }
+
+    /// Whether the node runs in cluster mode with Redis unreachable.
+    pub fn degraded(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| !r.healthy.load(Ordering::Relaxed))
+    }
+
+    async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
+        let remote = self.remote.as_ref()?;
+        let now_ms = remote.epoch.elapsed().as_millis() as u64;
+        let due = remote.healthy.load(Ordering::Relaxed)
+            || now_ms >= remote.retry_at_ms.load(Ordering::Relaxed);
+        if !due {
+            return None;
+        }
+        let cached = remote
+            .cached
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if cached.is_some() {
+            return cached;
+        }
+        // Not connected yet: one task connects, the others use local limits meanwhile.
+        let Ok(_connecting) = remote.connecting.try_lock() else {
+            return None;
+        };
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1);
+        match tokio::time::timeout(
+            REDIS_TIMEOUT * 4,
+            remote.client.get_connection_manager_with_config(config),
+        )
+        .await
+        {
+            Ok(Ok(c)) => {
+                *remote.cached.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                self.mark(true, None);
+                Some(c)
+            }
+            Ok(Err(e)) => {
+                self.mark(false, Some(&e.to_string()));
+                None
+            }
+            Err(_) => {
+                self.mark(false, Some("connection timed out"));
+                None
+            }
+        }
+    }
+
+    fn mark(&self, healthy: bool, error: Option<&str>) {
+        let Some(remote) = &self.remote else { return };
+        let was = remote.healthy.swap(healthy, Ordering::Relaxed);
+        if !healthy {
+            let at = remote.epoch.elapsed() + REDIS_RETRY;
+            remote
+                .retry_at_ms
+                .store(at.as_millis() as u64, Ordering::Relaxed);
+        }
+        if was != healthy {
+            if healthy {
+                tracing::info!("Redis answers again: rate limits are shared across nodes");
+            } else {
+                tracing::warn!(
+                    error = error.unwrap_or("unknown"),
+                    "Redis is unreachable: falling back to this node's own rate limits; retrying every second"
+                );
+            }
+        }
+        self.metrics.set_ratelimit_backend(self.backend());
+    }
+
+    /// Checks a request against its buckets (a quota of 0 turns a bucket off).
+    pub async fn check(&self, buckets: &[Bucket]) -> Verdict {
+        let buckets: Vec<&Bucket> = buckets.iter().filter(|b| b.per_minute > 0).collect();
+        if buckets.is_empty() {
+            return Verdict::unlimited();
+        }
+        if let Some(conn) = self.connection().await {
+            match self.check_remote(conn, &buckets).await {
+                Ok(v) => return v,
+                Err(e) => self.mark(false, Some(&e.to_string())),
+            }
+        }
+        self.check_local(&buckets)
+    }
+
+    async fn check_remote(
+        &self,
+        mut conn: redis::aio::ConnectionManager,
+        buckets: &[&Bucket],
+    ) -> Result<Verdict, redis::RedisError> {
+        let Some(remote) = &self.remote else {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no redis",
+            )));
+        };
+        let mut invocation = self.script.prepare_invoke();
+        for b in buckets {
+            let base = format!("{}rl:{}", remote.prefix, b.subject.key());
+            invocation
+                .key(format!("{base}:tat:{}", b.per_minute))
+                .key(format!("{base}:penalty"))
+                .key(format!("{base}:rejected"))
+                .key(format!("{base}:level"));
+        }
+        invocation
+            .arg(self.abuse_threshold)
+            .arg(self.penalty_base.as_millis() as u64)
+            .arg(self.penalty_max.as_millis() as u64)
+            .arg(WINDOW_SECONDS * 1000)
+            .arg(LEVEL_MEMORY.as_millis() as u64);
+        for b in buckets {
+            invocation.arg(b.per_minute);
+        }
+        let reply: (i64, i64, i64, i64, i64, i64) =
+            tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
+                .await
+                .map_err(|_| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::Io,
+                        "the rate-limit script timed out",
+                    ))
+                })??;
+        if !remote.healthy.load(Ordering::Relaxed) {
+            self.mark(true, None);
+        }
+        let (status, index, remaining, ms, level, rejected) = reply;
+        let bucket = buckets[(index.max(1) as usize - 1).min(buckets.len() - 1)];
+        let ms = u64::try_from(ms).unwrap_or(0);
+        let mut v = Verdict {
+            policy: policy_name(&bucket.subject),
+            quota: bucket.per_minute,
+            remaining: u32::try_from(remaining).unwrap_or(0),
+            reset: ms.div_ceil(1000),
+            retry_after: None,
+            penalized: false,
+            flagged: None,
+        };
+        match status {
+            0 => {}
+            1 => v.retry_after = Some(Duration::from_millis(ms.max(1))),
+            2 => {
+                v.retry_after = Some(Duration::from_millis(ms.max(1)));
+                v.penalized = true;
+            }
+            _ => {
+                v.retry_after = Some(Duration::from_millis(ms.max(1)));
+                v.penalized = true;
+                v.flagged = Some(Flagged {
+                    subject: bucket.subject.clone(),
+                    level: u32::try_from(level).unwrap_or(1),
+                    penalty: Duration::from_millis(ms),
+                    rejected: u64::try_from(rejected).unwrap_or(0),
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn check_local(&self, buckets: &[&Bucket]) -> Verdict {
+        for b in buckets {
+            if let Some(left) = self.local.penalty(&b.subject.key()) {
+                return Verdict {
+                    policy: policy_name(&b.subject),
+                    quota: b.per_minute,
+                    remaining: 0,
+                    reset: left.as_secs().max(1),
+                    retry_after: Some(left.max(Duration::from_millis(1))),
+                    penalized: true,
+                    flagged: None,
+                };
+            }
+        }
+        let mut best: Option<Verdict> = None;
+        for b in buckets {
+            let limiter = self.local.limiter(b.per_minute);
+            let key = b.subject.key();
+            let per_request = Duration::from_secs(WINDOW_SECONDS) / b.per_minute;
+            match limiter.check_key(&key) {
+                Ok(snapshot) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    let reset = per_request * (b.per_minute - remaining.min(b.per_minute));
+                    if best.as_ref().is_none_or(|v| remaining < v.remaining) {
+                        best = Some(Verdict {
+                            policy: policy_name(&b.subject),
+                            quota: b.per_minute,
+                            remaining,
+                            reset: reset.as_secs_f64().ceil() as u64,
+                            retry_after: None,
+                            penalized: false,
+                            flagged: None,
+                        });
+                    }
+                }
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(limiter.clock().now());
+                    let flagged = self.count_refusal(&b.subject);
+                    let penalized = flagged.is_some();
+                    let retry = flagged.as_ref().map_or(wait, |f| f.penalty);
+                    return Verdict {
+                        policy: policy_name(&b.subject),
+                        quota: b.per_minute,
+                        remaining: 0,
+                        reset: retry.as_secs_f64().ceil() as u64,
+                        retry_after: Some(retry.max(Duration::from_millis(1))),
+                        penalized,
+                        flagged,
+                    };
+                }
+            }
+        }
+        best.unwrap_or_else(Verdict::unlimited)
+    }
+
+    fn count_refusal(&self, subject: &Subject) -> Option<Flagged> {
+        let now = Instant::now();
+        let window = Duration::from_secs(WINDOW_SECONDS);
+        let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
+        let a = abuse.entry(subject.key()).or_default();
+        if a.window_start
+            .is_none_or(|s| now.duration_since(s) >= window)
+        {
+            a.window_start = Some(now);
+            a.rejected = 0;
+        }
+        a.rejected += 1;
+        if a.rejected < self.abuse_threshold {
+            return None;
+        }
+        if a.level_until.is_none_or(|u| u <= now) {
+            a.level = 0;
+        }
+        a.level += 1;
+        a.level_until = Some(now + LEVEL_MEMORY);
+        let factor = 4u32.saturating_pow(a.level - 1);
+        let penalty = self
+            .penalty_base
+            .checked_mul(factor)
+            .unwrap_or(self.penalty_max)
+            .min(self.penalty_max);
+        a.penalty_until = Some(now + penalty);
+        let rejected = a.rejected;
+        a.rejected = 0;
+        a.window_start = None;
+        self.local.any_penalty.store(true, Ordering::Relaxed);
+        Some(Flagged {
+            subject: subject.clone(),
+            level: a.level,
+            penalty,
+            rejected,
+        })
+    }
+
+    /// Lifts the penalty and forgets the level of `key` (`kind:value`), on this node and
+    /// in Redis.
+    pub async fn clear(&self, key: &str) {
+        {
+            let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
+            abuse.remove(key);
+        }
+        if let (Some(remote), Some(mut conn)) = (&self.remote, self.connection().await) {
+            let base = format!("{}rl:{key}", remote.prefix);
+            let keys = [
+                format!("{base}:penalty"),
+                format!("{base}:rejected"),
+                format!("{base}:level"),
+            ];
+            let cleared: Result<(), redis::RedisError> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+            if let Err(e) = cleared {
+                tracing::warn!(error = %e, "cannot lift a penalty in Redis");
+            }
+        }
+    }
+
+    /// Forgets idle local buckets and expired penalties (called periodically).
+    pub fn sweep(&self) {
+        let limiters: Vec<_> = {
+            let map = self
+                .local
+                .limiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            map.values().cloned().collect()
+        };
+        for l in limiters {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
+        let now = Instant::now();
+        let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
+        abuse.retain(|_, a| {
+            a.penalty_until.is_some_and(|u| u > now)
+                || a.level_until.is_some_and(|u| u > now)
+                || a.window_start
+                    .is_some_and(|s| now.duration_since(s) < Duration::from_secs(WINDOW_SECONDS))
+        });
+        if !abuse
+            .values()
+            .any(|a| a.penalty_until.is_some_and(|u| u > now))
+        {
+            self.local.any_penalty.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Limiter {
+    /// In cluster mode on local limits, tries Redis (so recovery does not wait for traffic).
+    pub async fn probe(&self) {
+        if let Some(mut conn) = self.connection().await {
+            let pong: Result<String, redis::RedisError> =
+                redis::cmd("PING").query_async(&mut conn).await;
+            match pong {
+                Ok(_) => self.mark(true, None),
+                Err(e) => self.mark(false, Some(&e.to_string())),
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The gateway's route table: routes from `datastack.toml` (read-only) and routes managed
+//! through the API (in the store), held in memory as one snapshot that requests read
+//! without locking for long. A change on this node reloads it at once; other nodes reload
+//! on the change's announcement, and every node reloads every 30 seconds as a safety net.
+
+use std::sync::{Arc, RwLock};
+
+use datastack_core::edge::{RouteSpec, match_route};
+use datastack_core::id::RouteId;
+use datastack_store::Store;
+
+/// A route in force.
+#[derive(Debug)]
+pub struct ActiveRoute {
+    /// The stored route's id; `None` for a route from the configuration file.
+    pub id: Option<RouteId>,
+    /// What it does.
+    pub spec: RouteSpec,
+    /// When it was created (API routes).
+    pub created_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// When it last changed (API routes).
+    pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ActiveRoute {
+    /// `config` or `api`.
+    pub fn source(&self) -> &'static str {
+        if self.id.is_some() { "api" } else { "config" }
+    }
+}
+
+/// The table.
+pub struct RouteTable {
+    store: Store,
+    config_routes: Vec<Arc<ActiveRoute>>,
+    current: RwLock<Arc<Vec<Arc<ActiveRoute>>>>,
+}
+
+impl RouteTable {
+    /// A table with the configuration's routes; call [`RouteTable::reload`] to add the
+    /// store's.
+    pub fn new(store: Store, config_routes: &[RouteSpec]) -> Self {
+        let config_routes: Vec<Arc<ActiveRoute>> = config_routes
+            .iter()
+            .map(|spec| {
+                Arc::new(ActiveRoute {
+                    id: None,
+                    spec: spec.clone(),
+                    created_at: None,
+                    updated_at: None,
+                })
+            })
+            .collect();
+        Self {
+            store,
+            current: RwLock::new(Arc::new(config_routes.clone())),
+            config_routes,
+        }
+    }
+
+    /// Reads the store's routes again.
+    pub async fn reload(&self) -> Result<(), datastack_store::Error> {
+        let stored = self.store.list_routes().await?;
+        let mut routes = self.config_routes.clone();
+        for r in stored {
+            // A configured route wins over a stored one with the same prefix.
+            if routes
+                .iter()
+                .any(|c| c.spec.path_prefix == r.spec.path_prefix)
+            {
+                continue;
+            }
+            routes.push(Arc::new(ActiveRoute {
+                id: Some(r.id),
+                spec: r.spec,
+                created_at: Some(r.created_at),
+                updated_at: Some(r.updated_at),
+            }));
+        }
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        Ok(())
+    }
+
+    /// Every route in force.
+    pub fn all(&self) -> Arc<Vec<Arc<ActiveRoute>>> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The route for `path`: the longest matching prefix.
+    pub fn find(&self, path: &str) -> Option<Arc<ActiveRoute>> {
+        let routes = self.all();
+        match_route(routes.iter(), |r| &r.spec, path).cloned()
+    }
+
+    /// Whether a configured route has this prefix.
+    pub fn configured(&self, prefix: &str) -> bool {
+        self.config_routes
+            .iter()
+            .any(|r| r.spec.path_prefix == prefix)
+    }
+}

@@ -1,0 +1,1243 @@
+//! Edge enforcement through HTTP: the gateway proxying to a real upstream with signed
+//! identity headers, forward-auth for nginx/Traefik/Envoy, IP access lists behind a
+//! trusted proxy, and rate limits with abuse flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::{IntoResponse, Response};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
+
+/// A test upstream: echoes what it received as JSON; `/slow` sleeps 3 s; `/ws` accepts a
+/// protocol upgrade and echoes bytes.
+pub async fn upstream() -> SocketAddr {
+    async fn handle(mut req: Request) -> Response {
+        let path = req.uri().path().to_owned();
+        if path.ends_with("/slow") {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        if path.ends_with("/ws") {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = upgrade.await {
+                    let mut io = hyper_util::rt::TokioIo::new(io);
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = io.read(&mut buf).await {
+                        if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            });
+            return Response::builder()
+                .status(101)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(Body::empty())
+                .expect("response");
+        }
+        let headers: serde_json::Map<String, Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    Value::String(v.to_str().unwrap_or("").to_owned()),
+                )
+            })
+            .collect();
+        let method = req.method().to_string();
+        let query = req.uri().query().unwrap_or("").to_owned();
+        let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        (
+            [
+                ("x-upstream", "yes"),
+                ("connection", "x-secret-hop"),
+                ("x-secret-hop", "1"),
+            ],
+            axum::Json(json!({
+                "method": method,
+                "path": path,
+                "query": query,
+                "headers": headers,
+                "bodyLength": body.len(),
+            })),
+        )
+            .into_response()
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let app = axum::Router::new().fallback(handle);
+        let _ = axum::serve(listener, app).await;
+    });
+    addr
+}
+
+async fn create_route(app: &TestApp, body: Value) -> Value {
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            app.admin(),
+            "manage:gateway",
+            body,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    r.body
+}
+
+async fn send(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+) -> crate::helpers::Reply {
+    app.call(method, path, token, None, None).await
+}
+
+/// Fetches the JWKS and checks an assertion against it, for audience `aud`.
+async fn verify_assertion(app: &TestApp, assertion: &str, aud: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let header = jsonwebtoken::decode_header(assertion).expect("header");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("the assertion's key is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[aud]);
+    validation.set_issuer(&["datastack"]);
+    jsonwebtoken::decode::<Value>(assertion, &key, &validation)
+        .expect("the assertion verifies")
+        .claims
+}
+
+async fn gateway_proxies_with_signed_identity(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let up = upstream().await;
+    let route = create_route(
+        &app,
+        json!({"pathPrefix": "/v1/clusters", "upstream": format!("http://{up}"), "resource": "clusters",
+               "timeoutMs": 1000, "pricePerRequest": 1}),
+    )
+    .await;
+    assert_eq!(route["source"], "api");
+    assert!(route["id"].as_str().expect("id").starts_with("rt_"));
+    let me = app.me(&admin).await;
+    let admin_id = me.body["principal"]["id"]
+        .as_str()
+        .expect("principal id")
+        .to_owned();
+
+    // Allowed: proxied with identity headers; spoofed copies and Authorization removed.
+    let r = app
+        .http
+        .get(format!("{}/v1/clusters/c-1?view=full", app.base))
+        .bearer_auth(&admin)
+        .header("x-datastack-principal", "usr_spoofed")
+        .header("x-datastack-assertion", "forged")
+        .header("x-request-id", "gw-test-1")
+        .send()
+        .await
+        .expect("proxied");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-upstream"], "yes");
+    assert!(
+        r.headers().get("x-secret-hop").is_none(),
+        "a header named in Connection is hop-by-hop"
+    );
+    assert!(r.headers().get("ratelimit").is_some());
+    let seen: Value = r.json().await.expect("json");
+    let h = &seen["headers"];
+    assert_eq!(seen["path"], "/v1/clusters/c-1");
+    assert_eq!(seen["query"], "view=full");
+    assert_eq!(h["x-datastack-principal"], admin_id.as_str());
+    assert!(
+        h["x-datastack-credential"]
+            .as_str()
+            .expect("cred")
+            .starts_with("tok_")
+    );
+    assert!(
+        h["x-datastack-workspace"]
+            .as_str()
+            .expect("ws")
+            .starts_with("ws_")
+    );
+    assert_eq!(h["x-datastack-scopes"], "all-apis");
+    assert_eq!(h["x-datastack-request-id"], "gw-test-1");
+    assert_eq!(h["x-datastack-retention-consent"], "false");
+    assert!(
+        h.get("authorization").is_none(),
+        "the client's credential is not forwarded"
+    );
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    let claims = verify_assertion(
+        &app,
+        h["x-datastack-assertion"].as_str().expect("assertion"),
+        "/v1/clusters",
+    )
+    .await;
+    assert_eq!(claims["sub"], admin_id.as_str());
+    assert_eq!(claims["htm"], "GET");
+    assert_eq!(claims["htu"], "/v1/clusters/c-1");
+    assert_eq!(claims["rid"], "gw-test-1");
+    // A tampered assertion does not verify.
+    let mut tampered = h["x-datastack-assertion"].as_str().expect("a").to_owned();
+    let flip = if tampered.ends_with('A') { 'B' } else { 'A' };
+    tampered.pop();
+    tampered.push(flip);
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&["/v1/clusters"]);
+    assert!(jsonwebtoken::decode::<Value>(&tampered, &key, &validation).is_err());
+
+    // Scopes by method: a read-only token may GET but not POST.
+    let (reader, _) = app
+        .create_token(
+            &admin,
+            json!({"label": "reader", "scopes": ["read:clusters"]}),
+        )
+        .await;
+    assert_eq!(
+        send(&app, Method::GET, "/v1/clusters", Some(&reader))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let denied = send(&app, Method::POST, "/v1/clusters", Some(&reader)).await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text);
+    assert_eq!(denied.body["error"]["requiredScope"], "manage:clusters");
+    let (writer, _) = app
+        .create_token(
+            &admin,
+            json!({"label": "writer", "scopes": ["manage:clusters"]}),
+        )
+        .await;
+    let body = "x".repeat(200_000);
+    let r = app
+        .http
+        .post(format!("{}/v1/clusters", app.base))
+        .bearer_auth(&writer)
+        .body(body)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), StatusCode::OK);
+    let seen: Value = r.json().await.expect("json");
+    assert_eq!(
+        seen["bodyLength"], 200_000,
+        "the body is streamed through whole"
+    );
+    // A token for another resource is refused.
+    let (jobs, _) = app
+        .create_token(&admin, json!({"label": "jobs", "scopes": ["manage:jobs"]}))
+        .await;
+    assert_eq!(
+        send(&app, Method::GET, "/v1/clusters", Some(&jobs))
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // No credential, a wrong one, an unknown path.
+    let anon = send(&app, Method::GET, "/v1/clusters", None).await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(anon.code(), "UNAUTHORIZED");
+    let wrong = send(
+        &app,
+        Method::GET,
+        "/v1/clusters",
+        Some("dapi_not_a_real_token"),
+    )
+    .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        send(&app, Method::GET, "/v1/clustersx", Some(&admin))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, Method::GET, "/elsewhere", Some(&admin))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+
+    // Upstream failures: too slow → 504, nothing listening → 503, both UPSTREAM_UNAVAILABLE.
+    let slow = send(&app, Method::GET, "/v1/clusters/slow", Some(&admin)).await;
+    assert_eq!(slow.status, StatusCode::GATEWAY_TIMEOUT, "{}", slow.text);
+    assert_eq!(slow.code(), "UPSTREAM_UNAVAILABLE");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let dead = closed.local_addr().expect("addr");
+    drop(closed);
+    create_route(&app, json!({"pathPrefix": "/v1/jobs", "upstream": format!("http://{dead}"), "resource": "jobs", "stripPrefix": true})).await;
+    let down = send(&app, Method::GET, "/v1/jobs/1", Some(&admin)).await;
+    assert_eq!(
+        down.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        down.text
+    );
+    assert_eq!(down.code(), "UPSTREAM_UNAVAILABLE");
+
+    // stripPrefix and forwardAuthorization.
+    create_route(
+        &app,
+        json!({"pathPrefix": "/v1/sql", "upstream": format!("http://{up}/base"), "resource": "sql",
+        "stripPrefix": true, "forwardAuthorization": true}),
+    )
+    .await;
+    let r = send(&app, Method::GET, "/v1/sql/warehouses/1", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["path"], "/base/warehouses/1");
+    assert!(
+        r.body["headers"]["authorization"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("Bearer "))
+    );
+
+    // Oversized body (declared) → 413 before anything is forwarded.
+    // (Raw: the server answers before the body is sent, and a client still sending would
+    // see the connection close.)
+    let raw = raw_request(
+        &app,
+        &format!("POST /v1/clusters HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nContent-Length: 11534336\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+
+    // A dot-segment path (sent raw; HTTP clients normalise it) is refused.
+    let raw = raw_request(
+        &app,
+        &format!("GET /v1/clusters/%2e%2e/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+
+    // WebSocket upgrade is tunnelled.
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(format!("GET /v1/clusters/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream
+        .write_all(b"ping-through-tunnel")
+        .await
+        .expect("write");
+    let mut buf = [0u8; 19];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut buf))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&buf, b"ping-through-tunnel");
+
+    // Every proxied call is in the audit log.
+    audit_until(
+        &app,
+        "/api/v1/audit/events?action=gateway.proxy&limit=200",
+        |items| {
+            items
+                .iter()
+                .any(|e| e["status"] == 403 && e["resourceType"] == "clusters")
+                && items
+                    .iter()
+                    .any(|e| e["status"] == 200 && e["resourceId"] == "/v1/clusters")
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+/// Polls the audit log until `query` returns entries satisfying `check` (entries of reads
+/// and refusals are written in group commits, a moment after the response).
+async fn audit_until(app: &TestApp, query: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut items = Vec::new();
+    for _ in 0..100 {
+        let r = app.get(query, app.admin(), "read:audit").await;
+        items = r.body["items"].as_array().cloned().unwrap_or_default();
+        if check(&items) {
+            return items;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the audit log never showed what {query} should: {items:?}");
+}
+
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("answer in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+async fn raw_request(app: &TestApp, request: &str) -> String {
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    read_head(&mut stream).await
+}
+
+async fn route_management_is_validated(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    for (body, field) in [
+        (
+            json!({"pathPrefix": "/api/v1/x", "upstream": "http://127.0.0.1:1", "resource": "jobs"}),
+            "pathPrefix",
+        ),
+        (
+            json!({"pathPrefix": "v1", "upstream": "http://127.0.0.1:1", "resource": "jobs"}),
+            "pathPrefix",
+        ),
+        (
+            json!({"pathPrefix": "/v1/x", "upstream": "ftp://127.0.0.1:1", "resource": "jobs"}),
+            "upstream",
+        ),
+        (
+            json!({"pathPrefix": "/v1/x", "upstream": "http://127.0.0.1:1", "resource": "nope"}),
+            "resource",
+        ),
+        (
+            json!({"pathPrefix": "/v1/x", "upstream": "http://127.0.0.1:1", "resource": "jobs", "timeoutMs": 0}),
+            "timeoutMs",
+        ),
+        (
+            json!({"pathPrefix": "/v1/x", "resource": "jobs", "methodScopes": {"POST": "write:jobs"}}),
+            "scope",
+        ),
+        (
+            json!({"pathPrefix": "/v1/x", "resource": "jobs", "surprise": 1}),
+            "surprise",
+        ),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/gateway/routes",
+                &admin,
+                "manage:gateway",
+                body.clone(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text);
+        assert!(
+            r.body["error"]["message"]
+                .as_str()
+                .expect("m")
+                .contains(field),
+            "{field}: {}",
+            r.text
+        );
+    }
+    let list = app
+        .get("/api/v1/gateway/routes", &admin, "read:gateway")
+        .await;
+    assert_eq!(
+        list.body["items"].as_array().expect("items").len(),
+        0,
+        "nothing was created"
+    );
+    let created = create_route(
+        &app,
+        json!({"pathPrefix": "/v1/notebooks", "resource": "notebooks",
+        "methodScopes": {"post": "read:notebooks"}}),
+    )
+    .await;
+    assert_eq!(created["methodScopes"]["POST"], "read:notebooks");
+    assert_eq!(created["timeoutMs"], 30000);
+    let dup = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/notebooks/", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(dup.status, StatusCode::CONFLICT, "{}", dup.text);
+    let id = created["id"].as_str().expect("id");
+    // Scope checks: read:gateway cannot create; a reader sees the route.
+    let (reader, _) = app
+        .create_token(&admin, json!({"label": "r", "scopes": ["read:gateway"]}))
+        .await;
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            &reader,
+            "read:gateway",
+            json!({"pathPrefix": "/v1/y", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let got = app
+        .get(
+            &format!("/api/v1/gateway/routes/{id}"),
+            &reader,
+            "read:gateway",
+        )
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.body["pathPrefix"], "/v1/notebooks");
+    // A child workspace's admin cannot manage routes (they apply to every workspace).
+    let child = app
+        .post(
+            "/api/v1/workspaces",
+            &admin,
+            "manage:workspaces",
+            json!({"name": "child", "adminEmail": "child@example.com"}),
+        )
+        .await;
+    assert_eq!(child.status, StatusCode::CREATED, "{}", child.text);
+    let child_token = child.body["adminToken"].as_str().expect("admin token");
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            child_token,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/z", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    // Replace and delete.
+    let replaced = app
+        .call(
+            Method::PUT,
+            &format!("/api/v1/gateway/routes/{id}"),
+            Some(&admin),
+            Some("manage:gateway"),
+            Some(
+                json!({"pathPrefix": "/v1/notebooks", "resource": "notebooks", "timeoutMs": 5000}),
+            ),
+        )
+        .await;
+    assert_eq!(replaced.status, StatusCode::OK, "{}", replaced.text);
+    assert_eq!(replaced.body["timeoutMs"], 5000);
+    let del = app
+        .delete(
+            &format!("/api/v1/gateway/routes/{id}"),
+            &admin,
+            "manage:gateway",
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT);
+    let gone = app
+        .get(
+            &format!("/api/v1/gateway/routes/{id}"),
+            &admin,
+            "read:gateway",
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND);
+    let audit = app
+        .get(
+            "/api/v1/audit/events?resourceType=gateway-routes",
+            &admin,
+            "read:audit",
+        )
+        .await;
+    let actions: Vec<&str> = audit.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for a in [
+        "gateway_routes.create",
+        "gateway_routes.update",
+        "gateway_routes.delete",
+    ] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    app.stop().await;
+}
+
+async fn forward_auth_decides_for_each_proxy(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    create_route(&app, json!({"pathPrefix": "/v1/jobs", "resource": "jobs"})).await;
+    let (reader, reader_id) = app
+        .create_token(&admin, json!({"label": "r", "scopes": ["read:jobs"]}))
+        .await;
+    let (writer, _) = app
+        .create_token(&admin, json!({"label": "w", "scopes": ["manage:jobs"]}))
+        .await;
+    let verify = |token: Option<String>,
+                  headers: Vec<(&'static str, &'static str)>,
+                  method: Method,
+                  path: &'static str| {
+        let app = &app;
+        async move {
+            let mut req = app.http.request(method, format!("{}{path}", app.base));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            for (k, v) in headers {
+                req = req.header(k, v);
+            }
+            req.send().await.expect("verify")
+        }
+    };
+    // nginx: X-Original-Method / X-Original-URI.
+    let r = verify(
+        Some(reader.clone()),
+        vec![
+            ("x-original-uri", "/v1/jobs/42?x=1"),
+            ("x-original-method", "GET"),
+        ],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-datastack-credential"], reader_id.as_str());
+    assert_eq!(r.headers()["x-datastack-scopes"], "read:jobs");
+    let assertion = r.headers()["x-datastack-assertion"]
+        .to_str()
+        .expect("a")
+        .to_owned();
+    let claims = verify_assertion(&app, &assertion, "/v1/jobs").await;
+    assert_eq!(claims["htu"], "/v1/jobs/42");
+    let r = verify(
+        Some(reader.clone()),
+        vec![
+            ("x-original-uri", "/v1/jobs/42"),
+            ("x-original-method", "POST"),
+        ],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["requiredScope"], "manage:jobs");
+    // Traefik: X-Forwarded-Method / X-Forwarded-Uri.
+    let r = verify(
+        Some(writer.clone()),
+        vec![
+            ("x-forwarded-uri", "/v1/jobs/run"),
+            ("x-forwarded-method", "POST"),
+        ],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = verify(
+        Some(reader.clone()),
+        vec![
+            ("x-forwarded-uri", "/v1/jobs/run"),
+            ("x-forwarded-method", "DELETE"),
+        ],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // Envoy ext_authz: the original method, the original path after /auth/verify.
+    let r = verify(
+        Some(writer.clone()),
+        vec![],
+        Method::DELETE,
+        "/auth/verify/v1/jobs/42",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = verify(
+        Some(reader.clone()),
+        vec![],
+        Method::DELETE,
+        "/auth/verify/v1/jobs/42",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // No credential → 401 with WWW-Authenticate; unknown path → 403; no original request → 400.
+    let r = verify(
+        None,
+        vec![("x-original-uri", "/v1/jobs")],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(r.headers().get("www-authenticate").is_some());
+    let r = verify(
+        Some(admin.clone()),
+        vec![("x-original-uri", "/v1/unknown")],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = verify(Some(admin.clone()), vec![], Method::GET, "/auth/verify").await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = verify(
+        Some(admin.clone()),
+        vec![("x-original-uri", "/v1/jobs/../users")],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // The decision follows revocation at once.
+    let del = app
+        .delete(
+            &format!("/api/v1/auth/tokens/{reader_id}"),
+            &admin,
+            "manage:tokens",
+        )
+        .await;
+    assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text);
+    let r = verify(
+        Some(reader.clone()),
+        vec![("x-original-uri", "/v1/jobs/42")],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Decisions are audited.
+    audit_until(
+        &app,
+        "/api/v1/audit/events?action=forward_auth.verify&limit=200",
+        |items| {
+            items
+                .iter()
+                .any(|e| e["status"] == 200 && e["resourceType"] == "jobs")
+                && items.iter().any(|e| e["status"] == 403)
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+async fn ip_access_lists_behind_a_trusted_proxy(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    // The test client is the "proxy": it says which client it forwards for.
+    let app = TestApp::spawn_on(store, |c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let from = |ip: &'static str, method: Method, path: String, body: Option<Value>| {
+        let app = &app;
+        let admin = admin.clone();
+        async move {
+            let scope = if path.contains("ip-access-lists") {
+                if method == Method::GET {
+                    "read:ip-access-lists"
+                } else {
+                    "manage:ip-access-lists"
+                }
+            } else {
+                "read:workspaces"
+            };
+            let mut req = app
+                .http
+                .request(method, format!("{}{path}", app.base))
+                .bearer_auth(admin)
+                .header("x-datastack-scope", scope)
+                .header("x-forwarded-for", ip);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let r = req.send().await.expect("send");
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body)
+        }
+    };
+    let lists = "/api/v1/ip-access-lists".to_owned();
+    // Bad input: 400 naming the field, nothing created.
+    for (body, field) in [
+        (
+            json!({"label": "x", "listType": "ALLOW", "ipAddresses": ["10.0.0.0/33"]}),
+            "ipAddresses[0]",
+        ),
+        (
+            json!({"label": "x", "listType": "MAYBE", "ipAddresses": ["10.0.0.1"]}),
+            "listType",
+        ),
+        (
+            json!({"label": "", "listType": "ALLOW", "ipAddresses": ["10.0.0.1"]}),
+            "label",
+        ),
+        (
+            json!({"label": "x", "listType": "ALLOW", "ipAddresses": []}),
+            "ipAddresses",
+        ),
+    ] {
+        let (status, reply) = from("203.0.113.5", Method::POST, lists.clone(), Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+        assert!(
+            reply["error"]["message"]
+                .as_str()
+                .expect("m")
+                .contains(field),
+            "{field}: {reply}"
+        );
+    }
+    // An allow list that excludes the caller's own address is refused without the flag.
+    let allow = json!({"label": "office", "listType": "ALLOW", "ipAddresses": ["203.0.113.0/24", "2001:db8::/32"]});
+    let (status, reply) = from(
+        "198.51.100.1",
+        Method::POST,
+        lists.clone(),
+        Some(allow.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .expect("m")
+            .contains("198.51.100.1")
+    );
+    let (status, reply) = from("198.51.100.1", Method::GET, lists.clone(), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        reply["items"].as_array().expect("items").len(),
+        0,
+        "nothing was created"
+    );
+    let (status, created) = from("203.0.113.5", Method::POST, lists.clone(), Some(allow)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["addressCount"], 2);
+    let allow_id = created["id"].as_str().expect("id").to_owned();
+    // Enforced at once: outside → 403 IP_NOT_ALLOWED; inside (v4 and v6) → allowed.
+    let (status, reply) = from(
+        "198.51.100.1",
+        Method::GET,
+        "/api/v1/workspaces".into(),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{reply}");
+    assert_eq!(reply["error"]["code"], "IP_NOT_ALLOWED");
+    assert_eq!(
+        from(
+            "203.0.113.77",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        from(
+            "2001:db8::1",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // A client cannot prepend an allowed address: only what the trusted proxy appended counts.
+    assert_eq!(
+        from(
+            "203.0.113.5, 198.51.100.1",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    // Block lists win over allow lists.
+    let (status, reply) = from(
+        "203.0.113.5",
+        Method::POST,
+        lists.clone(),
+        Some(json!({"label": "bad-host", "listType": "BLOCK", "ipAddresses": ["203.0.113.66"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{reply}");
+    let block_id = reply["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        from(
+            "203.0.113.66",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        from(
+            "203.0.113.65",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Blocking yourself needs the explicit flag.
+    let (status, _) = from(
+        "203.0.113.66",
+        Method::PATCH,
+        format!("{lists}/{block_id}"),
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the blocked address cannot even reach the API"
+    );
+    let (status, _) = from(
+        "203.0.113.5",
+        Method::PATCH,
+        format!("{lists}/{block_id}"),
+        Some(json!({"ipAddresses": ["203.0.113.5"]})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Disabling the allow list lifts it.
+    let (status, reply) = from(
+        "203.0.113.5",
+        Method::PATCH,
+        format!("{lists}/{allow_id}"),
+        Some(json!({"enabled": false})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        from(
+            "198.51.100.1",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+    // Re-enable it, then suspend enforcement through the workspace setting.
+    let (status, _) = from(
+        "203.0.113.5",
+        Method::PATCH,
+        format!("{lists}/{allow_id}"),
+        Some(json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        from(
+            "198.51.100.1",
+            Method::GET,
+            "/api/v1/workspaces".into(),
+            None
+        )
+        .await
+        .0,
+        StatusCode::FORBIDDEN
+    );
+    let me = app
+        .http
+        .get(format!("{}/api/v1/me", app.base))
+        .bearer_auth(&admin)
+        .header("x-forwarded-for", "203.0.113.5")
+        .send()
+        .await
+        .expect("me")
+        .json::<Value>()
+        .await
+        .expect("json");
+    let ws = me["workspace"]["id"]
+        .as_str()
+        .expect("workspace id")
+        .to_owned();
+    let r = app
+        .http
+        .patch(format!("{}/api/v1/workspaces/{ws}", app.base))
+        .bearer_auth(&admin)
+        .header("x-datastack-scope", "manage:workspaces")
+        .header("x-forwarded-for", "203.0.113.5")
+        .json(&json!({"settings": {"ipAccessListsSuspended": true}}))
+        .send()
+        .await
+        .expect("patch");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(3), || async {
+            from(
+                "198.51.100.1",
+                Method::GET,
+                "/api/v1/workspaces".into(),
+                None,
+            )
+            .await
+            .0 == StatusCode::OK
+        })
+        .await,
+        "suspended enforcement admits every address"
+    );
+    // The refusals were audited with the client address from the trusted proxy.
+    audit_until(
+        &app,
+        "/api/v1/audit/events?outcome=denied&sourceIp=198.51.100.1",
+        |items| {
+            items
+                .iter()
+                .any(|e| e["status"] == 403 && e["detail"]["ipAccess"] == "denied")
+        },
+    )
+    .await;
+    app.stop().await;
+}
+
+async fn rate_limits_throttle_credentials(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.rate_limit_credential_per_minute = 5;
+        c.abuse_threshold = 3;
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let (limited, _) = app.create_token(&admin, json!({"label": "busy"})).await;
+    let mut remaining = Vec::new();
+    for _ in 0..5 {
+        let r = app.me(&limited).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(
+            r.header("ratelimit-policy"),
+            Some("\"credential\";q=5;w=60")
+        );
+        remaining.push(r.header("ratelimit").expect("RateLimit").to_owned());
+    }
+    assert!(
+        remaining[0].contains("r=4") && remaining[4].contains("r=0"),
+        "{remaining:?}"
+    );
+    let over = app.me(&limited).await;
+    assert_eq!(over.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(over.code(), "RATE_LIMITED");
+    assert!(over.header("ratelimit").is_some_and(|v| v.contains("r=0")));
+    let retry: u64 = over
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!((1..=12).contains(&retry), "{retry}");
+    // Keeping on while limited gets the credential flagged: a penalty longer than the
+    // bucket's own wait.
+    for _ in 0..3 {
+        assert_eq!(app.me(&limited).await.status, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let penalized = app.me(&limited).await;
+    assert_eq!(penalized.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = penalized
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .expect("seconds");
+    assert!(retry > 12, "the penalty outlasts the bucket: {retry}");
+    // Other credentials are not affected.
+    assert_eq!(app.me(&admin).await.status, StatusCode::OK);
+    app.stop().await;
+}
+
+async fn abusive_addresses_are_flagged_and_cleared(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.rate_limit_ip_per_minute = 3;
+        c.abuse_threshold = 3;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let guess = |i: usize, ip: &'static str| {
+        let app = &app;
+        async move {
+            app.http
+                .get(format!("{}/api/v1/me", app.base))
+                .bearer_auth(format!("dapi_guess_{i}"))
+                .header("x-forwarded-for", ip)
+                .send()
+                .await
+                .expect("send")
+        }
+    };
+    // Guessing tokens from one address is throttled by address, then flagged.
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        statuses.push(guess(i, "198.51.100.7").await.status());
+    }
+    assert_eq!(
+        &statuses[..3],
+        &[StatusCode::UNAUTHORIZED; 3],
+        "{statuses:?}"
+    );
+    assert!(
+        statuses[3..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    let r = guess(99, "198.51.100.7").await;
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .expect("s")
+        .parse()
+        .expect("n");
+    assert!(retry > 20, "penalized: {retry}");
+    // Another address is not affected, nor is a valid credential from the same one.
+    assert_eq!(
+        guess(100, "198.51.100.8").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let ok = app
+        .http
+        .get(format!("{}/api/v1/me", app.base))
+        .bearer_auth(&admin)
+        .header("x-forwarded-for", "198.51.100.7")
+        .send()
+        .await
+        .expect("me");
+    assert_eq!(ok.status(), StatusCode::OK);
+    // The flag is listed, with its security event and audit entry.
+    let mut flag = Value::Null;
+    for _ in 0..100 {
+        let r = app.get("/api/v1/abuse-flags", &admin, "read:gateway").await;
+        if let Some(f) = r.body["items"].as_array().and_then(|i| i.first()) {
+            flag = f.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(flag["subjectKind"], "ip", "{flag}");
+    assert_eq!(flag["subject"], "198.51.100.7");
+    assert_eq!(flag["level"], 1);
+    assert_eq!(flag["status"], "active");
+    let events = app
+        .get(
+            "/api/v1/audit/security-events?type=ratelimit.abuse_flagged",
+            &admin,
+            "read:audit",
+        )
+        .await;
+    assert!(events.text.contains("198.51.100.7"), "{}", events.text);
+    audit_until(
+        &app,
+        "/api/v1/audit/events?action=ratelimit.abuse_flagged",
+        |items| items.len() == 1,
+    )
+    .await;
+    // Clearing needs manage:gateway and lifts the penalty at once.
+    let (reader, _) = app
+        .create_token(&admin, json!({"label": "r", "scopes": ["read:gateway"]}))
+        .await;
+    let id = flag["id"].as_str().expect("id");
+    let r = app
+        .post(
+            &format!("/api/v1/abuse-flags/{id}/clear"),
+            &reader,
+            "read:gateway",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app
+        .post(
+            &format!("/api/v1/abuse-flags/{id}/clear"),
+            &admin,
+            "manage:gateway",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "cleared");
+    let after = guess(101, "198.51.100.7").await;
+    if after.status() == StatusCode::TOO_MANY_REQUESTS {
+        let retry: u64 = after.headers()["retry-after"]
+            .to_str()
+            .expect("s")
+            .parse()
+            .expect("n");
+        assert!(retry <= 20, "no penalty after clearing: {retry}");
+    }
+    let again = app
+        .post(
+            &format!("/api/v1/abuse-flags/{id}/clear"),
+            &admin,
+            "manage:gateway",
+            json!({}),
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let active = app.get("/api/v1/abuse-flags", &admin, "read:gateway").await;
+    assert_eq!(active.body["items"].as_array().expect("items").len(), 0);
+    // Health and metrics are not limited.
+    for _ in 0..10 {
+        assert_eq!(
+            send(&app, Method::GET, "/healthz", None).await.status,
+            StatusCode::OK
+        );
+    }
+    let metrics = send(&app, Method::GET, "/metrics", None).await;
+    assert!(
+        metrics.text.contains("datastack_ratelimit_decisions_total"),
+        "{}",
+        metrics.text
+    );
+    app.stop().await;
+}
+
+on_both_stores!(
+    gateway_proxies_with_signed_identity,
+    route_management_is_validated,
+    forward_auth_decides_for_each_proxy,
+    ip_access_lists_behind_a_trusted_proxy,
+    rate_limits_throttle_credentials,
+    abusive_addresses_are_flagged_and_cleared,
+);
