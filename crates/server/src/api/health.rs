@@ -37,9 +37,14 @@ pub struct Readiness {
 
 /// The dependencies readiness checks.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Checks {
     /// The store.
     pub database: String,
+    /// Where rate-limit counters live: `local` (one node), `redis` (shared by the
+    /// cluster) or `local (redis unreachable)` (cluster mode, falling back; the node stays
+    /// ready and enforces limits on its own).
+    pub rate_limits: String,
 }
 
 /// Answers 200 while the process serves.
@@ -67,7 +72,10 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         } else {
             "not_ready"
         },
-        checks: Checks { database },
+        checks: Checks {
+            database,
+            rate_limits: state.edge.limiter.backend().to_owned(),
+        },
     };
     (status, Json(body)).into_response()
 }

@@ -219,3 +219,191 @@ async fn two_nodes_append_to_one_verifiable_audit_chain_and_a_foreign_key_is_ref
     a.stop().await;
     b.stop().await;
 }
+
+/// The Redis URL of the test server, if the suite is to use one.
+fn redis_url() -> Option<String> {
+    std::env::var("DATASTACK_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+}
+
+async fn readiness(node: &TestApp) -> serde_json::Value {
+    node.http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .expect("readyz")
+        .json()
+        .await
+        .expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_enforce_one_rate_limit_through_redis() {
+    let (Some(_), Some(redis)) = (postgres_url(), redis_url()) else {
+        eprintln!(
+            "DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL are needed for two nodes sharing limits"
+        );
+        return;
+    };
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let setup = |c: &mut datastack_server::Config| {
+        c.redis_url = Some(redis.clone());
+        c.redis_key_prefix = prefix.clone();
+        c.rate_limit_credential_per_minute = 6;
+    };
+    let a = TestApp::spawn_on(store.clone(), setup).await;
+    let b = TestApp::spawn_on(store, setup).await;
+    for node in [&a, &b] {
+        let ready = readiness(node).await;
+        assert_eq!(ready["checks"]["rateLimits"], "redis", "{ready}");
+    }
+    let admin = a.admin().to_owned();
+    let (token, _) = a
+        .create_token(&admin, json!({"label": "shared limit"}))
+        .await;
+    // Six requests in all, alternating nodes, pass; the next is refused on either node.
+    for i in 0..6 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = node.me(&token).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+        let expected = format!("r={}", 5 - i);
+        assert!(
+            r.header("ratelimit").is_some_and(|v| v.contains(&expected)),
+            "request {i}: {:?}",
+            r.header("ratelimit")
+        );
+    }
+    for node in [&a, &b] {
+        let r = node.me(&token).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.text);
+        assert!(r.header("retry-after").is_some());
+    }
+    let metrics = a
+        .http
+        .get(format!("{}/metrics", a.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("datastack_ratelimit_redis_available 1"),
+        "{metrics}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A TCP relay to Redis that the test can cut and restore, to play a Redis outage.
+struct Relay {
+    port: u16,
+    tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn start(port: u16, target: String) -> Self {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind the relay");
+        let port = listener.local_addr().expect("addr").port();
+        let tasks: Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let spawned = tasks.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = target.clone();
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                spawned.lock().expect("lock").push(conn);
+            }
+        });
+        tasks.lock().expect("lock").push(accept);
+        Self { port, tasks }
+    }
+
+    /// Closes the listener and every relayed connection.
+    fn cut(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_falls_back_to_local_limits_when_redis_is_unreachable_and_recovers() {
+    let Some(redis) = redis_url() else {
+        eprintln!("DATASTACK_TEST_REDIS_URL is not set: nothing to fall back from");
+        return;
+    };
+    let target = redis
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let relay = Relay::start(0, target.clone()).await;
+    let port = relay.port;
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let store = Arc::new(StoreLocation::new(Backend::Sqlite).await);
+    let node = TestApp::spawn_on(store, |c| {
+        c.redis_url = Some(format!("redis://127.0.0.1:{port}"));
+        c.redis_key_prefix = prefix.clone();
+        c.rate_limit_credential_per_minute = 4;
+    })
+    .await;
+    let admin = node.admin().to_owned();
+    let (token, _) = node.create_token(&admin, json!({"label": "t"})).await;
+    assert_eq!(readiness(&node).await["checks"]["rateLimits"], "redis");
+    assert_eq!(node.me(&token).await.status, StatusCode::OK);
+
+    // Redis goes away: the node keeps serving, on its own limits, and says so.
+    relay.cut();
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        statuses.push(node.me(&token).await.status);
+    }
+    assert!(
+        statuses.contains(&StatusCode::OK),
+        "still serving: {statuses:?}"
+    );
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "local limits still apply: {statuses:?}"
+    );
+    let ready = node
+        .http
+        .get(format!("{}/readyz", node.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status(), StatusCode::OK, "the node stays ready");
+    let ready: serde_json::Value = ready.json().await.expect("json");
+    assert_eq!(ready["checks"]["rateLimits"], "local (redis unreachable)");
+    let metrics = node
+        .http
+        .get(format!("{}/metrics", node.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("datastack_ratelimit_redis_available 0"),
+        "{metrics}"
+    );
+
+    // Redis comes back on the same address: the node returns to shared limits by itself.
+    let _relay = Relay::start(port, target).await;
+    let back = crate::helpers::eventually(Duration::from_secs(10), || async {
+        let _ = node.me(&admin).await;
+        readiness(&node).await["checks"]["rateLimits"] == "redis"
+    })
+    .await;
+    assert!(back, "the node did not return to Redis");
+    node.stop().await;
+}

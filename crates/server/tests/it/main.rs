@@ -8,6 +8,7 @@ mod cluster;
 mod contract;
 mod edge;
 mod input;
+mod nginx;
 mod principals;
 mod surface;
 mod tokens;
