@@ -55,6 +55,9 @@ pub enum StartError {
     /// The audit key could not be read or created.
     #[error("{0}")]
     AuditKey(String),
+    /// The signing key could not be read or created.
+    #[error("{0}")]
+    SigningKey(String),
     /// Edge enforcement could not start (routes, signing key, Redis URL).
     #[error("{0}")]
     Edge(String),
@@ -385,7 +388,7 @@ pub fn load_signing_key(config: &Config) -> Result<[u8; 32], StartError> {
     use secrecy::ExposeSecret;
     if let Some(hex) = &config.signing_key {
         return crate::config::parse_seed(hex.expose_secret())
-            .ok_or_else(|| StartError::AuditKey("signing_key: not 64 hex characters".into()));
+            .ok_or_else(|| StartError::SigningKey("signing_key: not 64 hex characters".into()));
     }
     let path = config
         .signing_key_file
@@ -397,9 +400,9 @@ pub fn load_signing_key(config: &Config) -> Result<[u8; 32], StartError> {
         getrandom::fill(&mut seed).expect("the operating system's random generator works");
         hex::encode(seed)
     })
-    .map_err(StartError::AuditKey)?;
+    .map_err(StartError::SigningKey)?;
     crate::config::parse_seed(&text)
-        .ok_or_else(|| StartError::AuditKey(format!("{}: not 64 hex characters", path.display())))
+        .ok_or_else(|| StartError::SigningKey(format!("{}: not 64 hex characters", path.display())))
 }
 
 /// Reads a key file, or, when `create` is set and it does not exist, creates it with

@@ -113,6 +113,8 @@ impl AuditLog {
         status: StatusCode,
     ) -> Result<(), ApiError> {
         let outcome = Outcome::of_status(status.as_u16());
+        let decided = ctx.with(|p| p.decided_method.clone());
+        let method = decided.as_ref().unwrap_or(method);
         if ctx.already_recorded()
             || (!self.successful_reads
                 && outcome == Outcome::Allowed
@@ -161,6 +163,7 @@ struct Pending {
     resource_id: Option<String>,
     detail: Option<serde_json::Value>,
     action: Option<(String, String)>,
+    decided_method: Option<Method>,
     recorded: bool,
 }
 
@@ -188,6 +191,7 @@ impl AuditContext {
             resource_id: None,
             detail: None,
             action: None,
+            decided_method: None,
             recorded: false,
         })))
     }
@@ -212,6 +216,15 @@ impl AuditContext {
     /// and forward-auth, whose paths are not API routes).
     pub fn set_action(&self, action: &str, resource_type: &str) {
         self.with(|p| p.action = Some((action.to_owned(), resource_type.to_owned())));
+    }
+
+    /// The method of the request decided on, when it is not this request's own (a
+    /// forward-auth check is a GET about, say, a DELETE): whether a successful call is a
+    /// read is judged on it.
+    pub fn set_decided_method(&self, method: &str) {
+        if let Ok(m) = Method::from_bytes(method.as_bytes()) {
+            self.with(|p| p.decided_method = Some(m));
+        }
     }
 
     /// The resource acted on, when the path does not name it (a creation).
@@ -353,7 +366,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AuditContext {
 pub fn audited(route: Option<&str>) -> bool {
     !matches!(
         route,
-        Some("/healthz" | "/readyz" | "/metrics" | "/openapi.json")
+        Some("/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/.well-known/jwks.json")
     )
 }
 

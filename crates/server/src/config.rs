@@ -67,6 +67,9 @@ pub struct Config {
     /// Proxies whose `X-Forwarded-For` / `Forwarded` headers are believed (CIDRs). Default
     /// none: the socket peer is the client.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header the trusted proxies append: `x-forwarded-for` (default) or
+    /// `forwarded`. Only that one is read.
+    pub client_ip_header: crate::edge::client_ip::ForwardedHeader,
     /// Requests per minute per credential (also its burst); 0 turns the limit off.
     /// Default 6000.
     pub rate_limit_credential_per_minute: u32,
@@ -137,6 +140,7 @@ impl Default for Config {
             auto_revoke_notice: Duration::from_secs(7 * 24 * 3600),
             audit_min_retention_days: 30,
             trusted_proxies: Vec::new(),
+            client_ip_header: crate::edge::client_ip::ForwardedHeader::XForwardedFor,
             rate_limit_credential_per_minute: 6000,
             rate_limit_workspace_per_minute: 60_000,
             rate_limit_ip_per_minute: 600,
@@ -205,6 +209,8 @@ pub struct ConfigLayer {
     pub audit_min_retention_days: Option<u64>,
     /// `trusted_proxies`.
     pub trusted_proxies: Option<Vec<String>>,
+    /// `client_ip_header`.
+    pub client_ip_header: Option<String>,
     /// `rate_limit_credential_per_minute`.
     pub rate_limit_credential_per_minute: Option<u64>,
     /// `rate_limit_workspace_per_minute`.
@@ -339,6 +345,7 @@ impl ConfigLayer {
                             .collect(),
                     )
                 }
+                "CLIENT_IP_HEADER" => layer.client_ip_header = Some(value),
                 "RATE_LIMIT_CREDENTIAL_PER_MINUTE" => {
                     layer.rate_limit_credential_per_minute = Some(number(&value)?)
                 }
@@ -394,6 +401,7 @@ impl ConfigLayer {
             auto_revoke_notice_hours,
             audit_min_retention_days,
             trusted_proxies,
+            client_ip_header,
             rate_limit_credential_per_minute,
             rate_limit_workspace_per_minute,
             rate_limit_ip_per_minute,
@@ -448,10 +456,13 @@ impl ConfigLayer {
             c.database_max_connections = n;
         }
         if let Some(url) = self.redis_url.filter(|u| !u.trim().is_empty()) {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            if url.starts_with("rediss://") {
                 return Err(ConfigError(
-                    "redis_url must start with redis:// or rediss://".into(),
+                    "redis_url: TLS to Redis (rediss://) is not supported yet; reach Redis over a private network or a local TLS tunnel and use redis://".into(),
                 ));
+            }
+            if !url.starts_with("redis://") {
+                return Err(ConfigError("redis_url must start with redis://".into()));
             }
             c.redis_url = Some(url);
         }
@@ -523,6 +534,17 @@ impl ConfigLayer {
                         })
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if let Some(h) = &self.client_ip_header {
+            c.client_ip_header = match h.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-for" => crate::edge::client_ip::ForwardedHeader::XForwardedFor,
+                "forwarded" => crate::edge::client_ip::ForwardedHeader::Forwarded,
+                _ => {
+                    return Err(ConfigError(
+                        "client_ip_header must be x-forwarded-for or forwarded".into(),
+                    ));
+                }
+            };
         }
         let per_minute = |name: &str, v: Option<u64>, default: u32| -> Result<u32, ConfigError> {
             match v {

@@ -457,15 +457,29 @@ impl Store {
         let now = Utc::now();
         let flag = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            // Write first: on SQLite this takes the write lock before anything is read, so
+            // a commit by another connection cannot invalidate what this one read.
+            let cleared = sqlx::query(
+                "UPDATE abuse_flags SET cleared_at = $1, cleared_by = $2 \
+                 WHERE id = $3 AND ($4 IS NULL OR workspace_id = $4) AND cleared_at IS NULL",
+            )
+            .bind(now)
+            .bind(by)
+            .bind(id.as_str())
+            .bind(workspace.map(|w| w.as_str()))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
             let row: Option<AbuseRow> = sqlx::query_as(&sql)
                 .bind(id.as_str())
                 .bind(workspace.map(|w| w.as_str()))
                 .fetch_optional(&mut *tx)
                 .await?;
-            let mut flag = row.ok_or(Error::NotFound)?.into_domain();
-            if flag.cleared_at.is_some() {
+            let flag = row.ok_or(Error::NotFound)?.into_domain();
+            if cleared == 0 {
                 return Err(Error::Conflict("the flag is already cleared".into()));
             }
+            // Every other flag of the subject: the penalty they describe is lifted too.
             sqlx::query(
                 "UPDATE abuse_flags SET cleared_at = $1, cleared_by = $2 \
                  WHERE subject_kind = $3 AND subject = $4 AND cleared_at IS NULL",
@@ -476,8 +490,6 @@ impl Store {
             .bind(&flag.subject)
             .execute(&mut *tx)
             .await?;
-            flag.cleared_at = Some(now);
-            flag.cleared_by = Some(by.to_owned());
             let trail = trail(&flag);
             announce!(tx, channel, Invalidation::Penalty(format!("{}:{}", flag.subject_kind, flag.subject)));
             write_trail!(self, tx, &trail);

@@ -300,7 +300,15 @@ pub async fn delete_route(
 /// (`X-Original-Method`, `X-Original-URI`), Traefik ForwardAuth (`X-Forwarded-Method`,
 /// `X-Forwarded-Uri`), or Envoy ext_authz (the request's own method, and the original path
 /// appended after `/auth/verify`).
-fn original_request(method: &str, uri_path: &str, headers: &HeaderMap) -> Option<(String, String)> {
+///
+/// Exactly one source may name it: a request carrying two (a client that added
+/// `X-Forwarded-Uri` to a request nginx forwards with `X-Original-URI`, say) is refused,
+/// since the proxy may have passed the client's copy through untouched.
+fn original_request(
+    method: &str,
+    uri_path: &str,
+    headers: &HeaderMap,
+) -> Result<(String, String), &'static str> {
     let get = |name: &str| {
         headers
             .get(name)
@@ -317,19 +325,33 @@ fn original_request(method: &str, uri_path: &str, headers: &HeaderMap) -> Option
             None => without,
         }
     };
-    if let Some(uri) = get("x-original-uri") {
+    let nginx = get("x-original-uri");
+    let traefik = get("x-forwarded-uri");
+    let envoy = uri_path
+        .strip_prefix("/auth/verify")
+        .filter(|rest| rest.starts_with('/'));
+    let sources = usize::from(nginx.is_some())
+        + usize::from(traefik.is_some())
+        + usize::from(envoy.is_some());
+    if sources > 1 {
+        return Err(
+            "the original request is named more than once (X-Original-URI, X-Forwarded-Uri, a path after /auth/verify); configure the proxy to send one and to drop the client's copies",
+        );
+    }
+    if let Some(uri) = nginx {
         let m = get("x-original-method").unwrap_or_else(|| "GET".to_owned());
-        return Some((m.to_ascii_uppercase(), strip_query(uri)));
+        return Ok((m.to_ascii_uppercase(), strip_query(uri)));
     }
-    if let Some(uri) = get("x-forwarded-uri") {
+    if let Some(uri) = traefik {
         let m = get("x-forwarded-method").unwrap_or_else(|| "GET".to_owned());
-        return Some((m.to_ascii_uppercase(), strip_query(uri)));
+        return Ok((m.to_ascii_uppercase(), strip_query(uri)));
     }
-    let rest = uri_path.strip_prefix("/auth/verify")?;
-    if rest.starts_with('/') {
-        return Some((method.to_owned(), rest.to_owned()));
+    match envoy {
+        Some(rest) => Ok((method.to_owned(), rest.to_owned())),
+        None => Err(
+            "name the original request: X-Original-URI (nginx), X-Forwarded-Uri (Traefik), or a path after /auth/verify (Envoy)",
+        ),
     }
-    None
 }
 
 /// The forward-auth decision: 200 with the identity headers when the original request may
@@ -345,15 +367,18 @@ fn original_request(method: &str, uri_path: &str, headers: &HeaderMap) -> Option
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 429, body = ErrorBody)))]
 pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
-    let Some((method, path)) =
-        original_request(req.method().as_str(), req.uri().path(), req.headers())
-    else {
-        return ApiError::InvalidRequest(
-            "name the original request: X-Original-URI (nginx), X-Forwarded-Uri (Traefik), or a path after /auth/verify (Envoy)"
-                .into(),
-        )
-        .into_response();
-    };
+    let audit = req.extensions().get::<AuditContext>().cloned();
+    if let Some(audit) = &audit {
+        audit.set_action("forward_auth.verify", "gateway");
+    }
+    let (method, path) =
+        match original_request(req.method().as_str(), req.uri().path(), req.headers()) {
+            Ok(original) => original,
+            Err(why) => return ApiError::InvalidRequest(why.into()).into_response(),
+        };
+    if let Some(audit) = &audit {
+        audit.set_decided_method(&method);
+    }
     let allowed = match edge::decide(
         &state,
         req.extensions(),
@@ -409,22 +434,24 @@ mod tests {
         h.insert("x-original-method", "post".parse().expect("v"));
         assert_eq!(
             super::original_request("GET", "/auth/verify", &h),
-            Some(("POST".into(), "/v1/clusters/1".into()))
+            Ok(("POST".into(), "/v1/clusters/1".into()))
         );
+        // Two sources: refused (a client's copy passed through).
+        let mut both = h.clone();
+        both.insert("x-forwarded-uri", "/v1/other".parse().expect("v"));
+        assert!(super::original_request("GET", "/auth/verify", &both).is_err());
+        assert!(super::original_request("GET", "/auth/verify/v1/x", &h).is_err());
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-uri", "/v1/jobs".parse().expect("v"));
         h.insert("x-forwarded-method", "DELETE".parse().expect("v"));
         assert_eq!(
             super::original_request("GET", "/auth/verify", &h),
-            Some(("DELETE".into(), "/v1/jobs".into()))
+            Ok(("DELETE".into(), "/v1/jobs".into()))
         );
         assert_eq!(
             super::original_request("PUT", "/auth/verify/v1/sql/q", &HeaderMap::new()),
-            Some(("PUT".into(), "/v1/sql/q".into()))
+            Ok(("PUT".into(), "/v1/sql/q".into()))
         );
-        assert_eq!(
-            super::original_request("GET", "/auth/verify", &HeaderMap::new()),
-            None
-        );
+        assert!(super::original_request("GET", "/auth/verify", &HeaderMap::new()).is_err());
     }
 }

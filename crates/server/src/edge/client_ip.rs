@@ -1,12 +1,15 @@
 //! Who the client is: the socket peer, unless the peer is a trusted proxy, in which case
 //! the forwarding headers say who it forwarded for.
 //!
-//! The headers are read from the right (the hop nearest to us) to the left: every address
+//! The header is read from the right (the hop nearest to us) to the left: every address
 //! that is itself a trusted proxy is skipped, and the first one that is not is the client.
 //! A client can write anything in the leftmost entries; only entries appended by our own
-//! proxies are believed. `Forwarded` (RFC 7239) is used when present, else
-//! `X-Forwarded-For`. A header that cannot be parsed is not believed at all: the client is
-//! then the nearest trusted proxy.
+//! proxies are believed. Exactly one header is read, the one the proxies are configured to
+//! append (`client_ip_header`: `X-Forwarded-For` by default, or `Forwarded`, RFC 7239);
+//! the other is ignored, since a proxy that appends one passes a client's copy of the
+//! other through untouched. A header that cannot be parsed, or a hop that is obfuscated
+//! or `unknown`, makes the client unknown: no address is believed, and IP access lists
+//! refuse an unknown client.
 
 use std::net::IpAddr;
 
@@ -14,15 +17,33 @@ use axum::http::HeaderMap;
 use forwarded_header_value::ForwardedHeaderValue;
 use ipnet::IpNet;
 
-/// Resolves the client address of a request that came from `peer`.
-pub fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+/// Which forwarding header the trusted proxies append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, Traefik, Envoy, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+/// Resolves the client address of a request that came from `peer`; `None` when it
+/// cannot be known.
+pub fn resolve(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+    header: ForwardedHeader,
+) -> Option<IpAddr> {
     let peer = peer.map(|p| p.to_canonical())?;
     if !is_trusted(peer, trusted) {
         return Some(peer);
     }
-    let hops = forwarded_hops(headers);
-    let Some(hops) = hops else {
-        return Some(peer);
+    let hops = match forwarded_hops(headers, header) {
+        // No header: the proxy itself is the client (a health check, say).
+        Hops::Absent => return Some(peer),
+        Hops::Unparseable => return None,
+        Hops::List(hops) => hops,
     };
     let mut client = peer;
     for hop in hops.into_iter().rev() {
@@ -33,8 +54,8 @@ pub fn resolve(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> 
                     return Some(client);
                 }
             }
-            // An obfuscated or unknown hop: nothing further left can be believed.
-            None => return Some(client),
+            // An obfuscated or unknown hop: the client is beyond what can be believed.
+            None => return None,
         }
     }
     Some(client)
@@ -44,22 +65,38 @@ fn is_trusted(ip: IpAddr, trusted: &[IpNet]) -> bool {
     trusted.iter().any(|n| n.contains(&ip))
 }
 
-/// The `for` addresses of the forwarding headers, leftmost first; `None` when there is
-/// no such header or it cannot be parsed. Several header lines are one list, in order.
-fn forwarded_hops(headers: &HeaderMap) -> Option<Vec<Option<IpAddr>>> {
-    let joined = |name: &str| -> Option<String> {
-        let mut values = headers.get_all(name).iter().peekable();
-        values.peek()?;
-        let parts: Option<Vec<&str>> = values.map(|v| v.to_str().ok()).collect();
-        Some(parts?.join(","))
+enum Hops {
+    Absent,
+    Unparseable,
+    List(Vec<Option<IpAddr>>),
+}
+
+/// The `for` addresses of the configured forwarding header, leftmost first. Several
+/// header lines are one list, in order.
+fn forwarded_hops(headers: &HeaderMap, header: ForwardedHeader) -> Hops {
+    let name = match header {
+        ForwardedHeader::XForwardedFor => "x-forwarded-for",
+        ForwardedHeader::Forwarded => "forwarded",
     };
-    if let Some(value) = joined("forwarded") {
-        let parsed = ForwardedHeaderValue::from_forwarded(&value).ok()?;
-        return Some(parsed.iter().map(|s| s.forwarded_for_ip()).collect());
+    let mut values = headers.get_all(name).iter().peekable();
+    if values.peek().is_none() {
+        return Hops::Absent;
     }
-    let value = joined("x-forwarded-for")?;
-    let parsed = ForwardedHeaderValue::from_x_forwarded_for(&value).ok()?;
-    Some(parsed.iter().map(|s| s.forwarded_for_ip()).collect())
+    let Some(parts) = values
+        .map(|v| v.to_str().ok())
+        .collect::<Option<Vec<&str>>>()
+    else {
+        return Hops::Unparseable;
+    };
+    let value = parts.join(",");
+    let parsed = match header {
+        ForwardedHeader::XForwardedFor => ForwardedHeaderValue::from_x_forwarded_for(&value),
+        ForwardedHeader::Forwarded => ForwardedHeaderValue::from_forwarded(&value),
+    };
+    match parsed {
+        Ok(p) => Hops::List(p.iter().map(|s| s.forwarded_for_ip()).collect()),
+        Err(_) => Hops::Unparseable,
+    }
 }
 
 #[cfg(test)]
@@ -74,6 +111,8 @@ mod tests {
         h
     }
 
+    const XFF: ForwardedHeader = ForwardedHeader::XForwardedFor;
+
     fn ip(s: &str) -> Option<IpAddr> {
         Some(s.parse().expect("ip"))
     }
@@ -81,7 +120,7 @@ mod tests {
     #[test]
     fn untrusted_peer_is_the_client() {
         let h = headers(&[("x-forwarded-for", "198.51.100.1")]);
-        assert_eq!(resolve(ip("203.0.113.9"), &h, &[]), ip("203.0.113.9"));
+        assert_eq!(resolve(ip("203.0.113.9"), &h, &[], XFF), ip("203.0.113.9"));
     }
 
     #[test]
@@ -89,21 +128,46 @@ mod tests {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().expect("net")];
         // The client wrote a fake leftmost entry; our proxies appended the rest.
         let h = headers(&[("x-forwarded-for", "1.1.1.1, 198.51.100.7, 10.0.0.2")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.7"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("198.51.100.7")
+        );
+        // Only the configured header counts: a client's Forwarded passed through is ignored.
+        let h = headers(&[
+            ("forwarded", "for=203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.7"),
+        ]);
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("198.51.100.7")
+        );
         let h = headers(&[(
             "forwarded",
             "for=1.1.1.1, for=\"[2001:db8::7]:4711\";proto=https, for=10.0.0.2",
         )]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("2001:db8::7"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, ForwardedHeader::Forwarded),
+            ip("2001:db8::7")
+        );
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("10.0.0.1"),
+            "no X-Forwarded-For: the proxy itself"
+        );
         // Every hop trusted: the leftmost is the client.
         let h = headers(&[("x-forwarded-for", "10.1.1.1, 10.0.0.2")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("10.1.1.1"));
-        // Garbage is not believed.
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted, XFF), ip("10.1.1.1"));
+        // Garbage or an unknown hop: the client is unknown (not the proxy).
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("10.0.0.1"));
+        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted, XFF), None);
+        let h = headers(&[("forwarded", "for=unknown, for=10.0.0.2")]);
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, ForwardedHeader::Forwarded),
+            None
+        );
         // No header: the proxy itself.
         assert_eq!(
-            resolve(ip("10.0.0.1"), &HeaderMap::new(), &trusted),
+            resolve(ip("10.0.0.1"), &HeaderMap::new(), &trusted, XFF),
             ip("10.0.0.1")
         );
         // Two header lines are one list.
@@ -111,6 +175,9 @@ mod tests {
             ("x-forwarded-for", "198.51.100.8"),
             ("x-forwarded-for", "10.0.0.3"),
         ]);
-        assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted), ip("198.51.100.8"));
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("198.51.100.8")
+        );
     }
 }

@@ -181,7 +181,11 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
                 subject: Subject::Ip(ip),
                 per_minute: config.rate_limit_ip_per_minute,
             }],
-            None => Vec::new(),
+            // An address that cannot be known: all such clients share one bucket.
+            None => vec![Bucket {
+                subject: Subject::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+                per_minute: config.rate_limit_ip_per_minute,
+            }],
         },
     };
     let verdict = state.edge.limiter.check(&buckets).await;
@@ -339,18 +343,29 @@ pub enum Undecidable {
 }
 
 /// Refuses paths whose meaning could differ between datastack and the upstream: dot
-/// segments, empty segments and percent-encoded `.`, `/` or `\`.
+/// segments, empty segments, backslashes, malformed percent-encoding, and percent-encoded
+/// characters that need no encoding (`%63lusters` for `clusters`) or that separate
+/// segments (`%2F`, `%5C`): route matching compares the path as sent, so it must have
+/// one spelling only.
 fn safe_path(path: &str) -> bool {
-    if !path.starts_with('/') {
+    if !path.starts_with('/') || path.contains('\\') {
         return false;
     }
-    let lower = path.to_ascii_lowercase();
-    if lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || path.contains('\\')
-    {
-        return false;
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let decoded = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match decoded {
+                Some(b) if !(b.is_ascii_alphanumeric() || b"-._~/\\".contains(&b)) => i += 3,
+                _ => return false,
+            }
+        } else {
+            i += 1;
+        }
     }
     let segments: Vec<&str> = path[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -457,7 +472,7 @@ pub fn identity_headers(
             htu: path,
             iat: now,
             exp: now + signer.ttl,
-            jti: request_id,
+            jti: &uuid::Uuid::now_v7().simple().to_string(),
         })
         .map_err(|e| ApiError::Internal(format!("cannot sign the assertion: {e}")))?;
     let value = |s: &str| {
@@ -500,7 +515,7 @@ pub fn identity_headers(
 mod tests {
     #[test]
     fn unsafe_paths_are_refused() {
-        for ok in ["/v1/clusters", "/v1/clusters/", "/v1/a.b/c"] {
+        for ok in ["/v1/clusters", "/v1/clusters/", "/v1/a.b/c", "/v1/a%20b"] {
             assert!(super::safe_path(ok), "{ok}");
         }
         for bad in [
@@ -509,6 +524,9 @@ mod tests {
             "/v1//x",
             "/v1/%2e%2e/x",
             "/v1/a%2Fb",
+            "/v1/%63lusters",
+            "/v1/%zz",
+            "/v1/%4",
             "/v1\\x",
             "v1",
         ] {

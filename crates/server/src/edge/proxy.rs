@@ -187,9 +187,15 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
         headers.remove(header::AUTHORIZATION);
     }
     if let Some(ip) = client_ip {
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip.to_string(),
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let xff = if prior.is_empty() {
+            ip.to_string()
+        } else {
+            format!("{}, {ip}", prior.join(", "))
         };
         if let Ok(v) = HeaderValue::from_str(&xff) {
             headers.insert("x-forwarded-for", v);

@@ -311,6 +311,10 @@ impl Limiter {
             // not fatal (the node starts on local limits and keeps trying).
             if limiter.connection().await.is_some() {
                 tracing::info!("rate limits are shared through Redis");
+            } else {
+                tracing::warn!(
+                    "Redis is unreachable at start: this node enforces rate limits on its own until it answers; retrying"
+                );
             }
         }
         limiter.metrics.set_ratelimit_backend(limiter.backend());

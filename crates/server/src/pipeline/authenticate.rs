@@ -50,6 +50,7 @@ pub fn resolve_client_ip(state: &AppState, req: &Request) -> ClientIp {
         peer,
         req.headers(),
         &state.config.trusted_proxies,
+        state.config.client_ip_header,
     ))
 }
 
