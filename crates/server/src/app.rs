@@ -249,13 +249,14 @@ impl Application {
             .await
             .map_err(StartError::Edge)?;
         let (audit, audit_rx) = AuditLog::new(&config, root);
+        let audit = Arc::new(audit);
         let config = Arc::new(config);
         let state = AppState::new(NodeState {
             store: store.clone(),
             credentials: credentials.clone(),
             metrics: metrics.clone(),
             config: config.clone(),
-            audit: Arc::new(audit),
+            audit: audit.clone(),
             edge: Arc::new(edge),
         });
         let (shutdown_tx, _) = watch::channel(false);
@@ -272,6 +273,7 @@ impl Application {
                 audit_rx,
                 config.clone(),
                 metrics.clone(),
+                audit.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(workers::maintenance::maintenance(

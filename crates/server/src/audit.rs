@@ -48,7 +48,13 @@ pub struct AuditLog {
     successful_reads: bool,
     /// The chain of entries that belong to no workspace (an unknown credential).
     root_workspace: WorkspaceId,
+    /// Allowed forward-auth decisions waiting to be written as one entry per credential,
+    /// route and method each second (with a count).
+    aggregates: Mutex<std::collections::HashMap<AggregateKey, (AuditRecord, u64)>>,
 }
+
+/// Workspace, credential, route and method of aggregated decisions.
+type AggregateKey = (String, Option<String>, Option<String>, String);
 
 impl AuditLog {
     /// A log whose writer reads the returned receiver.
@@ -61,6 +67,7 @@ impl AuditLog {
                 enqueue_timeout: config.audit_enqueue_timeout,
                 successful_reads: config.audit_successful_reads,
                 root_workspace,
+                aggregates: Mutex::new(std::collections::HashMap::new()),
             },
             rx,
         )
@@ -123,6 +130,23 @@ impl AuditLog {
             return Ok(());
         }
         let record = ctx.record_with(status, Some(&self.root_workspace));
+        if outcome == Outcome::Allowed
+            && self.durability == AuditDurability::Batched
+            && ctx.with(|p| p.aggregate)
+        {
+            let key = (
+                record.workspace_id.to_string(),
+                record.credential_id.clone(),
+                record.resource_id.clone(),
+                method.to_string(),
+            );
+            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+            aggregates
+                .entry(key)
+                .and_modify(|(_, n)| *n += 1)
+                .or_insert((record, 1));
+            return Ok(());
+        }
         match self.durability {
             AuditDurability::Batched => self.enqueue(Queued { record, ack: None }).await,
             AuditDurability::Sync => {
@@ -138,6 +162,53 @@ impl AuditLog {
                 }
             }
         }
+    }
+}
+
+impl AuditLog {
+    /// Queues the aggregated decisions gathered since the last call, one entry per
+    /// credential, route and method, with `count` in its detail. What the queue has no
+    /// room for stays for the next call. Returns how many entries were queued.
+    pub fn flush_aggregates(&self) -> usize {
+        let taken = {
+            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+            if aggregates.is_empty() {
+                return 0;
+            }
+            std::mem::take(&mut *aggregates)
+        };
+        let mut queued = 0;
+        let mut left = Vec::new();
+        for (key, (mut record, count)) in taken {
+            if count > 1 {
+                let mut detail = record
+                    .detail
+                    .as_deref()
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+                    .filter(serde_json::Value::is_object)
+                    .unwrap_or_else(|| serde_json::json!({}));
+                detail["count"] = serde_json::Value::from(count);
+                detail["aggregated"] =
+                    serde_json::Value::from("allowed decisions in the second from `time`");
+                record.detail = Some(detail.to_string());
+            }
+            match self.tx.try_send(Queued { record, ack: None }) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => {
+                    left.push((key, (q.record, count)));
+                }
+            }
+        }
+        if !left.is_empty() {
+            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, (record, count)) in left {
+                aggregates
+                    .entry(key)
+                    .and_modify(|(_, n)| *n += count)
+                    .or_insert((record, count));
+            }
+        }
+        queued
     }
 }
 
@@ -164,6 +235,7 @@ struct Pending {
     detail: Option<serde_json::Value>,
     action: Option<(String, String)>,
     decided_method: Option<Method>,
+    aggregate: bool,
     recorded: bool,
 }
 
@@ -192,6 +264,7 @@ impl AuditContext {
             detail: None,
             action: None,
             decided_method: None,
+            aggregate: false,
             recorded: false,
         })))
     }
@@ -225,6 +298,13 @@ impl AuditContext {
         if let Ok(m) = Method::from_bytes(method.as_bytes()) {
             self.with(|p| p.decided_method = Some(m));
         }
+    }
+
+    /// Allowed decisions of this kind may be written as one entry per credential, route
+    /// and method each second, with a count (forward-auth: one entry per request would
+    /// cost more than the decision).
+    pub fn aggregate(&self) {
+        self.with(|p| p.aggregate = true);
     }
 
     /// The resource acted on, when the path does not name it (a creation).

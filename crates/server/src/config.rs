@@ -99,6 +99,10 @@ pub struct Config {
     pub signing_key_file: Option<PathBuf>,
     /// How long an identity assertion is valid. Default 60 s.
     pub assertion_ttl: Duration,
+    /// What an assertion is bound to: `route` (default: credential, principal,
+    /// workspace, scopes, route and method; reused for half its lifetime) or `request`
+    /// (also the request id and path; signed for every request).
+    pub assertion_binding: crate::edge::signer::Binding,
     /// The public base URL of this deployment (the assertions' issuer). Default unset:
     /// the issuer is `datastack`.
     pub public_url: Option<String>,
@@ -153,6 +157,7 @@ impl Default for Config {
             signing_key: None,
             signing_key_file: None,
             assertion_ttl: Duration::from_secs(60),
+            assertion_binding: crate::edge::signer::Binding::Route,
             public_url: None,
         }
     }
@@ -235,6 +240,8 @@ pub struct ConfigLayer {
     pub signing_key_file: Option<PathBuf>,
     /// `assertion_ttl_seconds`.
     pub assertion_ttl_seconds: Option<u64>,
+    /// `assertion_binding`: `route` or `request`.
+    pub assertion_binding: Option<String>,
     /// `public_url`.
     pub public_url: Option<String>,
 }
@@ -365,6 +372,7 @@ impl ConfigLayer {
                 "SIGNING_KEY" => layer.signing_key = Some(SecretString::from(value)),
                 "SIGNING_KEY_FILE" => layer.signing_key_file = Some(PathBuf::from(value)),
                 "ASSERTION_TTL_SECONDS" => layer.assertion_ttl_seconds = Some(number(&value)?),
+                "ASSERTION_BINDING" => layer.assertion_binding = Some(value),
                 "PUBLIC_URL" => layer.public_url = Some(value),
                 // Variables of the client commands and of the tests are not server settings.
                 _ => {}
@@ -414,6 +422,7 @@ impl ConfigLayer {
             signing_key,
             signing_key_file,
             assertion_ttl_seconds,
+            assertion_binding,
             public_url
         );
         self
@@ -631,6 +640,17 @@ impl ConfigLayer {
         }
         if let Some(s) = self.assertion_ttl_seconds {
             c.assertion_ttl = Duration::from_secs(within("assertion_ttl_seconds", s, 5, 3600)?);
+        }
+        if let Some(b) = &self.assertion_binding {
+            c.assertion_binding = match b.trim() {
+                "route" => crate::edge::signer::Binding::Route,
+                "request" => crate::edge::signer::Binding::Request,
+                _ => {
+                    return Err(ConfigError(
+                        "assertion_binding must be route or request".into(),
+                    ));
+                }
+            };
         }
         if let Some(url) = self.public_url.as_ref().filter(|u| !u.trim().is_empty()) {
             if !(url.starts_with("https://") || url.starts_with("http://")) {

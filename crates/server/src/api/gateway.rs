@@ -378,6 +378,7 @@ pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
         };
     if let Some(audit) = &audit {
         audit.set_decided_method(&method);
+        audit.aggregate();
     }
     let allowed = match edge::decide(
         &state,

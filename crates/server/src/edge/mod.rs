@@ -82,7 +82,12 @@ impl Edge {
             routes,
             ip_rules: IpRuleCache::new(store.clone()),
             limiter: Limiter::new(config, metrics).await?,
-            signer: Signer::new(seed, config.assertion_ttl.as_secs(), issuer)?,
+            signer: Signer::new(
+                seed,
+                config.assertion_ttl.as_secs(),
+                issuer,
+                config.assertion_binding,
+            )?,
             upstreams: proxy::Upstreams::new(),
             root_workspace,
         })
@@ -458,18 +463,19 @@ pub fn identity_headers(
     let consent = identity.workspace.settings.data_retention_consent;
     let now = Signer::now();
     let signer = &state.edge.signer;
+    let per_request = signer.binding == signer::Binding::Request;
     let assertion = signer
-        .sign(&Assertion {
+        .assertion(&Assertion {
             iss: &signer.issuer,
             aud: &allowed.route.spec.path_prefix,
             sub: identity.principal.id.as_str(),
             ws: identity.workspace.id.as_str(),
             cred: identity.token.id.as_str(),
             scope: &scopes,
-            rid: request_id,
+            rid: per_request.then_some(request_id),
             consent,
             htm: method,
-            htu: path,
+            htu: per_request.then_some(path),
             iat: now,
             exp: now + signer.ttl,
             jti: &uuid::Uuid::now_v7().simple().to_string(),
@@ -504,10 +510,7 @@ pub fn identity_headers(
             HeaderName::from_static("x-datastack-retention-consent"),
             HeaderValue::from_static(if consent { "true" } else { "false" }),
         ),
-        (
-            HeaderName::from_static("x-datastack-assertion"),
-            value(&assertion)?,
-        ),
+        (HeaderName::from_static("x-datastack-assertion"), assertion),
     ])
 }
 

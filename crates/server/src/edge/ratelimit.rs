@@ -157,7 +157,7 @@ struct Abuse {
 
 /// The in-process limiter: one keyed GCRA limiter per distinct quota.
 struct Local {
-    limiters: Mutex<HashMap<u32, std::sync::Arc<Keyed>>>,
+    limiters: std::sync::RwLock<HashMap<u32, std::sync::Arc<Keyed>>>,
     abuse: Mutex<HashMap<String, Abuse>>,
     /// Whether any penalty may be active (skips the lock on the common path).
     any_penalty: AtomicBool,
@@ -165,7 +165,15 @@ struct Local {
 
 impl Local {
     fn limiter(&self, per_minute: u32) -> std::sync::Arc<Keyed> {
-        let mut map = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = self
+            .limiters
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&per_minute)
+        {
+            return l.clone();
+        }
+        let mut map = self.limiters.write().unwrap_or_else(|p| p.into_inner());
         map.entry(per_minute)
             .or_insert_with(|| {
                 let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
@@ -295,7 +303,7 @@ impl Limiter {
         };
         let limiter = Self {
             local: Local {
-                limiters: Mutex::new(HashMap::new()),
+                limiters: std::sync::RwLock::new(HashMap::new()),
                 abuse: Mutex::new(HashMap::new()),
                 any_penalty: AtomicBool::new(false),
             },
@@ -616,7 +624,7 @@ impl Limiter {
             let map = self
                 .local
                 .limiters
-                .lock()
+                .read()
                 .unwrap_or_else(|p| p.into_inner());
             map.values().cloned().collect()
         };

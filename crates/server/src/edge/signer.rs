@@ -31,24 +31,47 @@ pub struct Assertion<'a> {
     pub cred: &'a str,
     /// The credential's scopes, space-separated.
     pub scope: &'a str,
-    /// The request id.
-    pub rid: &'a str,
+    /// The request id (`assertion_binding = "request"` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rid: Option<&'a str>,
     /// The workspace's data-retention consent.
     pub consent: bool,
     /// The request's method.
     pub htm: &'a str,
-    /// The request's path (without query).
-    pub htu: &'a str,
+    /// The request's path without query (`assertion_binding = "request"` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub htu: Option<&'a str>,
     /// Issued at (Unix seconds).
     pub iat: u64,
     /// Expires at.
     pub exp: u64,
-    /// Unique id (the request id).
+    /// A unique id for this assertion.
     pub jti: &'a str,
+}
+
+/// What one assertion is bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Binding {
+    /// Credential, principal, workspace, scopes, route and method: one assertion serves
+    /// every such request for half its lifetime, so signing is off the hot path.
+    #[default]
+    Route,
+    /// The above plus the request id and path: signed for every request.
+    Request,
+}
+
+/// A signed assertion kept for reuse, and until when it may be reused.
+struct Cached {
+    value: axum::http::HeaderValue,
+    reuse_until: std::time::Instant,
 }
 
 /// Signs assertions and publishes the public key.
 pub struct Signer {
+    /// Route-bound assertions, by what they attest.
+    cache: quick_cache::sync::Cache<String, std::sync::Arc<Cached>>,
+    /// What an assertion is bound to.
+    pub binding: Binding,
     key: EncodingKey,
     header: Header,
     jwks: String,
@@ -67,7 +90,12 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// A signer over a 32-byte seed.
-    pub fn new(seed: &[u8; 32], ttl: u64, issuer: String) -> Result<Self, String> {
+    pub fn new(
+        seed: &[u8; 32],
+        ttl: u64,
+        issuer: String,
+        binding: Binding,
+    ) -> Result<Self, String> {
         let signing = SigningKey::from_bytes(seed);
         let public = signing.verifying_key().to_bytes();
         let kid = hex::encode(&Sha256::digest(public)[..8]);
@@ -90,6 +118,8 @@ impl Signer {
         header.kid = Some(kid.clone());
         header.typ = Some("datastack-assertion+jwt".to_owned());
         Ok(Self {
+            cache: quick_cache::sync::Cache::new(100_000),
+            binding,
             key,
             header,
             jwks,
@@ -120,5 +150,41 @@ impl Signer {
     /// Signs `claims`.
     pub fn sign(&self, claims: &Assertion<'_>) -> Result<String, String> {
         jsonwebtoken::encode(&self.header, claims, &self.key).map_err(|e| e.to_string())
+    }
+
+    /// The assertion for `claims` as a header value. With route binding, an assertion
+    /// signed for the same claims (all but the times and `jti`) less than half its
+    /// lifetime ago is reused.
+    pub fn assertion(&self, claims: &Assertion<'_>) -> Result<axum::http::HeaderValue, String> {
+        let encode = |claims: &Assertion<'_>| {
+            let jwt = self.sign(claims)?;
+            axum::http::HeaderValue::from_str(&jwt).map_err(|e| e.to_string())
+        };
+        if self.binding == Binding::Request {
+            return encode(claims);
+        }
+        let key = format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            claims.cred,
+            claims.sub,
+            claims.ws,
+            claims.scope,
+            claims.aud,
+            claims.htm,
+            claims.consent
+        );
+        let now = std::time::Instant::now();
+        if let Some(c) = self.cache.get(&key).filter(|c| c.reuse_until > now) {
+            return Ok(c.value.clone());
+        }
+        let value = encode(claims)?;
+        self.cache.insert(
+            key,
+            std::sync::Arc::new(Cached {
+                value: value.clone(),
+                reuse_until: now + std::time::Duration::from_secs(self.ttl / 2),
+            }),
+        );
+        Ok(value)
     }
 }

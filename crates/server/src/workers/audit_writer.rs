@@ -14,7 +14,7 @@ use datastack_core::audit::{AuditRecord, SecurityEvent, network_of};
 use datastack_store::{Sighting, Store};
 use tokio::sync::{mpsc, watch};
 
-use crate::audit::Queued;
+use crate::audit::{AuditLog, Queued};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
@@ -31,9 +31,13 @@ pub async fn audit_writer(
     mut rx: mpsc::Receiver<Queued>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    audit: Arc<AuditLog>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut detector = Detector::new(&config);
+    // Aggregated forward-auth decisions are queued once a second (and at shutdown).
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let new_network_window = chrono::Duration::days(i64::from(config.new_network_window_days));
     let mut stopping = false;
     loop {
@@ -42,8 +46,13 @@ pub async fn audit_writer(
         } else {
             tokio::select! {
                 m = rx.recv() => m,
+                _ = tick.tick() => {
+                    audit.flush_aggregates();
+                    continue;
+                }
                 _ = stop.wait_for(|s| *s) => {
                     // No new entries can be queued; drain what is there.
+                    audit.flush_aggregates();
                     rx.close();
                     stopping = true;
                     continue;

@@ -200,8 +200,9 @@ async fn gateway_proxies_with_signed_identity(backend: Backend) {
     .await;
     assert_eq!(claims["sub"], admin_id.as_str());
     assert_eq!(claims["htm"], "GET");
-    assert_eq!(claims["htu"], "/v1/clusters/c-1");
-    assert_eq!(claims["rid"], "gw-test-1");
+    assert_eq!(claims["cred"], h["x-datastack-credential"]);
+    // Route binding (the default): no per-request claims, so it can be reused.
+    assert!(claims.get("rid").is_none() && claims.get("htu").is_none());
     // A tampered assertion does not verify.
     let mut tampered = h["x-datastack-assertion"].as_str().expect("a").to_owned();
     let flip = if tampered.ends_with('A') { 'B' } else { 'A' };
@@ -594,7 +595,12 @@ async fn route_management_is_validated(backend: Backend) {
 }
 
 async fn forward_auth_decides_for_each_proxy(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    // Assertions bound to each request: the path and request id are signed too.
+    let app = TestApp::spawn_on(store, |c| {
+        c.assertion_binding = datastack_server::edge::signer::Binding::Request;
+    })
+    .await;
     let admin = app.admin().to_owned();
     create_route(&app, json!({"pathPrefix": "/v1/jobs", "resource": "jobs"})).await;
     let (reader, reader_id) = app
@@ -639,6 +645,28 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
         .to_owned();
     let claims = verify_assertion(&app, &assertion, "/v1/jobs").await;
     assert_eq!(claims["htu"], "/v1/jobs/42");
+    // Allowed decisions are audited as one entry per credential, route and method each
+    // second, with a count.
+    for _ in 0..5 {
+        let r = verify(
+            Some(reader.clone()),
+            vec![("x-original-uri", "/v1/jobs/42")],
+            Method::GET,
+            "/auth/verify",
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    audit_until(
+        &app,
+        "/api/v1/audit/events?action=forward_auth.verify&limit=200",
+        |items| {
+            items.iter().any(|e| {
+                e["status"] == 200 && e["detail"]["count"].as_u64().is_some_and(|n| n >= 2)
+            })
+        },
+    )
+    .await;
     let r = verify(
         Some(reader.clone()),
         vec![
