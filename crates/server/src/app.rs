@@ -231,23 +231,24 @@ impl Application {
         })?;
         // Subscribe before serving, so no revocation committed after start is missed.
         let invalidations = store.listen_invalidations().await?;
+        let metrics = Arc::new(Metrics::new());
+        let seed = load_signing_key(&config)?;
+        let edge = crate::edge::Edge::new(&store, &config, metrics.clone(), &seed)
+            .await
+            .map_err(StartError::Edge)?;
         let admin_token = bootstrap(&store).await?;
         let root = store.root_workspace_id().await?.ok_or_else(|| {
             StartError::Store(datastack_store::Error::Corrupt(
                 "the store has no root workspace".into(),
             ))
         })?;
-        let metrics = Arc::new(Metrics::new());
+        edge.set_root_workspace(root.clone());
         let credentials = Arc::new(CredentialVerifier::new(
             store.clone(),
             config.cache_capacity,
             config.cache_ttl,
             metrics.clone(),
         ));
-        let seed = load_signing_key(&config)?;
-        let edge = crate::edge::Edge::new(&store, &config, metrics.clone(), &seed, root.clone())
-            .await
-            .map_err(StartError::Edge)?;
         let (audit, audit_rx) = AuditLog::new(&config, root);
         let audit = Arc::new(audit);
         let config = Arc::new(config);

@@ -53,8 +53,19 @@ pub struct AuditLog {
     aggregates: Mutex<std::collections::HashMap<AggregateKey, (AuditRecord, u64)>>,
 }
 
-/// Workspace, credential, route and method of aggregated decisions.
-type AggregateKey = (String, Option<String>, Option<String>, String);
+/// Workspace, credential, route, method, scope and source address of aggregated
+/// decisions: the fields new-network detection and the access review read.
+type AggregateKey = (
+    String,
+    Option<String>,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+/// The most distinct groups aggregated at once; beyond it, decisions are queued one by one.
+const MAX_AGGREGATES: usize = 10_000;
 
 impl AuditLog {
     /// A log whose writer reads the returned receiver.
@@ -139,13 +150,25 @@ impl AuditLog {
                 record.credential_id.clone(),
                 record.resource_id.clone(),
                 method.to_string(),
+                record.scope.clone(),
+                record.source_ip.clone(),
             );
-            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-            aggregates
-                .entry(key)
-                .and_modify(|(_, n)| *n += 1)
-                .or_insert((record, 1));
-            return Ok(());
+            let overflow = {
+                let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some((_, n)) = aggregates.get_mut(&key) {
+                    *n += 1;
+                    None
+                } else if aggregates.len() < MAX_AGGREGATES {
+                    aggregates.insert(key, (record, 1));
+                    None
+                } else {
+                    Some(record)
+                }
+            };
+            return match overflow {
+                None => Ok(()),
+                Some(record) => self.enqueue(Queued { record, ack: None }).await,
+            };
         }
         match self.durability {
             AuditDurability::Batched => self.enqueue(Queued { record, ack: None }).await,
@@ -166,6 +189,19 @@ impl AuditLog {
 }
 
 impl AuditLog {
+    /// Takes every aggregated group as its entry (for a writer that stops with a full
+    /// queue: it writes them itself).
+    pub fn take_aggregates(&self) -> Vec<AuditRecord> {
+        let taken = {
+            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
+            std::mem::take(&mut *aggregates)
+        };
+        taken
+            .into_values()
+            .map(|(record, count)| with_count(record, count))
+            .collect()
+    }
+
     /// Queues the aggregated decisions gathered since the last call, one entry per
     /// credential, route and method, with `count` in its detail. What the queue has no
     /// room for stays for the next call. Returns how many entries were queued.
@@ -179,24 +215,13 @@ impl AuditLog {
         };
         let mut queued = 0;
         let mut left = Vec::new();
-        for (key, (mut record, count)) in taken {
-            if count > 1 {
-                let mut detail = record
-                    .detail
-                    .as_deref()
-                    .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-                    .filter(serde_json::Value::is_object)
-                    .unwrap_or_else(|| serde_json::json!({}));
-                detail["count"] = serde_json::Value::from(count);
-                detail["aggregated"] =
-                    serde_json::Value::from("allowed decisions in the second from `time`");
-                record.detail = Some(detail.to_string());
-            }
-            match self.tx.try_send(Queued { record, ack: None }) {
+        for (key, (record, count)) in taken {
+            match self.tx.try_send(Queued {
+                record: with_count(record.clone(), count),
+                ack: None,
+            }) {
                 Ok(()) => queued += 1,
-                Err(mpsc::error::TrySendError::Full(q) | mpsc::error::TrySendError::Closed(q)) => {
-                    left.push((key, (q.record, count)));
-                }
+                Err(_) => left.push((key, (record, count))),
             }
         }
         if !left.is_empty() {
@@ -210,6 +235,24 @@ impl AuditLog {
         }
         queued
     }
+}
+
+/// The entry of an aggregated group: its first decision, with `count` in the detail when
+/// the group holds more than one.
+fn with_count(mut record: AuditRecord, count: u64) -> AuditRecord {
+    if count > 1 {
+        let mut detail = record
+            .detail
+            .as_deref()
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+            .filter(serde_json::Value::is_object)
+            .unwrap_or_else(|| serde_json::json!({}));
+        detail["count"] = serde_json::Value::from(count);
+        detail["aggregated"] =
+            serde_json::Value::from("allowed decisions in the second from `time`");
+        record.detail = Some(detail.to_string());
+    }
+    record
 }
 
 /// What the pipeline knows about a request, for its audit entry. Stages and handlers add

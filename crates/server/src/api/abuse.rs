@@ -115,7 +115,8 @@ pub async fn list(
         ));
     }
     let ws = &caller.identity.workspace.id;
-    let scope = (*ws != state.edge.root_workspace).then_some(ws);
+    let root = state.edge.root_workspace();
+    let scope = (*ws != root).then_some(ws);
     let flags = state
         .store
         .list_abuse_flags(scope, params.active.unwrap_or(true), limit)
@@ -140,7 +141,8 @@ pub async fn clear(
 ) -> ApiResult<Json<AbuseFlagResponse>> {
     let id = AbuseFlagId::parse(&id).map_err(|_| ApiError::not_found("abuse flag"))?;
     let ws = &caller.identity.workspace.id;
-    let scope = (*ws != state.edge.root_workspace).then_some(ws);
+    let root = state.edge.root_workspace();
+    let scope = (*ws != root).then_some(ws);
     let flag = state
         .store
         .clear_abuse_flag(scope, &id, caller.identity.principal.id.as_str(), |flag| {

@@ -144,7 +144,7 @@ pub struct RouteList {
 
 /// Routes apply to every workspace, so only the root workspace manages them.
 fn require_root(state: &AppState, caller: &Authorized<ManageGateway>) -> ApiResult<()> {
-    if caller.identity.workspace.id != state.edge.root_workspace {
+    if caller.identity.workspace.id != state.edge.root_workspace() {
         return Err(ApiError::Forbidden(
             "gateway routes apply to every workspace and are managed from the root workspace"
                 .into(),

@@ -56,8 +56,9 @@ pub struct Edge {
     pub signer: Signer,
     /// The upstream client.
     pub upstreams: proxy::Upstreams,
-    /// The workspace that records what belongs to none (anonymous clients).
-    pub root_workspace: WorkspaceId,
+    /// The workspace that records what belongs to none (anonymous clients), known once
+    /// the store is bootstrapped.
+    root_workspace: std::sync::OnceLock<WorkspaceId>,
 }
 
 impl Edge {
@@ -67,7 +68,6 @@ impl Edge {
         config: &Config,
         metrics: Arc<Metrics>,
         seed: &[u8; 32],
-        root_workspace: WorkspaceId,
     ) -> Result<Self, String> {
         let routes = RouteTable::new(store.clone(), &config.gateway_routes);
         routes
@@ -89,8 +89,22 @@ impl Edge {
                 config.assertion_binding,
             )?,
             upstreams: proxy::Upstreams::new(),
-            root_workspace,
+            root_workspace: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the root workspace (once, at start, after the bootstrap).
+    pub fn set_root_workspace(&self, root: WorkspaceId) {
+        let _ = self.root_workspace.set(root);
+    }
+
+    /// The root workspace: it manages gateway routes and records what belongs to no
+    /// workspace.
+    pub fn root_workspace(&self) -> WorkspaceId {
+        self.root_workspace
+            .get()
+            .cloned()
+            .unwrap_or_else(|| WorkspaceId::from_trusted(String::new()))
     }
 
     /// Applies an invalidation to the edge caches. Returns whether the routes must be
@@ -269,7 +283,7 @@ fn record_flag(
     flagged: &Flagged,
 ) {
     let workspace = match (&flagged.subject, identity) {
-        (Subject::Ip(_), _) | (_, None) => state.edge.root_workspace.clone(),
+        (Subject::Ip(_), _) | (_, None) => state.edge.root_workspace(),
         (_, Some(i)) => i.workspace.id.clone(),
     };
     let now = Utc::now();

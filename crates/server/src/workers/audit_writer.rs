@@ -51,7 +51,8 @@ pub async fn audit_writer(
                     continue;
                 }
                 _ = stop.wait_for(|s| *s) => {
-                    // No new entries can be queued; drain what is there.
+                    // No new entries can be queued; drain what is there. Aggregated
+                    // decisions the queue has no room for are written after it.
                     audit.flush_aggregates();
                     rx.close();
                     stopping = true;
@@ -59,8 +60,21 @@ pub async fn audit_writer(
                 }
             }
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
+        let mut batch = match first {
+            Some(q) => vec![q],
+            None => {
+                // Drained: what is still aggregated goes in a last batch of its own.
+                let rest: Vec<Queued> = audit
+                    .take_aggregates()
+                    .into_iter()
+                    .map(|record| Queued { record, ack: None })
+                    .collect();
+                if rest.is_empty() {
+                    break;
+                }
+                rest
+            }
+        };
         while batch.len() < BATCH_MAX {
             match rx.try_recv() {
                 Ok(q) => batch.push(q),
