@@ -291,7 +291,7 @@ impl RouteSpec {
 
     /// The scope a request with `method` needs on this route.
     pub fn required_scope(&self, method: &str) -> Scope {
-        if let Some(scope) = self.method_scopes.get(method) {
+        if let Some(scope) = self.method_scopes.get(&method.to_ascii_uppercase()) {
             return *scope;
         }
         if method.eq_ignore_ascii_case("GET") || method.eq_ignore_ascii_case("HEAD") {

@@ -398,9 +398,8 @@ pub async fn bulk_revoke(
             .await
         {
             Ok(revoked) => {
-                state
-                    .credentials
-                    .invalidate(&Invalidation::Token(revoked.digest_hex));
+                crate::edge::apply_invalidation(&state, &Invalidation::Token(revoked.digest_hex))
+                    .await;
                 out.changed.push(BulkChange {
                     credential_id: id.to_string(),
                     scopes: None,
@@ -478,9 +477,8 @@ pub async fn bulk_narrow(
             .await
         {
             Ok(changed) => {
-                state
-                    .credentials
-                    .invalidate(&Invalidation::Token(changed.digest_hex));
+                crate::edge::apply_invalidation(&state, &Invalidation::Token(changed.digest_hex))
+                    .await;
                 out.changed.push(BulkChange {
                     credential_id: token.id.to_string(),
                     scopes: Some(narrower.to_strings()),

@@ -315,15 +315,35 @@ fn original_request(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let strip_query = |u: String| -> String {
-        let without = u.split(['?', '#']).next().unwrap_or_default().to_owned();
-        // An absolute URI (some proxies send one): keep its path.
-        match without.split_once("://") {
-            Some((_, rest)) => rest
-                .find('/')
-                .map_or_else(|| "/".to_owned(), |i| rest[i..].to_owned()),
+    // The path of the URI: an origin-form target (`/path?query`), or an absolute URI
+    // (`http://host/path`, which some proxies send) whose scheme and authority are dropped.
+    // Anything else is refused rather than guessed at.
+    let path_of = |u: String| -> Result<String, &'static str> {
+        let without = u.split(['?', '#']).next().unwrap_or_default();
+        let lower = without.to_ascii_lowercase();
+        let rest = if lower.starts_with("http://") {
+            Some(&without[7..])
+        } else if lower.starts_with("https://") {
+            Some(&without[8..])
+        } else {
+            None
+        };
+        let path = match rest {
+            Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
             None => without,
+        };
+        if path.starts_with('/') {
+            Ok(path.to_owned())
+        } else {
+            Err("the original URI is neither a path nor an http(s) URL")
         }
+    };
+    // The proxy must name the method with the URI: defaulting to GET would let a write
+    // be decided as a read.
+    let method_of = |name: &str| -> Result<String, &'static str> {
+        get(name)
+            .map(|m| m.to_ascii_uppercase())
+            .ok_or("the original method is missing: send X-Original-Method with X-Original-URI, or X-Forwarded-Method with X-Forwarded-Uri")
     };
     let nginx = get("x-original-uri");
     let traefik = get("x-forwarded-uri");
@@ -339,12 +359,10 @@ fn original_request(
         );
     }
     if let Some(uri) = nginx {
-        let m = get("x-original-method").unwrap_or_else(|| "GET".to_owned());
-        return Ok((m.to_ascii_uppercase(), strip_query(uri)));
+        return Ok((method_of("x-original-method")?, path_of(uri)?));
     }
     if let Some(uri) = traefik {
-        let m = get("x-forwarded-method").unwrap_or_else(|| "GET".to_owned());
-        return Ok((m.to_ascii_uppercase(), strip_query(uri)));
+        return Ok((method_of("x-forwarded-method")?, path_of(uri)?));
     }
     match envoy {
         Some(rest) => Ok((method.to_owned(), rest.to_owned())),
@@ -430,6 +448,27 @@ mod tests {
 
     #[test]
     fn original_request_from_each_proxy() {
+        // No method header: refused, not defaulted to GET.
+        let mut h = HeaderMap::new();
+        h.insert("x-original-uri", "/v1/x".parse().expect("v"));
+        assert!(super::original_request("GET", "/auth/verify", &h).is_err());
+        // `://` inside a path is not an absolute URI.
+        h.insert("x-original-method", "GET".parse().expect("v"));
+        h.insert(
+            "x-original-uri",
+            "/v1/admin/42;x=http://a/v1/public".parse().expect("v"),
+        );
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Ok(("GET".into(), "/v1/admin/42;x=http://a/v1/public".into()))
+        );
+        h.insert("x-original-uri", "HTTPS://host/v1/y?q".parse().expect("v"));
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Ok(("GET".into(), "/v1/y".into()))
+        );
+        h.insert("x-original-uri", "v1/relative".parse().expect("v"));
+        assert!(super::original_request("GET", "/auth/verify", &h).is_err());
         let mut h = HeaderMap::new();
         h.insert("x-original-uri", "/v1/clusters/1?x=1".parse().expect("v"));
         h.insert("x-original-method", "post".parse().expect("v"));

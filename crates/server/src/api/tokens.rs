@@ -302,9 +302,7 @@ pub async fn revoke_token(
             other => other.into(),
         })?;
     audit.mark_recorded();
-    state
-        .credentials
-        .invalidate(&Invalidation::Token(revoked.digest_hex.clone()));
+    crate::edge::apply_invalidation(&state, &Invalidation::Token(revoked.digest_hex.clone())).await;
     tracing::info!(token_id = %revoked.id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -409,9 +409,11 @@ pub async fn update_workspace(
         audit.mark_recorded();
     }
     // Even when reading the result back failed, the change may have committed.
-    state
-        .credentials
-        .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
+    crate::edge::apply_invalidation(
+        &state,
+        &datastack_store::Invalidation::Workspace(id.to_string()),
+    )
+    .await;
     let ws = result.map_err(not_found)?;
     Ok(Json(WorkspaceResponse::from(ws)))
 }
@@ -436,9 +438,11 @@ async fn set_status(
     if result.is_ok() {
         audit.mark_recorded();
     }
-    state
-        .credentials
-        .invalidate(&datastack_store::Invalidation::Workspace(id.to_string()));
+    crate::edge::apply_invalidation(
+        &state,
+        &datastack_store::Invalidation::Workspace(id.to_string()),
+    )
+    .await;
     let ws = result.map_err(not_found)?;
     tracing::info!(workspace = %ws.id, status = ws.status.as_str(), by = %caller.id, "workspace status changed");
     Ok(Json(WorkspaceResponse::from(ws)))

@@ -89,14 +89,31 @@ fn forwarded_hops(headers: &HeaderMap, header: ForwardedHeader) -> Hops {
         return Hops::Unparseable;
     };
     let value = parts.join(",");
-    let parsed = match header {
-        ForwardedHeader::XForwardedFor => ForwardedHeaderValue::from_x_forwarded_for(&value),
-        ForwardedHeader::Forwarded => ForwardedHeaderValue::from_forwarded(&value),
-    };
-    match parsed {
-        Ok(p) => Hops::List(p.iter().map(|s| s.forwarded_for_ip()).collect()),
-        Err(_) => Hops::Unparseable,
+    match header {
+        // Each entry on its own: a bad entry the client wrote on the left must not hide
+        // the good ones our proxies appended on the right (the walk stops before it).
+        ForwardedHeader::XForwardedFor => Hops::List(value.split(',').map(xff_entry).collect()),
+        ForwardedHeader::Forwarded => match ForwardedHeaderValue::from_forwarded(&value) {
+            Ok(p) => Hops::List(p.iter().map(|s| s.forwarded_for_ip()).collect()),
+            Err(_) => Hops::Unparseable,
+        },
     }
+}
+
+/// One `X-Forwarded-For` entry: an address, possibly with a port (`203.0.113.7:4711`,
+/// `[2001:db8::7]:4711`) or in brackets.
+fn xff_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|e| e.strip_suffix(']'))
+                .and_then(|e| e.parse().ok())
+        })
 }
 
 #[cfg(test)]
@@ -160,6 +177,17 @@ mod tests {
         // Garbage or an unknown hop: the client is unknown (not the proxy).
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(resolve(ip("10.0.0.1"), &h, &trusted, XFF), None);
+        // Garbage on the left does not hide what our proxies appended; ports are fine.
+        let h = headers(&[("x-forwarded-for", "junk, 198.51.100.9:4711, 10.0.0.2")]);
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("198.51.100.9")
+        );
+        let h = headers(&[("x-forwarded-for", "[2001:db8::9]:80")]);
+        assert_eq!(
+            resolve(ip("10.0.0.1"), &h, &trusted, XFF),
+            ip("2001:db8::9")
+        );
         let h = headers(&[("forwarded", "for=unknown, for=10.0.0.2")]);
         assert_eq!(
             resolve(ip("10.0.0.1"), &h, &trusted, ForwardedHeader::Forwarded),

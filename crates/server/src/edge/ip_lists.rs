@@ -23,6 +23,8 @@ struct Entry {
 pub struct IpRuleCache {
     store: Store,
     cache: quick_cache::sync::Cache<WorkspaceId, Arc<Entry>>,
+    /// Bumped by every invalidation: rules read before a bump are not cached after it.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Compiles the enabled lists of a workspace.
@@ -47,6 +49,7 @@ impl IpRuleCache {
         Self {
             store,
             cache: quick_cache::sync::Cache::new(10_000),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -62,15 +65,24 @@ impl IpRuleCache {
         {
             return Ok(e.rules.clone());
         }
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::SeqCst);
         let lists = self.store.list_ip_lists(workspace).await?;
         let rules = Arc::new(compile(&lists));
-        self.cache.insert(
-            workspace.clone(),
-            Arc::new(Entry {
-                rules: rules.clone(),
-                fetched: Instant::now(),
-            }),
-        );
+        // Cache only what no invalidation raced with (as the credential cache does): an
+        // invalidation bumps the generation before it removes the entry.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache.insert(
+                workspace.clone(),
+                Arc::new(Entry {
+                    rules: rules.clone(),
+                    fetched: Instant::now(),
+                }),
+            );
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.cache.remove(workspace);
+            }
+        }
         Ok(rules)
     }
 
@@ -85,12 +97,16 @@ impl IpRuleCache {
 
     /// Drops a workspace's rules.
     pub fn invalidate(&self, workspace: &str) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache
             .remove(&WorkspaceId::from_trusted(workspace.to_owned()));
     }
 
     /// Drops everything.
     pub fn clear(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.cache.clear();
     }
 }

@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod signer;
+pub mod tunnels;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub struct Edge {
     pub signer: Signer,
     /// The upstream client.
     pub upstreams: proxy::Upstreams,
+    /// Open WebSocket tunnels.
+    pub tunnels: tunnels::Tunnels,
     /// The workspace that records what belongs to none (anonymous clients), known once
     /// the store is bootstrapped.
     root_workspace: std::sync::OnceLock<WorkspaceId>,
@@ -89,6 +92,7 @@ impl Edge {
                 config.assertion_binding,
             )?,
             upstreams: proxy::Upstreams::new(),
+            tunnels: tunnels::Tunnels::default(),
             root_workspace: std::sync::OnceLock::new(),
         })
     }
@@ -129,6 +133,7 @@ impl Edge {
 /// and penalties.
 pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
     state.credentials.invalidate(inv);
+    state.edge.tunnels.close_matching(inv);
     if state.edge.invalidate(inv)
         && let Err(e) = state.edge.routes.reload().await
     {
@@ -197,7 +202,7 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
         ],
         _ => match req.extensions().get::<ClientIp>().and_then(|c| c.0) {
             Some(ip) => vec![Bucket {
-                subject: Subject::Ip(ip),
+                subject: Subject::Ip(network_key(ip)),
                 per_minute: config.rate_limit_ip_per_minute,
             }],
             // An address that cannot be known: all such clients share one bucket.
@@ -247,6 +252,17 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
     let mut response = ApiError::RateLimited(message.to_owned()).into_response();
     rate_limit_headers(response.headers_mut(), &verdict);
     response
+}
+
+/// The address a per-address bucket counts: IPv4 as is, IPv6 by its /64 (one host
+/// typically holds a whole /64, so single addresses would be free to rotate).
+fn network_key(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip.to_canonical() {
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !((1u128 << 64) - 1),
+        )),
+        v4 => v4,
+    }
 }
 
 /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and, when
@@ -367,7 +383,8 @@ pub enum Undecidable {
 /// segments (`%2F`, `%5C`): route matching compares the path as sent, so it must have
 /// one spelling only.
 fn safe_path(path: &str) -> bool {
-    if !path.starts_with('/') || path.contains('\\') {
+    // `;` starts path parameters many servers drop (`/public/..;/admin`, `/admin;x`).
+    if !path.starts_with('/') || path.contains('\\') || path.contains(';') {
         return false;
     }
     let bytes = path.as_bytes();
@@ -376,10 +393,17 @@ fn safe_path(path: &str) -> bool {
         if bytes[i] == b'%' {
             let decoded = bytes
                 .get(i + 1..i + 3)
+                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
                 .and_then(|h| std::str::from_utf8(h).ok())
                 .and_then(|h| u8::from_str_radix(h, 16).ok());
             match decoded {
-                Some(b) if !(b.is_ascii_alphanumeric() || b"-._~/\\".contains(&b)) => i += 3,
+                Some(b)
+                    if b != 0
+                        && b != b';'
+                        && !(b.is_ascii_alphanumeric() || b"-._~/\\".contains(&b)) =>
+                {
+                    i += 3
+                }
                 _ => return false,
             }
         } else {
@@ -411,6 +435,12 @@ pub fn decide(
     }
     let audit = extensions.get::<AuditContext>();
     let route = state.edge.routes.find(path).ok_or(Undecidable::NoRoute)?;
+    if state.edge.routes.shadowed_by_case(path, &route) {
+        return Err(Undecidable::Refused(ApiError::InvalidRequest(
+            "the path differs only in letter case from a more specific route's prefix; send it in the route's spelling"
+                .into(),
+        )));
+    }
     if let Some(audit) = audit {
         audit.set_action(action, route.spec.resource.as_str());
         audit.set_resource_id(&route.spec.path_prefix);
@@ -542,6 +572,11 @@ mod tests {
             "/v1/%2e%2e/x",
             "/v1/a%2Fb",
             "/v1/%63lusters",
+            "/v1/public/..;/admin",
+            "/v1/admin;x/y",
+            "/v1/%00",
+            "/v1/%+1",
+            "/v1/%3B",
             "/v1/%zz",
             "/v1/%4",
             "/v1\\x",

@@ -168,6 +168,17 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
         return ApiError::PayloadTooLarge(max_body).into_response();
     }
     let upgrade = upgrade_of(req.headers());
+    // Only WebSocket is tunnelled: another protocol (h2c, say) would carry requests the
+    // edge never sees.
+    if upgrade
+        .as_ref()
+        .is_some_and(|p| !p.as_bytes().eq_ignore_ascii_case(b"websocket"))
+    {
+        return ApiError::InvalidRequest(
+            "only WebSocket upgrades are proxied (Upgrade: websocket)".into(),
+        )
+        .into_response();
+    }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let client_ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
     let (parts, body) = req.into_parts();
@@ -186,20 +197,23 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
     if !route.spec.forward_authorization {
         headers.remove(header::AUTHORIZATION);
     }
-    if let Some(ip) = client_ip {
-        let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let xff = if prior.is_empty() {
-            ip.to_string()
-        } else {
-            format!("{}, {ip}", prior.join(", "))
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
+    // Forwarding headers are ours to set: the client's copies (which no trusted proxy
+    // vouched for beyond what the client-IP stage already used) are dropped.
+    for name in [
+        "x-forwarded-for",
+        "x-forwarded-host",
+        "x-forwarded-proto",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        headers.remove(name);
+    }
+    if let Some(ip) = client_ip
+        && let Ok(v) = HeaderValue::from_str(&ip.to_string())
+    {
+        headers.insert("x-forwarded-for", v);
     }
     if let Some(host) = original_host {
         headers.insert("x-forwarded-host", host);
@@ -264,14 +278,23 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
     if upstream_status == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_side) = client_upgrade {
             let upstream_side = hyper::upgrade::on(&mut response);
+            let close = state.edge.tunnels.register(&allowed.identity);
+            let edge = state.edge.clone();
             tokio::spawn(async move {
                 match (client_side.await, upstream_side.await) {
                     (Ok(client), Ok(upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        tokio::select! {
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                            _ = close.notified() => {
+                                tracing::info!("closed a WebSocket tunnel: its credential is no longer valid");
+                            }
+                        }
+                        edge.tunnels.forget(&close);
                     }
                     (Err(e), _) | (_, Err(e)) => {
+                        edge.tunnels.forget(&close);
                         tracing::debug!(error = %e, "a protocol upgrade did not complete");
                     }
                 }

@@ -224,7 +224,8 @@ pub struct Limiter {
 ///
 /// KEYS: for each bucket, 4 keys: tat, penalty, rejections, level.
 /// ARGV[1] threshold, ARGV[2] penalty base ms, ARGV[3] penalty max ms, ARGV[4] window ms,
-/// ARGV[5] level memory ms, then for each bucket its per-minute quota.
+/// ARGV[5] level memory ms, ARGV[6] the bucket whose subject refusals are counted against
+/// (1-based; 0: none), then for each bucket its per-minute quota.
 /// Returns {status, bucket index (1-based), remaining, ms, level, rejected}, status 0
 /// allowed (ms until the tightest bucket is full), 1 limited (ms to wait), 2 penalized
 /// (ms left), 3 flagged now (penalty ms).
@@ -234,6 +235,7 @@ local base = tonumber(ARGV[2])
 local maxpen = tonumber(ARGV[3])
 local window = tonumber(ARGV[4])
 local memory = tonumber(ARGV[5])
+local flag = tonumber(ARGV[6])
 local n = #KEYS / 4
 for i = 1, n do
   local pttl = redis.call('PTTL', KEYS[(i - 1) * 4 + 2])
@@ -244,26 +246,29 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local new_tats = {}
 local best_i, best_rem, best_ms = 1, -1, 0
 for i = 1, n do
-  local q = tonumber(ARGV[5 + i])
+  local q = tonumber(ARGV[6 + i])
   local T = 60000000 / q
   local tat = tonumber(redis.call('GET', KEYS[(i - 1) * 4 + 1]) or now)
   if tat < now then tat = now end
   local new_tat = tat + T
   local allow_at = new_tat - q * T
   if now < allow_at then
-    local rk = KEYS[(i - 1) * 4 + 3]
+    local wait = math.ceil((allow_at - now) / 1000)
+    if flag == 0 then return {1, i, 0, wait, 0, 0} end
+    local f = (flag - 1) * 4
+    local rk = KEYS[f + 3]
     local rej = redis.call('INCR', rk)
     if rej == 1 then redis.call('PEXPIRE', rk, window) end
     if rej >= threshold then
       redis.call('DEL', rk)
-      local lk = KEYS[(i - 1) * 4 + 4]
+      local lk = KEYS[f + 4]
       local lvl = redis.call('INCR', lk)
       redis.call('PEXPIRE', lk, memory)
       local pen = math.min(base * math.pow(4, lvl - 1), maxpen)
-      redis.call('SET', KEYS[(i - 1) * 4 + 2], '1', 'PX', math.floor(pen))
-      return {3, i, 0, math.floor(pen), lvl, rej}
+      redis.call('SET', KEYS[f + 2], '1', 'PX', math.floor(pen))
+      return {3, flag, 0, math.floor(pen), lvl, rej}
     end
-    return {1, i, 0, math.ceil((allow_at - now) / 1000), 0, rej}
+    return {1, i, 0, wait, 0, rej}
   end
   new_tats[i] = new_tat
   local rem = math.floor((now - allow_at) / T)
@@ -413,25 +418,34 @@ impl Limiter {
         self.metrics.set_ratelimit_backend(self.backend());
     }
 
-    /// Checks a request against its buckets (a quota of 0 turns a bucket off).
+    /// Checks a request against its buckets (a quota of 0 turns a bucket off). Refusals
+    /// count towards flagging the first credential or known address among them, never a
+    /// workspace (one member must not get the whole workspace penalised) nor the shared
+    /// bucket of unknown addresses.
     pub async fn check(&self, buckets: &[Bucket]) -> Verdict {
         let buckets: Vec<&Bucket> = buckets.iter().filter(|b| b.per_minute > 0).collect();
         if buckets.is_empty() {
             return Verdict::unlimited();
         }
+        let flag = buckets.iter().position(|b| match &b.subject {
+            Subject::Credential(_) => true,
+            Subject::Ip(ip) => !ip.is_unspecified(),
+            Subject::Workspace(_) => false,
+        });
         if let Some(conn) = self.connection().await {
-            match self.check_remote(conn, &buckets).await {
+            match self.check_remote(conn, &buckets, flag).await {
                 Ok(v) => return v,
                 Err(e) => self.mark(false, Some(&e.to_string())),
             }
         }
-        self.check_local(&buckets)
+        self.check_local(&buckets, flag)
     }
 
     async fn check_remote(
         &self,
         mut conn: redis::aio::ConnectionManager,
         buckets: &[&Bucket],
+        flag: Option<usize>,
     ) -> Result<Verdict, redis::RedisError> {
         let Some(remote) = &self.remote else {
             return Err(redis::RedisError::from((
@@ -453,7 +467,8 @@ impl Limiter {
             .arg(self.penalty_base.as_millis() as u64)
             .arg(self.penalty_max.as_millis() as u64)
             .arg(WINDOW_SECONDS * 1000)
-            .arg(LEVEL_MEMORY.as_millis() as u64);
+            .arg(LEVEL_MEMORY.as_millis() as u64)
+            .arg(flag.map_or(0, |i| i + 1));
         for b in buckets {
             invocation.arg(b.per_minute);
         }
@@ -502,7 +517,7 @@ impl Limiter {
         Ok(v)
     }
 
-    fn check_local(&self, buckets: &[&Bucket]) -> Verdict {
+    fn check_local(&self, buckets: &[&Bucket], flag: Option<usize>) -> Verdict {
         for b in buckets {
             if let Some(left) = self.local.penalty(&b.subject.key()) {
                 return Verdict {
@@ -539,7 +554,7 @@ impl Limiter {
                 }
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
-                    let flagged = self.count_refusal(&b.subject);
+                    let flagged = flag.and_then(|i| self.count_refusal(&buckets[i].subject));
                     let penalized = flagged.is_some();
                     let retry = flagged.as_ref().map_or(wait, |f| f.penalty);
                     return Verdict {

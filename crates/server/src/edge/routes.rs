@@ -34,6 +34,10 @@ pub struct RouteTable {
     store: Store,
     config_routes: Vec<Arc<ActiveRoute>>,
     current: RwLock<Arc<Vec<Arc<ActiveRoute>>>>,
+    /// Numbers each reload in the order it started, and the newest one applied: a reload
+    /// that read the store before another must not overwrite that one's result.
+    started: std::sync::atomic::AtomicU64,
+    applied: std::sync::Mutex<u64>,
 }
 
 impl RouteTable {
@@ -55,11 +59,17 @@ impl RouteTable {
             store,
             current: RwLock::new(Arc::new(config_routes.clone())),
             config_routes,
+            started: std::sync::atomic::AtomicU64::new(0),
+            applied: std::sync::Mutex::new(0),
         }
     }
 
     /// Reads the store's routes again.
     pub async fn reload(&self) -> Result<(), datastack_store::Error> {
+        let seq = self
+            .started
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
         let stored = self.store.list_routes().await?;
         let mut routes = self.config_routes.clone();
         for r in stored {
@@ -77,7 +87,11 @@ impl RouteTable {
                 updated_at: Some(r.updated_at),
             }));
         }
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        if seq > *applied {
+            *applied = seq;
+            *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+        }
         Ok(())
     }
 
@@ -93,6 +107,18 @@ impl RouteTable {
     pub fn find(&self, path: &str) -> Option<Arc<ActiveRoute>> {
         let routes = self.all();
         match_route(routes.iter(), |r| &r.spec, path).cloned()
+    }
+
+    /// Whether a route longer than `matched` would match `path` if letter case were
+    /// ignored: an upstream that ignores case would serve that route's resource.
+    pub fn shadowed_by_case(&self, path: &str, matched: &ActiveRoute) -> bool {
+        let lower = path.to_ascii_lowercase();
+        self.all().iter().any(|r| {
+            r.spec.path_prefix.len() > matched.spec.path_prefix.len()
+                && lower
+                    .strip_prefix(&r.spec.path_prefix.to_ascii_lowercase())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        })
     }
 
     /// Whether a configured route has this prefix.

@@ -366,6 +366,48 @@ async fn gateway_proxies_with_signed_identity(backend: Backend) {
         .expect("echo");
     assert_eq!(&buf, b"ping-through-tunnel");
 
+    // Only WebSocket is tunnelled: an h2c upgrade would carry requests the edge never sees.
+    let raw = raw_request(
+        &app,
+        &format!("GET /v1/clusters/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // Path parameters (`;`) are refused: servers that drop them would see another path.
+    let raw = raw_request(
+        &app,
+        &format!("GET /v1/clusters/..;/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // A tunnel closes when its credential is revoked.
+    let (ws_token, ws_token_id) = app.create_token(&admin, json!({"label": "ws"})).await;
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(format!("GET /v1/clusters/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ws_token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"hello").await.expect("write");
+    let mut five = [0u8; 5];
+    stream.read_exact(&mut five).await.expect("echo");
+    let revoked = app
+        .delete(
+            &format!("/api/v1/auth/tokens/{ws_token_id}"),
+            &admin,
+            "manage:tokens",
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    let mut rest = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut rest))
+        .await
+        .expect("the tunnel closes within a second or two of the revocation");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+
     // Every proxied call is in the audit log.
     audit_until(
         &app,
@@ -650,7 +692,10 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
     for _ in 0..5 {
         let r = verify(
             Some(reader.clone()),
-            vec![("x-original-uri", "/v1/jobs/42")],
+            vec![
+                ("x-original-uri", "/v1/jobs/42"),
+                ("x-original-method", "GET"),
+            ],
             Method::GET,
             "/auth/verify",
         )
@@ -720,10 +765,32 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
     )
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    // The proxy must name the method: without it the check is refused, not taken as GET.
+    let r = verify(
+        Some(writer.clone()),
+        vec![("x-original-uri", "/v1/jobs/42")],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Two sources naming the original request (a client's copy passed through): refused.
+    let r = verify(
+        Some(writer.clone()),
+        vec![
+            ("x-original-uri", "/v1/jobs/42"),
+            ("x-original-method", "GET"),
+            ("x-forwarded-uri", "/v1/other"),
+        ],
+        Method::GET,
+        "/auth/verify",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     // No credential → 401 with WWW-Authenticate; unknown path → 403; no original request → 400.
     let r = verify(
         None,
-        vec![("x-original-uri", "/v1/jobs")],
+        vec![("x-original-uri", "/v1/jobs"), ("x-original-method", "GET")],
         Method::GET,
         "/auth/verify",
     )
@@ -732,7 +799,10 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
     assert!(r.headers().get("www-authenticate").is_some());
     let r = verify(
         Some(admin.clone()),
-        vec![("x-original-uri", "/v1/unknown")],
+        vec![
+            ("x-original-uri", "/v1/unknown"),
+            ("x-original-method", "GET"),
+        ],
         Method::GET,
         "/auth/verify",
     )
@@ -742,7 +812,10 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let r = verify(
         Some(admin.clone()),
-        vec![("x-original-uri", "/v1/jobs/../users")],
+        vec![
+            ("x-original-uri", "/v1/jobs/../users"),
+            ("x-original-method", "GET"),
+        ],
         Method::GET,
         "/auth/verify",
     )
@@ -759,7 +832,10 @@ async fn forward_auth_decides_for_each_proxy(backend: Backend) {
     assert_eq!(del.status, StatusCode::NO_CONTENT, "{}", del.text);
     let r = verify(
         Some(reader.clone()),
-        vec![("x-original-uri", "/v1/jobs/42")],
+        vec![
+            ("x-original-uri", "/v1/jobs/42"),
+            ("x-original-method", "GET"),
+        ],
         Method::GET,
         "/auth/verify",
     )

@@ -1,0 +1,72 @@
+//! Open WebSocket tunnels, so that a revocation (of the credential, its owner or its
+//! workspace) or a change of the workspace's IP access lists closes them as it refuses new
+//! requests: a tunnel must not outlive the decision that opened it.
+
+use std::sync::{Arc, Mutex};
+
+use datastack_store::Invalidation;
+use tokio::sync::Notify;
+
+use crate::credentials::Identity;
+
+struct Tunnel {
+    digest: String,
+    principal: String,
+    workspace: String,
+    close: Arc<Notify>,
+}
+
+/// The registry.
+#[derive(Default)]
+pub struct Tunnels {
+    open: Mutex<Vec<Tunnel>>,
+}
+
+impl Tunnels {
+    /// Registers a tunnel opened for `identity`; it is told to close through the
+    /// returned notifier.
+    pub fn register(&self, identity: &Identity) -> Arc<Notify> {
+        let close = Arc::new(Notify::new());
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.push(Tunnel {
+            digest: identity.token.digest_hex.clone(),
+            principal: identity.principal.id.to_string(),
+            workspace: identity.workspace.id.to_string(),
+            close: close.clone(),
+        });
+        close
+    }
+
+    /// Forgets a tunnel that ended.
+    pub fn forget(&self, close: &Arc<Notify>) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.retain(|t| !Arc::ptr_eq(&t.close, close));
+    }
+
+    /// Closes the tunnels an invalidation concerns.
+    pub fn close_matching(&self, inv: &Invalidation) {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        for t in open.iter() {
+            let hit = match inv {
+                Invalidation::Token(digest) => t.digest == *digest,
+                Invalidation::Principal(id) => t.principal == *id,
+                Invalidation::Workspace(id) | Invalidation::IpLists(id) => t.workspace == *id,
+                Invalidation::All => true,
+                Invalidation::Routes | Invalidation::Penalty(_) | Invalidation::Heartbeat => false,
+            };
+            if hit {
+                t.close.notify_one();
+            }
+        }
+    }
+
+    /// How many are open.
+    pub fn len(&self) -> usize {
+        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
