@@ -263,7 +263,7 @@ async fn update(
         audit.mark_recorded();
     }
     // Even when reading the result back failed, the change may have committed.
-    crate::edge::apply_invalidation(&state, &Invalidation::Principal(id.to_string())).await;
+    crate::edge::apply_invalidation(state, &Invalidation::Principal(id.to_string())).await;
     let updated = result.map_err(not_found(kind))?;
     tracing::info!(principal = %id, by = %caller.id, "principal updated");
     Ok(Json(PrincipalResponse::from(updated)))
@@ -307,7 +307,7 @@ async fn remove(
     if result.is_ok() {
         audit.mark_recorded();
     }
-    crate::edge::apply_invalidation(&state, &Invalidation::Principal(id.to_string())).await;
+    crate::edge::apply_invalidation(state, &Invalidation::Principal(id.to_string())).await;
     result.map_err(not_found(kind))?;
     tracing::info!(principal = %id, by = %caller.id, "principal deleted");
     Ok(StatusCode::NO_CONTENT)

@@ -439,7 +439,7 @@ async fn set_status(
         audit.mark_recorded();
     }
     crate::edge::apply_invalidation(
-        &state,
+        state,
         &datastack_store::Invalidation::Workspace(id.to_string()),
     )
     .await;
