@@ -52,7 +52,7 @@ pub struct AbuseFlag {
     pub id: AbuseFlagId,
     /// The workspace it concerns (the root workspace for anonymous addresses).
     pub workspace_id: WorkspaceId,
-    /// `credential`, `workspace` or `ip`.
+    /// `credential` or `ip`.
     pub subject_kind: String,
     /// The credential id, workspace id or address.
     pub subject: String,

@@ -31,7 +31,7 @@ pub struct AbuseFlagResponse {
     pub id: String,
     /// The workspace it concerns (the root workspace for anonymous addresses).
     pub workspace_id: String,
-    /// `credential`, `workspace` or `ip`.
+    /// `credential` or `ip` (a workspace is never flagged).
     pub subject_kind: String,
     /// The credential id, workspace id or address.
     pub subject: String,

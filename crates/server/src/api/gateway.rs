@@ -378,9 +378,9 @@ fn original_request(
     security(("bearer" = [])),
     params(
         ("X-Original-URI" = Option<String>, Header, description = "nginx auth_request: the original URI"),
-        ("X-Original-Method" = Option<String>, Header, description = "nginx: the original method"),
+        ("X-Original-Method" = Option<String>, Header, description = "nginx: the original method (required with X-Original-URI)"),
         ("X-Forwarded-Uri" = Option<String>, Header, description = "Traefik ForwardAuth: the original URI"),
-        ("X-Forwarded-Method" = Option<String>, Header, description = "Traefik: the original method")),
+        ("X-Forwarded-Method" = Option<String>, Header, description = "Traefik: the original method (required with X-Forwarded-Uri)")),
     responses((status = 200, description = "allowed; the identity headers are set"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 429, body = ErrorBody)))]

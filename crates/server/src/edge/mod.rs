@@ -429,7 +429,7 @@ pub fn decide(
 ) -> Result<Allowed, Undecidable> {
     if !safe_path(path) {
         return Err(Undecidable::Refused(ApiError::InvalidRequest(
-            "the path has dot segments, empty segments or encoded separators; send it normalised"
+            "the path has dot or empty segments, ';' parameters, a backslash, NUL, or needless or malformed percent-encoding; send it normalised"
                 .into(),
         )));
     }

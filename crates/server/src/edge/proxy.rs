@@ -1,7 +1,8 @@
 //! The gateway: requests under a route's prefix are decided on ([`super::decide`]) and, when
 //! allowed, forwarded to the route's upstream with the identity headers, streaming bodies
-//! both ways over pooled keep-alive connections; WebSocket (and other `Upgrade`) requests
-//! are tunnelled once the upstream agrees.
+//! both ways over pooled keep-alive connections; WebSocket upgrades are tunnelled once the
+//! upstream agrees (other upgrades are refused), and a tunnel closes when its credential
+//! is revoked.
 //!
 //! Only configured upstreams are reachable: the upstream URL comes from the route, never
 //! from the request. Hop-by-hop headers (RFC 9110 §7.6.1) are dropped in both directions,

@@ -53,7 +53,7 @@ pub enum Subject {
 }
 
 impl Subject {
-    /// `credential`, `workspace` or `ip`.
+    /// `credential`, `workspace` or `ip` (only credentials and addresses are ever flagged).
     pub fn kind(&self) -> &'static str {
         match self {
             Subject::Credential(_) => "credential",

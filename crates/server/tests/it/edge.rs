@@ -1337,6 +1337,80 @@ async fn abusive_addresses_are_flagged_and_cleared(backend: Backend) {
     app.stop().await;
 }
 
+async fn configured_routes_are_read_only_and_carry_consent(backend: Backend) {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("datastack.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[gateway_routes]]\npathPrefix = \"/v1/pipelines\"\nupstream = \"http://{up}\"\nresource = \"pipelines\"\nstripPrefix = true\n"
+        ),
+    )
+    .expect("write");
+    let configured = datastack_server::ConfigLayer::from_file(Some(&path))
+        .expect("the file parses")
+        .build()
+        .expect("the routes are valid")
+        .gateway_routes;
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, move |c| c.gateway_routes = configured).await;
+    let admin = app.admin().to_owned();
+    let list = app
+        .get("/api/v1/gateway/routes", &admin, "read:gateway")
+        .await;
+    let items = list.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{}", list.text);
+    assert_eq!(items[0]["source"], "config");
+    assert!(items[0]["id"].is_null());
+    // The API cannot take or shadow a configured prefix.
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/pipelines", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    let r = send(&app, Method::GET, "/v1/pipelines/p-1", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["path"], "/p-1");
+    assert_eq!(r.body["headers"]["x-datastack-retention-consent"], "false");
+    // The workspace opts in to data retention: upstreams are told at once.
+    let ws = app.me(&admin).await.body["workspace"]["id"]
+        .as_str()
+        .expect("workspace")
+        .to_owned();
+    let r = app
+        .patch(
+            &format!("/api/v1/workspaces/{ws}"),
+            &admin,
+            "manage:workspaces",
+            json!({"settings": {"dataRetentionConsent": true}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["settings"]["dataRetentionConsent"], true);
+    let r = send(&app, Method::GET, "/v1/pipelines/p-1", Some(&admin)).await;
+    assert_eq!(r.body["headers"]["x-datastack-retention-consent"], "true");
+    // A bad route in the file stops the start with the field named.
+    std::fs::write(
+        &path,
+        "[[gateway_routes]]\npathPrefix = \"/api/x\"\nresource = \"jobs\"\n",
+    )
+    .expect("write");
+    let err = datastack_server::ConfigLayer::from_file(Some(&path))
+        .expect("parses")
+        .build()
+        .expect_err("refused");
+    assert!(
+        err.to_string().contains("gateway_routes[0].pathPrefix"),
+        "{err}"
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
     gateway_proxies_with_signed_identity,
     route_management_is_validated,
@@ -1344,4 +1418,5 @@ on_both_stores!(
     ip_access_lists_behind_a_trusted_proxy,
     rate_limits_throttle_credentials,
     abusive_addresses_are_flagged_and_cleared,
+    configured_routes_are_read_only_and_carry_consent,
 );
