@@ -8,6 +8,7 @@ mod cluster;
 mod contract;
 mod edge;
 mod input;
+mod limits;
 mod nginx;
 mod principals;
 mod surface;
