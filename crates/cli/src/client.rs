@@ -15,17 +15,18 @@ use std::process::ExitCode;
 use chrono::{DateTime, Utc};
 use datastack_sdk::{
     AuditQuery, Client, CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace,
-    ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Page, ReviewQuery, Role, Status,
-    TokenLifetime, UpdateServicePrincipal, UpdateUser, UpdateWorkspace, WorkspaceSettings,
+    IpAccessListUpdate, ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces,
+    NewIpAccessList, Page, ReviewQuery, Role, RouteSpec, Status, TokenLifetime,
+    UpdateServicePrincipal, UpdateUser, UpdateWorkspace, WorkspaceSettings,
     WorkspaceSettingsUpdate,
 };
 use secrecy::SecretString;
 
 use output::{
-    Output, audit_table, me_fields, print_bulk, print_chain_report, print_created_token,
-    print_created_workspace, review_table, security_event_table, service_principal_fields,
-    service_principal_table, token_table, user_fields, user_table, workspace_fields,
-    workspace_table,
+    Output, abuse_table, audit_table, ip_list_table, me_fields, print_bulk, print_chain_report,
+    print_created_token, print_created_workspace, review_table, route_table, security_event_table,
+    service_principal_fields, service_principal_table, token_table, user_fields, user_table,
+    workspace_fields, workspace_table,
 };
 
 /// Where the client commands connect and how they print; flattened into the top-level
@@ -103,6 +104,168 @@ pub enum ClientCommand {
         cmd: Option<ReviewCmd>,
         #[command(flatten)]
         query: ReviewArgs,
+    },
+    /// Manage gateway routes (path prefix → upstream and resource).
+    Gateway {
+        /// What to do with the gateway.
+        #[command(subcommand)]
+        cmd: GatewayCmd,
+    },
+    /// Manage the workspace's IP access lists.
+    IpAccessLists {
+        /// What to do with IP access lists.
+        #[command(subcommand)]
+        cmd: IpListsCmd,
+    },
+    /// List and clear clients flagged for sending while rate-limited.
+    AbuseFlags {
+        /// What to do with abuse flags.
+        #[command(subcommand)]
+        cmd: AbuseCmd,
+    },
+}
+
+/// `datastack gateway …`
+#[derive(clap::Subcommand, Debug)]
+pub enum GatewayCmd {
+    /// Gateway routes.
+    Routes {
+        /// What to do with routes.
+        #[command(subcommand)]
+        cmd: RoutesCmd,
+    },
+}
+
+/// `datastack gateway routes …`
+#[derive(clap::Subcommand, Debug)]
+pub enum RoutesCmd {
+    /// List every route in force (configured and managed).
+    List,
+    /// Show one route.
+    Get {
+        /// The route's id (`rt_…`).
+        id: String,
+    },
+    /// Create a route (admins of the root workspace).
+    Create {
+        #[command(flatten)]
+        spec: RouteArgs,
+    },
+    /// Replace a route (admins of the root workspace).
+    Replace {
+        /// The route's id (`rt_…`).
+        id: String,
+        #[command(flatten)]
+        spec: RouteArgs,
+    },
+    /// Delete a route (admins of the root workspace).
+    Delete {
+        /// The route's id (`rt_…`).
+        id: String,
+    },
+}
+
+/// A route's settings on the command line.
+#[derive(clap::Args, Debug)]
+pub struct RouteArgs {
+    /// Requests under this path prefix use the route, e.g. /v1/clusters.
+    #[arg(long)]
+    path_prefix: String,
+    /// The resource of its scopes: clusters, jobs, notebooks, pipelines, sql, …
+    #[arg(long)]
+    resource: String,
+    /// The upstream base URL, e.g. http://127.0.0.1:9001 (omit for forward-auth only).
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Remove the prefix before forwarding.
+    #[arg(long)]
+    strip_prefix: bool,
+    /// Upstream timeout in milliseconds (default 30000).
+    #[arg(long)]
+    timeout_ms: Option<u32>,
+    /// Spend units per request.
+    #[arg(long)]
+    price_per_request: Option<u64>,
+    /// Forward the client's Authorization header to the upstream.
+    #[arg(long)]
+    forward_authorization: bool,
+    /// A per-method scope override, METHOD=SCOPE (repeatable), e.g. POST=read:jobs.
+    #[arg(long = "method-scope")]
+    method_scopes: Vec<String>,
+}
+
+/// `datastack ip-access-lists …`
+#[derive(clap::Subcommand, Debug)]
+pub enum IpListsCmd {
+    /// List the workspace's lists.
+    List,
+    /// Create a list (enforced at once unless --disabled).
+    Create {
+        /// A name, unique in the workspace.
+        #[arg(long)]
+        label: String,
+        /// ALLOW or BLOCK.
+        #[arg(long = "type")]
+        list_type: String,
+        /// An address or CIDR range (repeatable).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+        /// Apply even if it refuses your own address.
+        #[arg(long)]
+        allow_lockout: bool,
+    },
+    /// Change a list's label, type, addresses or state.
+    Update {
+        /// The list's id (`ipl_…`).
+        id: String,
+        /// A new label.
+        #[arg(long)]
+        label: Option<String>,
+        /// ALLOW or BLOCK.
+        #[arg(long = "type")]
+        list_type: Option<String>,
+        /// New addresses (repeatable), replacing the old ones.
+        #[arg(long = "address")]
+        addresses: Vec<String>,
+        /// Enable the list.
+        #[arg(long, conflicts_with = "disable")]
+        enable: bool,
+        /// Disable the list.
+        #[arg(long)]
+        disable: bool,
+        /// Apply even if it refuses your own address.
+        #[arg(long)]
+        allow_lockout: bool,
+    },
+    /// Delete a list.
+    Delete {
+        /// The list's id (`ipl_…`).
+        id: String,
+        /// Apply even if it refuses your own address.
+        #[arg(long)]
+        allow_lockout: bool,
+    },
+}
+
+/// `datastack abuse-flags …`
+#[derive(clap::Subcommand, Debug)]
+pub enum AbuseCmd {
+    /// List flags not cleared (newest first).
+    List {
+        /// Include cleared flags.
+        #[arg(long)]
+        all: bool,
+        /// At most this many (1–500).
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Clear a flag: the penalty is lifted on every node.
+    Clear {
+        /// The flag's id (`abf_…`).
+        id: String,
     },
 }
 
@@ -460,6 +623,11 @@ pub async fn run(cmd: ClientCommand, conn: &Connection) -> ExitCode {
         ClientCommand::Whoami => whoami(&client, out).await,
         ClientCommand::Audit { cmd } => audit(cmd, &client, out).await,
         ClientCommand::AccessReview { cmd, query } => access_review(cmd, query, &client, out).await,
+        ClientCommand::Gateway {
+            cmd: GatewayCmd::Routes { cmd },
+        } => routes(cmd, &client, out).await,
+        ClientCommand::IpAccessLists { cmd } => ip_lists(cmd, &client, out).await,
+        ClientCommand::AbuseFlags { cmd } => abuse_flags(cmd, &client, out).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -523,6 +691,124 @@ fn report(failure: &Failure, host: &str) -> ExitCode {
         }
         Failure::ChainBroken => ExitCode::from(3),
     }
+}
+
+fn route_spec(args: RouteArgs) -> Result<RouteSpec, Failure> {
+    let mut method_scopes = std::collections::BTreeMap::new();
+    for pair in args.method_scopes {
+        let Some((method, scope)) = pair.split_once('=') else {
+            return Err(Failure::Usage(format!(
+                "--method-scope {pair:?}: expected METHOD=SCOPE, e.g. POST=read:jobs"
+            )));
+        };
+        method_scopes.insert(method.trim().to_ascii_uppercase(), scope.trim().to_owned());
+    }
+    Ok(RouteSpec {
+        path_prefix: args.path_prefix,
+        upstream: args.upstream,
+        resource: args.resource,
+        strip_prefix: args.strip_prefix.then_some(true),
+        timeout_ms: args.timeout_ms,
+        price_per_request: args.price_per_request,
+        forward_authorization: args.forward_authorization.then_some(true),
+        method_scopes,
+    })
+}
+
+async fn routes(cmd: RoutesCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        RoutesCmd::List => {
+            let routes = client.list_routes().await?;
+            out.list(&routes, route_table);
+        }
+        RoutesCmd::Get { id } => out.list(&[client.get_route(&id).await?], route_table),
+        RoutesCmd::Create { spec } => {
+            let created = client.create_route(&route_spec(spec)?).await?;
+            out.list(&[created], route_table);
+        }
+        RoutesCmd::Replace { id, spec } => {
+            let replaced = client.replace_route(&id, &route_spec(spec)?).await?;
+            out.list(&[replaced], route_table);
+        }
+        RoutesCmd::Delete { id } => {
+            client.delete_route(&id).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        IpListsCmd::List => {
+            let lists = client.list_ip_access_lists().await?;
+            if lists.enforcement_suspended && !out.json {
+                eprintln!("note: the workspace has suspended the enforcement of its lists");
+            }
+            out.list(&lists.items, ip_list_table);
+        }
+        IpListsCmd::Create {
+            label,
+            list_type,
+            addresses,
+            disabled,
+            allow_lockout,
+        } => {
+            let list = NewIpAccessList {
+                label,
+                list_type: list_type.to_ascii_uppercase(),
+                ip_addresses: addresses,
+                enabled: disabled.then_some(false),
+            };
+            let created = client.create_ip_access_list(&list, allow_lockout).await?;
+            out.list(&[created], ip_list_table);
+        }
+        IpListsCmd::Update {
+            id,
+            label,
+            list_type,
+            addresses,
+            enable,
+            disable,
+            allow_lockout,
+        } => {
+            let update = IpAccessListUpdate {
+                label,
+                list_type: list_type.map(|t| t.to_ascii_uppercase()),
+                ip_addresses: (!addresses.is_empty()).then_some(addresses),
+                enabled: if enable {
+                    Some(true)
+                } else if disable {
+                    Some(false)
+                } else {
+                    None
+                },
+            };
+            let updated = client
+                .update_ip_access_list(&id, &update, allow_lockout)
+                .await?;
+            out.list(&[updated], ip_list_table);
+        }
+        IpListsCmd::Delete { id, allow_lockout } => {
+            client.delete_ip_access_list(&id, allow_lockout).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}
+
+async fn abuse_flags(cmd: AbuseCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        AbuseCmd::List { all, limit } => {
+            let flags = client.list_abuse_flags(all, limit).await?;
+            out.list(&flags, abuse_table);
+        }
+        AbuseCmd::Clear { id } => {
+            let flag = client.clear_abuse_flag(&id).await?;
+            out.list(&[flag], abuse_table);
+        }
+    }
+    Ok(())
 }
 
 async fn tokens(cmd: TokensCmd, client: &Client, out: Output) -> Result<(), Failure> {

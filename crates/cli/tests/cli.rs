@@ -663,3 +663,157 @@ fn the_audit_cli_queries_exports_verifies_shows_tampering_and_purges() {
     assert!(err.contains("INVALID_REQUEST"), "{err}");
     server.stop();
 }
+
+#[test]
+fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data], &[]);
+    let admin = server.admin_token().expect("admin token");
+
+    // Routes: create (with a method override), list as a table and as JSON, delete.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "gateway",
+            "routes",
+            "create",
+            "--path-prefix",
+            "/v1/jobs",
+            "--resource",
+            "jobs",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--method-scope",
+            "post=read:jobs",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let id = created[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(created[0]["methodScopes"]["POST"], "read:jobs");
+    let (code, table, _) = client(&server, &admin, &["gateway", "routes", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("ID") && table.contains("/v1/jobs") && table.contains("POST=read:jobs"),
+        "{table}"
+    );
+    // Bad input is refused with the field named, and a bad flag is a usage error.
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "gateway",
+            "routes",
+            "create",
+            "--path-prefix",
+            "/api/x",
+            "--resource",
+            "jobs",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("INVALID_REQUEST") && err.contains("pathPrefix"),
+        "{err}"
+    );
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "gateway",
+            "routes",
+            "create",
+            "--path-prefix",
+            "/v1/x",
+            "--resource",
+            "jobs",
+            "--method-scope",
+            "nonsense",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, out, err) = client(&server, &admin, &["gateway", "routes", "delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("deleted"), "{out}");
+
+    // IP access lists: a list that would lock the caller (127.0.0.1) out is refused
+    // without --allow-lockout; one that admits it is created, disabled, deleted.
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "ip-access-lists",
+            "create",
+            "--label",
+            "office",
+            "--type",
+            "allow",
+            "--address",
+            "203.0.113.0/24",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("CONFLICT") && err.contains("127.0.0.1"),
+        "{err}"
+    );
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "ip-access-lists",
+            "create",
+            "--label",
+            "local",
+            "--type",
+            "ALLOW",
+            "--address",
+            "127.0.0.0/8",
+            "--address",
+            "::1",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let list_id = list[0]["id"].as_str().expect("id").to_owned();
+    assert_eq!(
+        list[0]["ipAddresses"],
+        serde_json::json!(["127.0.0.0/8", "::1/128"])
+    );
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &["ip-access-lists", "update", &list_id, "--disable"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("disabled"), "{out}");
+    let (code, table, _) = client(&server, &admin, &["ip-access-lists", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("local") && table.contains("127.0.0.0/8"),
+        "{table}"
+    );
+    let (code, _, err) = client(&server, &admin, &["ip-access-lists", "delete", &list_id]);
+    assert_eq!(code, 0, "{err}");
+
+    // Abuse flags: none yet; clearing an unknown flag is a 404.
+    let (code, out, err) = client(&server, &admin, &["abuse-flags", "list", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "[]");
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "abuse-flags",
+            "clear",
+            "abf_0195f0c0a0b07c3d8e9f0a1b2c3d4e5f",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    server.stop();
+}

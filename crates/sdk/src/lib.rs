@@ -34,6 +34,7 @@
 
 mod audit;
 mod client;
+mod edge;
 mod error;
 mod types;
 
@@ -42,6 +43,10 @@ pub use audit::{
     ReviewQuery, SecurityEvent,
 };
 pub use client::{Client, DEFAULT_HOST};
+pub use edge::{
+    AbuseFlag, GatewayRoute, IpAccessList, IpAccessListUpdate, IpAccessLists, NewIpAccessList,
+    RouteSpec,
+};
 pub use error::{Error, Result};
 pub use types::{
     CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace, CreatedToken,

@@ -5,8 +5,8 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use datastack_sdk::{
-    AuditEntry, BulkResult, ChainReport, CreatedToken, CreatedWorkspace, Me, Page, ReviewItem,
-    SecurityEvent, ServicePrincipal, Token, User, Workspace,
+    AbuseFlag, AuditEntry, BulkResult, ChainReport, CreatedToken, CreatedWorkspace, GatewayRoute,
+    IpAccessList, Me, Page, ReviewItem, SecurityEvent, ServicePrincipal, Token, User, Workspace,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -40,6 +40,15 @@ impl Output {
         write_stdout(&table(&page.items));
         if let Some(cursor) = &page.next_cursor {
             eprintln!("more results: pass --cursor {cursor}, or --all-pages");
+        }
+    }
+
+    /// Prints a list without paging as a table, or as a JSON array.
+    pub(super) fn list<T: Record>(self, items: &[T], table: impl Fn(&[T]) -> String) {
+        if self.json {
+            print_json(&Value::Array(items.iter().map(Record::to_json).collect()));
+        } else {
+            write_stdout(&table(items));
         }
     }
 
@@ -102,6 +111,90 @@ pub(super) fn print_created_workspace(created: &CreatedWorkspace, out: Output) {
         }
         None => write_stdout(&render_fields(&fields)),
     }
+}
+
+pub(super) fn route_table(routes: &[GatewayRoute]) -> String {
+    let rows = routes
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.clone().unwrap_or_else(|| "(config)".to_owned()),
+                r.path_prefix.clone(),
+                r.upstream
+                    .clone()
+                    .unwrap_or_else(|| "(forward-auth only)".to_owned()),
+                r.resource.clone(),
+                if r.strip_prefix { "yes" } else { "no" }.to_owned(),
+                r.timeout_ms.to_string(),
+                r.method_scopes
+                    .iter()
+                    .map(|(m, s)| format!("{m}={s}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "PREFIX",
+            "UPSTREAM",
+            "RESOURCE",
+            "STRIP",
+            "TIMEOUT MS",
+            "METHOD SCOPES",
+        ],
+        rows,
+    )
+}
+
+pub(super) fn ip_list_table(lists: &[IpAccessList]) -> String {
+    let rows = lists
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.clone(),
+                l.label.clone(),
+                l.list_type.clone(),
+                if l.enabled { "enabled" } else { "disabled" }.to_owned(),
+                l.ip_addresses.join(","),
+                when(&l.updated_at),
+            ]
+        })
+        .collect();
+    render_table(
+        &["ID", "LABEL", "TYPE", "STATE", "ADDRESSES", "UPDATED"],
+        rows,
+    )
+}
+
+pub(super) fn abuse_table(flags: &[AbuseFlag]) -> String {
+    let rows = flags
+        .iter()
+        .map(|f| {
+            vec![
+                f.id.clone(),
+                format!("{} {}", f.subject_kind, f.subject),
+                f.level.to_string(),
+                f.rejected.to_string(),
+                when(&f.flagged_at),
+                when(&f.penalty_until),
+                f.status.clone(),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "SUBJECT",
+            "LEVEL",
+            "REFUSED",
+            "FLAGGED",
+            "PENALTY UNTIL",
+            "STATUS",
+        ],
+        rows,
+    )
 }
 
 pub(super) fn token_table(tokens: &[Token], show_owner: bool) -> String {
@@ -347,6 +440,9 @@ impl_record!(
     Page<ServicePrincipal>,
     Page<Workspace>,
     Page<Token>,
+    GatewayRoute,
+    IpAccessList,
+    AbuseFlag,
 );
 
 fn print_json(value: &Value) {
