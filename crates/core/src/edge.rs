@@ -138,11 +138,6 @@ impl IpRules {
         Self { lists }
     }
 
-    /// Whether any list is enforced.
-    pub fn is_empty(&self) -> bool {
-        self.lists.is_empty()
-    }
-
     /// Block lists win; if an allow list exists, the address must match one.
     pub fn check(&self, ip: Option<IpAddr>) -> std::result::Result<(), IpDenial> {
         if self.lists.is_empty() {

@@ -142,13 +142,6 @@ impl fmt::Display for Scope {
     }
 }
 
-impl Resource {
-    /// Parses a resource name (`clusters`, `jobs`, …).
-    pub fn from_name(s: &str) -> Option<Self> {
-        Self::parse(s)
-    }
-}
-
 impl Serialize for Resource {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(self.as_str())

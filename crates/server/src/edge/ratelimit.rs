@@ -343,13 +343,6 @@ impl Limiter {
         }
     }
 
-    /// Whether the node runs in cluster mode with Redis unreachable.
-    pub fn degraded(&self) -> bool {
-        self.remote
-            .as_ref()
-            .is_some_and(|r| !r.healthy.load(Ordering::Relaxed))
-    }
-
     async fn connection(&self) -> Option<redis::aio::ConnectionManager> {
         let remote = self.remote.as_ref()?;
         let now_ms = remote.epoch.elapsed().as_millis() as u64;

@@ -22,13 +22,6 @@ pub struct ActiveRoute {
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-impl ActiveRoute {
-    /// `config` or `api`.
-    pub fn source(&self) -> &'static str {
-        if self.id.is_some() { "api" } else { "config" }
-    }
-}
-
 /// The table.
 pub struct RouteTable {
     store: Store,

@@ -134,11 +134,6 @@ impl Signer {
         &self.jwks
     }
 
-    /// The key id.
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
     /// Now, in Unix seconds.
     pub fn now() -> u64 {
         SystemTime::now()

@@ -59,14 +59,4 @@ impl Tunnels {
             }
         }
     }
-
-    /// How many are open.
-    pub fn len(&self) -> usize {
-        self.open.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    /// Whether none is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
