@@ -484,13 +484,10 @@ impl<S: Send + Sync> FromRequestParts<S> for AuditContext {
     }
 }
 
-/// Whether requests to `route` are audited: every API call; not the health, metrics and
-/// description endpoints that probes and scrapers poll.
+/// Whether requests to `route` are audited: every API call; not the public paths that
+/// probes and scrapers poll. A request that matched no route is audited, whatever its path.
 pub fn audited(route: Option<&str>) -> bool {
-    !matches!(
-        route,
-        Some("/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/.well-known/jwks.json")
-    )
+    !route.is_some_and(crate::pipeline::is_public)
 }
 
 /// Names a request's action from its method and route: `tokens.create`,

@@ -521,13 +521,6 @@ impl ConfigLayer {
     }
 
     fn build_edge(&self, c: &mut Config) -> Result<(), ConfigError> {
-        let within = |name: &str, v: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&v) {
-                Ok(v)
-            } else {
-                Err(ConfigError(format!("{name} must be between {lo} and {hi}")))
-            }
-        };
         if let Some(list) = &self.trusted_proxies {
             c.trusted_proxies = list
                 .iter()
@@ -662,13 +655,6 @@ impl ConfigLayer {
     }
 
     fn build_audit(&self, c: &mut Config) -> Result<(), ConfigError> {
-        let within = |name: &str, v: u64, lo: u64, hi: u64| {
-            if (lo..=hi).contains(&v) {
-                Ok(v)
-            } else {
-                Err(ConfigError(format!("{name} must be between {lo} and {hi}")))
-            }
-        };
         if let Some(key) = self
             .audit_key
             .clone()
@@ -738,6 +724,15 @@ impl ConfigLayer {
                 Duration::from_secs(within("auto_revoke_notice_hours", h, 0, 24 * 365)? * 3600);
         }
         Ok(())
+    }
+}
+
+/// `v` when it lies in `lo..=hi`, else an error naming the setting and the range.
+fn within(name: &str, v: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ConfigError(format!("{name} must be between {lo} and {hi}")))
     }
 }
 

@@ -179,8 +179,7 @@ pub async fn ip_lists_stage(State(state): State<AppState>, req: Request, next: N
 /// Whether a route is subject to rate limits: every API call, forward-auth and proxied
 /// traffic; not health, metrics and the public documents.
 fn limited(path: &str) -> bool {
-    !matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-        && !path.starts_with("/.well-known/")
+    !crate::pipeline::is_public(path)
 }
 
 /// The rate-limit stage.

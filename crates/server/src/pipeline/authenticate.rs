@@ -71,10 +71,7 @@ pub enum Authentication {
 pub async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     // Probes, scrapers and public documents need no credential: none is looked up (these
     // paths are not rate-limited, so a lookup here would be an unlimited store query).
-    let path = req.uri().path();
-    if matches!(path, "/healthz" | "/readyz" | "/metrics" | "/openapi.json")
-        || path.starts_with("/.well-known/")
-    {
+    if super::is_public(req.uri().path()) {
         return next.run(req).await;
     }
     let client = resolve_client_ip(&state, &req);
