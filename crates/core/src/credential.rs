@@ -1,6 +1,6 @@
 //! Credential secrets: their format, their checksum and their digest.
 //!
-//! A secret is a type prefix (`dapi` for personal access tokens), 64 lowercase hex
+//! A secret is a type prefix (`dapi` for personal access tokens, `dkey` for API keys), 64 lowercase hex
 //! characters of 256 random bits, and 8 lowercase hex characters of CRC-32 (IEEE) over
 //! everything before them. The checksum lets secret scanners confirm a match offline and
 //! lets the server reject mistyped or truncated secrets without a store lookup. Only the
@@ -15,6 +15,8 @@ use subtle::ConstantTimeEq;
 pub enum CredentialKind {
     /// A personal access token, `dapi…`.
     PersonalAccessToken,
+    /// A scoped API key, `dkey…`.
+    ApiKey,
 }
 
 impl CredentialKind {
@@ -22,18 +24,35 @@ impl CredentialKind {
     pub const fn prefix(self) -> &'static str {
         match self {
             Self::PersonalAccessToken => "dapi",
+            Self::ApiKey => "dkey",
         }
     }
 
-    /// The name used in API responses (`pat`).
+    /// The name used in API responses and in the store (`pat`, `api_key`).
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::PersonalAccessToken => "pat",
+            Self::ApiKey => "api_key",
+        }
+    }
+
+    /// The kind named by [`Self::as_str`]'s text.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "pat" => Some(Self::PersonalAccessToken),
+            "api_key" => Some(Self::ApiKey),
+            _ => None,
         }
     }
 
     fn from_secret(s: &str) -> Option<Self> {
-        s.starts_with("dapi").then_some(Self::PersonalAccessToken)
+        if s.starts_with("dapi") {
+            Some(Self::PersonalAccessToken)
+        } else if s.starts_with("dkey") {
+            Some(Self::ApiKey)
+        } else {
+            None
+        }
     }
 }
 
@@ -44,6 +63,9 @@ pub const SECRET_LEN: usize = 4 + RANDOM_HEX_LEN + CHECKSUM_HEX_LEN;
 
 /// The regular expression a secret scanner can use for personal access tokens.
 pub const PAT_SCANNER_REGEX: &str = r"\bdapi[0-9a-f]{72}\b";
+
+/// The regular expression a secret scanner can use for API keys.
+pub const API_KEY_SCANNER_REGEX: &str = r"\bdkey[0-9a-f]{72}\b";
 
 /// The SHA-256 digest of a secret: the only form in which a credential is stored.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -167,6 +189,18 @@ mod tests {
         assert!(parsed.digest.ct_eq(&new.digest.to_hex()));
         assert_eq!(new.last_four, s[s.len() - 4..]);
         assert!(!format!("{:?}", new.secret).contains(&s[4..20]));
+    }
+
+    #[test]
+    fn api_keys_carry_their_own_prefix() {
+        let new = generate(CredentialKind::ApiKey);
+        let s = new.secret.expose_secret();
+        assert!(s.starts_with("dkey"));
+        let parsed = parse_presented(&new.secret).expect("a generated key parses");
+        assert_eq!(parsed.kind, CredentialKind::ApiKey);
+        // The prefix is covered by the checksum: relabelling a key as a token fails.
+        let relabelled = SecretString::from(format!("dapi{}", &s[4..]));
+        assert!(parse_presented(&relabelled).is_none());
     }
 
     #[test]

@@ -203,9 +203,13 @@ pub struct RouteSpec {
     /// How long the upstream may take to answer, in milliseconds. Default 30 000.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u32,
-    /// Spend units each request costs. Default 0.
+    /// Spend units each request costs an API key. Default 0.
     #[serde(default)]
     pub price_per_request: u64,
+    /// The upstream response header that reports a request's actual cost, replacing
+    /// `pricePerRequest` for that request. Default `x-datastack-cost`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_header: Option<String>,
     /// Forward the client's `Authorization` header to the upstream. Default false.
     #[serde(default)]
     pub forward_authorization: bool,
@@ -213,6 +217,10 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub method_scopes: BTreeMap<String, Scope>,
 }
+
+/// The response header an upstream reports a request's cost in, unless the route names
+/// another.
+pub const DEFAULT_COST_HEADER: &str = "x-datastack-cost";
 
 fn default_timeout_ms() -> u32 {
     30_000
@@ -269,6 +277,17 @@ impl RouteSpec {
                 "must be between 0 and 1000000000",
             ));
         }
+        if let Some(h) = &self.cost_header {
+            let h = h.trim().to_ascii_lowercase();
+            let token_char = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            if h.is_empty() || h.len() > 100 || !h.bytes().all(token_char) {
+                return Err(Error::invalid(
+                    "costHeader",
+                    "must be an HTTP header name of at most 100 characters",
+                ));
+            }
+            self.cost_header = Some(h);
+        }
         let mut scopes = BTreeMap::new();
         for (method, scope) in std::mem::take(&mut self.method_scopes) {
             let upper = method.to_ascii_uppercase();
@@ -282,6 +301,11 @@ impl RouteSpec {
         }
         self.method_scopes = scopes;
         Ok(self)
+    }
+
+    /// The response header whose value replaces `pricePerRequest` for one request.
+    pub fn cost_header_name(&self) -> &str {
+        self.cost_header.as_deref().unwrap_or(DEFAULT_COST_HEADER)
     }
 
     /// The scope a request with `method` needs on this route.
@@ -407,6 +431,7 @@ mod tests {
             strip_prefix: false,
             timeout_ms: 1000,
             price_per_request: 1,
+            cost_header: None,
             forward_authorization: false,
             method_scopes: BTreeMap::new(),
         }

@@ -1,4 +1,4 @@
-//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `aud_…`, `evt_…`.
+//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `key_…`, `aud_…`, `evt_…`.
 //!
 //! The part after the prefix is a UUIDv7 in lowercase hex, so ids sort by creation time and
 //! can serve as pagination cursors.
@@ -83,10 +83,84 @@ prefixed_id!(
     /// A security event id, `evt_…`.
     EventId, "evt_"
 );
-prefixed_id!(
-    /// A token id, `tok_…`. It is public: it names a token, it does not prove anything.
-    TokenId, "tok_"
-);
+
+/// A credential id: a personal access token (`tok_…`) or an API key (`key_…`). It is
+/// public: it names a credential, it does not prove anything.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(String);
+
+impl TokenId {
+    /// The prefix of personal access token ids.
+    pub const PREFIX: &'static str = "tok_";
+    /// The prefix of API key ids.
+    pub const API_KEY_PREFIX: &'static str = "key_";
+
+    /// A new, time-ordered personal access token id.
+    pub fn generate() -> Self {
+        Self(format!("tok_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// A new, time-ordered API key id.
+    pub fn generate_api_key() -> Self {
+        Self(format!("key_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Parses a credential id of either kind.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        let body = s
+            .strip_prefix(Self::PREFIX)
+            .or_else(|| s.strip_prefix(Self::API_KEY_PREFIX))
+            .ok_or_else(|| crate::Error::invalid("id", "must start with `tok_` or `key_`"))?;
+        if body.len() != 32
+            || !body
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(crate::Error::invalid("id", "is not a well-formed id"));
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// Whether this names an API key.
+    pub fn is_api_key(&self) -> bool {
+        self.0.starts_with(Self::API_KEY_PREFIX)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Wraps a value read back from the store, which only holds ids it generated.
+    pub fn from_trusted(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for TokenId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
 
 /// A principal id: a user (`usr_…`) or a service principal (`sp_…`).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -159,6 +233,9 @@ mod tests {
         assert!(a < b);
         assert_eq!(TokenId::parse(a.as_str()), Ok(a));
         assert!(TokenId::parse("usr_0123").is_err());
+        let k = TokenId::generate_api_key();
+        assert!(k.is_api_key() && !a.is_api_key());
+        assert_eq!(TokenId::parse(k.as_str()), Ok(k));
         assert!(TokenId::parse("tok_ZZZZ5678901234567890123456789012").is_err());
         let u = PrincipalId::generate_user();
         assert!(PrincipalId::parse(u.as_str()).is_ok());

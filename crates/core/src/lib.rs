@@ -5,6 +5,7 @@
 //! an operation. The store persists these types; the server speaks HTTP around them.
 #![forbid(unsafe_code)]
 
+pub mod apikey;
 pub mod audit;
 pub mod authz;
 pub mod credential;

@@ -138,16 +138,19 @@ pub struct Principal {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A personal access token as stored: never the secret, only its digest.
+/// A credential as stored (a personal access token or an API key): never the secret,
+/// only its digest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Token {
-    /// Its public id.
+    /// Its public id (`tok_…` or `key_…`).
     pub id: TokenId,
+    /// A personal access token or an API key.
+    pub kind: crate::credential::CredentialKind,
     /// The principal it acts for.
     pub owner_id: PrincipalId,
     /// The owner's workspace.
     pub workspace_id: WorkspaceId,
-    /// The owner's label.
+    /// The owner's label (an API key's name).
     pub label: String,
     /// SHA-256 of the secret, lowercase hex.
     pub digest_hex: String,

@@ -287,6 +287,10 @@ impl Application {
                 state.clone(),
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(workers::usage::spend_flusher(
+                state.edge.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
@@ -608,6 +612,7 @@ pub(crate) fn new_token_record(
 ) -> Token {
     Token {
         id: TokenId::generate(),
+        kind: credential::CredentialKind::PersonalAccessToken,
         owner_id: owner.id.clone(),
         workspace_id: owner.workspace_id.clone(),
         label: label.to_owned(),

@@ -106,6 +106,14 @@ pub struct Config {
     /// The public base URL of this deployment (the assertions' issuer). Default unset:
     /// the issuer is `datastack`.
     pub public_url: Option<String>,
+    /// The share of an API key's spend limit at which `api_key.spend_warning` is sent, in
+    /// percent (1–100; 100 turns the warning off). Default 80.
+    pub spend_warning_percent: u8,
+    /// How long an API key's previous secret keeps working after a rotation when the
+    /// request names no `overlapSeconds`. Default 24 h.
+    pub api_key_rotation_overlap: Duration,
+    /// The longest `overlapSeconds` a rotation may ask for. Default 30 days.
+    pub api_key_max_rotation_overlap: Duration,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -159,6 +167,9 @@ impl Default for Config {
             assertion_ttl: Duration::from_secs(60),
             assertion_binding: crate::edge::signer::Binding::Route,
             public_url: None,
+            spend_warning_percent: 80,
+            api_key_rotation_overlap: Duration::from_secs(24 * 3600),
+            api_key_max_rotation_overlap: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -244,6 +255,12 @@ pub struct ConfigLayer {
     pub assertion_binding: Option<String>,
     /// `public_url`.
     pub public_url: Option<String>,
+    /// `spend_warning_percent`.
+    pub spend_warning_percent: Option<u64>,
+    /// `api_key_rotation_overlap_seconds`.
+    pub api_key_rotation_overlap_seconds: Option<u64>,
+    /// `api_key_max_rotation_overlap_seconds`.
+    pub api_key_max_rotation_overlap_seconds: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -374,6 +391,13 @@ impl ConfigLayer {
                 "ASSERTION_TTL_SECONDS" => layer.assertion_ttl_seconds = Some(number(&value)?),
                 "ASSERTION_BINDING" => layer.assertion_binding = Some(value),
                 "PUBLIC_URL" => layer.public_url = Some(value),
+                "SPEND_WARNING_PERCENT" => layer.spend_warning_percent = Some(number(&value)?),
+                "API_KEY_ROTATION_OVERLAP_SECONDS" => {
+                    layer.api_key_rotation_overlap_seconds = Some(number(&value)?)
+                }
+                "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" => {
+                    layer.api_key_max_rotation_overlap_seconds = Some(number(&value)?)
+                }
                 // Variables of the client commands and of the tests are not server settings.
                 _ => {}
             }
@@ -423,7 +447,10 @@ impl ConfigLayer {
             signing_key_file,
             assertion_ttl_seconds,
             assertion_binding,
-            public_url
+            public_url,
+            spend_warning_percent,
+            api_key_rotation_overlap_seconds,
+            api_key_max_rotation_overlap_seconds
         );
         self
     }
@@ -630,6 +657,30 @@ impl ConfigLayer {
         }
         if let Some(path) = &self.signing_key_file {
             c.signing_key_file = Some(path.clone());
+        }
+        if let Some(p) = self.spend_warning_percent {
+            c.spend_warning_percent = within("spend_warning_percent", p, 1, 100)? as u8;
+        }
+        if let Some(s) = self.api_key_max_rotation_overlap_seconds {
+            c.api_key_max_rotation_overlap = Duration::from_secs(within(
+                "api_key_max_rotation_overlap_seconds",
+                s,
+                0,
+                365 * 24 * 3600,
+            )?);
+        }
+        if let Some(s) = self.api_key_rotation_overlap_seconds {
+            c.api_key_rotation_overlap = Duration::from_secs(within(
+                "api_key_rotation_overlap_seconds",
+                s,
+                0,
+                365 * 24 * 3600,
+            )?);
+        }
+        if c.api_key_rotation_overlap > c.api_key_max_rotation_overlap {
+            return Err(ConfigError(
+                "api_key_rotation_overlap_seconds must not exceed api_key_max_rotation_overlap_seconds".into(),
+            ));
         }
         if let Some(s) = self.assertion_ttl_seconds {
             c.assertion_ttl = Duration::from_secs(within("assertion_ttl_seconds", s, 5, 3600)?);

@@ -32,6 +32,8 @@ pub struct Identity {
     pub workspace: Workspace,
     /// The credential's kind.
     pub kind: CredentialKind,
+    /// An API key's limits, address ranges and metadata.
+    pub api_key: Option<datastack_core::apikey::ApiKeyPolicy>,
 }
 
 /// Why a credential was refused. Every variant answers the same 401 to the client; the
@@ -133,11 +135,12 @@ impl CredentialVerifier {
                 let generation = self.generation.load(Ordering::SeqCst);
                 let Some(CredentialRecord {
                     token,
+                    api_key,
                     owner,
                     workspace,
                 }) = self
                     .store
-                    .find_token_by_digest(&presented.digest.to_hex())
+                    .find_token_by_digest(presented.kind, &presented.digest.to_hex())
                     .await?
                 else {
                     return Ok(Err((Rejection::Unknown, None)));
@@ -153,6 +156,7 @@ impl CredentialVerifier {
                         principal: owner,
                         workspace,
                         kind: presented.kind,
+                        api_key,
                     }),
                     fetched: Instant::now(),
                     last_noted: AtomicI64::new(i64::MIN),
@@ -209,6 +213,7 @@ impl CredentialVerifier {
                     None => self.cache.clear(),
                 }
             }
+            Invalidation::Credential(id) => self.remove_where(|i| i.token.id.as_str() == id),
             Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::All => self.cache.clear(),

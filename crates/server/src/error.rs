@@ -51,6 +51,15 @@ pub enum ApiError {
     /// `Retry-After` and the `RateLimit` headers.
     #[error("{0}")]
     RateLimited(String),
+    /// 402: the API key's spend limit for the period is reached; `resets_at` is the
+    /// period's end (`None` for a `total` limit).
+    #[error("{message}")]
+    SpendLimitExceeded {
+        /// Why.
+        message: String,
+        /// When the period ends.
+        resets_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// 502/503/504: the upstream of a gateway route failed, was unreachable or too slow.
     #[error("{1}")]
     Upstream(StatusCode, String),
@@ -75,7 +84,7 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `INVALID_REQUEST`, `UNAUTHORIZED`, `FORBIDDEN`, `IP_NOT_ALLOWED`,
     /// `NOT_FOUND`, `METHOD_NOT_ALLOWED`, `CONFLICT`, `PAYLOAD_TOO_LARGE`, `RATE_LIMITED`,
-    /// `INTERNAL`, `UNAVAILABLE`, `UPSTREAM_UNAVAILABLE`.
+    /// `SPEND_LIMIT_EXCEEDED`, `INTERNAL`, `UNAVAILABLE`, `UPSTREAM_UNAVAILABLE`.
     pub code: &'static str,
     /// A sentence for people; it never contains a secret.
     pub message: String,
@@ -84,6 +93,10 @@ pub struct ErrorDetail {
     /// For a scope refusal, the scope the operation requires.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub required_scope: Option<String>,
+    /// For `SPEND_LIMIT_EXCEEDED`, when the key's spend period ends (absent for a
+    /// `total` limit, which never resets).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resets_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ApiError {
@@ -98,6 +111,9 @@ impl ApiError {
             }
             ApiError::IpNotAllowed(_) => (StatusCode::FORBIDDEN, "IP_NOT_ALLOWED"),
             ApiError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+            ApiError::SpendLimitExceeded { .. } => {
+                (StatusCode::PAYMENT_REQUIRED, "SPEND_LIMIT_EXCEEDED")
+            }
             ApiError::Upstream(status, _) => (*status, "UPSTREAM_UNAVAILABLE"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
@@ -129,6 +145,10 @@ impl IntoResponse for ApiError {
             ApiError::InsufficientScope { required, .. } => Some(required.to_string()),
             _ => None,
         };
+        let resets_at = match &self {
+            ApiError::SpendLimitExceeded { resets_at, .. } => *resets_at,
+            _ => None,
+        };
         let www_authenticate = match &self {
             ApiError::Unauthenticated => Some(r#"Bearer realm="datastack""#.to_owned()),
             ApiError::InvalidToken => Some(
@@ -146,9 +166,16 @@ impl IntoResponse for ApiError {
                 message,
                 request_id,
                 required_scope,
+                resets_at,
             },
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if let Some(at) = resets_at {
+            let seconds = (at - chrono::Utc::now()).num_seconds().max(1);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
         if let Some(value) = www_authenticate.and_then(|v| HeaderValue::from_str(&v).ok()) {
             response
                 .headers_mut()

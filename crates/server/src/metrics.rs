@@ -76,6 +76,7 @@ pub struct Metrics {
     ratelimit_redis: Gauge,
     ip_denied: Counter,
     upstream: Family<OutcomeLabels, Counter>,
+    spend: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -182,7 +183,14 @@ impl Metrics {
             "Proxied requests by outcome (ok, timeout, unreachable, body_too_large)",
             upstream.clone(),
         );
+        let spend = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "apikey_spend_decisions",
+            "API key spend checks by outcome (admitted, exceeded)",
+            spend.clone(),
+        );
         Self {
+            spend,
             ratelimit,
             ratelimit_redis,
             ip_denied,
@@ -282,6 +290,11 @@ impl Metrics {
     /// Records whether counters are shared through Redis.
     pub fn set_ratelimit_backend(&self, backend: &str) {
         self.ratelimit_redis.set(i64::from(backend == "redis"));
+    }
+
+    /// Counts a spend check of an API key.
+    pub fn spend_decision(&self, outcome: &'static str) {
+        self.spend.get_or_create(&OutcomeLabels { outcome }).inc();
     }
 
     /// Counts an IP access list refusal.

@@ -16,6 +16,9 @@ use crate::api;
         api::health::healthz, api::health::readyz, api::health::metrics, api::health::openapi,
         api::me::get_me,
         api::tokens::create_token, api::tokens::list_tokens, api::tokens::revoke_token,
+        api::api_keys::create_key, api::api_keys::list_keys, api::api_keys::get_key,
+        api::api_keys::update_key, api::api_keys::revoke_key, api::api_keys::rotate_key,
+        api::api_keys::key_usage, api::api_keys::verify_key,
         api::principals::list_users, api::principals::create_user, api::principals::get_user,
         api::principals::update_user, api::principals::suspend_user, api::principals::activate_user,
         api::principals::delete_user,
@@ -52,7 +55,7 @@ impl Modify for BearerScheme {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A datastack credential (dapi…). Send the scope the call acts with in x-datastack-scope.",
+                        "A datastack credential (a dapi… token or a dkey… API key). Send the scope the call acts with in x-datastack-scope.",
                     ))
                     .build(),
             ),

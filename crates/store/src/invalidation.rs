@@ -15,6 +15,9 @@ use crate::{Result, Store};
 pub enum Invalidation {
     /// The token with this digest (lowercase hex).
     Token(String),
+    /// Every secret of the credential with this id (an API key's current and previous
+    /// secrets).
+    Credential(String),
     /// Every credential of this principal.
     Principal(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
@@ -32,9 +35,23 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
+    /// What a change to `token` must drop: its one secret for a personal access token,
+    /// every secret of the key for an API key (it may have two during a rotation).
+    pub fn of_token(token: &datastack_core::model::Token) -> Self {
+        match token.kind {
+            datastack_core::credential::CredentialKind::PersonalAccessToken => {
+                Invalidation::Token(token.digest_hex.clone())
+            }
+            datastack_core::credential::CredentialKind::ApiKey => {
+                Invalidation::Credential(token.id.to_string())
+            }
+        }
+    }
+
     pub(crate) fn encode(&self) -> String {
         match self {
             Invalidation::Token(d) => format!("token:{d}"),
+            Invalidation::Credential(id) => format!("credential:{id}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::Routes => "routes".to_owned(),
@@ -54,6 +71,7 @@ impl Invalidation {
         }
         match s.split_once(':') {
             Some(("token", d)) => Invalidation::Token(d.to_owned()),
+            Some(("credential", id)) => Invalidation::Credential(id.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
             Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),

@@ -7,6 +7,7 @@
 //! rules a transaction must enforce (such as "a workspace keeps an active admin").
 #![forbid(unsafe_code)]
 
+mod api_keys;
 mod audit;
 mod edge;
 mod invalidation;
@@ -24,6 +25,9 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 
+pub use api_keys::{
+    ApiKeyPatch, ApiKeyStatus, SpendDelta, SpendRecord, SpendThreshold, StoredApiKey,
+};
 pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, WorkspacePolicy};
 pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};

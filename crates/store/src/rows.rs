@@ -102,6 +102,7 @@ pub(crate) struct TokenRow {
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub last_used_ip: Option<String>,
+    pub kind: String,
 }
 
 impl TokenRow {
@@ -109,6 +110,8 @@ impl TokenRow {
         let scopes: Vec<&str> = self.scopes.split(' ').filter(|s| !s.is_empty()).collect();
         Ok(Token {
             id: TokenId::from_trusted(self.id),
+            kind: datastack_core::credential::CredentialKind::from_name(&self.kind)
+                .ok_or_else(|| Error::Corrupt(format!("credential kind {}", self.kind)))?,
             owner_id: PrincipalId::from_trusted(self.owner_id),
             workspace_id: WorkspaceId::from_trusted(self.workspace_id),
             label: self.label,

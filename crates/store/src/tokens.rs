@@ -31,32 +31,32 @@ pub struct TokenUse {
     pub ip: Option<IpAddr>,
 }
 
-/// The start of every token INSERT: the nine stored columns, in [`bind_token!`]'s order.
+/// The start of every token INSERT: the ten stored columns, in [`bind_token!`]'s order.
 macro_rules! insert_token_columns {
     () => {
         "INSERT INTO tokens \
-         (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at) "
+         (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at, kind) "
     };
 }
 
 /// Inserts one token; bind it with [`bind_token!`].
 pub(crate) const INSERT_TOKEN: &str = concat!(
     insert_token_columns!(),
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 
-/// Inserts one token only if the calling credential (`$10`) is still unrevoked and its
+/// Inserts one token only if the calling credential (`$11`) is still unrevoked and its
 /// owner and workspace active.
-const INSERT_TOKEN_IF_CALLER_VALID: &str = concat!(
+pub(crate) const INSERT_TOKEN_IF_CALLER_VALID: &str = concat!(
     insert_token_columns!(),
-    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9 \
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
      WHERE EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
                    JOIN workspaces w ON w.id = p.workspace_id \
-                   WHERE c.id = $10 AND c.revoked_at IS NULL \
+                   WHERE c.id = $11 AND c.revoked_at IS NULL \
                      AND p.status = 'active' AND w.status = 'active')"
 );
 
-/// Binds a token's nine stored columns, in [`INSERT_TOKEN`]'s order, to `$query`.
+/// Binds a token's ten stored columns, in [`INSERT_TOKEN`]'s order, to `$query`.
 macro_rules! bind_token {
     ($query:expr, $token:expr) => {
         $query
@@ -69,6 +69,7 @@ macro_rules! bind_token {
             .bind($crate::rows::scopes_text(&$token.scopes))
             .bind($token.created_at)
             .bind($token.expires_at)
+            .bind($token.kind.as_str())
     };
 }
 pub(crate) use bind_token;
@@ -81,8 +82,8 @@ fn owner_gone_is_not_found(e: sqlx::Error) -> Error {
     }
 }
 
-const TOKEN_COLUMNS: &str = "t.id, t.workspace_id, t.owner_id, t.label, t.digest, t.last_four, t.scopes, \
-     t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip";
+pub(crate) const TOKEN_COLUMNS: &str = "t.id, t.workspace_id, t.owner_id, t.label, t.digest, t.last_four, t.scopes, \
+     t.created_at, t.expires_at, t.revoked_at, t.last_used_at, t.last_used_ip, t.kind";
 
 #[derive(sqlx::FromRow)]
 struct TokenWithOwnerRow {
@@ -108,6 +109,8 @@ struct TokenWithOwnerRow {
     w_status: String,
     w_created_at: DateTime<Utc>,
     w_updated_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    key: crate::api_keys::JoinedKeyRow,
 }
 
 /// Ends a change to token `$id` inside transaction `$tx` (of a method of `$store`) that
@@ -124,7 +127,7 @@ macro_rules! finish_token_change {
             .fetch_one(&mut *$tx)
             .await?;
         let token = row.into_domain()?;
-        announce!($tx, $channel, Invalidation::Token(token.digest_hex.clone()));
+        announce!($tx, $channel, Invalidation::of_token(&token));
         write_trail!($store, $tx, $trail);
         $tx.commit().await?;
         token
@@ -134,8 +137,12 @@ macro_rules! finish_token_change {
 /// A credential found by digest, with its owner and the owner's workspace.
 #[derive(Debug, Clone)]
 pub struct CredentialRecord {
-    /// The token.
+    /// The token. For an API key's previous secret, its digest, last four characters and
+    /// expiry are the previous secret's (the expiry is the earlier of the key's and the
+    /// overlap's end).
     pub token: Token,
+    /// An API key's limits, ranges and metadata.
+    pub api_key: Option<datastack_core::apikey::ApiKeyPolicy>,
     /// Its owner.
     pub owner: Principal,
     /// The owner's workspace.
@@ -185,10 +192,15 @@ impl Store {
         })
     }
 
-    /// The token with this digest, its owner and their workspace, revoked or not; the
-    /// caller decides. One query: this is the uncached verification path.
-    pub async fn find_token_by_digest(&self, digest_hex: &str) -> Result<Option<CredentialRecord>> {
-        let sql = format!(
+    /// The credential with this digest (of `kind`), its owner and their workspace, revoked
+    /// or not; the caller decides. One query: this is the uncached verification path. An
+    /// API key is also found by its previous secret while that is stored.
+    pub async fn find_token_by_digest(
+        &self,
+        kind: datastack_core::credential::CredentialKind,
+        digest_hex: &str,
+    ) -> Result<Option<CredentialRecord>> {
+        let base = format!(
             "SELECT {TOKEN_COLUMNS}, p.id AS p_id, p.workspace_id AS p_workspace_id, p.kind AS p_kind, \
                p.email AS p_email, p.name AS p_name, p.role AS p_role, p.status AS p_status, \
                p.created_at AS p_created_at, p.updated_at AS p_updated_at, \
@@ -198,14 +210,24 @@ impl Store {
                w.auto_revoke_unused_days AS w_auto_revoke_unused_days, \
                w.ip_access_lists_suspended AS w_ip_access_lists_suspended, \
                w.data_retention_consent AS w_data_retention_consent, \
-               w.created_at AS w_created_at, w.updated_at AS w_updated_at \
+               w.created_at AS w_created_at, w.updated_at AS w_updated_at, {} \
              FROM tokens t JOIN principals p ON p.id = t.owner_id \
                JOIN workspaces w ON w.id = p.workspace_id \
-             WHERE t.digest = $1"
+               LEFT JOIN api_keys k ON k.token_id = t.id ",
+            crate::api_keys::JOINED_KEY_COLUMNS
         );
-        let row: Option<TokenWithOwnerRow> = with_pool!(self, pool => {
-            sqlx::query_as(&sql).bind(digest_hex).fetch_optional(pool).await?
+        let current = format!("{base} WHERE t.digest = $1 AND t.kind = $2");
+        let mut row: Option<TokenWithOwnerRow> = with_pool!(self, pool => {
+            sqlx::query_as(&current).bind(digest_hex).bind(kind.as_str()).fetch_optional(pool).await?
         });
+        let mut previous = false;
+        if row.is_none() && kind == datastack_core::credential::CredentialKind::ApiKey {
+            let by_previous = format!("{base} WHERE k.previous_digest = $1 AND t.kind = $2");
+            row = with_pool!(self, pool => {
+                sqlx::query_as(&by_previous).bind(digest_hex).bind(kind.as_str()).fetch_optional(pool).await?
+            });
+            previous = row.is_some();
+        }
         let Some(row) = row else { return Ok(None) };
         let owner = PrincipalRow {
             id: row.p_id,
@@ -233,8 +255,25 @@ impl Store {
             updated_at: row.w_updated_at,
         }
         .into_domain()?;
+        let mut token = row.token.into_domain()?;
+        let api_key = row.key.into_policy()?;
+        if previous {
+            // The previous secret stands in for the key: its digest, its last characters,
+            // and its own end.
+            let Some(prev) = api_key.as_ref().and_then(|k| k.previous.clone()) else {
+                return Ok(None);
+            };
+            token.digest_hex = digest_hex.to_owned();
+            token.last_four = prev.last_four;
+            token.expires_at = Some(
+                token
+                    .expires_at
+                    .map_or(prev.expires_at, |e| e.min(prev.expires_at)),
+            );
+        }
         Ok(Some(CredentialRecord {
-            token: row.token.into_domain()?,
+            token,
+            api_key,
             owner,
             workspace,
         }))
@@ -246,6 +285,7 @@ impl Store {
         &self,
         workspace: &WorkspaceId,
         filter: &TokenFilter,
+        kind: Option<datastack_core::credential::CredentialKind>,
         page: &PageRequest,
     ) -> Result<Page<Token>> {
         let owner = match filter {
@@ -255,7 +295,7 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens t \
              WHERE t.workspace_id = $1 AND ($2 IS NULL OR t.owner_id = $2) AND t.revoked_at IS NULL \
-               AND t.id > $3 ORDER BY t.id LIMIT $4"
+               AND ($5 IS NULL OR t.kind = $5) AND t.id > $3 ORDER BY t.id LIMIT $4"
         );
         let rows: Vec<TokenRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql)
@@ -263,6 +303,7 @@ impl Store {
                 .bind(owner)
                 .bind(page.after.as_deref().unwrap_or(""))
                 .bind(i64::from(page.limit) + 1)
+                .bind(kind.map(|k| k.as_str()))
                 .fetch_all(pool)
                 .await?
         });
@@ -359,7 +400,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT {TOKEN_COLUMNS}, t.auto_revoke_notified_at FROM tokens t \
-             WHERE t.workspace_id = $1 AND t.revoked_at IS NULL \
+             WHERE t.workspace_id = $1 AND t.revoked_at IS NULL AND t.kind = 'pat' \
                AND COALESCE(t.last_used_at, t.created_at) < $2 ORDER BY t.id LIMIT 1000"
         );
         let rows: Vec<Row> = with_pool!(self, pool => {

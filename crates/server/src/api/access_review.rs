@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use chrono::{DateTime, Duration, Utc};
 use datastack_core::authz::Role;
+use datastack_core::credential::CredentialKind;
 use datastack_core::id::TokenId;
 use datastack_core::model::Token;
 use datastack_core::scope::{Scope, ScopeSet};
@@ -71,7 +72,7 @@ pub struct ReviewOwner {
 pub struct ReviewItem {
     /// The credential's id.
     pub credential_id: String,
-    /// `personal_access_token` (API keys and OAuth clients join as they land).
+    /// `personal_access_token` or `api_key` (OAuth clients join as they land).
     pub kind: &'static str,
     /// Its label.
     pub label: String,
@@ -169,12 +170,22 @@ pub async fn review(
     let next_cursor = loop {
         let tokens = state
             .store
-            .list_tokens(ws, &TokenFilter::Workspace, &request)
+            .list_tokens(ws, &TokenFilter::Workspace, None, &request)
             .await?;
         let usage = reviewer.usage(&state, ws, &tokens.items).await?;
+        let ids: Vec<String> = tokens.items.iter().map(|t| t.id.to_string()).collect();
+        let keys = state.store.api_key_policies(&ids).await?;
         for token in tokens.items {
             let id = token.id.to_string();
-            let item = reviewer.item(token, usage.get(&id), now, stale_days, rotation_days);
+            let rotated_at = keys.get(&id).map(|k| &k.policy);
+            let item = reviewer.item(
+                token,
+                rotated_at,
+                usage.get(&id),
+                now,
+                stale_days,
+                rotation_days,
+            );
             if flag.as_deref().is_none_or(|f| item.flags.contains(&f)) {
                 items.push(item);
             }
@@ -255,6 +266,7 @@ impl Reviewer {
     fn item(
         &self,
         token: Token,
+        key: Option<&datastack_core::apikey::ApiKeyPolicy>,
         used: Option<&HashMap<String, i64>>,
         now: DateTime<Utc>,
         stale_days: i64,
@@ -265,7 +277,15 @@ impl Reviewer {
         if now - idle_since >= Duration::days(stale_days) {
             flags.push("stale");
         }
-        if now - token.created_at >= Duration::days(rotation_days) {
+        // A key's secret is as old as its last rotation, and its own policy, when it has
+        // one, decides when that is too old.
+        let secret_issued = key.map_or(token.created_at, |k| k.rotated_at);
+        let rotation_due = match key.and_then(datastack_core::apikey::ApiKeyPolicy::rotation_due_at)
+        {
+            Some(due) => due <= now,
+            None => now - secret_issued >= Duration::days(rotation_days),
+        };
+        if rotation_due {
             flags.push("rotation_due");
         }
         if token.expires_at.is_none() {
@@ -278,7 +298,10 @@ impl Reviewer {
         }
         ReviewItem {
             credential_id: token.id.to_string(),
-            kind: "personal_access_token",
+            kind: match token.kind {
+                CredentialKind::PersonalAccessToken => "personal_access_token",
+                CredentialKind::ApiKey => "api_key",
+            },
             label: token.label,
             owner: self.owners.get(token.owner_id.as_str()).cloned(),
             scopes: token.scopes.to_strings(),
@@ -398,8 +421,7 @@ pub async fn bulk_revoke(
             .await
         {
             Ok(revoked) => {
-                crate::edge::apply_invalidation(&state, &Invalidation::Token(revoked.digest_hex))
-                    .await;
+                crate::edge::apply_invalidation(&state, &Invalidation::of_token(&revoked)).await;
                 out.changed.push(BulkChange {
                     credential_id: id.to_string(),
                     scopes: None,
@@ -477,8 +499,7 @@ pub async fn bulk_narrow(
             .await
         {
             Ok(changed) => {
-                crate::edge::apply_invalidation(&state, &Invalidation::Token(changed.digest_hex))
-                    .await;
+                crate::edge::apply_invalidation(&state, &Invalidation::of_token(&changed)).await;
                 out.changed.push(BulkChange {
                     credential_id: token.id.to_string(),
                     scopes: Some(narrower.to_strings()),

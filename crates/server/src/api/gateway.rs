@@ -56,8 +56,11 @@ pub struct RouteBody {
     pub strip_prefix: Option<bool>,
     /// Upstream timeout in milliseconds, 1–300000. Default 30000.
     pub timeout_ms: Option<u32>,
-    /// Spend units per request. Default 0.
+    /// Spend units each request costs an API key. Default 0.
     pub price_per_request: Option<u64>,
+    /// The upstream response header reporting a request's actual cost (an integer that
+    /// replaces `pricePerRequest`). Default `x-datastack-cost`.
+    pub cost_header: Option<String>,
     /// Forward the client's `Authorization` header. Default false.
     pub forward_authorization: Option<bool>,
     /// Per-method scope overrides, e.g. `{"POST": "read:jobs"}`.
@@ -84,6 +87,8 @@ pub struct RouteResponse {
     pub timeout_ms: u32,
     /// Spend units per request.
     pub price_per_request: u64,
+    /// The header an upstream reports a request's actual cost in.
+    pub cost_header: String,
     /// Whether `Authorization` is forwarded.
     pub forward_authorization: bool,
     /// Per-method scope overrides.
@@ -109,6 +114,7 @@ fn response_of(
         strip_prefix: spec.strip_prefix,
         timeout_ms: spec.timeout_ms,
         price_per_request: spec.price_per_request,
+        cost_header: spec.cost_header_name().to_owned(),
         forward_authorization: spec.forward_authorization,
         method_scopes: spec
             .method_scopes
@@ -382,8 +388,8 @@ fn original_request(
         ("X-Forwarded-Uri" = Option<String>, Header, description = "Traefik ForwardAuth: the original URI"),
         ("X-Forwarded-Method" = Option<String>, Header, description = "Traefik: the original method (required with X-Forwarded-Uri)")),
     responses((status = 200, description = "allowed; the identity headers are set"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 429, body = ErrorBody)))]
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
     let audit = req.extensions().get::<AuditContext>().cloned();
     if let Some(audit) = &audit {
@@ -412,6 +418,11 @@ pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
         }
         Err(Undecidable::Refused(e)) => return e.into_response(),
     };
+    // The decision is the request's only sight of datastack: it is charged the route's
+    // price here (an upstream behind a forward-auth proxy cannot report a cost).
+    if let Err(e) = edge::charge(&state, &allowed, req.extensions()).await {
+        return e.into_response();
+    }
     let request_id = req
         .extensions()
         .get::<RequestId>()

@@ -4,6 +4,7 @@
 
 pub mod abuse;
 pub mod access_review;
+pub mod api_keys;
 pub mod audit;
 pub mod gateway;
 pub mod health;
@@ -27,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .merge(health::routes())
         .merge(me::routes())
         .merge(tokens::routes())
+        .merge(api_keys::routes())
         .merge(principals::routes())
         .merge(workspaces::routes())
         .merge(audit::routes())

@@ -262,7 +262,12 @@ pub async fn list_tokens(
     };
     let result = state
         .store
-        .list_tokens(&me.workspace_id, &filter, &page)
+        .list_tokens(
+            &me.workspace_id,
+            &filter,
+            Some(CredentialKind::PersonalAccessToken),
+            &page,
+        )
         .await?;
     Ok(Json(TokenPage {
         items: result.items.into_iter().map(TokenResponse::from).collect(),
@@ -286,7 +291,14 @@ pub async fn revoke_token(
 ) -> ApiResult<StatusCode> {
     let me = &caller.identity.principal;
     let id = TokenId::parse(&id)
-        .map_err(|_| ApiError::InvalidRequest("id: must be a token id (tok_…)".into()))?;
+        .ok()
+        .filter(|id| !id.is_api_key())
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(
+                "id: must be a token id (tok_…); revoke API keys at /api/v1/auth/api-keys/{id}"
+                    .into(),
+            )
+        })?;
     let owner = (me.role != Role::Admin).then_some(&me.id);
     let trail = audit.change(StatusCode::NO_CONTENT).with_event(audit.event(
         &me.workspace_id,
@@ -302,7 +314,7 @@ pub async fn revoke_token(
             other => other.into(),
         })?;
     audit.mark_recorded();
-    crate::edge::apply_invalidation(&state, &Invalidation::Token(revoked.digest_hex.clone())).await;
+    crate::edge::apply_invalidation(&state, &Invalidation::of_token(&revoked)).await;
     tracing::info!(token_id = %revoked.id, "token revoked");
     Ok(StatusCode::NO_CONTENT)
 }

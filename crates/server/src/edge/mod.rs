@@ -12,6 +12,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod routes;
 pub mod signer;
+pub mod spend;
 pub mod tunnels;
 
 use std::sync::Arc;
@@ -59,6 +60,8 @@ pub struct Edge {
     pub upstreams: proxy::Upstreams,
     /// Open WebSocket tunnels.
     pub tunnels: tunnels::Tunnels,
+    /// API key spend metering.
+    pub spend: spend::SpendMeter,
     /// The workspace that records what belongs to none (anonymous clients), known once
     /// the store is bootstrapped.
     root_workspace: std::sync::OnceLock<WorkspaceId>,
@@ -84,7 +87,8 @@ impl Edge {
         Ok(Self {
             routes,
             ip_rules: IpRuleCache::new(store.clone()),
-            limiter: Limiter::new(config, metrics).await?,
+            limiter: Limiter::new(config, metrics.clone()).await?,
+            spend: spend::SpendMeter::new(store.clone(), config.spend_warning_percent, metrics),
             signer: Signer::new(
                 seed,
                 config.assertion_ttl.as_secs(),
@@ -144,17 +148,35 @@ pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
     }
 }
 
+/// The refusal of an address outside an API key's ranges.
+pub const API_KEY_RANGES_DENIAL: &str = "this address is outside the API key's allowed IP ranges";
+
 /// The IP access list stage: a request with a valid credential must come from an address
-/// its workspace's enabled lists admit (unless the workspace suspended enforcement).
+/// its workspace's enabled lists admit (unless the workspace suspended enforcement), and an
+/// API key's from one of the key's own ranges when it has them.
 pub async fn ip_lists_stage(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let identity = match req.extensions().get::<Authentication>() {
         Some(Authentication::Verified(identity)) => identity.clone(),
         _ => return next.run(req).await,
     };
+    let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
+    // An API key's own ranges apply whatever the workspace's lists say.
+    if let Some(policy) = &identity.api_key
+        && !policy.admits(ip)
+    {
+        state.metrics.ip_denied();
+        if let Some(audit) = req.extensions().get::<AuditContext>() {
+            audit.set_detail(serde_json::json!({
+                "ipAccess": "denied",
+                "apiKeyRanges": true,
+            }));
+        }
+        tracing::Span::current().record("decision", "ip_not_allowed");
+        return ApiError::IpNotAllowed(API_KEY_RANGES_DENIAL.to_owned()).into_response();
+    }
     if identity.workspace.settings.ip_access_lists_suspended {
         return next.run(req).await;
     }
-    let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
     match state.edge.ip_rules.check(&identity.workspace.id, ip).await {
         Ok(Ok(())) => next.run(req).await,
         Ok(Err(denial)) => {
@@ -192,7 +214,12 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
         Some(Authentication::Verified(identity)) => vec![
             Bucket {
                 subject: Subject::Credential(identity.token.id.to_string()),
-                per_minute: config.rate_limit_credential_per_minute,
+                // An API key's own limit replaces the default per credential.
+                per_minute: identity
+                    .api_key
+                    .as_ref()
+                    .and_then(|k| k.rate_limit)
+                    .unwrap_or(config.rate_limit_credential_per_minute),
             },
             Bucket {
                 subject: Subject::Workspace(identity.workspace.id.to_string()),
@@ -490,6 +517,60 @@ pub fn decide(
                 message: denial.explain(required),
             }))
         }
+    }
+}
+
+/// Charges an allowed request to its API key's spend (the route's price; nothing for
+/// other credentials), or answers 402 when the key's limit for the period is reached.
+pub async fn charge(
+    state: &AppState,
+    allowed: &Allowed,
+    extensions: &Extensions,
+) -> Result<Option<spend::Reservation>, ApiError> {
+    if allowed.identity.api_key.is_none() {
+        return Ok(None);
+    }
+    match state
+        .edge
+        .spend
+        .reserve(
+            &state.edge.limiter,
+            &allowed.identity,
+            allowed.route.spec.price_per_request,
+        )
+        .await
+    {
+        Ok(Ok(reservation)) => Ok(reservation),
+        Ok(Err(exceeded)) => {
+            if let Some(audit) = extensions.get::<AuditContext>() {
+                audit.set_detail(serde_json::json!({
+                    "route": allowed.route.spec.path_prefix,
+                    "spendLimit": exceeded.limit,
+                    "spendUsed": exceeded.used,
+                    "resetsAt": exceeded.resets_at,
+                }));
+            }
+            tracing::Span::current().record("decision", "spend_limit_exceeded");
+            Err(spend_refusal(&exceeded))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The 402 of a key whose spend limit is reached.
+pub fn spend_refusal(exceeded: &spend::Exceeded) -> ApiError {
+    ApiError::SpendLimitExceeded {
+        message: match exceeded.resets_at {
+            Some(_) => format!(
+                "the API key's spend limit of {} units for this period is reached; it resets at resetsAt",
+                exceeded.limit
+            ),
+            None => format!(
+                "the API key's total spend limit of {} units is reached; raise the limit or use another key",
+                exceeded.limit
+            ),
+        },
+        resets_at: exceeded.resets_at,
     }
 }
 

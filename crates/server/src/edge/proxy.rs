@@ -108,7 +108,7 @@ fn upgrade_of(headers: &HeaderMap) -> Option<HeaderValue> {
 }
 
 /// The fallback handler: proxies requests under a route's prefix; 404 otherwise.
-pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Response {
+pub async fn gateway(State(state): State<AppState>, req: Request) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let allowed = match decide(
@@ -125,27 +125,73 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
         }
         Err(Undecidable::Refused(e)) => return e.into_response(),
     };
-    let route = allowed.route.clone();
-    let Some(upstream) = route.spec.upstream.as_deref() else {
+    if allowed.route.spec.upstream.is_none() {
         return ApiError::NotFound(
             "this route is for forward-auth decisions only; it has no upstream".into(),
         )
         .into_response();
-    };
+    }
     let request_id = req
         .extensions()
         .get::<RequestId>()
         .map_or_else(String::new, |r| r.0.clone());
-    let identity = match identity_headers(&state, &allowed, &request_id, method.as_str(), &path) {
-        Ok(h) => h,
+    let reservation = match super::charge(&state, &allowed, req.extensions()).await {
+        Ok(r) => r,
         Err(e) => return e.into_response(),
+    };
+    let route = allowed.route.clone();
+    let result = forward(&state, &allowed, req, &request_id, &method, &path).await;
+    if let Some(reservation) = reservation {
+        // The upstream's reported cost replaces the price; a request the upstream never
+        // received costs nothing.
+        let actual = match &result {
+            Ok(r) => r
+                .headers()
+                .get(route.spec.cost_header_name())
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok()),
+            Err(_) => Some(0),
+        };
+        if let Some(actual) = actual {
+            state
+                .edge
+                .spend
+                .settle(&state.edge.limiter, reservation, actual)
+                .await;
+        }
+    }
+    match result {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Forwards an allowed request: `Ok` with what the upstream answered (or a failure after
+/// it received the request), `Err` with the refusal when it was never sent.
+async fn forward(
+    state: &AppState,
+    allowed: &super::Allowed,
+    mut req: Request,
+    request_id: &str,
+    method: &axum::http::Method,
+    path: &str,
+) -> Result<Response, Response> {
+    let route = allowed.route.clone();
+    let Some(upstream) = route.spec.upstream.as_deref() else {
+        return Err(ApiError::NotFound(
+            "this route is for forward-auth decisions only; it has no upstream".into(),
+        )
+        .into_response());
+    };
+    let identity = match identity_headers(state, allowed, request_id, method.as_str(), path) {
+        Ok(h) => h,
+        Err(e) => return Err(e.into_response()),
     };
     // The upstream URI: its base, the path (without the prefix if so configured), the query.
     let forwarded_path = if route.spec.strip_prefix {
         let rest = &path[route.spec.path_prefix.len()..];
         if rest.is_empty() { "/" } else { rest }
     } else {
-        path.as_str()
+        path
     };
     let query = req
         .uri()
@@ -155,8 +201,10 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
     let target: Uri = match format!("{upstream}{forwarded_path}{query}").parse() {
         Ok(u) => u,
         Err(_) => {
-            return ApiError::InvalidRequest("the request path cannot be forwarded".into())
-                .into_response();
+            return Err(
+                ApiError::InvalidRequest("the request path cannot be forwarded".into())
+                    .into_response(),
+            );
         }
     };
     let max_body = state.config.gateway_max_body_bytes;
@@ -166,7 +214,7 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > max_body as u64) {
-        return ApiError::PayloadTooLarge(max_body).into_response();
+        return Err(ApiError::PayloadTooLarge(max_body).into_response());
     }
     let upgrade = upgrade_of(req.headers());
     // Only WebSocket is tunnelled: another protocol (h2c, say) would carry requests the
@@ -175,10 +223,10 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
         .as_ref()
         .is_some_and(|p| !p.as_bytes().eq_ignore_ascii_case(b"websocket"))
     {
-        return ApiError::InvalidRequest(
+        return Err(ApiError::InvalidRequest(
             "only WebSocket upgrades are proxied (Upgrade: websocket)".into(),
         )
-        .into_response();
+        .into_response());
     }
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let client_ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
@@ -238,33 +286,36 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
     let mut response = match result {
         Err(_) => {
             state.metrics.upstream("timeout");
-            return ApiError::Upstream(
+            // The upstream may have done the work: the request stays charged.
+            return Ok(ApiError::Upstream(
                 StatusCode::GATEWAY_TIMEOUT,
                 format!(
                     "the upstream did not answer within {} ms",
                     route.spec.timeout_ms
                 ),
             )
-            .into_response();
+            .into_response());
         }
         Ok(Err(e)) => {
             if is_body_limit(&e) {
                 state.metrics.upstream("body_too_large");
-                return ApiError::PayloadTooLarge(max_body).into_response();
+                return Err(ApiError::PayloadTooLarge(max_body).into_response());
             }
             state.metrics.upstream("unreachable");
             tracing::warn!(route = %route.spec.path_prefix, error = %e, "the upstream is unreachable");
             // Nothing listening (or no route to it): unavailable; a broken exchange: bad gateway.
-            let status = if e.is_connect() {
-                StatusCode::SERVICE_UNAVAILABLE
+            // Never reached, the request costs nothing; a broken exchange stays charged.
+            let (status, reached) = if e.is_connect() {
+                (StatusCode::SERVICE_UNAVAILABLE, false)
             } else {
-                StatusCode::BAD_GATEWAY
+                (StatusCode::BAD_GATEWAY, true)
             };
-            return ApiError::Upstream(
+            let response = ApiError::Upstream(
                 status,
                 "the upstream could not be reached or failed to answer".into(),
             )
             .into_response();
+            return if reached { Ok(response) } else { Err(response) };
         }
         Ok(Ok(r)) => r,
     };
@@ -301,17 +352,17 @@ pub async fn gateway(State(state): State<AppState>, mut req: Request) -> Respons
                 }
             });
             let (parts, _) = response.into_parts();
-            return Response::from_parts(parts, Body::empty());
+            return Ok(Response::from_parts(parts, Body::empty()));
         }
-        return ApiError::Upstream(
+        return Ok(ApiError::Upstream(
             StatusCode::BAD_GATEWAY,
             "the upstream switched protocols without being asked".into(),
         )
-        .into_response();
+        .into_response());
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, Body::new(body))
+    Ok(Response::from_parts(parts, Body::new(body)))
 }
 
 /// Whether a client error was caused by the request body going over the limit.

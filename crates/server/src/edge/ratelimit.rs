@@ -389,6 +389,18 @@ impl Limiter {
         }
     }
 
+    /// The shared Redis connection and the key prefix, when in cluster mode and Redis is
+    /// believed reachable (for other counters that must be shared, such as spend).
+    pub(crate) async fn redis(&self) -> Option<(redis::aio::ConnectionManager, String)> {
+        let prefix = self.remote.as_ref()?.prefix.clone();
+        self.connection().await.map(|c| (c, prefix))
+    }
+
+    /// Reports a failed Redis call made through [`Self::redis`].
+    pub(crate) fn redis_failed(&self, error: &str) {
+        self.mark(false, Some(error));
+    }
+
     fn mark(&self, healthy: bool, error: Option<&str>) {
         let Some(remote) = &self.remote else { return };
         let was = remote.healthy.swap(healthy, Ordering::Relaxed);

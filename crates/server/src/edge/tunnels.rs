@@ -11,6 +11,7 @@ use crate::credentials::Identity;
 
 struct Tunnel {
     digest: String,
+    credential: String,
     principal: String,
     workspace: String,
     close: Arc<Notify>,
@@ -30,6 +31,7 @@ impl Tunnels {
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.push(Tunnel {
             digest: identity.token.digest_hex.clone(),
+            credential: identity.token.id.to_string(),
             principal: identity.principal.id.to_string(),
             workspace: identity.workspace.id.to_string(),
             close: close.clone(),
@@ -49,6 +51,7 @@ impl Tunnels {
         for t in open.iter() {
             let hit = match inv {
                 Invalidation::Token(digest) => t.digest == *digest,
+                Invalidation::Credential(id) => t.credential == *id,
                 Invalidation::Principal(id) => t.principal == *id,
                 Invalidation::Workspace(id) | Invalidation::IpLists(id) => t.workspace == *id,
                 Invalidation::All => true,

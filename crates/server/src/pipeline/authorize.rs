@@ -43,6 +43,8 @@ macro_rules! required_scopes {
 required_scopes! {
     ReadTokens = read Tokens;
     ManageTokens = manage Tokens;
+    ReadApiKeys = read ApiKeys;
+    ManageApiKeys = manage ApiKeys;
     ReadUsers = read Users;
     ManageUsers = manage Users;
     ReadWorkspaces = read Workspaces;

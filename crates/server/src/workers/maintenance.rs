@@ -49,6 +49,9 @@ async fn run_once(
     config: &Config,
     reported: &mut Reported,
 ) -> Result<(), datastack_store::Error> {
+    if let Err(e) = rotation_due(store).await {
+        tracing::warn!(error = %e, "the API key rotation pass failed");
+    }
     for policy in store.workspace_policies().await? {
         // One workspace's failure does not stop the others' maintenance.
         if let Err(e) = maintain(store, credentials, config, &policy, reported).await {
@@ -95,6 +98,42 @@ async fn maintain(
     }
     if policy.auto_revoke_unused_days.is_some() {
         auto_revoke(store, credentials, config, policy).await?;
+    }
+    Ok(())
+}
+
+/// API keys whose rotation policy asks for a new secret get `api_key.rotation_due`, once
+/// per rotation (their status reads `rotation_due` until they are rotated).
+async fn rotation_due(store: &Store) -> Result<(), datastack_store::Error> {
+    for key in store.rotation_due_keys(Utc::now()).await? {
+        let due_at = key.policy.rotation_due_at();
+        let payload = serde_json::json!({
+            "keyId": key.token.id,
+            "ownerId": key.token.owner_id,
+            "name": key.token.label,
+            "rotatedAt": key.policy.rotated_at,
+            "rotationDueAt": due_at,
+            "intervalDays": key.policy.rotation_interval_days,
+        });
+        let mut record = AuditRecord::system(
+            key.token.workspace_id.clone(),
+            "api_key.rotation_due",
+            "api-keys",
+        );
+        record.resource_id = Some(key.token.id.to_string());
+        record.principal_id = None;
+        record.detail = Some(payload.to_string());
+        let trail = Trail::of(record).with_event(SecurityEvent::new(
+            key.token.workspace_id.clone(),
+            "api_key.rotation_due",
+            payload,
+        ));
+        if store
+            .mark_rotation_due_notified(&key.token.id, &trail)
+            .await?
+        {
+            tracing::info!(key_id = %key.token.id, "API key rotation is due");
+        }
     }
     Ok(())
 }
@@ -172,7 +211,7 @@ async fn auto_revoke(
                     .await
                 {
                     Ok(revoked) => {
-                        credentials.invalidate(&Invalidation::Token(revoked.digest_hex));
+                        credentials.invalidate(&Invalidation::of_token(&revoked));
                         tracing::info!(token_id = %token.id, "unused token revoked by workspace policy");
                     }
                     // Revoked meanwhile by someone else: nothing to do.

@@ -36,3 +36,37 @@ async fn flush(verifier: &CredentialVerifier, metrics: &Metrics) {
         }
     }
 }
+
+/// How often API key spend is added to the store (the spend meter's flush).
+pub const SPEND_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Adds API key spend to the store every second until `shutdown` turns true, then once
+/// more: a clean shutdown loses no charged unit.
+pub async fn spend_flusher(edge: Arc<crate::edge::Edge>, mut shutdown: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(SPEND_FLUSH_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.changed() => break,
+        }
+        flush_spend(&edge).await;
+    }
+    // Retry a few times at shutdown: what is not written now is lost.
+    for attempt in 0..5u32 {
+        match edge.spend.flush().await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "could not record API key spend at shutdown; retrying");
+                tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            }
+        }
+    }
+    tracing::error!("gave up recording API key spend at shutdown");
+}
+
+async fn flush_spend(edge: &crate::edge::Edge) {
+    if let Err(e) = edge.spend.flush().await {
+        tracing::warn!(error = %e, "could not record API key spend; it is kept for the next flush");
+    }
+}
