@@ -6,6 +6,7 @@
 //! for a usage or configuration problem. No token is ever printed, except the one-time
 //! secret of a token just created.
 
+mod api_keys;
 mod output;
 
 use std::fmt;
@@ -69,6 +70,12 @@ pub enum ClientCommand {
         /// What to do with tokens.
         #[command(subcommand)]
         cmd: TokensCmd,
+    },
+    /// Create, list, rotate and revoke scoped API keys, see their usage, verify one.
+    ApiKeys {
+        /// What to do with API keys.
+        #[command(subcommand)]
+        cmd: api_keys::ApiKeysCmd,
     },
     /// Manage the users of the workspace.
     Users {
@@ -617,6 +624,7 @@ pub async fn run(cmd: ClientCommand, conn: &Connection) -> ExitCode {
     let out = Output { json: conn.json };
     let outcome = match cmd {
         ClientCommand::Tokens { cmd } => tokens(cmd, &client, out).await,
+        ClientCommand::ApiKeys { cmd } => api_keys::api_keys(cmd, &client, out).await,
         ClientCommand::Users { cmd } => users(cmd, &client, out).await,
         ClientCommand::ServicePrincipals { cmd } => service_principals(cmd, &client, out).await,
         ClientCommand::Workspaces { cmd } => workspaces(cmd, &client, out).await,

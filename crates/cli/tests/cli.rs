@@ -817,3 +817,205 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     assert!(err.contains("NOT_FOUND"), "{err}");
     server.stop();
 }
+
+/// Runs a client command with `stdin` as its standard input.
+fn client_with_stdin(
+    server: &Server,
+    token: &str,
+    args: &[&str],
+    stdin: &str,
+) -> (i32, String, String) {
+    use std::io::Write as _;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("DATASTACK_HOST", server.url())
+        .env("DATASTACK_TOKEN", token)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the client");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_api_keys_cli_creates_rotates_meters_verifies_and_revokes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data], &[]);
+    let admin = server.admin_token().expect("admin token");
+
+    // Create: the secret alone on stdout, details on stderr.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "api-keys",
+            "create",
+            "--name",
+            "ci",
+            "--scope",
+            "read:users",
+            "--scope",
+            "read:api-keys",
+            "--rate-limit",
+            "100",
+            "--spend-limit",
+            "500",
+            "--spend-period",
+            "day",
+            "--allow-ip",
+            "127.0.0.0/8",
+            "--allow-ip",
+            "2001:db8::/32",
+            "--metadata",
+            r#"{"env":"ci"}"#,
+            "--rotate-every-days",
+            "90",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = out.trim().to_owned();
+    assert!(key.starts_with("dkey") && key.len() == 76, "{out}");
+    assert!(
+        err.contains("shown only this once") && err.contains("rate 100/min, spend 500/day"),
+        "{err}"
+    );
+    let id = err
+        .lines()
+        .find_map(|l| l.strip_prefix("id"))
+        .map(|v| v.trim().to_owned())
+        .expect("id line");
+    assert!(id.starts_with("key_"), "{err}");
+
+    // The key works as the client's credential.
+    let (code, out, err) = client(&server, &key, &["whoami"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id), "{out}");
+
+    // List, get, usage.
+    let (code, table, _) = client(&server, &admin, &["api-keys", "list"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.starts_with("ID") && table.contains(&id) && table.contains("active"),
+        "{table}"
+    );
+    assert!(!table.contains(&key[4..]));
+    let (code, out, _) = client(&server, &admin, &["api-keys", "get", &id, "--json"]);
+    assert_eq!(code, 0);
+    let got: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(got["metadata"]["env"], "ci");
+    assert_eq!(got["allowedIpRanges"][1], "2001:db8::/32");
+    let (code, out, _) = client(&server, &admin, &["api-keys", "usage", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("day") && out.contains("500"), "{out}");
+
+    // Verify reads the key from stdin.
+    let (code, out, err) = client_with_stdin(
+        &server,
+        &admin,
+        &[
+            "api-keys",
+            "verify",
+            "--scope",
+            "read:users",
+            "--ip",
+            "127.0.0.1",
+            "--json",
+        ],
+        &format!("{key}\n"),
+    );
+    assert_eq!(code, 0, "{err}");
+    let verdict: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(verdict["code"], "VALID", "{verdict}");
+    let (_, out, _) = client_with_stdin(
+        &server,
+        &admin,
+        &["api-keys", "verify", "--scope", "manage:users"],
+        &key,
+    );
+    assert!(out.contains("INSUFFICIENT_SCOPE"), "{out}");
+
+    // Update and bad input.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "api-keys",
+            "update",
+            &id,
+            "--name",
+            "ci-2",
+            "--no-rate-limit",
+            "--any-ip",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("ci-2") && out.contains("rate default"),
+        "{out}"
+    );
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &["api-keys", "update", &id, "--metadata", "[1]"],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "api-keys",
+            "create",
+            "--name",
+            "bad",
+            "--scope",
+            "read:nothing",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("INVALID_REQUEST") && err.contains("scopes"),
+        "{err}"
+    );
+
+    // Rotate: a new secret; the old works during the overlap, both listed.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &["api-keys", "rotate", &id, "--overlap-seconds", "3600"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let new = out.trim().to_owned();
+    assert!(new.starts_with("dkey") && new != key);
+    assert!(err.contains("previous key"), "{err}");
+    assert_eq!(client(&server, &key, &["whoami"]).0, 0);
+    assert_eq!(client(&server, &new, &["whoami"]).0, 0);
+
+    // Revoke: both secrets refused.
+    let (code, out, _) = client(&server, &admin, &["api-keys", "revoke", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("revoked"));
+    assert_ne!(client(&server, &key, &["whoami"]).0, 0);
+    assert_ne!(client(&server, &new, &["whoami"]).0, 0);
+    let (_, table, _) = client(
+        &server,
+        &admin,
+        &["api-keys", "list", "--status", "revoked"],
+    );
+    assert!(table.contains(&id), "{table}");
+    let (out, err) = server.stop();
+    assert!(!out.contains(&key[4..]) && !err.contains(&key[4..]));
+    assert!(!out.contains(&new[4..]) && !err.contains(&new[4..]));
+}

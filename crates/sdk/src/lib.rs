@@ -32,12 +32,17 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod api_keys;
 mod audit;
 mod client;
 mod edge;
 mod error;
 mod types;
 
+pub use api_keys::{
+    ApiKey, ApiKeyUsage, CreateApiKey, CreatedApiKey, KeySecret, KeyVerdict, ListApiKeys,
+    Remaining, RotationPolicy, SpendLimit, UpdateApiKey, VerifyApiKey,
+};
 pub use audit::{
     AuditEntry, AuditQuery, BulkChange, BulkResult, ChainReport, ReviewItem, ReviewOwner,
     ReviewQuery, SecurityEvent,

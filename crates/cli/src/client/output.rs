@@ -5,8 +5,9 @@ use std::io::Write as _;
 
 use chrono::{DateTime, Utc};
 use datastack_sdk::{
-    AbuseFlag, AuditEntry, BulkResult, ChainReport, CreatedToken, CreatedWorkspace, GatewayRoute,
-    IpAccessList, Me, Page, ReviewItem, SecurityEvent, ServicePrincipal, Token, User, Workspace,
+    AbuseFlag, ApiKey, ApiKeyUsage, AuditEntry, BulkResult, ChainReport, CreatedApiKey,
+    CreatedToken, CreatedWorkspace, GatewayRoute, IpAccessList, KeyVerdict, Me, Page, ReviewItem,
+    SecurityEvent, ServicePrincipal, Token, User, Workspace,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -84,6 +85,165 @@ pub(super) fn print_created_token(created: &CreatedToken, out: Output) {
     ]);
     text.push_str("The token above is shown only this once: store it now.\n");
     write_stderr(&text);
+}
+
+/// A created or rotated key: the secret alone on stdout, details on stderr (or JSON).
+pub(super) fn print_created_key(created: &CreatedApiKey, out: Output) {
+    if out.json {
+        let mut value = created.details.to_json();
+        if let Value::Object(object) = &mut value {
+            object.insert(
+                "key".to_owned(),
+                Value::String(created.key.expose_secret().to_owned()),
+            );
+        }
+        print_json(&value);
+        return;
+    }
+    write_stdout(&format!("{}\n", created.key.expose_secret()));
+    let mut text = render_fields(&api_key_fields(&created.details));
+    text.push_str("The key above is shown only this once: store it now.\n");
+    write_stderr(&text);
+}
+
+fn limits(k: &ApiKey) -> String {
+    let rate = k
+        .rate_limit
+        .map_or_else(|| "default".to_owned(), |r| format!("{r}/min"));
+    let spend = k.spend_limit.as_ref().map_or_else(
+        || "none".to_owned(),
+        |l| format!("{}/{}", l.units, l.period),
+    );
+    format!("rate {rate}, spend {spend}")
+}
+
+/// The fields of one key.
+pub(super) fn api_key_fields(k: &ApiKey) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("id", k.id.clone()),
+        ("name", k.name.clone()),
+        ("key", format!("{}…{}", k.prefix, k.last_four)),
+        ("status", k.status.clone()),
+        ("owner", k.owner_id.clone()),
+        ("scopes", k.scopes.join(",")),
+        ("limits", limits(k)),
+        (
+            "ip ranges",
+            k.allowed_ip_ranges
+                .as_ref()
+                .map_or_else(|| "any".to_owned(), |r| r.join(",")),
+        ),
+        ("created", when(&k.created_at)),
+        ("expires", when_or(k.expires_at.as_ref(), "never")),
+        ("rotated", when(&k.rotated_at)),
+        (
+            "rotation due",
+            when_or(k.rotation_due_at.as_ref(), "no policy"),
+        ),
+        ("last used", when_or(k.last_used_at.as_ref(), "never")),
+    ];
+    for s in k.secrets.iter().filter(|s| !s.current) {
+        fields.push((
+            "previous key",
+            format!(
+                "{}…{} until {}",
+                k.prefix,
+                s.last_four,
+                when_or(s.expires_at.as_ref(), "the key expires")
+            ),
+        ));
+    }
+    if !k.metadata.is_empty() {
+        fields.push(("metadata", Value::Object(k.metadata.clone()).to_string()));
+    }
+    fields
+}
+
+/// Keys as a table.
+pub(super) fn api_key_table(keys: &[ApiKey]) -> String {
+    let rows = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.id.clone(),
+                k.name.clone(),
+                format!("{}…{}", k.prefix, k.last_four),
+                k.status.clone(),
+                k.owner_id.clone(),
+                k.scopes.join(","),
+                limits(k),
+                when_or(k.expires_at.as_ref(), "never"),
+                when_or(k.last_used_at.as_ref(), "never"),
+            ]
+        })
+        .collect();
+    render_table(
+        &[
+            "ID",
+            "NAME",
+            "KEY",
+            "STATUS",
+            "OWNER",
+            "SCOPES",
+            "LIMITS",
+            "EXPIRES",
+            "LAST USED",
+        ],
+        rows,
+    )
+}
+
+/// A key's usage.
+pub(super) fn usage_fields(u: &ApiKeyUsage) -> Vec<(&'static str, String)> {
+    vec![
+        ("key", u.key_id.clone()),
+        ("period", u.period.clone()),
+        ("period start", when(&u.period_start)),
+        (
+            "period end",
+            when_or(u.period_end.as_ref(), "never (total)"),
+        ),
+        ("used", u.used.to_string()),
+        (
+            "limit",
+            u.limit.map_or_else(|| "none".to_owned(), |l| l.to_string()),
+        ),
+        (
+            "remaining",
+            u.remaining
+                .map_or_else(|| "unlimited".to_owned(), |r| r.to_string()),
+        ),
+    ]
+}
+
+/// A verdict on a key.
+pub(super) fn verdict_fields(v: &KeyVerdict) -> Vec<(&'static str, String)> {
+    let opt = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".to_owned());
+    let mut fields = vec![
+        ("valid", v.valid.to_string()),
+        ("code", v.code.clone()),
+        ("key", opt(&v.key_id)),
+        ("owner", opt(&v.owner)),
+    ];
+    if let Some(scopes) = &v.scopes {
+        fields.push(("scopes", scopes.join(",")));
+    }
+    if let Some(r) = &v.remaining {
+        fields.push((
+            "rate limit left",
+            r.rate_limit
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
+        ));
+        fields.push((
+            "spend left",
+            r.spend
+                .map_or_else(|| "unlimited".to_owned(), |n| n.to_string()),
+        ));
+    }
+    if let Some(at) = &v.resets_at {
+        fields.push(("resets", when(at)));
+    }
+    fields
 }
 
 pub(super) fn print_created_workspace(created: &CreatedWorkspace, out: Output) {
@@ -443,6 +603,10 @@ impl_record!(
     GatewayRoute,
     IpAccessList,
     AbuseFlag,
+    ApiKey,
+    Page<ApiKey>,
+    ApiKeyUsage,
+    KeyVerdict,
 );
 
 fn print_json(value: &Value) {

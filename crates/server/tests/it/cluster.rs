@@ -407,3 +407,143 @@ async fn a_node_falls_back_to_local_limits_when_redis_is_unreachable_and_recover
     assert!(back, "the node did not return to Redis");
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_on_two_nodes_share_one_spend_limit_and_revocations_reach_both() {
+    let (Some(_), Some(redis)) = (postgres_url(), redis_url()) else {
+        eprintln!(
+            "DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL are needed for two nodes sharing spend"
+        );
+        return;
+    };
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let setup = |c: &mut datastack_server::Config| {
+        c.redis_url = Some(redis.clone());
+        c.redis_key_prefix = prefix.clone();
+        c.cache_ttl = Duration::from_secs(3600);
+    };
+    let a = TestApp::spawn_on(store.clone(), setup).await;
+    let b = TestApp::spawn_on(store, setup).await;
+    let admin = a.admin().to_owned();
+    let up = crate::api_keys::costly_upstream().await;
+    let r = a
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/jobs", "upstream": format!("http://{up}"),
+                   "resource": "jobs", "pricePerRequest": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let created = crate::api_keys::create_key(
+        &a,
+        &admin,
+        json!({"name": "shared", "scopes": ["read:jobs"], "spendLimit": {"units": 10, "period": "total"}}),
+    )
+    .await;
+    let key = created["key"].as_str().expect("key").to_owned();
+    let id = created["id"].as_str().expect("id").to_owned();
+    // Node B learns the route through the announcement.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            crate::edge::send(&b, reqwest::Method::GET, "/v1/jobs/x", Some(&key))
+                .await
+                .status
+                != StatusCode::NOT_FOUND
+        })
+        .await
+    );
+    // One unit was spent finding that out. Alternate nodes: together they admit exactly
+    // the limit (one Redis counter), then both refuse.
+    let mut passed = 1;
+    let mut refused = 0;
+    for i in 0..16 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let r = crate::edge::send(node, reqwest::Method::GET, "/v1/jobs/x", Some(&key)).await;
+        match r.status {
+            StatusCode::OK => passed += 1,
+            StatusCode::PAYMENT_REQUIRED => {
+                assert_eq!(r.code(), "SPEND_LIMIT_EXCEEDED");
+                assert!(
+                    r.body["error"].get("resetsAt").is_none(),
+                    "a total never resets"
+                );
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {}", r.text),
+        }
+    }
+    assert_eq!(passed, 10, "the cluster admits exactly the limit");
+    assert_eq!(refused, 7);
+    // Both nodes' charges reach the store within a flush.
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(5), || async {
+            a.get(
+                &format!("/api/v1/auth/api-keys/{id}/usage"),
+                &admin,
+                "read:api-keys",
+            )
+            .await
+            .body["used"]
+                == 10
+        })
+        .await,
+        "usage recorded from both nodes"
+    );
+
+    // Rotation with no overlap and revocation through A reach B within a second, though B
+    // has the key cached.
+    let other = crate::api_keys::create_key(
+        &a,
+        &admin,
+        json!({"name": "other", "scopes": ["read:users"]}),
+    )
+    .await;
+    let other_key = other["key"].as_str().expect("key").to_owned();
+    let other_id = other["id"].as_str().expect("id").to_owned();
+    assert_eq!(b.me(&other_key).await.status, StatusCode::OK);
+    let rotated = a
+        .post(
+            &format!("/api/v1/auth/api-keys/{other_id}/rotate"),
+            &admin,
+            "manage:api-keys",
+            json!({"overlapSeconds": 0}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let newest = rotated.body["key"].as_str().expect("key").to_owned();
+    let started = Instant::now();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(1), || async {
+            b.me(&other_key).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the old secret is refused on B within a second"
+    );
+    assert_eq!(b.me(&newest).await.status, StatusCode::OK);
+    let r = a
+        .delete(
+            &format!("/api/v1/auth/api-keys/{other_id}"),
+            &admin,
+            "manage:api-keys",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    let revoked_at = Instant::now();
+    assert!(
+        crate::helpers::eventually(Duration::from_secs(1), || async {
+            b.me(&newest).await.status == StatusCode::UNAUTHORIZED
+        })
+        .await,
+        "the revoked key is refused on B within a second"
+    );
+    eprintln!(
+        "rotation reached B in {:?}, revocation in {:?}",
+        started.elapsed(),
+        revoked_at.elapsed()
+    );
+    a.stop().await;
+    b.stop().await;
+}
