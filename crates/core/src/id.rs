@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(TokenId::parse(a.as_str()), Ok(a));
         assert!(TokenId::parse("usr_0123").is_err());
         let k = TokenId::generate_api_key();
-        assert!(k.is_api_key() && !a.is_api_key());
+        assert!(k.is_api_key() && !b.is_api_key());
         assert_eq!(TokenId::parse(k.as_str()), Ok(k));
         assert!(TokenId::parse("tok_ZZZZ5678901234567890123456789012").is_err());
         let u = PrincipalId::generate_user();

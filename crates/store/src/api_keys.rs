@@ -229,6 +229,9 @@ fn metadata_text(m: &serde_json::Map<String, serde_json::Value>) -> String {
     serde_json::Value::Object(m.clone()).to_string()
 }
 
+/// Units, warned at, reached at.
+type SpendRow = (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 const KEY_SELECT: &str = "k.created_by AS k_created_by FROM tokens t \
      JOIN api_keys k ON k.token_id = t.id";
 
@@ -576,7 +579,7 @@ impl Store {
         period: SpendPeriod,
         period_start: DateTime<Utc>,
     ) -> Result<SpendRecord> {
-        let row: Option<(i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = with_pool!(self, pool => {
+        let row: Option<SpendRow> = with_pool!(self, pool => {
             sqlx::query_as(
                 "SELECT units, warned_at, reached_at FROM api_key_usage \
                  WHERE token_id = $1 AND period_start = $2 AND period = $3",
@@ -606,7 +609,7 @@ impl Store {
             let mut tx = pool.begin().await?;
             for i in order {
                 let d = &deltas[i];
-                let row: (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>) = sqlx::query_as(
+                let row: SpendRow = sqlx::query_as(
                     "INSERT INTO api_key_usage (token_id, period, period_start, units) \
                      VALUES ($1, $4, $2, $3) ON CONFLICT (token_id, period, period_start) \
                      DO UPDATE SET units = api_key_usage.units + excluded.units \
