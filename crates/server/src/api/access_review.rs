@@ -374,7 +374,9 @@ fn bulk_ids(body: &BulkRequest) -> ApiResult<Vec<TokenId>> {
         .enumerate()
         .map(|(i, id)| {
             TokenId::parse(id).map_err(|_| {
-                ApiError::InvalidRequest(format!("credentialIds[{i}]: must be a token id (tok_…)"))
+                ApiError::InvalidRequest(format!(
+                    "credentialIds[{i}]: must be a token (tok_…) or API key (key_…) id"
+                ))
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
@@ -403,17 +405,23 @@ pub async fn bulk_revoke(
     let me = &caller.identity.principal;
     let mut out = BulkResponse::default();
     for id in ids {
+        // A key is recorded as a key, a token as a token.
+        let (action, resource, event, id_field) = if id.is_api_key() {
+            ("api_keys.revoke", "api-keys", "api_key.revoked", "keyId")
+        } else {
+            ("tokens.revoke", "tokens", "token.revoked", "tokenId")
+        };
         let trail = audit
             .change_of(
-                "tokens.revoke",
-                "tokens",
+                action,
+                resource,
                 id.as_str(),
                 serde_json::json!({ "via": "access_review" }),
             )
             .with_event(audit.event(
                 &me.workspace_id,
-                "token.revoked",
-                serde_json::json!({ "tokenId": id, "revokedBy": me.id, "reason": "access_review" }),
+                event,
+                serde_json::json!({ id_field: id, "revokedBy": me.id, "reason": "access_review" }),
             ));
         match state
             .store

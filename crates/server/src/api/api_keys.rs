@@ -699,16 +699,32 @@ pub async fn update_key(
             .transpose()?,
     };
     audit.set_resource_id(id.as_str());
-    let detail = serde_json::json!({
-        "keyId": id,
-        "changedBy": me.id,
-        "name": patch.name,
-        "rateLimit": patch.rate_limit,
-        "spendLimit": patch.spend_limit,
-        "allowedIpRanges": patch.allowed_ip_ranges.as_ref().map(|r| r.as_ref().map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>())),
-        "metadataChanged": patch.metadata.is_some(),
-        "rotationIntervalDays": patch.rotation_interval_days,
-    });
+    // Only the fields the request changes, so a cleared limit (null) differs from one
+    // left alone (absent).
+    let mut detail = serde_json::json!({ "keyId": id, "changedBy": me.id });
+    if let Some(fields) = detail.as_object_mut() {
+        if let Some(name) = &patch.name {
+            fields.insert("name".into(), name.clone().into());
+        }
+        if let Some(r) = patch.rate_limit {
+            fields.insert("rateLimit".into(), serde_json::json!(r));
+        }
+        if let Some(l) = patch.spend_limit {
+            fields.insert("spendLimit".into(), serde_json::json!(l));
+        }
+        if let Some(r) = &patch.allowed_ip_ranges {
+            let ranges = r
+                .as_ref()
+                .map(|r| r.iter().map(ToString::to_string).collect::<Vec<_>>());
+            fields.insert("allowedIpRanges".into(), serde_json::json!(ranges));
+        }
+        if patch.metadata.is_some() {
+            fields.insert("metadataChanged".into(), true.into());
+        }
+        if let Some(d) = patch.rotation_interval_days {
+            fields.insert("rotationIntervalDays".into(), serde_json::json!(d));
+        }
+    }
     audit.set_detail(detail.clone());
     let trail = audit.change(StatusCode::OK).with_event(audit.event(
         &me.workspace_id,
@@ -890,7 +906,7 @@ pub async fn verify_key(
             ));
         }
     };
-    let verdict = verdict(&state, &caller, body.key, scope, ip, cost).await?;
+    let verdict = verdict(&state, &caller, &audit, body.key, scope, ip, cost).await?;
     audit.set_detail(serde_json::json!({
         "keyId": verdict.key_id,
         "code": verdict.code,
@@ -906,6 +922,7 @@ pub async fn verify_key(
 async fn verdict(
     state: &AppState,
     caller: &Authorized<ReadApiKeys>,
+    audit: &AuditContext,
     key: String,
     scope: Option<Scope>,
     ip: Option<std::net::IpAddr>,
@@ -994,6 +1011,9 @@ async fn verdict(
         }])
         .await;
     let rate_remaining = limit.applies().then_some(limit.remaining);
+    if let Some(flagged) = &limit.flagged {
+        crate::edge::record_flag(state, audit, Some(&identity), flagged);
+    }
     if !limit.allowed() {
         v.code = "RATE_LIMITED";
         v.remaining = Some(Remaining {

@@ -318,7 +318,7 @@ fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
 
 /// Records a new abuse flag (audit entry and security event, in one transaction), in the
 /// background so the refusal is not delayed.
-fn record_flag(
+pub(crate) fn record_flag(
     state: &AppState,
     audit: &AuditContext,
     identity: Option<&Identity>,

@@ -29,6 +29,10 @@ use crate::state::AppState;
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
+/// The largest cost an upstream may report for one request (a route's price has the same
+/// ceiling); larger values count as this.
+const MAX_REPORTED_COST: u64 = 1_000_000_000;
+
 /// The pooled client to every upstream.
 pub struct Upstreams {
     client: Client<Connector, Body>,
@@ -149,7 +153,9 @@ pub async fn gateway(State(state): State<AppState>, req: Request) -> Response {
                 .headers()
                 .get(route.spec.cost_header_name())
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok()),
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                // The same ceiling as a route's price.
+                .map(|cost| cost.min(MAX_REPORTED_COST)),
             Err(_) => Some(0),
         };
         if let Some(actual) = actual {

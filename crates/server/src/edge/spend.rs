@@ -58,8 +58,21 @@ return {1, v}
 
 /// How long a Redis counter lives without use (it is seeded again from the database).
 const REDIS_COUNTER_TTL: Duration = Duration::from_secs(3600);
-/// How long a node keeps an idle counter before reading the total again on next use.
-const IDLE_METER: Duration = Duration::from_secs(300);
+/// How long a node keeps the counter of a key it no longer charges: while kept, a limited
+/// key's total is read back every flush (so the node sees what other nodes charge); after
+/// it, the next use reads the total again.
+const IDLE_METER: Duration = Duration::from_secs(10);
+
+/// Raises a Redis counter to the database's total when it is behind (charges admitted on
+/// local counters while Redis was unreachable, or a correction that failed).
+///
+/// KEYS[1] the counter. ARGV[1] the database's total, ARGV[2] time to live in ms.
+const RECONCILE_LUA: &str = r#"
+local v = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local floor = tonumber(ARGV[1])
+if v < floor then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return 0
+"#;
 
 type MeterKey = (TokenId, SpendPeriod, DateTime<Utc>);
 
@@ -128,6 +141,7 @@ pub struct SpendMeter {
     store: Store,
     meters: Mutex<HashMap<MeterKey, Arc<Meter>>>,
     script: redis::Script,
+    reconcile: redis::Script,
     warn_percent: u8,
     metrics: Arc<Metrics>,
 }
@@ -143,6 +157,7 @@ impl SpendMeter {
             store,
             meters: Mutex::new(HashMap::new()),
             script: redis::Script::new(RESERVE_LUA),
+            reconcile: redis::Script::new(RECONCILE_LUA),
             warn_percent,
             metrics,
         }
@@ -331,10 +346,12 @@ impl SpendMeter {
         })
     }
 
-    /// Adds the pending units of every key to the database, learns the totals, and sends
-    /// the warning and limit events of the keys that crossed them. On failure the units
-    /// stay pending for the next flush. Returns how many keys were flushed.
-    pub async fn flush(&self) -> Result<usize, datastack_store::Error> {
+    /// Adds the pending units of every key to the database, learns the totals (also of
+    /// limited keys charged recently but not since the last flush), raises Redis counters
+    /// that fell behind, and sends the warning and limit events of the keys that crossed
+    /// them. On failure the units stay pending for the next flush. Returns how many keys
+    /// were flushed.
+    pub async fn flush(&self, limiter: &Limiter) -> Result<usize, datastack_store::Error> {
         let now = unix_now();
         let (batch, meters): (Vec<SpendDelta>, Vec<Arc<Meter>>) = {
             let mut map = self.meters.lock().unwrap_or_else(|p| p.into_inner());
@@ -347,7 +364,8 @@ impl SpendMeter {
             map.values()
                 .filter_map(|m| {
                     let units = m.pending.swap(0, Ordering::SeqCst);
-                    (units != 0).then(|| {
+                    let limited = m.limit.load(Ordering::Relaxed) > 0;
+                    (units != 0 || limited).then(|| {
                         (
                             SpendDelta {
                                 key: m.key.clone(),
@@ -373,10 +391,26 @@ impl SpendMeter {
                 return Err(e);
             }
         };
+        let mut redis = limiter.redis().await;
         for (record, meter) in totals.iter().zip(&meters) {
             // What other nodes charged is now known here too.
             let local = record.units + meter.pending.load(Ordering::SeqCst);
             meter.used.fetch_max(local, Ordering::SeqCst);
+            if let Some((conn, prefix)) = redis.as_mut()
+                && meter.limit.load(Ordering::Relaxed) > 0
+            {
+                let result: redis::RedisResult<i64> = self
+                    .reconcile
+                    .key(counter_key(prefix, meter))
+                    .arg(record.units)
+                    .arg(REDIS_COUNTER_TTL.as_millis() as u64)
+                    .invoke_async(conn)
+                    .await;
+                if let Err(e) = result {
+                    limiter.redis_failed(&e.to_string());
+                    redis = None;
+                }
+            }
             self.thresholds(meter, record).await;
         }
         Ok(batch.len())

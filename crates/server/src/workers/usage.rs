@@ -54,7 +54,7 @@ pub async fn spend_flusher(edge: Arc<crate::edge::Edge>, mut shutdown: watch::Re
     }
     // Retry a few times at shutdown: what is not written now is lost.
     for attempt in 0..5u32 {
-        match edge.spend.flush().await {
+        match edge.spend.flush(&edge.limiter).await {
             Ok(_) => return,
             Err(e) => {
                 tracing::warn!(error = %e, attempt, "could not record API key spend at shutdown; retrying");
@@ -66,7 +66,7 @@ pub async fn spend_flusher(edge: Arc<crate::edge::Edge>, mut shutdown: watch::Re
 }
 
 async fn flush_spend(edge: &crate::edge::Edge) {
-    if let Err(e) = edge.spend.flush().await {
+    if let Err(e) = edge.spend.flush(&edge.limiter).await {
         tracing::warn!(error = %e, "could not record API key spend; it is kept for the next flush");
     }
 }

@@ -90,6 +90,7 @@ http {{
         }}
         location @datastack_refused {{
             if ($ds_status = 429) {{ return 429; }}
+            if ($ds_status = 402) {{ return 402; }}
             return 500;
         }}
     }}
@@ -235,6 +236,33 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         StatusCode::UNAUTHORIZED,
         "revocation is effective at once"
     );
+
+    // An API key is charged per decision; past its spend limit nginx answers 402.
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/jobs", "resource": "jobs", "pricePerRequest": 1}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let key = crate::api_keys::create_key(
+        &app,
+        &admin,
+        json!({"name": "metered", "scopes": ["read:jobs"], "spendLimit": {"units": 2, "period": "total"}}),
+    )
+    .await;
+    let key = key["key"].as_str().expect("key").to_owned();
+    for expected in [StatusCode::OK, StatusCode::OK, StatusCode::PAYMENT_REQUIRED] {
+        let r = http
+            .get(format!("{front}/v1/jobs/j-1"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .expect("jobs");
+        assert_eq!(r.status(), expected, "{}", nginx.log());
+    }
 
     // The decisions are in the audit log, from the client's address as nginx forwarded it.
     let mut found = false;
