@@ -117,6 +117,29 @@ impl CredentialVerifier {
         secret: &SecretString,
         ip: Option<IpAddr>,
     ) -> Result<Result<Arc<Identity>, Refused>, VerifyError> {
+        self.verify_with(secret, ip, true).await
+    }
+
+    /// Verifies like [`Self::verify`] without recording a use: for a caller that decides
+    /// afterwards whether the check counts as one ([`Self::record_use`]).
+    pub async fn check(
+        &self,
+        secret: &SecretString,
+    ) -> Result<Result<Arc<Identity>, Refused>, VerifyError> {
+        self.verify_with(secret, None, false).await
+    }
+
+    /// Records a use of a verified credential (batched like every use).
+    pub fn record_use(&self, identity: &Identity, ip: Option<IpAddr>) {
+        self.note_use(&identity.token.id, Utc::now(), ip);
+    }
+
+    async fn verify_with(
+        &self,
+        secret: &SecretString,
+        ip: Option<IpAddr>,
+        note: bool,
+    ) -> Result<Result<Arc<Identity>, Refused>, VerifyError> {
         let Some(presented) = credential::parse_presented(secret) else {
             return Ok(Err((Rejection::Malformed, None)));
         };
@@ -189,7 +212,7 @@ impl CredentialVerifier {
             return Ok(Err((rejection, Some(identity.clone()))));
         }
         let second = now.timestamp();
-        if entry.last_noted.swap(second, Ordering::Relaxed) != second {
+        if note && entry.last_noted.swap(second, Ordering::Relaxed) != second {
             self.note_use(&identity.token.id, now, ip);
         }
         Ok(Ok(identity.clone()))

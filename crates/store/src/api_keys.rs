@@ -235,6 +235,39 @@ type SpendRow = (i64, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 const KEY_SELECT: &str = "k.created_by AS k_created_by FROM tokens t \
      JOIN api_keys k ON k.token_id = t.id";
 
+/// Writes an update's name and policy inside the transaction `$tx` (a macro: the same
+/// statements on either engine's transaction type).
+macro_rules! write_key_update {
+    ($tx:ident, $workspace:expr, $id:expr, $name:expr, $current:expr, $policy:expr) => {{
+        sqlx::query("UPDATE tokens SET label = $1 WHERE id = $2 AND workspace_id = $3")
+            .bind($name)
+            .bind($id.as_str())
+            .bind($workspace.as_str())
+            .execute(&mut *$tx)
+            .await?;
+        // The due date follows the interval; a new due date gets a new notice.
+        let due_changed = $policy.rotation_due_at() != $current.policy.rotation_due_at();
+        sqlx::query(
+            "UPDATE api_keys SET rate_limit_per_minute = $1, spend_limit_units = $2, \
+             spend_period = $3, allowed_ip_ranges = $4, metadata = $5, \
+             rotation_interval_days = $6, rotation_due_at = $7, \
+             rotation_due_notified_at = CASE WHEN $8 THEN NULL ELSE rotation_due_notified_at END \
+             WHERE token_id = $9",
+        )
+        .bind($policy.rate_limit.map(i64::from))
+        .bind($policy.spend_limit.map(|l| l.units as i64))
+        .bind($policy.spend_limit.map(|l| l.period.as_str()))
+        .bind(ranges_text($policy.allowed_ip_ranges.as_ref()))
+        .bind(metadata_text(&$policy.metadata))
+        .bind($policy.rotation_interval_days.map(i64::from))
+        .bind($policy.rotation_due_at())
+        .bind(due_changed)
+        .bind($id.as_str())
+        .execute(&mut *$tx)
+        .await?;
+    }};
+}
+
 impl Store {
     /// Stores a new API key created by the credential `creator`, only if that credential
     /// is still valid when the insert runs (`CallerRevoked` otherwise), with its trail.
@@ -384,78 +417,69 @@ impl Store {
         trail: &Trail,
     ) -> Result<StoredApiKey> {
         let channel = self.announce_channel();
-        let current = self
-            .get_api_key(workspace, id)
-            .await?
-            .filter(|k| k.token.revoked_at.is_none())
-            .filter(|k| owner.is_none_or(|o| *o == k.token.owner_id))
-            .ok_or(Error::NotFound)?;
-        let mut policy = current.policy.clone();
-        if let Some(r) = patch.rate_limit {
-            policy.rate_limit = r;
-        }
-        if let Some(l) = patch.spend_limit {
-            policy.spend_limit = l;
-        }
-        if let Some(r) = &patch.allowed_ip_ranges {
-            policy.allowed_ip_ranges = r.clone();
-        }
-        if let Some(m) = &patch.metadata {
-            policy.metadata = m.clone();
-        }
-        if let Some(d) = patch.rotation_interval_days {
-            policy.rotation_interval_days = d;
-            policy.rotation_due_at = policy.due_after(d);
-        }
-        let name = patch.name.clone().unwrap_or(current.token.label.clone());
+        let select = format!(
+            "SELECT {TOKEN_COLUMNS}, {JOINED_KEY_COLUMNS}, {KEY_SELECT} \
+             WHERE t.id = $1 AND t.workspace_id = $2 AND t.kind = 'api_key'"
+        );
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let affected = sqlx::query(
-                "UPDATE tokens SET label = $1 WHERE id = $2 AND workspace_id = $3 \
-                 AND kind = 'api_key' AND revoked_at IS NULL",
-            )
-            .bind(&name)
-            .bind(id.as_str())
-            .bind(workspace.as_str())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if affected == 0 {
-                return Err(Error::NotFound);
-            }
-            // The due date follows the interval; a new due date gets a new notice.
-            let due_changed = policy.rotation_due_at() != current.policy.rotation_due_at();
-            sqlx::query(
-                "UPDATE api_keys SET rate_limit_per_minute = $1, spend_limit_units = $2, \
-                 spend_period = $3, allowed_ip_ranges = $4, metadata = $5, \
-                 rotation_interval_days = $6, rotation_due_at = $7, \
-                 rotation_due_notified_at = CASE WHEN $8 THEN NULL ELSE rotation_due_notified_at END \
-                 WHERE token_id = $9",
-            )
-            .bind(policy.rate_limit.map(i64::from))
-            .bind(policy.spend_limit.map(|l| l.units as i64))
-            .bind(policy.spend_limit.map(|l| l.period.as_str()))
-            .bind(ranges_text(policy.allowed_ip_ranges.as_ref()))
-            .bind(metadata_text(&policy.metadata))
-            .bind(policy.rotation_interval_days.map(i64::from))
-            .bind(policy.rotation_due_at())
-            .bind(due_changed)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+            // Lock the key's row first (and, on SQLite, take the write lock before reading),
+            // so a concurrent update or rotation cannot be undone by this one.
+            sqlx::query("UPDATE api_keys SET rotated_at = rotated_at WHERE token_id = $1")
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let row: Option<StoredKeyRow> = sqlx::query_as(&select)
+                .bind(id.as_str())
+                .bind(workspace.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current = row
+                .map(StoredKeyRow::into_domain)
+                .transpose()?
+                .filter(|k| k.token.revoked_at.is_none())
+                .filter(|k| owner.is_none_or(|o| *o == k.token.owner_id))
+                .ok_or(Error::NotFound)?;
+            let (name, policy) = patch_policy(&current, patch);
+            write_key_update!(tx, workspace, id, &name, current, policy);
             announce!(tx, channel, Invalidation::Credential(id.to_string()));
             write_trail!(self, tx, trail);
             tx.commit().await?;
-        });
-        let mut token = current.token;
-        token.label = name;
-        Ok(StoredApiKey {
-            token,
-            policy,
-            created_by: current.created_by,
+            let mut token = current.token;
+            token.label = name;
+            Ok(StoredApiKey {
+                token,
+                policy,
+                created_by: current.created_by,
+            })
         })
     }
+}
 
+/// The name and policy `patch` makes of `current`.
+fn patch_policy(current: &StoredApiKey, patch: &ApiKeyPatch) -> (String, ApiKeyPolicy) {
+    let mut policy = current.policy.clone();
+    if let Some(r) = patch.rate_limit {
+        policy.rate_limit = r;
+    }
+    if let Some(l) = patch.spend_limit {
+        policy.spend_limit = l;
+    }
+    if let Some(r) = &patch.allowed_ip_ranges {
+        policy.allowed_ip_ranges = r.clone();
+    }
+    if let Some(m) = &patch.metadata {
+        policy.metadata = m.clone();
+    }
+    if let Some(d) = patch.rotation_interval_days {
+        policy.rotation_interval_days = d;
+        policy.rotation_due_at = policy.due_after(d);
+    }
+    let name = patch.name.clone().unwrap_or(current.token.label.clone());
+    (name, policy)
+}
+
+impl Store {
     /// Gives an unrevoked key of `workspace` (owned by `owner` when given) a new secret:
     /// the current one becomes the previous, valid until `previous_until` (an older
     /// previous secret stops at once). Announced to every node, with the trail.
@@ -600,18 +624,20 @@ impl Store {
     }
 
     /// Adds a batch of spend in one transaction (in key order, so concurrent flushes of
-    /// several nodes cannot deadlock) and returns each key's total after it.
-    pub async fn add_spend(&self, deltas: &[SpendDelta]) -> Result<Vec<SpendRecord>> {
+    /// several nodes cannot deadlock) and returns each key's total after it; `None` for a
+    /// key that no longer exists (its units are dropped, the rest of the batch is kept).
+    pub async fn add_spend(&self, deltas: &[SpendDelta]) -> Result<Vec<Option<SpendRecord>>> {
         let mut order: Vec<usize> = (0..deltas.len()).collect();
         order.sort_by(|a, b| deltas[*a].key.cmp(&deltas[*b].key));
-        let mut totals = vec![SpendRecord::default(); deltas.len()];
+        let mut totals = vec![None; deltas.len()];
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for i in order {
                 let d = &deltas[i];
-                let row: SpendRow = sqlx::query_as(
+                let row: Option<SpendRow> = sqlx::query_as(
                     "INSERT INTO api_key_usage (token_id, period, period_start, units) \
-                     VALUES ($1, $4, $2, $3) ON CONFLICT (token_id, period, period_start) \
+                     SELECT $1, $4, $2, $3 WHERE EXISTS (SELECT 1 FROM tokens WHERE id = $1) \
+                     ON CONFLICT (token_id, period, period_start) \
                      DO UPDATE SET units = api_key_usage.units + excluded.units \
                      RETURNING units, warned_at, reached_at",
                 )
@@ -619,13 +645,13 @@ impl Store {
                 .bind(d.period_start)
                 .bind(d.units)
                 .bind(d.period.as_str())
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                totals[i] = SpendRecord {
+                totals[i] = row.map(|row| SpendRecord {
                     units: row.0,
                     warned: row.1.is_some(),
                     reached: row.2.is_some(),
-                };
+                });
             }
             tx.commit().await?;
         });

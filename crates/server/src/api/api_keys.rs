@@ -671,6 +671,12 @@ pub async fn update_key(
 ) -> ApiResult<Json<ApiKeyResponse>> {
     let me = &caller.identity.principal;
     let id = parse_key_id(&id)?;
+    // A key must not loosen its own limits: whoever holds it (or a leaked copy) could.
+    if caller.identity.token.id == id {
+        return Err(ApiError::Forbidden(
+            "an API key cannot change its own settings; use another credential".into(),
+        ));
+    }
     let patch = ApiKeyPatch {
         name: body
             .name
@@ -935,9 +941,10 @@ async fn verdict(
     {
         return Ok(VerifyApiKeyResponse::invalid("NOT_FOUND"));
     }
+    // Looked up without counting as a use: a key of another workspace must not be touched.
     let outcome = state
         .credentials
-        .verify(&secret, ip)
+        .check(&secret)
         .await
         .map_err(|e| ApiError::from(e.0))?;
     let workspace = &caller.identity.workspace.id;
@@ -962,6 +969,7 @@ async fn verdict(
     let Some(policy) = identity.api_key.as_ref() else {
         return Ok(VerifyApiKeyResponse::invalid("NOT_FOUND"));
     };
+    state.credentials.record_use(&identity, ip);
     let mut v = VerifyApiKeyResponse {
         valid: false,
         code: "VALID",

@@ -199,7 +199,12 @@ impl SpendMeter {
                     .store
                     .spend_of(&meter.key, meter.period, meter.start)
                     .await?;
-                meter.used.fetch_add(record.units, Ordering::SeqCst);
+                // No charge is made on this meter before its load completes, but a flush
+                // may already have read the total in: raise to it, never add twice.
+                let pending = meter.pending.load(Ordering::SeqCst);
+                meter
+                    .used
+                    .fetch_max(record.units + pending, Ordering::SeqCst);
                 Ok::<(), datastack_store::Error>(())
             })
             .await
@@ -359,12 +364,15 @@ impl SpendMeter {
             // again (which also picks up what other nodes charged meanwhile).
             map.retain(|_, m| {
                 m.pending.load(Ordering::SeqCst) != 0
+                    // A request in flight holds the meter: its correction must land here.
+                    || Arc::strong_count(m) > 1
                     || now - m.last_active.load(Ordering::Relaxed) < IDLE_METER.as_secs() as i64
             });
             map.values()
                 .filter_map(|m| {
                     let units = m.pending.swap(0, Ordering::SeqCst);
-                    let limited = m.limit.load(Ordering::Relaxed) > 0;
+                    // A meter still loading has no total to refresh yet.
+                    let limited = m.limit.load(Ordering::Relaxed) > 0 && m.loaded.initialized();
                     (units != 0 || limited).then(|| {
                         (
                             SpendDelta {
@@ -393,6 +401,10 @@ impl SpendMeter {
         };
         let mut redis = limiter.redis().await;
         for (record, meter) in totals.iter().zip(&meters) {
+            // A key deleted meanwhile (its owner deleted): its units have nowhere to go.
+            let Some(record) = record else {
+                continue;
+            };
             // What other nodes charged is now known here too.
             let local = record.units + meter.pending.load(Ordering::SeqCst);
             meter.used.fetch_max(local, Ordering::SeqCst);

@@ -833,6 +833,50 @@ async fn api_key_spend_through_the_gateway(backend: Backend) {
     // Personal access tokens are not metered.
     let r = send(&app, Method::GET, "/v1/jobs/x", Some(&admin)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // A key whose owner is deleted with charges not yet flushed does not stop the node
+    // recording the other keys' spend.
+    let sp = app
+        .post(
+            "/api/v1/service-principals",
+            &admin,
+            "manage:users",
+            json!({"name": "short-lived", "role": "editor"}),
+        )
+        .await;
+    assert_eq!(sp.status, StatusCode::CREATED, "{}", sp.text);
+    let sp_id = sp.body["id"].as_str().expect("id").to_owned();
+    let doomed = create_key(
+        &app,
+        &admin,
+        json!({"name": "doomed", "scopes": ["read:jobs"], "ownerId": sp_id,
+               "spendLimit": {"units": 100, "period": "day"}}),
+    )
+    .await;
+    let doomed = doomed["key"].as_str().expect("key").to_owned();
+    let r = send(&app, Method::GET, "/v1/jobs/x", Some(&doomed)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app
+        .delete(
+            &format!("/api/v1/service-principals/{sp_id}"),
+            &admin,
+            "manage:users",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let r = send(&app, Method::GET, "/v1/jobs/x", Some(&key)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.stop().await;
+    // Recorded by the flush at shutdown: the restarted node reads it back.
+    let app = TestApp::spawn_on(store, |_| {}).await;
+    let usage = app
+        .get(
+            &format!("/api/v1/auth/api-keys/{id}/usage"),
+            &admin,
+            "read:api-keys",
+        )
+        .await;
+    assert_eq!(usage.body["used"], 44, "{}", usage.text);
     app.stop().await;
 }
 
@@ -978,6 +1022,33 @@ async fn api_key_verify_codes(backend: Backend) {
         verify(&app, &admin, json!({"key": gone_key})).await["code"],
         "REVOKED"
     );
+
+    // A key cannot loosen its own settings, even holding manage:api-keys.
+    let manager = create_key(
+        &app,
+        &admin,
+        json!({"name": "manager", "scopes": ["manage:api-keys"], "rateLimit": 100}),
+    )
+    .await;
+    let manager_key = manager["key"].as_str().expect("key").to_owned();
+    let manager_id = manager["id"].as_str().expect("id").to_owned();
+    let r = app
+        .patch(
+            &format!("/api/v1/auth/api-keys/{manager_id}"),
+            &manager_key,
+            "manage:api-keys",
+            json!({"rateLimit": null}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let got = app
+        .get(
+            &format!("/api/v1/auth/api-keys/{manager_id}"),
+            &admin,
+            "read:api-keys",
+        )
+        .await;
+    assert_eq!(got.body["rateLimit"], 100);
 
     // Bad input is a 400; the scope read:api-keys is required.
     let r = app
