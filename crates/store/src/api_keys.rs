@@ -9,7 +9,9 @@ use datastack_core::model::Token;
 use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
 use crate::rows::TokenRow;
-use crate::tokens::{INSERT_TOKEN_IF_CALLER_VALID, TOKEN_COLUMNS, bind_token};
+use crate::tokens::{
+    INSERT_TOKEN_IF_CALLER_VALID, TOKEN_COLUMNS, bind_token, owner_gone_is_not_found,
+};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// The `api_keys` columns joined onto a credential lookup (all null for a token).
@@ -285,10 +287,7 @@ impl Store {
                 .bind(creator.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(|e| match e {
-                    sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
-                    other => other.into(),
-                })?
+                .map_err(owner_gone_is_not_found)?
                 .rows_affected();
             if inserted == 0 {
                 return Err(Error::CallerRevoked);
@@ -388,22 +387,32 @@ impl Store {
         &self,
         ids: &[String],
     ) -> Result<std::collections::HashMap<String, StoredApiKey>> {
-        let mut found = std::collections::HashMap::new();
-        for id in ids
+        let keys: Vec<&String> = ids
             .iter()
             .filter(|i| i.starts_with(TokenId::API_KEY_PREFIX))
-        {
-            let sql = format!(
-                "SELECT {TOKEN_COLUMNS}, {JOINED_KEY_COLUMNS}, {KEY_SELECT} WHERE t.id = $1"
-            );
-            let row: Option<StoredKeyRow> = with_pool!(self, pool => {
-                sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?
-            });
-            if let Some(row) = row {
-                found.insert(id.clone(), row.into_domain()?);
-            }
+            .collect();
+        if keys.is_empty() {
+            return Ok(std::collections::HashMap::new());
         }
-        Ok(found)
+        // One query for the page: `t.id IN ($1, …, $n)`.
+        let placeholders: Vec<String> = (1..=keys.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT {TOKEN_COLUMNS}, {JOINED_KEY_COLUMNS}, {KEY_SELECT} WHERE t.id IN ({})",
+            placeholders.join(", ")
+        );
+        let rows: Vec<StoredKeyRow> = with_pool!(self, pool => {
+            let mut query = sqlx::query_as(&sql);
+            for id in &keys {
+                query = query.bind(id.as_str());
+            }
+            query.fetch_all(pool).await?
+        });
+        rows.into_iter()
+            .map(|row| {
+                let key = row.into_domain()?;
+                Ok((key.token.id.to_string(), key))
+            })
+            .collect()
     }
 
     /// Applies `patch` to an unrevoked key of `workspace` (owned by `owner` when given),
@@ -504,16 +513,18 @@ impl Store {
                 .bind(id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            let current: Option<(String, String)> = sqlx::query_as(
-                "SELECT digest, last_four FROM tokens WHERE id = $1 AND workspace_id = $2 \
-                 AND kind = 'api_key' AND revoked_at IS NULL AND ($3 IS NULL OR owner_id = $3)",
+            let current: Option<(String, String, Option<i64>)> = sqlx::query_as(
+                "SELECT t.digest, t.last_four, k.rotation_interval_days FROM tokens t \
+                 JOIN api_keys k ON k.token_id = t.id WHERE t.id = $1 AND t.workspace_id = $2 \
+                 AND t.kind = 'api_key' AND t.revoked_at IS NULL \
+                 AND ($3 IS NULL OR t.owner_id = $3)",
             )
             .bind(id.as_str())
             .bind(workspace.as_str())
             .bind(owner.map(PrincipalId::as_str))
             .fetch_optional(&mut *tx)
             .await?;
-            let Some((old_digest, old_last_four)) = current else {
+            let Some((old_digest, old_last_four, interval)) = current else {
                 return Err(Error::NotFound);
             };
             let affected = sqlx::query(
@@ -529,12 +540,6 @@ impl Store {
             if affected == 0 {
                 return Err(Error::Conflict("the key was rotated meanwhile; try again".into()));
             }
-            let interval: Option<i64> = sqlx::query_scalar(
-                "SELECT rotation_interval_days FROM api_keys WHERE token_id = $1",
-            )
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
             // The next due date is the interval after this rotation, with a new notice.
             let due = interval.map(|days| now + chrono::Duration::days(days));
             sqlx::query(

@@ -75,7 +75,7 @@ macro_rules! bind_token {
 pub(crate) use bind_token;
 
 /// A token whose owner was deleted meanwhile violates the foreign key: that is a 404.
-fn owner_gone_is_not_found(e: sqlx::Error) -> Error {
+pub(crate) fn owner_gone_is_not_found(e: sqlx::Error) -> Error {
     match e {
         sqlx::Error::Database(d) if d.is_foreign_key_violation() => Error::NotFound,
         other => other.into(),

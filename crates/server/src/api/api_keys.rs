@@ -540,12 +540,8 @@ pub async fn create_key(
         metadata,
         rotation_interval_days,
         rotated_at: now,
-        rotation_due_at: None,
+        rotation_due_at: rotation_interval_days.map(|d| now + Duration::days(i64::from(d))),
         previous: None,
-    };
-    let policy = ApiKeyPolicy {
-        rotation_due_at: policy.due_after(rotation_interval_days),
-        ..policy
     };
     audit.set_resource_id(token.id.as_str());
     let summary = serde_json::json!({

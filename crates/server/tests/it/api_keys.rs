@@ -571,6 +571,24 @@ async fn api_key_rotation_overlap_and_policy(backend: Backend) {
         .await;
     assert_eq!(listed.body["items"][0]["id"], due_id, "{}", listed.text);
     assert_eq!(listed.body["items"][0]["status"], "rotation_due");
+    // The access review flags it by its own policy (it is minutes old, not 90 days).
+    let review = app
+        .get(
+            "/api/v1/access-review?flag=rotation_due",
+            &admin,
+            "read:audit",
+        )
+        .await;
+    assert_eq!(review.status, StatusCode::OK, "{}", review.text);
+    assert!(
+        review.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|i| i["credentialId"] == due_id && i["kind"] == "api_key"),
+        "{}",
+        review.text
+    );
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(
         security_events(&app, "api_key.rotation_due").await.len(),
