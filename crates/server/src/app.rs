@@ -281,6 +281,7 @@ impl Application {
                 store.clone(),
                 credentials.clone(),
                 config.clone(),
+                metrics.clone(),
                 shutdown_rx.clone(),
             )),
             tokio::spawn(workers::edge::edge_refresher(

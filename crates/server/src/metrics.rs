@@ -77,6 +77,7 @@ pub struct Metrics {
     ip_denied: Counter,
     upstream: Family<OutcomeLabels, Counter>,
     spend: Family<OutcomeLabels, Counter>,
+    maintenance_passes: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -189,7 +190,14 @@ impl Metrics {
             "API key spend checks by outcome (admitted, exceeded)",
             spend.clone(),
         );
+        let maintenance_passes = Counter::default();
+        registry.register(
+            "maintenance_passes",
+            "Completed maintenance passes (retention, rotation due, unused-token policy)",
+            maintenance_passes.clone(),
+        );
         Self {
+            maintenance_passes,
             spend,
             ratelimit,
             ratelimit_redis,
@@ -264,6 +272,11 @@ impl Metrics {
     pub fn audit_batch_written(&self, n: usize) {
         self.audit_written.inc_by(n as u64);
         self.audit_batch.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a completed maintenance pass.
+    pub fn maintenance_pass(&self) {
+        self.maintenance_passes.inc();
     }
 
     /// Counts a failed audit batch write.

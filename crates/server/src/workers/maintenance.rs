@@ -18,12 +18,14 @@ use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::credentials::CredentialVerifier;
+use crate::metrics::Metrics;
 
 /// Runs a pass at start and then every `audit_maintenance_interval`, until `stop`.
 pub async fn maintenance(
     store: Store,
     credentials: Arc<CredentialVerifier>,
     config: Arc<Config>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut reported = HashMap::new();
@@ -37,6 +39,7 @@ pub async fn maintenance(
         if let Err(e) = run_once(&store, &credentials, &config, &mut reported).await {
             tracing::warn!(error = %e, "audit maintenance failed; it runs again next interval");
         }
+        metrics.maintenance_pass();
     }
 }
 

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::helpers::{Backend, StoreLocation, TestApp, postgres_url};
+use crate::helpers::{Backend, StoreLocation, TestApp, require_postgres, require_redis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
 async fn revocation_through_one_node_reaches_the_other_within_a_second() {
-    if postgres_url().is_none() {
-        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
-        return;
-    }
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     // A long cache TTL: only the announcement can make node B forget.
     let a = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
@@ -78,11 +78,12 @@ async fn revocation_through_one_node_reaches_the_other_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
 async fn a_node_whose_listening_connection_dies_reconnects_and_still_hears_revocations() {
-    let Some(base) = postgres_url() else {
-        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
-        return;
-    };
+    let base = require_postgres();
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     let StoreLocation::Postgres(url, _) = &*store else {
         unreachable!("a PostgreSQL location");
@@ -155,11 +156,11 @@ async fn a_node_whose_listening_connection_dies_reconnects_and_still_hears_revoc
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
 async fn two_nodes_append_to_one_verifiable_audit_chain_and_a_foreign_key_is_refused() {
-    if postgres_url().is_none() {
-        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
-        return;
-    }
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     let a = TestApp::spawn_on(store.clone(), |_| {}).await;
     let b = TestApp::spawn_on(store.clone(), |_| {}).await;
@@ -220,13 +221,6 @@ async fn two_nodes_append_to_one_verifiable_audit_chain_and_a_foreign_key_is_ref
     b.stop().await;
 }
 
-/// The Redis URL of the test server, if the suite is to use one.
-fn redis_url() -> Option<String> {
-    std::env::var("DATASTACK_TEST_REDIS_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-}
-
 async fn readiness(node: &TestApp) -> serde_json::Value {
     node.http
         .get(format!("{}/readyz", node.base))
@@ -239,13 +233,12 @@ async fn readiness(node: &TestApp) -> serde_json::Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(datastack_test_postgres, datastack_test_redis)),
+    ignore = "needs PostgreSQL and Redis: set DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL"
+)]
 async fn two_nodes_enforce_one_rate_limit_through_redis() {
-    let (Some(_), Some(redis)) = (postgres_url(), redis_url()) else {
-        eprintln!(
-            "DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL are needed for two nodes sharing limits"
-        );
-        return;
-    };
+    let redis = require_redis();
     let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     let setup = |c: &mut datastack_server::Config| {
@@ -335,11 +328,12 @@ impl Relay {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_redis),
+    ignore = "needs Redis: set DATASTACK_TEST_REDIS_URL"
+)]
 async fn a_node_falls_back_to_local_limits_when_redis_is_unreachable_and_recovers() {
-    let Some(redis) = redis_url() else {
-        eprintln!("DATASTACK_TEST_REDIS_URL is not set: nothing to fall back from");
-        return;
-    };
+    let redis = require_redis();
     let target = redis
         .trim_start_matches("redis://")
         .trim_end_matches('/')
@@ -409,13 +403,12 @@ async fn a_node_falls_back_to_local_limits_when_redis_is_unreachable_and_recover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(datastack_test_postgres, datastack_test_redis)),
+    ignore = "needs PostgreSQL and Redis: set DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL"
+)]
 async fn api_keys_on_two_nodes_share_one_spend_limit_and_revocations_reach_both() {
-    let (Some(_), Some(redis)) = (postgres_url(), redis_url()) else {
-        eprintln!(
-            "DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL are needed for two nodes sharing spend"
-        );
-        return;
-    };
+    let redis = require_redis();
     let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     let setup = |c: &mut datastack_server::Config| {
