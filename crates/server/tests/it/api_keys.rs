@@ -134,7 +134,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
         let r = app
             .post("/api/v1/auth/api-keys", &admin, "manage:api-keys", body)
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{field}: {}", r.text);
+        r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
         let message = r.body["error"]["message"].as_str().unwrap_or("");
         assert!(message.contains(field), "{field}: {message}");
     }
@@ -190,15 +190,17 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             json!({"email": "x@example.com", "name": "x", "role": "viewer"}),
         )
         .await;
-    assert_eq!(manage.status, StatusCode::FORBIDDEN, "{}", manage.text);
+    manage.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // Not among its scopes.
     let tokens = app.get("/api/v1/auth/tokens", &secret, "read:tokens").await;
-    assert_eq!(tokens.status, StatusCode::FORBIDDEN, "{}", tokens.text);
+    tokens.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // A tampered key is refused like any unknown credential.
     let mut tampered = secret.clone().into_bytes();
     tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
     let tampered = String::from_utf8(tampered).expect("ascii");
-    assert_eq!(app.me(&tampered).await.status, StatusCode::UNAUTHORIZED);
+    app.me(&tampered)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
 
     // A key cannot be given more than its creator holds, nor be owned by another user.
     let narrow = app
@@ -216,7 +218,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             json!({"name": "wide", "scopes": ["all-apis"]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let sp = app
         .post(
             "/api/v1/service-principals",
@@ -235,7 +237,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             json!({"name": "for sp", "scopes": ["read:jobs"], "ownerId": sp_id}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let r = app
         .post(
             "/api/v1/auth/api-keys",
@@ -244,7 +246,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             json!({"name": "for user", "scopes": ["read:jobs"], "ownerId": user}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let sp_key = create_key(
         &app,
         &admin,
@@ -289,7 +291,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             "read:api-keys",
         )
         .await;
-    assert_eq!(other.status, StatusCode::FORBIDDEN);
+    other.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let hidden = app
         .get(
             &format!(
@@ -300,7 +302,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             "read:api-keys",
         )
         .await;
-    assert_eq!(hidden.status, StatusCode::NOT_FOUND);
+    hidden.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     // API keys are not personal access tokens.
     let pats = app
         .get("/api/v1/auth/tokens?ownerId=all", &admin, "read:tokens")
@@ -313,7 +315,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             "manage:tokens",
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
 
     // Update: name, limits, ranges, metadata; bad input changes nothing.
     let r = app
@@ -324,7 +326,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             json!({"rateLimit": 0}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let r = app
         .patch(
             &format!("/api/v1/auth/api-keys/{id}"),
@@ -389,7 +391,9 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
-    assert_eq!(app.me(&secret).await.status, StatusCode::UNAUTHORIZED);
+    app.me(&secret)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     let revoked = app
         .get(
             "/api/v1/auth/api-keys?status=revoked",
@@ -406,7 +410,7 @@ async fn api_key_lifecycle_and_bad_input(backend: Backend) {
             "read:api-keys",
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     for event in ["api_key.created", "api_key.updated", "api_key.revoked"] {
         let events = security_events(&app, event).await;
         assert!(
@@ -458,7 +462,7 @@ async fn api_key_rotation_overlap_and_policy(backend: Backend) {
             json!({"overlapSeconds": 99_999_999}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     assert_eq!(
         app.me(&old).await.status,
         StatusCode::OK,
@@ -518,7 +522,9 @@ async fn api_key_rotation_overlap_and_policy(backend: Backend) {
         .await;
     assert_eq!(again.status, StatusCode::OK, "{}", again.text);
     let newest = again.body["key"].as_str().expect("key").to_owned();
-    assert_eq!(app.me(&new).await.status, StatusCode::UNAUTHORIZED);
+    app.me(&new)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     assert_eq!(app.me(&newest).await.status, StatusCode::OK);
     // No body: the default overlap (24 h) keeps the previous secret working.
     let r = app
@@ -542,8 +548,12 @@ async fn api_key_rotation_overlap_and_policy(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.me(&newest).await.status, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.me(&latest).await.status, StatusCode::UNAUTHORIZED);
+    app.me(&newest)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    app.me(&latest)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     let events = security_events(&app, "api_key.rotated").await;
     assert_eq!(events.len(), 3, "{events:?}");
 
@@ -630,8 +640,7 @@ async fn api_key_ranges_and_rate_limit(backend: Backend) {
     let id = created["id"].as_str().expect("id").to_owned();
     // The test client connects from 127.0.0.1: outside the ranges.
     let r = app.me(&key).await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
-    assert_eq!(r.code(), "IP_NOT_ALLOWED");
+    r.assert_error(StatusCode::FORBIDDEN, "IP_NOT_ALLOWED");
     audit_until(&app, "/api/v1/audit/events?outcome=denied", |items| {
         items
             .iter()
@@ -835,11 +844,7 @@ async fn api_key_spend_through_the_gateway(backend: Backend) {
     let r = app
         .call(Method::GET, "/auth/verify", Some(&key), None, None)
         .await;
-    assert_eq!(
-        r.status,
-        StatusCode::BAD_REQUEST,
-        "no original request named"
-    );
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let r = app
         .http
         .get(format!("{}/auth/verify/v1/jobs/run", app.base))
@@ -1067,7 +1072,7 @@ async fn api_key_verify_codes(backend: Backend) {
             json!({"rateLimit": null}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let got = app
         .get(
             &format!("/api/v1/auth/api-keys/{manager_id}"),
@@ -1086,7 +1091,7 @@ async fn api_key_verify_codes(backend: Backend) {
             json!({"key": key, "ip": "not-an-ip"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let r = app
         .post(
             "/api/v1/auth/api-keys/verify",
@@ -1095,7 +1100,7 @@ async fn api_key_verify_codes(backend: Backend) {
             json!({"key": key, "scope": "read:everything"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let r = app
         .post(
             "/api/v1/auth/api-keys/verify",
@@ -1104,7 +1109,7 @@ async fn api_key_verify_codes(backend: Backend) {
             json!({"key": key}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     // The key itself is never in the audit log.
     let entries = audit_until(
         &app,

@@ -64,7 +64,7 @@ async fn unknown_or_tampered_tokens_are_401_invalid_token(backend: Backend) {
         let r = app
             .call(Method::GET, "/api/v1/me", Some(token), None, None)
             .await;
-        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
         let www = r.header("www-authenticate").expect("www-authenticate");
         assert!(
             www.starts_with(r#"Bearer realm="datastack", error="invalid_token""#),
@@ -87,7 +87,7 @@ async fn scope_header_must_be_present_granted_and_covering(backend: Backend) {
     let r = app
         .call(Method::GET, "/api/v1/auth/tokens", Some(&admin), None, None)
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     assert_eq!(r.code(), "FORBIDDEN");
     assert_eq!(r.body["error"]["requiredScope"], "read:tokens");
     assert_eq!(
@@ -97,7 +97,7 @@ async fn scope_header_must_be_present_granted_and_covering(backend: Backend) {
     // A scope that does not cover the operation, or that is not a scope at all.
     for scope in ["read:users", "read:tokens2", "", "manage:clusters"] {
         let r = app.get("/api/v1/auth/tokens", &admin, scope).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{scope}");
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
         assert_eq!(r.body["error"]["requiredScope"], "read:tokens");
     }
     // manage covers read; all-apis covers everything.
@@ -128,7 +128,7 @@ async fn scope_header_must_be_present_granted_and_covering(backend: Backend) {
     );
     for scope in ["all-apis", "manage:tokens"] {
         let r = app.get("/api/v1/auth/tokens", &narrow, scope).await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{scope}");
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     }
     let r = app
         .post(
@@ -138,7 +138,7 @@ async fn scope_header_must_be_present_granted_and_covering(backend: Backend) {
             json!({"label": "x"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     assert_eq!(r.body["error"]["requiredScope"], "manage:tokens");
     // /me needs a valid credential but no scope.
     assert_eq!(app.me(&narrow).await.status, StatusCode::OK);
@@ -158,7 +158,7 @@ async fn role_limits_what_an_all_apis_token_can_do(backend: Backend) {
             json!({"email": "x@example.com", "name": "x"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     assert_eq!(r.body["error"]["requiredScope"], "manage:users");
     let r = app
         .post(
@@ -168,7 +168,7 @@ async fn role_limits_what_an_all_apis_token_can_do(backend: Backend) {
             json!({"email": "x@example.com", "name": "x"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // What the role allows works.
     assert_eq!(
         app.get("/api/v1/users", &viewer, "read:users").await.status,
@@ -182,10 +182,10 @@ async fn role_limits_what_an_all_apis_token_can_do(backend: Backend) {
     );
     // Only admins act with all-apis; a viewer names a scope its role holds.
     let r = app.get("/api/v1/auth/tokens", &viewer, "all-apis").await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     assert_eq!(r.body["error"]["requiredScope"], "read:tokens");
     let r = app.get("/api/v1/users", &viewer, "manage:users").await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // Nothing was created by the refused calls.
     let users = app.get("/api/v1/users", app.admin(), "read:users").await;
     assert_eq!(users.body["items"].as_array().expect("items").len(), 2);
@@ -199,7 +199,7 @@ async fn role_limits_what_an_all_apis_token_can_do(backend: Backend) {
             json!({"name": "x"}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     app.stop().await;
 }
 

@@ -240,6 +240,26 @@ impl Reply {
     pub fn code(&self) -> &str {
         self.body["error"]["code"].as_str().unwrap_or("")
     }
+
+    /// Asserts an error response: its status, and a body in the error shape with `code`,
+    /// a message and the request id of the response.
+    #[track_caller]
+    pub fn assert_error(&self, status: StatusCode, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text);
+        assert_eq!(self.code(), code, "{}", self.text);
+        let message = self.body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            !message.is_empty(),
+            "an error explains itself: {}",
+            self.text
+        );
+        assert_eq!(
+            self.body["error"]["requestId"].as_str(),
+            self.header("x-request-id"),
+            "the body names the response's request id: {}",
+            self.text
+        );
+    }
 }
 
 impl TestApp {

@@ -79,7 +79,7 @@ async fn token_lifecycle_create_list_use_revoke(backend: Backend) {
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
     let r = app.me(&secret).await;
-    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    r.assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     assert!(
         r.header("www-authenticate")
             .expect("header")
@@ -92,7 +92,7 @@ async fn token_lifecycle_create_list_use_revoke(backend: Backend) {
             "manage:tokens",
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     let list = app.get("/api/v1/auth/tokens", &admin, "read:tokens").await;
     assert!(
         list.body["items"]
@@ -164,7 +164,7 @@ async fn workspace_maximum_lifetime_is_enforced(backend: Backend) {
         let r = app
             .post("/api/v1/auth/tokens", &admin, "manage:tokens", body)
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
         assert_eq!(r.code(), "INVALID_REQUEST");
         assert!(
             r.body["error"]["message"]
@@ -245,7 +245,7 @@ async fn users_manage_their_own_tokens_and_admins_anyones(backend: Backend) {
     let r = app
         .get("/api/v1/auth/tokens?ownerId=all", &viewer, "read:tokens")
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // A viewer cannot create a token for someone else.
     let admin_id = app.me(&admin).await.body["principal"]["id"]
         .as_str()
@@ -259,7 +259,7 @@ async fn users_manage_their_own_tokens_and_admins_anyones(backend: Backend) {
             json!({"label": "x", "ownerId": admin_id}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // A viewer cannot revoke the admin's token: it does not exist as far as they can tell.
     let admin_token_id = app.me(&admin).await.body["credential"]["id"]
         .as_str()
@@ -272,7 +272,7 @@ async fn users_manage_their_own_tokens_and_admins_anyones(backend: Backend) {
             "manage:tokens",
         )
         .await;
-    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     assert_eq!(app.me(&admin).await.status, StatusCode::OK);
     // Admins list everyone's tokens and revoke any.
     let all = app
@@ -295,7 +295,9 @@ async fn users_manage_their_own_tokens_and_admins_anyones(backend: Backend) {
         )
         .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT);
-    assert_eq!(app.me(&own).await.status, StatusCode::UNAUTHORIZED);
+    app.me(&own)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     assert_eq!(app.me(&viewer).await.status, StatusCode::OK);
     app.stop().await;
 }
@@ -362,7 +364,7 @@ async fn pagination_walks_every_token_once(backend: Backend) {
         let r = app
             .get(&format!("/api/v1/auth/tokens?{bad}"), &admin, "read:tokens")
             .await;
-        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+        r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     }
     app.stop().await;
 }
@@ -393,7 +395,7 @@ async fn a_token_cannot_mint_a_broader_token(backend: Backend) {
                 json!({"label": "escalate", "scopes": scopes}),
             )
             .await;
-        assert_eq!(r.status, StatusCode::FORBIDDEN, "{scopes}: {}", r.text);
+        r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
         assert_eq!(r.code(), "FORBIDDEN");
     }
     // An admin's narrow token cannot mint a broad token for someone else either.
@@ -406,7 +408,7 @@ async fn a_token_cannot_mint_a_broader_token(backend: Backend) {
             json!({"label": "x", "ownerId": user, "scopes": ["all-apis"]}),
         )
         .await;
-    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     let after = app
         .get("/api/v1/auth/tokens", &admin, "read:tokens")
         .await
