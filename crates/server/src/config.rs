@@ -26,6 +26,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How many verified credentials each node keeps in memory. Default 100 000.
     pub cache_capacity: usize,
+    /// How many levels of workspaces may exist below the root (the root is at depth 0, its
+    /// children at 1). A deeper child is refused. Default 5, at most 32.
+    pub workspace_max_depth: u32,
     /// How long a cached credential is trusted before it is read again, as a safety net
     /// behind revocation announcements. Default 60 s.
     pub cache_ttl: Duration,
@@ -136,6 +139,7 @@ impl Default for Config {
             redis_url: None,
             max_body_bytes: 1024 * 1024,
             cache_capacity: 100_000,
+            workspace_max_depth: 5,
             cache_ttl: Duration::from_secs(60),
             usage_flush_interval: Duration::from_secs(5),
             log: "info".to_owned(),
@@ -193,6 +197,8 @@ pub struct ConfigLayer {
     pub max_body_bytes: Option<u64>,
     /// `cache_capacity`.
     pub cache_capacity: Option<u64>,
+    /// `workspace_max_depth`.
+    pub workspace_max_depth: Option<u64>,
     /// `cache_ttl_seconds`.
     pub cache_ttl_seconds: Option<u64>,
     /// `usage_flush_interval_ms`.
@@ -323,6 +329,7 @@ impl ConfigLayer {
                 "REDIS_URL" => layer.redis_url = Some(value),
                 "MAX_BODY_BYTES" => layer.max_body_bytes = Some(number(&value)?),
                 "CACHE_CAPACITY" => layer.cache_capacity = Some(number(&value)?),
+                "WORKSPACE_MAX_DEPTH" => layer.workspace_max_depth = Some(number(&value)?),
                 "CACHE_TTL_SECONDS" => layer.cache_ttl_seconds = Some(number(&value)?),
                 "USAGE_FLUSH_INTERVAL_MS" => layer.usage_flush_interval_ms = Some(number(&value)?),
                 "LOG" => layer.log = Some(value),
@@ -417,6 +424,7 @@ impl ConfigLayer {
             redis_url,
             max_body_bytes,
             cache_capacity,
+            workspace_max_depth,
             cache_ttl_seconds,
             usage_flush_interval_ms,
             log,
@@ -519,6 +527,15 @@ impl ConfigLayer {
             }
             c.cache_capacity = usize::try_from(n)
                 .map_err(|_| ConfigError("cache_capacity is too large".into()))?;
+        }
+        if let Some(n) = self.workspace_max_depth {
+            // Recursive walks of the tree stop at 64 links; 32 keeps every chain well inside.
+            if !(1..=32).contains(&n) {
+                return Err(ConfigError(
+                    "workspace_max_depth must be between 1 and 32 (the root workspace is at depth 0, its children at 1)".into(),
+                ));
+            }
+            c.workspace_max_depth = n as u32;
         }
         if let Some(s) = self.cache_ttl_seconds {
             if !(1..=3600).contains(&s) {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use datastack_core::credential::{self, CredentialKind, SecretDigest};
-use datastack_core::id::TokenId;
+use datastack_core::id::{TokenId, WorkspaceId};
 use datastack_core::model::{Principal, Status, Token, Workspace};
 use datastack_store::{CredentialRecord, Invalidation, Store, TokenUse};
 use secrecy::SecretString;
@@ -30,10 +30,30 @@ pub struct Identity {
     pub principal: Principal,
     /// The owner's workspace, as of the verification.
     pub workspace: Workspace,
+    /// The workspace's ancestors, nearest first (its parent, …, the root); empty for the
+    /// root workspace. Parents never change, so the chain stays true while cached; it lets
+    /// a subtree invalidation find this identity and gives the workspace's depth.
+    pub ancestors: Vec<WorkspaceId>,
+    /// Whether some ancestor was suspended as of the verification: a suspension covers
+    /// the whole subtree below the suspended workspace.
+    pub ancestor_suspended: bool,
     /// The credential's kind.
     pub kind: CredentialKind,
     /// An API key's limits, address ranges and metadata.
     pub api_key: Option<datastack_core::apikey::ApiKeyPolicy>,
+}
+
+impl Identity {
+    /// Whether the credential's workspace is `workspace` or lies below it.
+    pub fn in_subtree_of(&self, workspace: &str) -> bool {
+        self.workspace.id.as_str() == workspace
+            || self.ancestors.iter().any(|a| a.as_str() == workspace)
+    }
+
+    /// The depth of the credential's workspace: 0 for the root, 1 for its children, ….
+    pub fn workspace_depth(&self) -> usize {
+        self.ancestors.len()
+    }
 }
 
 /// Why a credential was refused. Every variant answers the same 401 to the client; the
@@ -173,11 +193,23 @@ impl CredentialVerifier {
                 if !presented.digest.ct_eq(&token.digest_hex) {
                     return Ok(Err((Rejection::Unknown, None)));
                 }
+                // A suspended ancestor refuses the whole subtree below it. Only a workspace
+                // with a parent needs the (one, recursive) chain query, and it runs on this
+                // uncached path only: the cached path decides from the entry alone, and a
+                // status change anywhere in the chain drops the entry on every node.
+                let chain = if workspace.parent_id.is_some() {
+                    self.store.workspace_ancestors(&workspace.id).await?
+                } else {
+                    Vec::new()
+                };
+                let ancestor_suspended = chain.iter().any(|(_, s)| *s != Status::Active);
                 let entry = Arc::new(CachedCredential {
                     identity: Arc::new(Identity {
                         token,
                         principal: owner,
                         workspace,
+                        ancestors: chain.into_iter().map(|(id, _)| id).collect(),
+                        ancestor_suspended,
                         kind: presented.kind,
                         api_key,
                     }),
@@ -203,7 +235,7 @@ impl CredentialVerifier {
             Some(Rejection::Expired)
         } else if identity.principal.status != Status::Active {
             Some(Rejection::OwnerSuspended)
-        } else if identity.workspace.status != Status::Active {
+        } else if identity.workspace.status != Status::Active || identity.ancestor_suspended {
             Some(Rejection::WorkspaceSuspended)
         } else {
             None
@@ -239,6 +271,7 @@ impl CredentialVerifier {
             Invalidation::Credential(id) => self.remove_where(|i| i.token.id.as_str() == id),
             Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
+            Invalidation::WorkspaceTree(id) => self.remove_where(|i| i.in_subtree_of(id)),
             Invalidation::All => self.cache.clear(),
             // Edge rules, not credentials.
             Invalidation::Routes

@@ -22,6 +22,9 @@ pub enum Invalidation {
     Principal(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
     Workspace(String),
+    /// Every credential whose owner belongs to this workspace or to any workspace below it
+    /// (its status changed, which every descendant inherits).
+    WorkspaceTree(String),
     /// The gateway routes changed.
     Routes,
     /// The IP access lists of this workspace changed.
@@ -54,6 +57,7 @@ impl Invalidation {
             Invalidation::Credential(id) => format!("credential:{id}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
+            Invalidation::WorkspaceTree(w) => format!("subtree:{w}"),
             Invalidation::Routes => "routes".to_owned(),
             Invalidation::IpLists(w) => format!("iplists:{w}"),
             Invalidation::Penalty(s) => format!("penalty:{s}"),
@@ -74,6 +78,7 @@ impl Invalidation {
             Some(("credential", id)) => Invalidation::Credential(id.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
+            Some(("subtree", w)) => Invalidation::WorkspaceTree(w.to_owned()),
             Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),
             Some(("penalty", s)) => Invalidation::Penalty(s.to_owned()),
             // Anything unexpected is treated as the safe choice.

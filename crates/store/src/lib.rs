@@ -33,7 +33,7 @@ pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
-pub use workspaces::WorkspacePatch;
+pub use workspaces::{MAX_CHAIN, WorkspaceFilter, WorkspacePatch};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]

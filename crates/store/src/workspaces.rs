@@ -35,6 +35,27 @@ enum Marker {
     Skip,
 }
 
+/// Which workspaces a list returns, within the viewer's subtree.
+#[derive(Debug, Clone, Default)]
+pub struct WorkspaceFilter {
+    /// Only the direct children of this workspace.
+    pub parent: Option<WorkspaceId>,
+    /// Only workspaces with this status (their own, not inherited from an ancestor).
+    pub status: Option<Status>,
+}
+
+/// The most parent links a recursive walk follows. Deeper than any depth the server's
+/// `workspace_max_depth` allows, it only guards against a corrupt parent cycle.
+pub const MAX_CHAIN: i64 = 64;
+
+/// The ancestors of `$1` (id, status), nearest first, at most `$2` of them.
+const ANCESTORS: &str = "WITH RECURSIVE up(id, parent_id, status, depth) AS ( \
+       SELECT id, parent_id, status, 0 FROM workspaces WHERE id = $1 \
+       UNION ALL \
+       SELECT w.id, w.parent_id, w.status, up.depth + 1 FROM workspaces w JOIN up ON w.id = up.parent_id \
+       WHERE up.depth < $2) \
+     SELECT id, status FROM up WHERE depth > 0 ORDER BY depth";
+
 const WORKSPACE_COLUMNS: &str = "id, name, parent_id, max_token_lifetime_days, audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, data_retention_consent, \
      status, created_at, updated_at";
 
@@ -139,35 +160,79 @@ impl Store {
         row.ok_or(Error::NotFound)?.into_domain()
     }
 
-    /// A workspace by id, if `viewer` may see it: its own workspace or one created from it.
+    /// The ancestors of workspace `id` with their status, nearest first (its parent, then
+    /// the parent's parent, up to the root); empty for a root workspace or an unknown id.
+    /// One recursive query, the same on SQLite and PostgreSQL. The walk stops after
+    /// [`MAX_CHAIN`] steps so that even a corrupt parent cycle cannot make it run forever.
+    pub async fn workspace_ancestors(
+        &self,
+        id: &WorkspaceId,
+    ) -> Result<Vec<(WorkspaceId, Status)>> {
+        let rows: Vec<(String, String)> = with_pool!(self, pool => {
+            sqlx::query_as(ANCESTORS)
+                .bind(id.as_str())
+                .bind(MAX_CHAIN)
+                .fetch_all(pool)
+                .await?
+        });
+        rows.into_iter()
+            .map(|(id, status)| {
+                Ok((
+                    WorkspaceId::parse(&id).map_err(|e| Error::Corrupt(e.to_string()))?,
+                    Status::parse(&status).map_err(|e| Error::Corrupt(e.to_string()))?,
+                ))
+            })
+            .collect()
+    }
+
+    /// A workspace by id, if `viewer` may see it: its own workspace or any workspace below
+    /// it (a child, a child's child, and so on). A workspace outside the viewer's subtree is
+    /// `NotFound`, exactly like one that does not exist.
     pub async fn get_visible_workspace(
         &self,
         viewer: &WorkspaceId,
         id: &WorkspaceId,
     ) -> Result<Workspace> {
         let ws = self.get_workspace(id).await?;
-        if &ws.id == viewer || ws.parent_id.as_ref() == Some(viewer) {
+        if &ws.id == viewer {
+            return Ok(ws);
+        }
+        // Parents never change after creation, so the chain read here cannot go stale.
+        let ancestors = self.workspace_ancestors(id).await?;
+        if ancestors.iter().any(|(a, _)| a == viewer) {
             Ok(ws)
         } else {
             Err(Error::NotFound)
         }
     }
 
-    /// The workspaces `viewer` may see, ordered by id.
+    /// The workspaces `viewer` may see (its own and every one below it) that match
+    /// `filter`, ordered by id.
     pub async fn list_workspaces(
         &self,
         viewer: &WorkspaceId,
+        filter: &WorkspaceFilter,
         page: &PageRequest,
     ) -> Result<Page<Workspace>> {
         let sql = format!(
-            "SELECT {WORKSPACE_COLUMNS} FROM workspaces \
-             WHERE (id = $1 OR parent_id = $1) AND id > $2 ORDER BY id LIMIT $3"
+            "WITH RECURSIVE down(id, depth) AS ( \
+               SELECT id, 0 FROM workspaces WHERE id = $1 \
+               UNION ALL \
+               SELECT w.id, down.depth + 1 FROM workspaces w JOIN down ON w.parent_id = down.id \
+               WHERE down.depth < $6) \
+             SELECT {WORKSPACE_COLUMNS} FROM workspaces \
+             WHERE id IN (SELECT id FROM down) AND id > $2 \
+               AND ($4 IS NULL OR parent_id = $4) AND ($5 IS NULL OR status = $5) \
+             ORDER BY id LIMIT $3"
         );
         let rows: Vec<WorkspaceRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(viewer.as_str())
                 .bind(page.after.as_deref().unwrap_or(""))
                 .bind(i64::from(page.limit) + 1)
+                .bind(filter.parent.as_ref().map(|p| p.as_str()))
+                .bind(filter.status.map(Status::as_str))
+                .bind(MAX_CHAIN)
                 .fetch_all(pool)
                 .await?
         });
@@ -243,36 +308,43 @@ impl Store {
 }
 
 impl Store {
-    /// Suspends or reactivates a workspace created from `parent`, and tells every node to
-    /// drop its cached credentials. A workspace cannot change its own status (`Conflict`):
-    /// it would lock its own admins out.
+    /// Suspends or reactivates a workspace below `viewer` (a child, or any descendant), and
+    /// tells every node to drop the cached credentials of that workspace and of every
+    /// workspace below it: a suspended workspace's whole subtree is refused. A workspace
+    /// cannot change its own status (`Conflict`): it would lock its own admins out. A
+    /// workspace outside `viewer`'s subtree is `NotFound`.
     pub async fn set_workspace_status(
         &self,
-        parent: &WorkspaceId,
+        viewer: &WorkspaceId,
         id: &WorkspaceId,
         status: Status,
         trail: &Trail,
     ) -> Result<Workspace> {
-        if parent == id {
+        if viewer == id {
             return Err(Error::Conflict(
-                "a workspace cannot suspend or activate itself; its parent's admins can".into(),
+                "a workspace cannot suspend or activate itself; an ancestor's admins can".into(),
             ));
+        }
+        // Parents never change after creation, so checking the chain before the update
+        // cannot race with a move.
+        let ancestors = self.workspace_ancestors(id).await?;
+        if !ancestors.iter().any(|(a, _)| a == viewer) {
+            return Err(Error::NotFound);
         }
         let channel = self.announce_channel();
         let affected = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
-                "UPDATE workspaces SET status = $1, updated_at = $2 WHERE id = $3 AND parent_id = $4",
+                "UPDATE workspaces SET status = $1, updated_at = $2 WHERE id = $3",
             )
             .bind(status.as_str())
             .bind(Utc::now())
             .bind(id.as_str())
-            .bind(parent.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();
             if affected > 0 {
-                announce!(tx, channel, crate::Invalidation::Workspace(id.to_string()));
+                announce!(tx, channel, crate::Invalidation::WorkspaceTree(id.to_string()));
                 write_trail!(self, tx, trail);
             }
             tx.commit().await?;

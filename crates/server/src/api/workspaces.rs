@@ -1,6 +1,8 @@
-//! Workspaces: list, get, create (with a first admin), update settings.
+//! Workspaces: list, get, create (with a first admin), update settings, suspend, activate.
 //!
-//! A caller sees its own workspace and the workspaces created from it.
+//! Workspaces form a tree. A caller sees and manages its own workspace and every workspace
+//! below it (children, their children, …), never an ancestor or a sibling: a workspace
+//! outside the caller's subtree answers 404 like one that does not exist.
 
 use axum::Router;
 use axum::extract::State;
@@ -11,12 +13,11 @@ use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
 use datastack_core::id::{PrincipalId, WorkspaceId};
 use datastack_core::model::{Principal, PrincipalKind, Status, Workspace, WorkspaceSettings};
-use datastack_core::scope::ScopeSet;
 use datastack_core::validate::{self, Email};
-use datastack_store::WorkspacePatch;
+use datastack_store::{WorkspaceFilter, WorkspacePatch};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use super::principals::PrincipalResponse;
 use super::{PageParams, page_of};
@@ -193,7 +194,8 @@ pub struct CreatedWorkspaceResponse {
     pub workspace: WorkspaceResponse,
     /// Its first admin.
     pub admin: PrincipalResponse,
-    /// The admin's `all-apis` token. Store it now; it cannot be shown again.
+    /// The admin's token, granted the scopes of the credential that created the workspace
+    /// (never more). Store it now; it cannot be shown again.
     pub admin_token: String,
 }
 
@@ -219,21 +221,52 @@ fn not_found(e: datastack_store::Error) -> ApiError {
     }
 }
 
-/// Lists the caller's workspace and those created from it.
+/// Filters and pagination of the workspace list.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct ListWorkspacesParams {
+    /// Only the direct children of this workspace (`ws_…`, the caller's or one below it).
+    pub parent_id: Option<String>,
+    /// Only workspaces with this status of their own: `active` or `suspended`.
+    pub status: Option<String>,
+    /// Page size, 1–200 (default 50).
+    pub limit: Option<i64>,
+    /// The `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Lists the caller's workspace and every workspace below it, ordered by id.
 #[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["read:workspaces"])),
-    params(("x-datastack-scope" = String, Header, description = "read:workspaces"), PageParams),
+    params(("x-datastack-scope" = String, Header, description = "read:workspaces"), ListWorkspacesParams),
     responses((status = 200, body = WorkspacePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn list_workspaces(
     State(state): State<AppState>,
     caller: Authorized<ReadWorkspaces>,
-    Query(params): Query<PageParams>,
+    Query(params): Query<ListWorkspacesParams>,
 ) -> ApiResult<Json<WorkspacePage>> {
-    let page = params.to_request()?;
+    let filter = WorkspaceFilter {
+        parent: params
+            .parent_id
+            .as_deref()
+            .map(|p| {
+                WorkspaceId::parse(p).map_err(|_| {
+                    ApiError::InvalidRequest("parentId: must be a workspace id (ws_…)".into())
+                })
+            })
+            .transpose()?,
+        status: params.status.as_deref().map(Status::parse).transpose()?,
+    };
+    let page = PageParams {
+        limit: params.limit,
+        cursor: params.cursor,
+    }
+    .to_request()?;
     let result = state
         .store
-        .list_workspaces(&caller.identity.principal.workspace_id, &page)
+        .list_workspaces(&caller.identity.principal.workspace_id, &filter, &page)
         .await?;
     Ok(Json(WorkspacePage {
         items: result
@@ -265,12 +298,15 @@ pub async fn get_workspace(
     Ok(Json(WorkspaceResponse::from(ws)))
 }
 
-/// Creates a workspace under the caller's, with a first admin and its token.
+/// Creates a workspace under the caller's, with a first admin and its token. The token is
+/// granted the calling credential's own scopes, so creating a workspace never yields a
+/// broader credential than the one that created it. A workspace deeper than
+/// `workspace_max_depth` below the root is refused with 409.
 #[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces")),
     request_body = CreateWorkspaceRequest,
-    responses((status = 201, body = CreatedWorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 201, body = CreatedWorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn create_workspace(
     State(state): State<AppState>,
@@ -279,6 +315,14 @@ pub async fn create_workspace(
     Json(body): Json<CreateWorkspaceRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedWorkspaceResponse>)> {
     let name = validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
+    // The new workspace sits one level below the caller's; the root is at depth 0.
+    let max_depth = state.config.workspace_max_depth;
+    if caller.identity.workspace_depth() + 1 > max_depth as usize {
+        return Err(ApiError::Conflict(format!(
+            "the new workspace would be at depth {}, deeper than workspace_max_depth = {max_depth} (the root workspace is at depth 0)",
+            caller.identity.workspace_depth() + 1
+        )));
+    }
     let settings = body
         .settings
         .as_ref()
@@ -320,10 +364,13 @@ pub async fn create_workspace(
         .settings
         .max_token_lifetime_days
         .map(|d| now + chrono::Duration::days(i64::from(d)));
+    // The first admin's token gets the creating credential's scopes, never more: a
+    // narrowly scoped credential must not be able to mint an all-apis one by creating a
+    // workspace. The new admin can mint tokens only within these scopes.
     let token = new_token_record(
         &admin,
         "workspace admin token",
-        ScopeSet::all_apis(),
+        caller.identity.token.scopes.clone(),
         lifetime,
         &secret,
     );
@@ -438,9 +485,11 @@ async fn set_status(
     if result.is_ok() {
         audit.mark_recorded();
     }
+    // Even when reading the result back failed, the change may have committed. Every
+    // workspace below inherits the status, so the whole subtree is dropped.
     crate::edge::apply_invalidation(
         state,
-        &datastack_store::Invalidation::Workspace(id.to_string()),
+        &datastack_store::Invalidation::WorkspaceTree(id.to_string()),
     )
     .await;
     let ws = result.map_err(not_found)?;
@@ -448,8 +497,9 @@ async fn set_status(
     Ok(Json(WorkspaceResponse::from(ws)))
 }
 
-/// Suspends a workspace created from the caller's: every credential in it is refused at
-/// once, on every node, until it is activated again. A workspace cannot suspend itself.
+/// Suspends a workspace below the caller's (a child or any descendant): every credential
+/// in it and in every workspace below it is refused at once, on every node, until it is
+/// activated again. A workspace cannot suspend itself.
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/suspend", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
@@ -471,7 +521,8 @@ pub async fn suspend_workspace(
     .await
 }
 
-/// Activates a suspended workspace created from the caller's.
+/// Activates a suspended workspace below the caller's. Credentials below it work again
+/// unless another workspace on their chain is still suspended.
 #[utoipa::path(post, path = "/api/v1/workspaces/{id}/activate", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),

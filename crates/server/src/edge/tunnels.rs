@@ -1,6 +1,7 @@
-//! Open WebSocket tunnels, so that a revocation (of the credential, its owner or its
-//! workspace) or a change of the workspace's IP access lists closes them as it refuses new
-//! requests: a tunnel must not outlive the decision that opened it.
+//! Open WebSocket tunnels, so that a revocation (of the credential, its owner, its
+//! workspace or an ancestor of the workspace) or a change of the workspace's IP access
+//! lists closes them as it refuses new requests: a tunnel must not outlive the decision
+//! that opened it.
 
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +15,8 @@ struct Tunnel {
     credential: String,
     principal: String,
     workspace: String,
+    /// The workspace's ancestors: a status change of any of them closes the tunnel.
+    ancestors: Vec<String>,
     close: Arc<Notify>,
 }
 
@@ -34,6 +37,7 @@ impl Tunnels {
             credential: identity.token.id.to_string(),
             principal: identity.principal.id.to_string(),
             workspace: identity.workspace.id.to_string(),
+            ancestors: identity.ancestors.iter().map(ToString::to_string).collect(),
             close: close.clone(),
         });
         close
@@ -54,6 +58,9 @@ impl Tunnels {
                 Invalidation::Credential(id) => t.credential == *id,
                 Invalidation::Principal(id) => t.principal == *id,
                 Invalidation::Workspace(id) | Invalidation::IpLists(id) => t.workspace == *id,
+                Invalidation::WorkspaceTree(id) => {
+                    t.workspace == *id || t.ancestors.iter().any(|a| a == id)
+                }
                 Invalidation::All => true,
                 Invalidation::Routes | Invalidation::Penalty(_) | Invalidation::Heartbeat => false,
             };

@@ -540,3 +540,62 @@ async fn api_keys_on_two_nodes_share_one_spend_limit_and_revocations_reach_both(
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspending_a_workspace_on_one_node_refuses_its_grandchild_on_the_other_within_a_second() {
+    if postgres_url().is_none() {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
+        return;
+    }
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    // A long cache TTL: only the announcement can make node 2 forget.
+    let one = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let two = TestApp::spawn_on(store, |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let a = one.admin().to_owned();
+    // A → B → C; node 2 verifies (and caches) C's admin token.
+    let (b_id, b) = crate::workspaces::child_of(&one, &a, "b").await;
+    let (_, c) = crate::workspaces::child_of(&two, &b, "c").await;
+    for _ in 0..3 {
+        assert_eq!(two.me(&c).await.status, StatusCode::OK);
+    }
+    let r = one
+        .post(
+            &format!("/api/v1/workspaces/{b_id}/suspend"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let refused = crate::helpers::eventually(Duration::from_secs(1), || async {
+        two.me(&c).await.status == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(
+        refused,
+        "node 2 still accepts C's token 1 s after B's suspension"
+    );
+    let r = two.get("/api/v1/workspaces", &c, "read:workspaces").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    // Node 2 answers a refusal from its cache too: it keeps refusing.
+    assert_eq!(two.me(&c).await.status, StatusCode::UNAUTHORIZED);
+    let r = one
+        .post(
+            &format!("/api/v1/workspaces/{b_id}/activate"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let restored = crate::helpers::eventually(Duration::from_secs(1), || async {
+        two.me(&c).await.status == StatusCode::OK
+    })
+    .await;
+    assert!(
+        restored,
+        "node 2 still refuses C's token 1 s after B's activation"
+    );
+    one.stop().await;
+    two.stop().await;
+}

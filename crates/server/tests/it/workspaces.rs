@@ -1,14 +1,425 @@
 //! Workspaces (C1).
 
-use reqwest::StatusCode;
-use serde_json::json;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, on_both_stores};
+use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
 
 on_both_stores!(
     child_workspaces_are_isolated_and_visible_to_the_parent,
     a_parent_suspends_a_child_workspace_and_all_its_credentials_stop,
+    suspending_a_workspace_refuses_its_whole_subtree_everywhere,
+    ancestors_see_and_manage_every_descendant_and_nothing_leaks_upwards,
+    workspace_depth_is_limited_and_a_first_admin_token_is_never_broader,
 );
+
+/// Creates a workspace with `token` and returns (workspace id, first admin token).
+pub async fn child_of(app: &TestApp, token: &str, name: &str) -> (String, String) {
+    let r = app
+        .post(
+            "/api/v1/workspaces",
+            token,
+            "manage:workspaces",
+            json!({"name": name}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    (
+        r.body["workspace"]["id"].as_str().expect("id").to_owned(),
+        r.body["adminToken"].as_str().expect("token").to_owned(),
+    )
+}
+
+fn ids(r: &crate::helpers::Reply) -> Vec<String> {
+    r.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|w| w["id"].as_str().expect("id").to_owned())
+        .collect()
+}
+
+/// The status of `token` on the management API, through the gateway and on forward-auth.
+async fn everywhere(app: &TestApp, token: &str) -> [StatusCode; 4] {
+    let me = app.me(token).await.status;
+    let list = app
+        .get("/api/v1/workspaces", token, "read:workspaces")
+        .await
+        .status;
+    let gateway = crate::edge::send(app, Method::GET, "/v1/clusters/c-1", Some(token))
+        .await
+        .status;
+    let verify = app
+        .http
+        .get(format!("{}/auth/verify", app.base))
+        .bearer_auth(token)
+        .header("x-original-uri", "/v1/clusters/c-1")
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .expect("verify")
+        .status();
+    [me, list, gateway, verify]
+}
+
+const ALLOWED: [StatusCode; 4] = [StatusCode::OK; 4];
+const REFUSED: [StatusCode; 4] = [StatusCode::UNAUTHORIZED; 4];
+
+async fn suspending_a_workspace_refuses_its_whole_subtree_everywhere(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let a = app.admin().to_owned();
+    let up = crate::edge::upstream().await;
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            &a,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/clusters", "upstream": format!("http://{up}"), "resource": "clusters"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    // A → B → C, and C's admin minted one more token.
+    let (b_id, b) = child_of(&app, &a, "b").await;
+    let (c_id, c) = child_of(&app, &b, "c").await;
+    let (c_more, _) = app.create_token(&c, json!({"label": "more"})).await;
+    for token in [&b, &c, &c_more] {
+        assert_eq!(everywhere(&app, token).await, ALLOWED);
+    }
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{b_id}/suspend"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "suspended");
+    // B and everything below it is refused on the API, the gateway and forward-auth.
+    for token in [&b, &c, &c_more] {
+        assert_eq!(everywhere(&app, token).await, REFUSED);
+    }
+    let r = app.me(&c).await;
+    assert_eq!(r.code(), "UNAUTHORIZED", "{}", r.text);
+    assert!(
+        r.header("www-authenticate")
+            .expect("header")
+            .contains("invalid_token")
+    );
+    // C's admin can create neither users nor workspaces, and nothing was created.
+    let r = app
+        .post(
+            "/api/v1/users",
+            &c,
+            "manage:users",
+            json!({"email": "late@example.com", "name": "late"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/workspaces",
+            &c,
+            "manage:workspaces",
+            json!({"name": "escape"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let all = app.get("/api/v1/workspaces", &a, "read:workspaces").await;
+    assert_eq!(ids(&all).len(), 3, "{}", all.text);
+    // The root is unaffected and still sees C, which keeps its own status.
+    assert_eq!(everywhere(&app, &a).await, ALLOWED);
+    let r = app
+        .get(&format!("/api/v1/workspaces/{c_id}"), &a, "read:workspaces")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(r.body["parentId"], b_id.as_str());
+    // A suspends C directly too: activating B alone does not restore C.
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{c_id}/suspend"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "suspended");
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{b_id}/activate"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(everywhere(&app, &b).await, ALLOWED);
+    assert_eq!(everywhere(&app, &c).await, REFUSED);
+    // B, C's parent, may activate it; then C works again everywhere.
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{c_id}/activate"),
+            &b,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["status"], "active");
+    for token in [&b, &c, &c_more] {
+        assert_eq!(everywhere(&app, token).await, ALLOWED);
+    }
+    // The suspension of C by the root is audited in the root's log and in C's own.
+    for (viewer, who) in [(&a, "root"), (&c, "c")] {
+        let r = app
+            .get(
+                "/api/v1/audit/events?action=workspaces.suspend&limit=200",
+                viewer,
+                "read:audit",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let items = r.body["items"].as_array().expect("items");
+        assert!(
+            items
+                .iter()
+                .any(|e| e["resourceId"] == c_id.as_str() && e["status"] == 200),
+            "{who}'s log lacks the suspension of C: {}",
+            r.text
+        );
+    }
+    app.stop().await;
+}
+
+async fn ancestors_see_and_manage_every_descendant_and_nothing_leaks_upwards(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let a = app.admin().to_owned();
+    let a_id = app.me(&a).await.body["workspace"]["id"]
+        .as_str()
+        .expect("ws")
+        .to_owned();
+    let (b_id, b) = child_of(&app, &a, "b").await;
+    let (c_id, c) = child_of(&app, &b, "c").await;
+    let (d_id, d) = child_of(&app, &a, "d").await;
+    // The root lists everyone, paginated; B lists itself and C; C only itself.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cur) => format!("/api/v1/workspaces?limit=1&cursor={cur}"),
+            None => "/api/v1/workspaces?limit=1".to_owned(),
+        };
+        let r = app.get(&path, &a, "read:workspaces").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        seen.extend(ids(&r));
+        match r.body["nextCursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    let mut all = vec![a_id.clone(), b_id.clone(), c_id.clone(), d_id.clone()];
+    all.sort();
+    assert_eq!(seen, all);
+    let r = app.get("/api/v1/workspaces", &b, "read:workspaces").await;
+    let mut mine = vec![b_id.clone(), c_id.clone()];
+    mine.sort();
+    assert_eq!(ids(&r), mine);
+    let r = app.get("/api/v1/workspaces", &c, "read:workspaces").await;
+    assert_eq!(ids(&r), vec![c_id.clone()]);
+    // Filters: the children of B; the suspended ones.
+    let r = app
+        .get(
+            &format!("/api/v1/workspaces?parentId={b_id}"),
+            &a,
+            "read:workspaces",
+        )
+        .await;
+    assert_eq!(ids(&r), vec![c_id.clone()]);
+    let r = app
+        .get("/api/v1/workspaces?status=suspended", &a, "read:workspaces")
+        .await;
+    assert!(ids(&r).is_empty(), "{}", r.text);
+    let r = app
+        .get("/api/v1/workspaces?status=paused", &a, "read:workspaces")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    assert_eq!(r.code(), "INVALID_REQUEST");
+    let r = app
+        .get("/api/v1/workspaces?parentId=nope", &a, "read:workspaces")
+        .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text);
+    // The root gets, renames and suspends its grandchild.
+    let r = app
+        .get(&format!("/api/v1/workspaces/{c_id}"), &a, "read:workspaces")
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["id"], c_id.as_str());
+    let r = app
+        .patch(
+            &format!("/api/v1/workspaces/{c_id}"),
+            &a,
+            "manage:workspaces",
+            json!({"name": "c-renamed"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(r.body["name"], "c-renamed");
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{c_id}/suspend"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = app
+        .get("/api/v1/workspaces?status=suspended", &a, "read:workspaces")
+        .await;
+    assert_eq!(ids(&r), vec![c_id.clone()]);
+    assert_eq!(app.me(&c).await.status, StatusCode::UNAUTHORIZED);
+    // Nothing outside one's subtree exists for a descendant: not an ancestor, not a
+    // sibling, not a sibling's child; neither to read nor to act on.
+    let (e_id, _) = child_of(&app, &d, "e").await;
+    for (token, target) in [
+        (&b, &a_id),
+        (&b, &d_id),
+        (&b, &e_id),
+        (&d, &b_id),
+        (&d, &c_id),
+        (&d, &a_id),
+    ] {
+        let r = app
+            .get(
+                &format!("/api/v1/workspaces/{target}"),
+                token,
+                "read:workspaces",
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        assert_eq!(r.code(), "NOT_FOUND");
+        for action in ["suspend", "activate"] {
+            let r = app
+                .post(
+                    &format!("/api/v1/workspaces/{target}/{action}"),
+                    token,
+                    "manage:workspaces",
+                    json!({}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        }
+        let r = app
+            .patch(
+                &format!("/api/v1/workspaces/{target}"),
+                token,
+                "manage:workspaces",
+                json!({"name": "taken"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        let r = app
+            .get(
+                &format!("/api/v1/workspaces?parentId={target}"),
+                token,
+                "read:workspaces",
+            )
+            .await;
+        // Only the caller's own workspace (whose parent it already knows) can match.
+        let own = if token == &b { &b_id } else { &d_id };
+        assert!(ids(&r).iter().all(|id| id == own), "{}", r.text);
+    }
+    // None of those attempts changed anything.
+    let r = app.get("/api/v1/workspaces", &a, "read:workspaces").await;
+    let items = r.body["items"].as_array().expect("items");
+    assert!(items.iter().all(|w| w["name"] != "taken"), "{}", r.text);
+    let suspended: Vec<&Value> = items
+        .iter()
+        .filter(|w| w["status"] == "suspended")
+        .collect();
+    assert_eq!(suspended.len(), 1, "{}", r.text);
+    assert_eq!(app.me(&a).await.status, StatusCode::OK);
+    assert_eq!(app.me(&d).await.status, StatusCode::OK);
+    app.stop().await;
+}
+
+async fn workspace_depth_is_limited_and_a_first_admin_token_is_never_broader(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| c.workspace_max_depth = 2).await;
+    let a = app.admin().to_owned();
+    // Depth 1 and 2 are allowed; depth 3 is refused, naming the limit, and not created.
+    let (_, b) = child_of(&app, &a, "b").await;
+    let (c_id, c) = child_of(&app, &b, "c").await;
+    let r = app
+        .post(
+            "/api/v1/workspaces",
+            &c,
+            "manage:workspaces",
+            json!({"name": "too-deep"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text);
+    assert_eq!(r.code(), "CONFLICT");
+    let message = r.body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("workspace_max_depth = 2"), "{message}");
+    let r = app
+        .get(
+            &format!("/api/v1/workspaces?parentId={c_id}"),
+            &a,
+            "read:workspaces",
+        )
+        .await;
+    assert!(ids(&r).is_empty(), "{}", r.text);
+    // An all-apis creator gives the first admin all-apis; a narrow one, only its scopes.
+    assert_eq!(
+        app.me(&b).await.body["credential"]["scopes"],
+        json!(["all-apis"])
+    );
+    let (narrow, _) = app
+        .create_token(
+            &a,
+            json!({"label": "narrow", "scopes": ["manage:workspaces", "read:users"]}),
+        )
+        .await;
+    let (child, child_admin) = child_of(&app, &narrow, "narrow-child").await;
+    let me = app.me(&child_admin).await;
+    assert_eq!(me.body["workspace"]["id"], child.as_str());
+    assert_eq!(me.body["principal"]["role"], "admin");
+    assert_eq!(
+        me.body["credential"]["scopes"],
+        json!(["read:users", "manage:workspaces"])
+    );
+    // The admin role does not widen the token: no users, no tokens beyond its scopes.
+    let r = app
+        .post(
+            "/api/v1/users",
+            &child_admin,
+            "manage:users",
+            json!({"email": "x@example.com", "name": "x"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app
+        .post(
+            "/api/v1/auth/tokens",
+            &child_admin,
+            "manage:tokens",
+            json!({"label": "wider", "scopes": ["all-apis"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text);
+    let r = app.get("/api/v1/users", &child_admin, "read:users").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Its own children inherit the narrow grant in turn.
+    let (_, grandchild_admin) = child_of(&app, &child_admin, "narrow-grandchild").await;
+    assert_eq!(
+        app.me(&grandchild_admin).await.body["credential"]["scopes"],
+        json!(["read:users", "manage:workspaces"])
+    );
+    app.stop().await;
+}
 
 async fn child_workspaces_are_isolated_and_visible_to_the_parent(backend: Backend) {
     let app = TestApp::spawn(backend).await;
