@@ -45,15 +45,36 @@ pub(crate) const INSERT_TOKEN: &str = concat!(
     "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 );
 
-/// Inserts one token only if the calling credential (`$11`) is still unrevoked and its
-/// owner and workspace active.
+/// The SQL condition "the credential with id `$p` is unrevoked, its owner active, and its
+/// owner's workspace and every ancestor of that workspace active": what a write made with a
+/// credential checks in its own statement, so that a request authenticated just before a
+/// revocation or a suspension (of the workspace or of any workspace above it) changes
+/// nothing after it. The walk up the tree stops after 64 links, like
+/// [`crate::MAX_CHAIN`].
+macro_rules! caller_valid {
+    ($p:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
+             WHERE c.id = ", $p, " AND c.revoked_at IS NULL AND p.status = 'active') \
+             AND NOT EXISTS (WITH RECURSIVE up(id, parent_id, status, depth) AS ( \
+               SELECT w.id, w.parent_id, w.status, 0 FROM tokens c \
+                 JOIN principals p ON p.id = c.owner_id JOIN workspaces w ON w.id = p.workspace_id \
+                 WHERE c.id = ", $p, " \
+               UNION ALL \
+               SELECT w.id, w.parent_id, w.status, up.depth + 1 FROM workspaces w \
+                 JOIN up ON w.id = up.parent_id WHERE up.depth < 64) \
+             SELECT 1 FROM up WHERE up.status <> 'active')"
+        )
+    };
+}
+pub(crate) use caller_valid;
+
+/// Inserts one token only if the calling credential (`$11`) is still valid
+/// ([`caller_valid!`]).
 pub(crate) const INSERT_TOKEN_IF_CALLER_VALID: &str = concat!(
     insert_token_columns!(),
-    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
-     WHERE EXISTS (SELECT 1 FROM tokens c JOIN principals p ON p.id = c.owner_id \
-                   JOIN workspaces w ON w.id = p.workspace_id \
-                   WHERE c.id = $11 AND c.revoked_at IS NULL \
-                     AND p.status = 'active' AND w.status = 'active')"
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 WHERE ",
+    caller_valid!("$11")
 );
 
 /// Binds a token's ten stored columns, in [`INSERT_TOKEN`]'s order, to `$query`.

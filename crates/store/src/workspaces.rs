@@ -1,12 +1,12 @@
 //! Workspaces, and the first start that creates one with its admin.
 
 use chrono::Utc;
-use datastack_core::id::WorkspaceId;
+use datastack_core::id::{TokenId, WorkspaceId};
 use datastack_core::model::{Principal, Status, Token, Workspace, WorkspaceSettings};
 
 use crate::audit::{Trail, write_trail};
 use crate::rows::WorkspaceRow;
-use crate::tokens::{INSERT_TOKEN, bind_token};
+use crate::tokens::{INSERT_TOKEN, bind_token, caller_valid};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 /// A change to a workspace; `None` leaves a field as it is.
@@ -28,11 +28,11 @@ pub struct WorkspacePatch {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Marker {
+enum Marker<'a> {
     /// This is the first start: claim the bootstrap marker or do nothing.
     Claim,
-    /// An ordinary creation.
-    Skip,
+    /// An ordinary creation by this credential, which must still be valid.
+    Creator(&'a TokenId),
 }
 
 /// Which workspaces a list returns, within the viewer's subtree.
@@ -56,6 +56,28 @@ const ANCESTORS: &str = "WITH RECURSIVE up(id, parent_id, status, depth) AS ( \
        WHERE up.depth < $2) \
      SELECT id, status FROM up WHERE depth > 0 ORDER BY depth";
 
+/// The start of both workspace INSERTs: eleven columns, bound in this order.
+macro_rules! insert_workspace_columns {
+    () => {
+        "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, created_at, updated_at, \
+         status, audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, \
+         data_retention_consent) "
+    };
+}
+
+/// Inserts one workspace.
+const INSERT_WORKSPACE: &str = concat!(
+    insert_workspace_columns!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+);
+
+/// Inserts one workspace only if the creating credential (`$12`) is still valid.
+const INSERT_WORKSPACE_IF_CALLER_VALID: &str = concat!(
+    insert_workspace_columns!(),
+    "SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11 WHERE ",
+    caller_valid!("$12")
+);
+
 const WORKSPACE_COLUMNS: &str = "id, name, parent_id, max_token_lifetime_days, audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, data_retention_consent, \
      status, created_at, updated_at";
 
@@ -74,15 +96,19 @@ impl Store {
             .await
     }
 
-    /// Creates a workspace with its first admin and that admin's token, in one transaction.
+    /// Creates a workspace with its first admin and that admin's token, in one transaction,
+    /// only if the credential `creator` is still valid when it runs (unrevoked, its owner,
+    /// the owner's workspace and every ancestor active; `CallerRevoked` otherwise): a
+    /// request authenticated just before a suspension above it cannot grow the tree after.
     pub async fn create_workspace_with_admin(
         &self,
         ws: &Workspace,
         admin: &Principal,
         token: &Token,
+        creator: &TokenId,
         trail: &Trail,
     ) -> Result<()> {
-        self.insert_workspace_with_admin(ws, admin, token, trail, Marker::Skip)
+        self.insert_workspace_with_admin(ws, admin, token, trail, Marker::Creator(creator))
             .await
             .map(|_| ())
     }
@@ -93,7 +119,7 @@ impl Store {
         admin: &Principal,
         token: &Token,
         trail: &Trail,
-        marker: Marker,
+        marker: Marker<'_>,
     ) -> Result<bool> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -109,24 +135,32 @@ impl Store {
                     return Ok(false);
                 }
             }
-            sqlx::query(
-                "INSERT INTO workspaces (id, name, parent_id, max_token_lifetime_days, status, created_at, updated_at, \
-                 audit_retention_days, auto_revoke_unused_days, ip_access_lists_suspended, data_retention_consent) \
-                 VALUES ($1, $2, $3, $4, $7, $5, $6, $8, $9, $10, $11)",
-            )
-            .bind(ws.id.as_str())
-            .bind(&ws.name)
-            .bind(ws.parent_id.as_ref().map(|p| p.as_str()))
-            .bind(ws.settings.max_token_lifetime_days.map(i64::from))
-            .bind(ws.created_at)
-            .bind(ws.updated_at)
-            .bind(ws.status.as_str())
-            .bind(ws.settings.audit_retention_days.map(i64::from))
-            .bind(ws.settings.auto_revoke_unused_days.map(i64::from))
-            .bind(ws.settings.ip_access_lists_suspended)
-            .bind(ws.settings.data_retention_consent)
-            .execute(&mut *tx)
-            .await?;
+            // The creator's check is part of the first write, not a read before it: a
+            // SQLite transaction that read first could not take the write lock once another
+            // connection had written meanwhile.
+            let (sql, creator) = match marker {
+                Marker::Claim => (INSERT_WORKSPACE, None),
+                Marker::Creator(creator) => (INSERT_WORKSPACE_IF_CALLER_VALID, Some(creator)),
+            };
+            let mut insert = sqlx::query(sql)
+                .bind(ws.id.as_str())
+                .bind(&ws.name)
+                .bind(ws.parent_id.as_ref().map(|p| p.as_str()))
+                .bind(ws.settings.max_token_lifetime_days.map(i64::from))
+                .bind(ws.created_at)
+                .bind(ws.updated_at)
+                .bind(ws.status.as_str())
+                .bind(ws.settings.audit_retention_days.map(i64::from))
+                .bind(ws.settings.auto_revoke_unused_days.map(i64::from))
+                .bind(ws.settings.ip_access_lists_suspended)
+                .bind(ws.settings.data_retention_consent);
+            if let Some(creator) = creator {
+                insert = insert.bind(creator.as_str());
+            }
+            if insert.execute(&mut *tx).await?.rows_affected() == 0 {
+                // Nothing was written; the transaction rolls back when dropped.
+                return Err(Error::CallerRevoked);
+            }
             sqlx::query(
                 "INSERT INTO principals (id, workspace_id, kind, email, name, role, status, created_at, updated_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

@@ -385,7 +385,7 @@ pub async fn create_workspace(
     ));
     state
         .store
-        .create_workspace_with_admin(&ws, &admin, &token, &trail)
+        .create_workspace_with_admin(&ws, &admin, &token, &caller.identity.token.id, &trail)
         .await?;
     audit.mark_recorded();
     tracing::info!(workspace = %ws.id, by = %caller.identity.principal.id, "workspace created");
