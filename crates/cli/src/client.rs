@@ -543,8 +543,14 @@ pub enum ServicePrincipalsCmd {
 /// `datastack workspaces …`
 #[derive(clap::Subcommand, Debug)]
 pub enum WorkspacesCmd {
-    /// List the caller's workspace and the workspaces created from it.
+    /// List the caller's workspace and every workspace below it.
     List {
+        /// Only the direct children of this workspace, ws_…
+        #[arg(long, value_name = "ID")]
+        parent: Option<String>,
+        /// Only workspaces with this status of their own: active or suspended.
+        #[arg(long)]
+        status: Option<Status>,
         #[command(flatten)]
         page: PageArgs,
     },
@@ -553,7 +559,7 @@ pub enum WorkspacesCmd {
         /// The workspace id, ws_…
         id: String,
     },
-    /// Suspend a workspace created from yours: every credential in it is refused.
+    /// Suspend a workspace below yours: every credential in it and below it is refused.
     Suspend {
         /// The workspace id, ws_…
         id: String,
@@ -967,10 +973,19 @@ async fn service_principals(
 
 async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<(), Failure> {
     match cmd {
-        WorkspacesCmd::List { page } => {
+        WorkspacesCmd::List {
+            parent,
+            status,
+            page,
+        } => {
             let limit = page.limit;
             let workspaces = collect_pages(&page, move |cursor| {
-                client.list_workspaces(ListWorkspaces { limit, cursor })
+                client.list_workspaces(ListWorkspaces {
+                    limit,
+                    cursor,
+                    parent_id: parent.clone(),
+                    status,
+                })
             })
             .await?;
             out.page(&workspaces, workspace_table);

@@ -1028,3 +1028,65 @@ fn the_api_keys_cli_creates_rotates_meters_verifies_and_revokes() {
     assert!(!out.contains(&key[4..]) && !err.contains(&key[4..]));
     assert!(!out.contains(&new[4..]) && !err.contains(&new[4..]));
 }
+
+#[test]
+fn the_workspaces_cli_filters_a_subtree_and_the_depth_limit_comes_from_the_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(
+        &["--data-dir", data],
+        &[("DATASTACK_WORKSPACE_MAX_DEPTH", "2")],
+    );
+    let root = server.admin_token().expect("admin token");
+    let create = |token: &str, name: &str| {
+        let (code, out, err) = client(
+            &server,
+            token,
+            &["workspaces", "create", "--name", name, "--json"],
+        );
+        assert_eq!(code, 0, "{err}");
+        let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (
+            created["workspace"]["id"].as_str().expect("id").to_owned(),
+            created["adminToken"].as_str().expect("token").to_owned(),
+        )
+    };
+    let (b_id, b) = create(&root, "b");
+    let (c_id, c) = create(&b, "c");
+    // Depth 3 is beyond DATASTACK_WORKSPACE_MAX_DEPTH=2: refused, naming the limit.
+    let (code, _, err) = client(&server, &c, &["workspaces", "create", "--name", "d"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("workspace_max_depth = 2"), "{err}");
+    let list = |token: &str, args: &[&str]| {
+        let mut all = vec!["workspaces", "list", "--json"];
+        all.extend_from_slice(args);
+        let (code, out, err) = client(&server, token, &all);
+        assert_eq!(code, 0, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let mut ids: Vec<String> = listed["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|w| w["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    };
+    assert_eq!(list(&root, &["--parent", &b_id]), vec![c_id.clone()]);
+    assert_eq!(
+        list(&root, &["--status", "suspended"]),
+        Vec::<String>::new()
+    );
+    // The root suspends B; C's admin is refused, and the root sees B as suspended.
+    let (code, _, err) = client(&server, &root, &["workspaces", "suspend", &b_id]);
+    assert_eq!(code, 0, "{err}");
+    assert_ne!(client(&server, &c, &["whoami"]).0, 0);
+    assert_eq!(list(&root, &["--status", "suspended"]), vec![b_id.clone()]);
+    let (code, _, err) = client(&server, &root, &["workspaces", "get", &c_id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = client(&server, &root, &["workspaces", "activate", &b_id]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = client(&server, &c, &["whoami"]);
+    assert_eq!(code, 0, "{err}");
+    server.stop();
+}

@@ -252,7 +252,8 @@ impl Client {
     }
 
     /// `POST /api/v1/workspaces/{id}/suspend` (`manage:workspaces`): suspends a workspace
-    /// created from the caller's; every credential in it is refused until it is activated.
+    /// below the caller's (a child or any descendant); every credential in it and below it is
+    /// refused until it is activated.
     pub async fn suspend_workspace(&self, id: &str) -> Result<Workspace> {
         self.workspace_action(id, "suspend").await
     }
@@ -369,8 +370,8 @@ impl Client {
 
     // Workspaces.
 
-    /// `GET /api/v1/workspaces` (`read:workspaces`): the caller's workspace and those created
-    /// from it.
+    /// `GET /api/v1/workspaces` (`read:workspaces`): the caller's workspace and every
+    /// workspace below it.
     pub async fn list_workspaces(&self, request: ListWorkspaces) -> Result<Page<Workspace>> {
         let mut url = self.url(&["api", "v1", "workspaces"]);
         append_query(
@@ -378,6 +379,8 @@ impl Client {
             &[
                 ("limit", request.limit.map(|l| l.to_string())),
                 ("cursor", request.cursor),
+                ("parentId", request.parent_id),
+                ("status", request.status.map(|s| s.as_str().to_owned())),
             ],
         );
         decode(self.get(url, READ_WORKSPACES).await?).await

@@ -474,6 +474,10 @@ pub struct ListWorkspaces {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// Only the direct children of this workspace (`ws_…`).
+    pub parent_id: Option<String>,
+    /// Only workspaces with this status of their own.
+    pub status: Option<Status>,
 }
 
 /// The body of `POST /api/v1/workspaces`.
