@@ -1,7 +1,11 @@
 //! Workspaces (C1).
 
+use std::time::Duration;
+
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
 
@@ -62,6 +66,37 @@ async fn everywhere(app: &TestApp, token: &str) -> [StatusCode; 4] {
     [me, list, gateway, verify]
 }
 
+/// Opens a WebSocket tunnel through the gateway with `token` and checks that it echoes.
+async fn open_tunnel(app: &TestApp, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .expect("connect");
+    stream
+        .write_all(format!("GET /v1/clusters/ws HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut byte))
+            .await
+            .expect("the response head in time")
+            .expect("read");
+        assert_eq!(n, 1, "the connection closed before the head ended");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    stream.write_all(b"hello").await.expect("write");
+    let mut five = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut five))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&five, b"hello");
+    stream
+}
+
 const ALLOWED: [StatusCode; 4] = [StatusCode::OK; 4];
 const REFUSED: [StatusCode; 4] = [StatusCode::UNAUTHORIZED; 4];
 
@@ -85,6 +120,8 @@ async fn suspending_a_workspace_refuses_its_whole_subtree_everywhere(backend: Ba
     for token in [&b, &c, &c_more] {
         assert_eq!(everywhere(&app, token).await, ALLOWED);
     }
+    // A WebSocket tunnel opened through the gateway with C's token.
+    let mut tunnel = open_tunnel(&app, &c).await;
     let r = app
         .post(
             &format!("/api/v1/workspaces/{b_id}/suspend"),
@@ -95,10 +132,16 @@ async fn suspending_a_workspace_refuses_its_whole_subtree_everywhere(backend: Ba
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     assert_eq!(r.body["status"], "suspended");
-    // B and everything below it is refused on the API, the gateway and forward-auth.
+    // B and everything below it is refused on the API, the gateway and forward-auth, and
+    // C's open tunnel is closed.
     for token in [&b, &c, &c_more] {
         assert_eq!(everywhere(&app, token).await, REFUSED);
     }
+    let mut rest = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(2), tunnel.read(&mut rest))
+        .await
+        .expect("the tunnel closes within a second or two of the suspension");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
     let r = app.me(&c).await;
     assert_eq!(r.code(), "UNAUTHORIZED", "{}", r.text);
     assert!(
