@@ -1033,6 +1033,33 @@ fn the_api_keys_cli_creates_rotates_meters_verifies_and_revokes() {
 fn the_workspaces_cli_filters_a_subtree_and_the_depth_limit_comes_from_the_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().to_str().expect("utf-8");
+    // Out-of-range limits are refused at start, from the environment and from the file.
+    let refused = |envs: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir.path()).arg("serve");
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run");
+        assert_eq!(out.status.code(), Some(2));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused(&[("DATASTACK_WORKSPACE_MAX_DEPTH", "0")]);
+    assert!(
+        err.contains("workspace_max_depth must be between 1 and 32"),
+        "{err}"
+    );
+    std::fs::write(
+        dir.path().join("datastack.toml"),
+        "workspace_max_depth = 33\n",
+    )
+    .expect("write");
+    let err = refused(&[]);
+    assert!(
+        err.contains("workspace_max_depth must be between 1 and 32"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.path().join("datastack.toml")).expect("remove");
     let server = Server::start(
         &["--data-dir", data],
         &[("DATASTACK_WORKSPACE_MAX_DEPTH", "2")],

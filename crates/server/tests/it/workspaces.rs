@@ -170,6 +170,17 @@ async fn suspending_a_workspace_refuses_its_whole_subtree_everywhere(backend: Ba
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
     let all = app.get("/api/v1/workspaces", &a, "read:workspaces").await;
     assert_eq!(ids(&all).len(), 3, "{}", all.text);
+    // Activating C itself does not lift its ancestor's suspension.
+    let r = app
+        .post(
+            &format!("/api/v1/workspaces/{c_id}/activate"),
+            &a,
+            "manage:workspaces",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert_eq!(everywhere(&app, &c).await, REFUSED);
     // The root is unaffected and still sees C, which keeps its own status.
     assert_eq!(everywhere(&app, &a).await, ALLOWED);
     let r = app
