@@ -542,11 +542,12 @@ async fn api_keys_on_two_nodes_share_one_spend_limit_and_revocations_reach_both(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
 async fn suspending_a_workspace_on_one_node_refuses_its_grandchild_on_the_other_within_a_second() {
-    if postgres_url().is_none() {
-        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: cluster mode needs PostgreSQL");
-        return;
-    }
+    require_postgres();
     let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
     // A long cache TTL: only the announcement can make node 2 forget.
     let one = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
