@@ -5,8 +5,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use datastack_core::edge::{RouteSpec, match_route};
+use datastack_core::edge::RouteSpec;
 use datastack_core::id::RouteId;
+use datastack_core::route_path::{self, PathRefusal};
 use datastack_store::Store;
 
 /// A route in force.
@@ -96,22 +97,12 @@ impl RouteTable {
             .clone()
     }
 
-    /// The route for `path`: the longest matching prefix.
-    pub fn find(&self, path: &str) -> Option<Arc<ActiveRoute>> {
+    /// The route for `path`: the longest matching prefix, provided every way an upstream
+    /// might read the path's spelling falls under that same route (see
+    /// [`datastack_core::route_path`]). `Ok(None)`: no route covers it.
+    pub fn resolve(&self, path: &str) -> Result<Option<Arc<ActiveRoute>>, PathRefusal> {
         let routes = self.all();
-        match_route(routes.iter(), |r| &r.spec, path).cloned()
-    }
-
-    /// Whether a route longer than `matched` would match `path` if letter case were
-    /// ignored: an upstream that ignores case would serve that route's resource.
-    pub fn shadowed_by_case(&self, path: &str, matched: &ActiveRoute) -> bool {
-        let lower = path.to_ascii_lowercase();
-        self.all().iter().any(|r| {
-            r.spec.path_prefix.len() > matched.spec.path_prefix.len()
-                && lower
-                    .strip_prefix(&r.spec.path_prefix.to_ascii_lowercase())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        route_path::resolve(&routes, |r| &r.spec, path).map(|r| r.cloned())
     }
 
     /// Whether a configured route has this prefix.
