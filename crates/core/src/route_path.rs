@@ -58,19 +58,35 @@ pub fn resolve<'a, T>(
     spec: impl Fn(&T) -> &RouteSpec,
     path: &str,
 ) -> Result<Option<&'a T>, PathRefusal> {
+    let with_prefixes: Vec<(&'a T, Vec<String>)> = routes
+        .iter()
+        .map(|r| (r, loose_prefix(&spec(r).path_prefix)))
+        .collect();
+    resolve_with(&with_prefixes, |r| spec(r.0), |r| &r.1, path).map(|r| r.map(|r| r.0))
+}
+
+/// A route prefix in its loose form, for [`resolve_with`]: compute it once per route.
+pub fn loose_prefix(prefix: &str) -> Vec<String> {
+    segments_of(prefix.as_bytes(), true)
+}
+
+/// [`resolve`], with each route's [`loose_prefix`] computed beforehand.
+pub fn resolve_with<'a, T>(
+    routes: &'a [T],
+    spec: impl Fn(&T) -> &RouteSpec,
+    loose: impl Fn(&T) -> &[String],
+    path: &str,
+) -> Result<Option<&'a T>, PathRefusal> {
     if !safe_path(path) {
         return Err(PathRefusal::Unsafe);
     }
     let exact = crate::edge::match_route(routes.iter(), &spec, path);
-    let prefixes: Vec<Vec<String>> = routes
-        .iter()
-        .map(|r| segments_of(spec(r).path_prefix.as_bytes(), true))
-        .collect();
     for reading in readings(path) {
         // The deepest routes this reading falls under, and whether the exact one is one.
         let mut best: Option<usize> = None;
         let mut exact_depth: Option<usize> = None;
-        for (route, prefix) in routes.iter().zip(&prefixes) {
+        for route in routes {
+            let prefix = loose(route);
             if !prefix.is_empty() && reading.starts_with(prefix) {
                 best = best.max(Some(prefix.len()));
                 if exact.is_some_and(|e| std::ptr::eq(e, route)) {
@@ -133,7 +149,7 @@ pub fn safe_path(path: &str) -> bool {
             && text
                 .chars()
                 .all(|c| c == '.' || c.is_whitespace() || c.is_control());
-        !dot_like && !(seg.is_empty() && i < last)
+        !(dot_like || (seg.is_empty() && i < last))
     })
 }
 
@@ -170,14 +186,18 @@ pub fn readings(path: &str) -> Vec<Vec<String>> {
 
 /// Decoded path bytes as segments the way a lax upstream reads them (see the module
 /// documentation): overlong UTF-8 accepted, `\` as a separator, segments cut at `;` and
-/// `:`, each segment folded ([`fold`]), dot segments resolved (or, without
+/// `:` and NUL, the path ended at `?` and `#`, each segment folded ([`fold`]), dot segments resolved (or, without
 /// `resolve_dots`, kept as names), empty segments dropped.
 fn segments_of(bytes: &[u8], resolve_dots: bool) -> Vec<String> {
     let text = lenient_utf8(bytes);
+    // A decoded `?` or `#` ends the path for a server that decodes before splitting.
+    let text = text.split(['?', '#']).next().unwrap_or_default();
     let mut segments: Vec<String> = Vec::new();
     for raw in text.split(['/', '\\']) {
-        // Path parameters (`;`) and NTFS stream names (`:`) are cut off by some servers.
-        let raw = raw.split([';', ':']).next().unwrap_or_default();
+        // Path parameters (`;`), NTFS stream names (`:`) and what follows a NUL (C strings)
+        // are cut off by some servers.
+        let raw = raw.split([';', ':', '\0']).next().unwrap_or_default();
+        let raw = raw.trim_start_matches(|c: char| c.is_whitespace() || c.is_control());
         let trimmed = raw.trim_end_matches(|c: char| c.is_whitespace() || c.is_control());
         // `.` and `..`; longer runs of dots count as `..`, the reading that moves.
         if !trimmed.is_empty() && trimmed.chars().all(|c| c == '.') {
@@ -413,6 +433,9 @@ mod tests {
             "/v1/admin::$DATA",
             "/v1/admin%253B",
             "/v1/%C3%A0dmin",
+            "/v1/admin%253F",
+            "/v1/admin%2500x",
+            "/v1/%2520admin",
         ] {
             assert_eq!(
                 decided(&routes, path),
@@ -542,6 +565,9 @@ mod tests {
             "%C2%A0",
             "::$DATA",
             ":x",
+            "%253F",
+            "%2500x",
+            "%2523x",
             "%253B",
             "%253Bx=1",
             "%0B",

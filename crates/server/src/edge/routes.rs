@@ -21,6 +21,25 @@ pub struct ActiveRoute {
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it last changed (API routes).
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The prefix in its loose form ([`route_path::loose_prefix`]), computed once.
+    loose_prefix: Vec<String>,
+}
+
+impl ActiveRoute {
+    fn new(
+        id: Option<RouteId>,
+        spec: RouteSpec,
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
+        updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
+        Self {
+            loose_prefix: route_path::loose_prefix(&spec.path_prefix),
+            id,
+            spec,
+            created_at,
+            updated_at,
+        }
+    }
 }
 
 /// The table.
@@ -40,14 +59,7 @@ impl RouteTable {
     pub fn new(store: Store, config_routes: &[RouteSpec]) -> Self {
         let config_routes: Vec<Arc<ActiveRoute>> = config_routes
             .iter()
-            .map(|spec| {
-                Arc::new(ActiveRoute {
-                    id: None,
-                    spec: spec.clone(),
-                    created_at: None,
-                    updated_at: None,
-                })
-            })
+            .map(|spec| Arc::new(ActiveRoute::new(None, spec.clone(), None, None)))
             .collect();
         Self {
             store,
@@ -74,12 +86,12 @@ impl RouteTable {
             {
                 continue;
             }
-            routes.push(Arc::new(ActiveRoute {
-                id: Some(r.id),
-                spec: r.spec,
-                created_at: Some(r.created_at),
-                updated_at: Some(r.updated_at),
-            }));
+            routes.push(Arc::new(ActiveRoute::new(
+                Some(r.id),
+                r.spec,
+                Some(r.created_at),
+                Some(r.updated_at),
+            )));
         }
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         if seq > *applied {
@@ -102,7 +114,8 @@ impl RouteTable {
     /// [`datastack_core::route_path`]). `Ok(None)`: no route covers it.
     pub fn resolve(&self, path: &str) -> Result<Option<Arc<ActiveRoute>>, PathRefusal> {
         let routes = self.all();
-        route_path::resolve(&routes, |r| &r.spec, path).map(|r| r.cloned())
+        route_path::resolve_with(&routes, |r| &r.spec, |r| &r.loose_prefix, path)
+            .map(|r| r.cloned())
     }
 
     /// Whether a configured route has this prefix.
