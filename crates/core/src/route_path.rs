@@ -12,8 +12,9 @@
 //!
 //! [`resolve`] therefore computes the loose readings of the path (each applying all of
 //! those foldings, at each decoding depth) and refuses the path when one of them falls
-//! under a different route than the path itself. Paths that land on the same route either way (`/v1/jobs/Ünïcode`, say)
-//! are not refused: resource names may legitimately be non-ASCII or percent-encoded.
+//! under a different route than the path itself. Paths that land on the same route
+//! either way (`/v1/jobs/Ünïcode`, say) are not refused: resource names may legitimately
+//! be non-ASCII or percent-encoded.
 
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -249,8 +250,12 @@ fn invisible(c: char) -> bool {
 /// folding (`ſ` is `s` to Java, Go and Python; `ı` upper-cases to `I`), by German folding
 /// (`ß` is `ss`), or by Windows "best fit" mapping and human eyes (Cyrillic and Greek
 /// letters drawn like Latin ones). Decomposable characters (fullwidth, accented,
-/// ligatures) are handled by NFKD before this table, so it only needs the letters NFKD
-/// leaves alone.
+/// ligatures, the Kelvin sign) are handled by NFKD before this table, so it only needs the
+/// letters NFKD leaves alone. It is not the full Unicode confusables list (UTS #39), and
+/// need not be: what matters is what a server folds onto ASCII when it matches a path,
+/// which is case folding, compatibility decomposition and best-fit mapping to a code
+/// page; the Cyrillic and Greek rows are a margin on top. A full skeleton crate would add
+/// script tables for characters no upstream maps onto a route's spelling.
 fn look_alike(c: char) -> Option<&'static str> {
     Some(match c {
         'ı' => "i",

@@ -428,6 +428,12 @@ async fn path_spellings_keep_the_longer_routes_scope(backend: Backend) {
             assert!(!text.contains("\"x-upstream\""), "{path}: {text}");
         }
     }
+    // Raw (unencoded) UTF-8 in the request line is read the same way.
+    for path in ["/v1/admın", "/v1/ａdmin", "/v1/ADMİN"] {
+        let (status, text) = raw(&app, &gateway(path)).await;
+        assert_eq!(status, 400, "{path}: {text}");
+        assert!(text.contains("INVALID_REQUEST"), "{path}: {text}");
+    }
     app.stop().await;
 }
 
