@@ -88,7 +88,7 @@ pub fn resolve_with<'a, T>(
         let mut exact_depth: Option<usize> = None;
         for route in routes {
             let prefix = loose(route);
-            if !prefix.is_empty() && reading.starts_with(prefix) {
+            if !prefix.is_empty() && under(&reading, prefix) {
                 best = best.max(Some(prefix.len()));
                 if exact.is_some_and(|e| std::ptr::eq(e, route)) {
                     exact_depth = Some(prefix.len());
@@ -106,6 +106,32 @@ pub fn resolve_with<'a, T>(
         }
     }
     Ok(exact)
+}
+
+/// Whether a reading falls under a route's loose prefix: segment by segment equal, or
+/// the segment of the reading could be the Windows 8.3 short name of the route's.
+fn under(reading: &[String], prefix: &[String]) -> bool {
+    reading.len() >= prefix.len()
+        && reading
+            .iter()
+            .zip(prefix)
+            .all(|(r, p)| r == p || short_name_of(r, p))
+}
+
+/// Whether `read` could be the 8.3 short name NTFS gives `name` (`admini~1` for
+/// `administration`, `report~2.jso` for `report-2025.json`), which IIS serves as the
+/// long name: up to six leading characters, `~`, a number, and perhaps an extension.
+fn short_name_of(read: &str, name: &str) -> bool {
+    let Some((base, tail)) = read.split_once('~') else {
+        return false;
+    };
+    let number = tail.split('.').next().unwrap_or_default();
+    !base.is_empty()
+        && base.chars().count() <= 6
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
+        && name.len() > base.len()
+        && name.starts_with(base)
 }
 
 /// Refuses paths whose meaning could differ between datastack and the upstream: dot
@@ -489,6 +515,21 @@ mod tests {
         );
         assert_eq!(decided(&routes, "/v2/a/x"), Ok(Some("/v2/a".into())));
         assert_eq!(decided(&routes, "/v2/a./x"), Ok(Some("/v2/a.".into())));
+        // Windows 8.3 short names of a longer route's segment.
+        let routes = vec![
+            route("/v1", Resource::Jobs),
+            route("/v1/administration", Resource::Secrets),
+        ];
+        for path in ["/v1/ADMINI~1", "/v1/admini~1/x", "/v1/ADMIN~12.JSO"] {
+            assert_eq!(
+                decided(&routes, path),
+                Err(PathRefusal::Ambiguous),
+                "{path}"
+            );
+        }
+        for path in ["/v1/admin~x", "/v1/other~1", "/v1/administration~1"] {
+            assert_eq!(decided(&routes, path), Ok(Some("/v1".into())), "{path}");
+        }
     }
 
     /// One way of writing a character of a route segment in a request path.
