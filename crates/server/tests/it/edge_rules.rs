@@ -402,12 +402,26 @@ async fn path_spellings_keep_the_longer_routes_scope(backend: Backend) {
             "GET /auth/verify HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nX-Original-URI: {path}\r\nX-Original-Method: GET\r\nConnection: close\r\n\r\n"
         )
     };
+    // Envoy names the original path after /auth/verify.
+    let envoy = |path: &str| {
+        format!(
+            "GET /auth/verify{path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reader}\r\nConnection: close\r\n\r\n"
+        )
+    };
     // The exact spellings: the shorter route lets the reader in, the longer does not.
-    for request in [gateway("/v1/jobs"), forward_auth("/v1/jobs")] {
+    for request in [
+        gateway("/v1/jobs"),
+        forward_auth("/v1/jobs"),
+        envoy("/v1/jobs"),
+    ] {
         let (status, text) = raw(&app, &request).await;
         assert_eq!(status, 200, "{text}");
     }
-    for request in [gateway("/v1/admin/keys"), forward_auth("/v1/admin/keys")] {
+    for request in [
+        gateway("/v1/admin/keys"),
+        forward_auth("/v1/admin/keys"),
+        envoy("/v1/admin/keys"),
+    ] {
         let (status, text) = raw(&app, &request).await;
         assert_eq!(status, 403, "{text}");
         assert!(
@@ -421,7 +435,7 @@ async fn path_spellings_keep_the_longer_routes_scope(backend: Backend) {
         assert_eq!(status, 200, "{text}");
     }
     for path in SPELLINGS {
-        for request in [gateway(path), forward_auth(path)] {
+        for request in [gateway(path), forward_auth(path), envoy(path)] {
             let (status, text) = raw(&app, &request).await;
             assert_eq!(status, 400, "{path}: {text}");
             assert!(text.contains("INVALID_REQUEST"), "{path}: {text}");
