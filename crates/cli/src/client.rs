@@ -199,6 +199,13 @@ pub struct RouteArgs {
     /// A per-method scope override, METHOD=SCOPE (repeatable), e.g. POST=read:jobs.
     #[arg(long = "method-scope")]
     method_scopes: Vec<String>,
+    /// Forward client headers whose name contains `_` (identity and forwarding headers
+    /// are dropped in every spelling regardless).
+    #[arg(long)]
+    allow_underscore_headers: bool,
+    /// Forward path and method override headers (X-Original-URL, X-HTTP-Method-Override, …).
+    #[arg(long)]
+    allow_override_headers: bool,
 }
 
 /// `datastack ip-access-lists …`
@@ -726,6 +733,8 @@ fn route_spec(args: RouteArgs) -> Result<RouteSpec, Failure> {
         price_per_request: args.price_per_request,
         forward_authorization: args.forward_authorization.then_some(true),
         method_scopes,
+        allow_underscore_headers: args.allow_underscore_headers.then_some(true),
+        allow_override_headers: args.allow_override_headers.then_some(true),
     })
 }
 

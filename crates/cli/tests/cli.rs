@@ -696,6 +696,7 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
             "http://127.0.0.1:9",
             "--method-scope",
             "post=read:jobs",
+            "--allow-underscore-headers",
             "--json",
         ],
     );
@@ -703,6 +704,8 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     let created: serde_json::Value = serde_json::from_str(&out).expect("json");
     let id = created[0]["id"].as_str().expect("id").to_owned();
     assert_eq!(created[0]["methodScopes"]["POST"], "read:jobs");
+    assert_eq!(created[0]["allowUnderscoreHeaders"], true);
+    assert_eq!(created[0]["allowOverrideHeaders"], false);
     let (code, table, _) = client(&server, &admin, &["gateway", "routes", "list"]);
     assert_eq!(code, 0);
     assert!(

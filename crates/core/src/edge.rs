@@ -216,7 +216,35 @@ pub struct RouteSpec {
     /// Per-method scope overrides, e.g. `{"POST": "read:jobs"}`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub method_scopes: BTreeMap<String, Scope>,
+    /// Forward client headers whose name contains `_` (dropped by default: CGI and WSGI
+    /// servers read `X_Datastack_Principal` as `X-Datastack-Principal`). Identity and
+    /// forwarding headers are dropped in every spelling whatever this says. Default false.
+    #[serde(default)]
+    pub allow_underscore_headers: bool,
+    /// Forward the client's path and method override headers (`X-Original-URL`,
+    /// `X-Rewrite-URL`, `X-HTTP-Method-Override`, …; see [`OVERRIDE_HEADERS`]), which make
+    /// the upstream serve another path or method than the one decided on. Default false.
+    #[serde(default)]
+    pub allow_override_headers: bool,
 }
+
+/// Request headers that frameworks read as a replacement for the request's path or
+/// method, lower case: IIS URL Rewrite and Symfony/Laminas (`X-Original-URL`,
+/// `X-Rewrite-URL`), Google APIs, Express and Symfony (`X-HTTP-Method-Override`), OData
+/// and Express (`X-HTTP-Method`, `X-Method-Override`), nginx `auth_request` conventions
+/// (`X-Original-URI`, `X-Original-Method`), and Envoy (`X-Envoy-Original-Path`,
+/// `X-Envoy-Original-Url`). A route forwards them only with `allowOverrideHeaders`.
+pub const OVERRIDE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+];
 
 /// The response header an upstream reports a request's cost in, unless the route names
 /// another.
@@ -434,6 +462,8 @@ mod tests {
             cost_header: None,
             forward_authorization: false,
             method_scopes: BTreeMap::new(),
+            allow_underscore_headers: false,
+            allow_override_headers: false,
         }
     }
 

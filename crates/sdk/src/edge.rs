@@ -41,6 +41,14 @@ pub struct GatewayRoute {
     /// Per-method scope overrides.
     #[serde(default)]
     pub method_scopes: BTreeMap<String, String>,
+    /// Whether client headers whose name contains `_` are forwarded (identity and
+    /// forwarding headers never are).
+    #[serde(default)]
+    pub allow_underscore_headers: bool,
+    /// Whether path and method override headers (`X-Original-URL`,
+    /// `X-HTTP-Method-Override`, …) are forwarded.
+    #[serde(default)]
+    pub allow_override_headers: bool,
     /// Creation time (API routes).
     pub created_at: Option<DateTime<Utc>>,
     /// Last change (API routes).
@@ -74,6 +82,12 @@ pub struct RouteSpec {
     /// Per-method scope overrides, e.g. `POST` → `read:jobs`.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub method_scopes: BTreeMap<String, String>,
+    /// Forward client headers whose name contains `_` (dropped by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_underscore_headers: Option<bool>,
+    /// Forward path and method override headers (dropped by default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_override_headers: Option<bool>,
 }
 
 /// An IP access list.

@@ -65,6 +65,17 @@ pub struct RouteBody {
     pub forward_authorization: Option<bool>,
     /// Per-method scope overrides, e.g. `{"POST": "read:jobs"}`.
     pub method_scopes: Option<BTreeMap<String, String>>,
+    /// Forward client headers whose name contains `_` (`X_Custom`). Default false: they
+    /// are dropped, as nginx does, because CGI/WSGI servers read `X_Datastack_Principal`
+    /// as `X-Datastack-Principal`. Identity (`x-datastack-*`), forwarding (`x-forwarded-*`,
+    /// `forwarded`, `x-real-ip`, …) and framing headers are dropped in every spelling
+    /// even when this is true.
+    pub allow_underscore_headers: Option<bool>,
+    /// Forward path and method override headers (`X-Original-URL`, `X-Rewrite-URL`,
+    /// `X-Original-URI`, `X-Original-Method`, `X-HTTP-Method-Override`, `X-HTTP-Method`,
+    /// `X-Method-Override`, `X-Envoy-Original-Path`, `X-Envoy-Original-Url`). Default
+    /// false: the upstream would serve another path or method than the one decided on.
+    pub allow_override_headers: Option<bool>,
 }
 
 /// A route in force.
@@ -93,6 +104,12 @@ pub struct RouteResponse {
     pub forward_authorization: bool,
     /// Per-method scope overrides.
     pub method_scopes: BTreeMap<String, String>,
+    /// Whether client headers whose name contains `_` are forwarded (identity,
+    /// forwarding and framing headers never are).
+    pub allow_underscore_headers: bool,
+    /// Whether path and method override headers (`X-Original-URL`, `X-HTTP-Method-Override`,
+    /// …) are forwarded.
+    pub allow_override_headers: bool,
     /// Creation time (API routes).
     pub created_at: Option<DateTime<Utc>>,
     /// Last change (API routes).
@@ -121,6 +138,8 @@ fn response_of(
             .iter()
             .map(|(m, s)| (m.clone(), s.to_string()))
             .collect(),
+        allow_underscore_headers: spec.allow_underscore_headers,
+        allow_override_headers: spec.allow_override_headers,
         created_at: created,
         updated_at: updated,
     }
@@ -302,6 +321,47 @@ pub async fn delete_route(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The headers that describe the original request to forward-auth.
+const DESCRIPTION_HEADERS: &[&str] = &[
+    "x-original-uri",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+];
+
+/// The methods forward-auth decides on: RFC 9110's, `PATCH` (RFC 5789), and WebDAV's
+/// (RFC 4918), which gateways in front of file services pass.
+const KNOWN_METHODS: &[&str] = &[
+    "GET",
+    "HEAD",
+    "POST",
+    "PUT",
+    "DELETE",
+    "CONNECT",
+    "OPTIONS",
+    "TRACE",
+    "PATCH",
+    "PROPFIND",
+    "PROPPATCH",
+    "MKCOL",
+    "COPY",
+    "MOVE",
+    "LOCK",
+    "UNLOCK",
+];
+
+/// The original method in upper case, when it is one of [`KNOWN_METHODS`] in any letter
+/// case (nginx and Traefik send it as the client did; methods are upper case in practice,
+/// and deciding `delete` as `DELETE` is what a case-insensitive upstream would do). The
+/// refusal does not repeat the value: it may be anything, a credential included.
+fn known_method(method: &str) -> Result<String, &'static str> {
+    KNOWN_METHODS
+        .iter()
+        .find(|m| m.eq_ignore_ascii_case(method))
+        .map(|m| (*m).to_owned())
+        .ok_or("the original method is not a known HTTP method (GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH, or a WebDAV method)")
+}
+
 /// The original method and path of a forward-auth request: nginx `auth_request`
 /// (`X-Original-Method`, `X-Original-URI`), Traefik ForwardAuth (`X-Forwarded-Method`,
 /// `X-Forwarded-Uri`), or Envoy ext_authz (the request's own method, and the original path
@@ -315,6 +375,15 @@ fn original_request(
     uri_path: &str,
     headers: &HeaderMap,
 ) -> Result<(String, String), &'static str> {
+    // A repeated header has no single meaning: proxies and frameworks differ on which
+    // copy wins (a `GET` before a `DELETE` would be decided as a read).
+    for name in DESCRIPTION_HEADERS {
+        if headers.get_all(*name).iter().count() > 1 {
+            return Err(
+                "X-Original-URI, X-Original-Method, X-Forwarded-Uri and X-Forwarded-Method may each appear once; configure the proxy to replace the client's copies",
+            );
+        }
+    }
     let get = |name: &str| {
         headers
             .get(name)
@@ -347,9 +416,9 @@ fn original_request(
     // The proxy must name the method with the URI: defaulting to GET would let a write
     // be decided as a read.
     let method_of = |name: &str| -> Result<String, &'static str> {
-        get(name)
-            .map(|m| m.to_ascii_uppercase())
-            .ok_or("the original method is missing: send X-Original-Method with X-Original-URI, or X-Forwarded-Method with X-Forwarded-Uri")
+        let method = get(name)
+            .ok_or("the original method is missing: send X-Original-Method with X-Original-URI, or X-Forwarded-Method with X-Forwarded-Uri")?;
+        known_method(&method)
     };
     let nginx = get("x-original-uri");
     let traefik = get("x-forwarded-uri");
@@ -371,7 +440,7 @@ fn original_request(
         return Ok((method_of("x-forwarded-method")?, path_of(uri)?));
     }
     match envoy {
-        Some(rest) => Ok((method.to_owned(), rest.to_owned())),
+        Some(rest) => Ok((known_method(method)?, rest.to_owned())),
         None => Err(
             "name the original request: X-Original-URI (nginx), X-Forwarded-Uri (Traefik), or a path after /auth/verify (Envoy)",
         ),
@@ -504,5 +573,43 @@ mod tests {
             Ok(("PUT".into(), "/v1/sql/q".into()))
         );
         assert!(super::original_request("GET", "/auth/verify", &HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn repeated_descriptions_and_unknown_methods_are_refused() {
+        for name in [
+            "x-original-uri",
+            "x-original-method",
+            "x-forwarded-uri",
+            "x-forwarded-method",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-original-uri", "/v1/jobs".parse().expect("v"));
+            h.insert("x-original-method", "GET".parse().expect("v"));
+            h.append(name, "DELETE".parse().expect("v"));
+            h.append(name, "DELETE".parse().expect("v"));
+            assert!(
+                super::original_request("GET", "/auth/verify", &h).is_err(),
+                "{name}"
+            );
+        }
+        let secret = "ds_tok_0123456789abcdef";
+        for bad in ["FOO", "GETS", "", secret, &"A".repeat(60_000)] {
+            let mut h = HeaderMap::new();
+            h.insert("x-original-uri", "/v1/jobs".parse().expect("v"));
+            h.insert("x-original-method", bad.parse().expect("v"));
+            let e = super::original_request("GET", "/auth/verify", &h).expect_err(bad);
+            assert!(!e.contains(secret), "{e}");
+        }
+        assert!(
+            super::original_request("BREW", "/auth/verify/v1/jobs", &HeaderMap::new()).is_err()
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-uri", "/v1/jobs".parse().expect("v"));
+        h.insert("x-forwarded-method", "propfind".parse().expect("v"));
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Ok(("PROPFIND".into(), "/v1/jobs".into()))
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! method. The IP-list and rate-limit stages have run before either.
 
 pub mod client_ip;
+pub mod headers;
 pub mod ip_lists;
 pub mod proxy;
 pub mod ratelimit;
@@ -403,47 +404,6 @@ pub enum Undecidable {
     Refused(ApiError),
 }
 
-/// Refuses paths whose meaning could differ between datastack and the upstream: dot
-/// segments, empty segments, backslashes, malformed percent-encoding, and percent-encoded
-/// characters that need no encoding (`%63lusters` for `clusters`) or that separate
-/// segments (`%2F`, `%5C`): route matching compares the path as sent, so it must have
-/// one spelling only.
-fn safe_path(path: &str) -> bool {
-    // `;` starts path parameters many servers drop (`/public/..;/admin`, `/admin;x`).
-    if !path.starts_with('/') || path.contains('\\') || path.contains(';') {
-        return false;
-    }
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let decoded = bytes
-                .get(i + 1..i + 3)
-                .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            match decoded {
-                Some(b)
-                    if b != 0
-                        && b != b';'
-                        && !(b.is_ascii_alphanumeric() || b"-._~/\\".contains(&b)) =>
-                {
-                    i += 3
-                }
-                _ => return false,
-            }
-        } else {
-            i += 1;
-        }
-    }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    let last = segments.len() - 1;
-    !segments
-        .iter()
-        .enumerate()
-        .any(|(i, seg)| *seg == "." || *seg == ".." || (seg.is_empty() && i < last))
-}
-
 /// The gateway's and forward-auth's decision for `method` on `path` (without query).
 pub fn decide(
     state: &AppState,
@@ -453,20 +413,17 @@ pub fn decide(
     path: &str,
     action: &str,
 ) -> Result<Allowed, Undecidable> {
-    if !safe_path(path) {
-        return Err(Undecidable::Refused(ApiError::InvalidRequest(
-            "the path has dot or empty segments, ';' parameters, a backslash, NUL, or needless or malformed percent-encoding; send it normalised"
-                .into(),
-        )));
-    }
     let audit = extensions.get::<AuditContext>();
-    let route = state.edge.routes.find(path).ok_or(Undecidable::NoRoute)?;
-    if state.edge.routes.shadowed_by_case(path, &route) {
-        return Err(Undecidable::Refused(ApiError::InvalidRequest(
-            "the path differs only in letter case from a more specific route's prefix; send it in the route's spelling"
-                .into(),
-        )));
-    }
+    // One rule for every spelling: the path must be safe, and every reading an upstream
+    // might make of it must fall under the route it matches as sent.
+    let route = state
+        .edge
+        .routes
+        .resolve(path)
+        .map_err(|refusal| {
+            Undecidable::Refused(ApiError::InvalidRequest(refusal.explain().into()))
+        })?
+        .ok_or(Undecidable::NoRoute)?;
     if let Some(audit) = audit {
         audit.set_action(action, route.spec.resource.as_str());
         audit.set_resource_id(&route.spec.path_prefix);
@@ -636,33 +593,4 @@ pub fn identity_headers(
         ),
         (HeaderName::from_static("x-datastack-assertion"), assertion),
     ])
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn unsafe_paths_are_refused() {
-        for ok in ["/v1/clusters", "/v1/clusters/", "/v1/a.b/c", "/v1/a%20b"] {
-            assert!(super::safe_path(ok), "{ok}");
-        }
-        for bad in [
-            "/v1/jobs/../clusters",
-            "/v1/./x",
-            "/v1//x",
-            "/v1/%2e%2e/x",
-            "/v1/a%2Fb",
-            "/v1/%63lusters",
-            "/v1/public/..;/admin",
-            "/v1/admin;x/y",
-            "/v1/%00",
-            "/v1/%+1",
-            "/v1/%3B",
-            "/v1/%zz",
-            "/v1/%4",
-            "/v1\\x",
-            "v1",
-        ] {
-            assert!(!super::safe_path(bad), "{bad}");
-        }
-    }
 }

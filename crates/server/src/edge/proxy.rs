@@ -6,8 +6,9 @@
 //!
 //! Only configured upstreams are reachable: the upstream URL comes from the route, never
 //! from the request. Hop-by-hop headers (RFC 9110 §7.6.1) are dropped in both directions,
-//! every incoming `x-datastack-*` header is removed, and the client's `Authorization` is
-//! forwarded only when the route says so.
+//! incoming identity, forwarding, underscore and override headers are removed (see
+//! [`super::headers`]), and the client's `Authorization` is forwarded only when the route
+//! says so.
 
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use super::{IDENTITY_HEADER_PREFIX, Undecidable, decide, identity_headers};
+use super::{Undecidable, decide, identity_headers};
 use crate::error::ApiError;
 use crate::pipeline::authenticate::ClientIp;
 use crate::pipeline::request_id::RequestId;
@@ -241,29 +242,12 @@ async fn forward(
     let original_host = headers.get(header::HOST).cloned();
     strip_hop_by_hop(&mut headers);
     headers.remove(header::HOST);
-    let incoming: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(IDENTITY_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    for name in incoming {
-        headers.remove(name);
-    }
+    // Identity and forwarding headers are ours to set: the client's copies (which no
+    // trusted proxy vouched for beyond what the client-IP stage already used) are dropped
+    // in every spelling, with underscore and override headers unless the route allows them.
+    super::headers::filter_client_headers(&mut headers, &route.spec);
     if !route.spec.forward_authorization {
         headers.remove(header::AUTHORIZATION);
-    }
-    // Forwarding headers are ours to set: the client's copies (which no trusted proxy
-    // vouched for beyond what the client-IP stage already used) are dropped.
-    for name in [
-        "x-forwarded-for",
-        "x-forwarded-host",
-        "x-forwarded-proto",
-        "x-forwarded-port",
-        "x-forwarded-prefix",
-        "forwarded",
-        "x-real-ip",
-    ] {
-        headers.remove(name);
     }
     if let Some(ip) = client_ip
         && let Ok(v) = HeaderValue::from_str(&ip.to_string())

@@ -5,8 +5,9 @@
 
 use std::sync::{Arc, RwLock};
 
-use datastack_core::edge::{RouteSpec, match_route};
+use datastack_core::edge::RouteSpec;
 use datastack_core::id::RouteId;
+use datastack_core::route_path::{self, PathRefusal};
 use datastack_store::Store;
 
 /// A route in force.
@@ -20,6 +21,25 @@ pub struct ActiveRoute {
     pub created_at: Option<chrono::DateTime<chrono::Utc>>,
     /// When it last changed (API routes).
     pub updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The prefix in its loose form ([`route_path::loose_prefix`]), computed once.
+    loose_prefix: Vec<String>,
+}
+
+impl ActiveRoute {
+    fn new(
+        id: Option<RouteId>,
+        spec: RouteSpec,
+        created_at: Option<chrono::DateTime<chrono::Utc>>,
+        updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Self {
+        Self {
+            loose_prefix: route_path::loose_prefix(&spec.path_prefix),
+            id,
+            spec,
+            created_at,
+            updated_at,
+        }
+    }
 }
 
 /// The table.
@@ -39,14 +59,7 @@ impl RouteTable {
     pub fn new(store: Store, config_routes: &[RouteSpec]) -> Self {
         let config_routes: Vec<Arc<ActiveRoute>> = config_routes
             .iter()
-            .map(|spec| {
-                Arc::new(ActiveRoute {
-                    id: None,
-                    spec: spec.clone(),
-                    created_at: None,
-                    updated_at: None,
-                })
-            })
+            .map(|spec| Arc::new(ActiveRoute::new(None, spec.clone(), None, None)))
             .collect();
         Self {
             store,
@@ -73,12 +86,12 @@ impl RouteTable {
             {
                 continue;
             }
-            routes.push(Arc::new(ActiveRoute {
-                id: Some(r.id),
-                spec: r.spec,
-                created_at: Some(r.created_at),
-                updated_at: Some(r.updated_at),
-            }));
+            routes.push(Arc::new(ActiveRoute::new(
+                Some(r.id),
+                r.spec,
+                Some(r.created_at),
+                Some(r.updated_at),
+            )));
         }
         let mut applied = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         if seq > *applied {
@@ -96,22 +109,13 @@ impl RouteTable {
             .clone()
     }
 
-    /// The route for `path`: the longest matching prefix.
-    pub fn find(&self, path: &str) -> Option<Arc<ActiveRoute>> {
+    /// The route for `path`: the longest matching prefix, provided every way an upstream
+    /// might read the path's spelling falls under that same route (see
+    /// [`datastack_core::route_path`]). `Ok(None)`: no route covers it.
+    pub fn resolve(&self, path: &str) -> Result<Option<Arc<ActiveRoute>>, PathRefusal> {
         let routes = self.all();
-        match_route(routes.iter(), |r| &r.spec, path).cloned()
-    }
-
-    /// Whether a route longer than `matched` would match `path` if letter case were
-    /// ignored: an upstream that ignores case would serve that route's resource.
-    pub fn shadowed_by_case(&self, path: &str, matched: &ActiveRoute) -> bool {
-        let lower = path.to_ascii_lowercase();
-        self.all().iter().any(|r| {
-            r.spec.path_prefix.len() > matched.spec.path_prefix.len()
-                && lower
-                    .strip_prefix(&r.spec.path_prefix.to_ascii_lowercase())
-                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-        })
+        route_path::resolve_with(&routes, |r| &r.spec, |r| &r.loose_prefix, path)
+            .map(|r| r.cloned())
     }
 
     /// Whether a configured route has this prefix.

@@ -8,6 +8,7 @@ mod audit;
 mod cluster;
 mod contract;
 mod edge;
+mod edge_rules;
 mod input;
 mod limits;
 mod nginx;
