@@ -72,7 +72,7 @@ impl AuditLog {
                 enqueue_timeout: config.audit_enqueue_timeout,
                 successful_reads: config.audit_successful_reads,
                 root_workspace,
-                groups: groups::Groups::default(),
+                groups: groups::Groups::new(config.floods.audit_refusal_groups),
             },
             rx,
         )

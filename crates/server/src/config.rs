@@ -274,6 +274,8 @@ pub struct ConfigLayer {
     pub max_tracked_clients: Option<u64>,
     /// `audit_growth_alert_per_minute`.
     pub audit_growth_alert_per_minute: Option<u64>,
+    /// `audit_refusal_groups`.
+    pub audit_refusal_groups: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -472,7 +474,8 @@ impl ConfigLayer {
             api_key_max_rotation_overlap_seconds,
             credential_negative_cache_ttl_ms,
             max_tracked_clients,
-            audit_growth_alert_per_minute
+            audit_growth_alert_per_minute,
+            audit_refusal_groups
         );
         self
     }

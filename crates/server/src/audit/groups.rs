@@ -10,9 +10,10 @@
 //!   detail, because a flood of refusals must not cost a row each.
 //!
 //! The map is bounded: beyond [`MAX_GROUPS`] groups, a new allowed decision is queued as
-//! an entry of its own (as without aggregation), and a new refusal is folded into one
-//! overflow group per workspace and status, so a flood of distinct refusals neither grows
-//! the map nor the store.
+//! an entry of its own (as without aggregation); beyond `audit_refusal_groups` groups of
+//! refusals (or a full map), a new refusal is folded into one overflow group per workspace
+//! and status, so a flood of refusals from any number of networks neither grows the map
+//! nor costs more than that many rows a second.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -61,9 +62,11 @@ struct Group {
 }
 
 /// The groups of a node, with counters for the metrics.
-#[derive(Default)]
 pub struct Groups {
     map: Mutex<HashMap<Key, Group>>,
+    /// Groups of refusals in the map, and the most there may be.
+    refused: AtomicU64,
+    max_refused: u64,
     /// Requests counted into a group that already had an entry on its way.
     folded: AtomicU64,
     /// Refusals folded into an overflow group because the map was full.
@@ -88,6 +91,17 @@ fn network(source_ip: Option<&str>) -> Option<String> {
 }
 
 impl Groups {
+    /// An empty set holding at most `max_refused` groups of refusals at once.
+    pub fn new(max_refused: usize) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            refused: AtomicU64::new(0),
+            max_refused: max_refused as u64,
+            folded: AtomicU64::new(0),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Group>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -110,14 +124,14 @@ impl Groups {
     /// queued as an entry of its own.
     pub fn add_allowed(&self, record: AuditRecord, method: &str) -> Option<AuditRecord> {
         let key = Self::key(&record, method, record.source_ip.clone());
-        self.add(key, record, Kind::Allowed, None).err()
+        self.add(key, record, Kind::Allowed, None)
     }
 
     /// Counts a refusal; a full map folds it into its workspace's overflow group.
     pub fn add_refused(&self, record: AuditRecord, method: &str) {
         let net = network(record.source_ip.as_deref());
         let key = Self::key(&record, method, net.clone());
-        if let Err(record) = self.add(key, record, Kind::Refused, net) {
+        if let Some(record) = self.add(key, record, Kind::Refused, net) {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             let key = Key {
                 workspace: record.workspace_id.to_string(),
@@ -163,22 +177,28 @@ impl Groups {
         }
     }
 
+    /// Counts `record` into its group, or starts one; returns it when there is no room.
     fn add(
         &self,
         key: Key,
         record: AuditRecord,
         kind: Kind,
         network: Option<String>,
-    ) -> Result<(), AuditRecord> {
+    ) -> Option<AuditRecord> {
         let mut map = self.lock();
         if let Some(g) = map.get_mut(&key) {
             g.count += 1;
             g.last_request_id = record.request_id;
             self.folded.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return None;
         }
-        if map.len() >= MAX_GROUPS {
-            return Err(record);
+        if map.len() >= MAX_GROUPS
+            || (kind == Kind::Refused && self.refused.load(Ordering::Relaxed) >= self.max_refused)
+        {
+            return Some(record);
+        }
+        if kind == Kind::Refused {
+            self.refused.fetch_add(1, Ordering::Relaxed);
         }
         map.insert(
             key,
@@ -190,12 +210,16 @@ impl Groups {
                 kind,
             },
         );
-        Ok(())
+        None
     }
 
     /// Takes every group as its entry and the number of requests it stands for.
     pub fn take(&self) -> Vec<(AuditRecord, u64)> {
-        let taken = std::mem::take(&mut *self.lock());
+        let taken = {
+            let mut map = self.lock();
+            self.refused.store(0, Ordering::Relaxed);
+            std::mem::take(&mut *map)
+        };
         taken.into_values().map(|g| (entry(&g), g.count)).collect()
     }
 
@@ -207,6 +231,7 @@ impl Groups {
             if map.is_empty() {
                 return 0;
             }
+            self.refused.store(0, Ordering::Relaxed);
             std::mem::take(&mut *map)
         };
         let mut sent = 0;
@@ -233,6 +258,9 @@ impl Groups {
                         };
                     }
                     None => {
+                        if group.kind == Kind::Refused {
+                            self.refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         map.insert(key, group);
                     }
                 }
@@ -300,7 +328,7 @@ mod tests {
 
     #[test]
     fn refusals_from_one_network_make_one_entry_with_a_count() {
-        let groups = Groups::default();
+        let groups = Groups::new(1_000);
         groups.add_refused(refusal("203.0.113.5", "a"), "GET");
         groups.add_refused(refusal("203.0.113.9", "b"), "GET");
         groups.add_refused(refusal("198.51.100.1", "c"), "GET");
@@ -321,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_full_map_folds_refusals_into_an_overflow_group() {
-        let groups = Groups::default();
+        let groups = Groups::new(MAX_GROUPS);
         for i in 0..MAX_GROUPS + 500 {
             let mut r = refusal("203.0.113.5", &format!("r{i}"));
             r.resource_id = Some(format!("usr_{i:032x}"));
@@ -335,5 +363,21 @@ mod tests {
             .map(|(_, n)| *n);
         assert_eq!(overflow, Some(500));
         assert_eq!(groups.take_counters().overflowed, 500);
+    }
+
+    #[test]
+    fn refusals_beyond_their_share_fold_into_an_overflow_group() {
+        let groups = Groups::new(100);
+        for i in 0..300u32 {
+            let ip = format!("10.{}.{}.1", i / 256, i % 256);
+            groups.add_refused(refusal(&ip, &format!("r{i}")), "GET");
+        }
+        let entries = groups.take();
+        assert_eq!(entries.len(), 101);
+        let total: u64 = entries.iter().map(|(_, n)| n).sum();
+        assert_eq!(total, 300, "every refusal is counted");
+        // After a flush, the share is free again.
+        groups.add_refused(refusal("198.51.100.1", "x"), "GET");
+        assert_eq!(groups.take()[0].0.action, "me.read");
     }
 }

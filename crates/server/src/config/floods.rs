@@ -22,6 +22,10 @@ pub struct FloodLimits {
     /// Audit entries written by one node within a minute that raise
     /// `audit.growth_exceeded`; zero turns the alert off. Default 120 000.
     pub audit_growth_alert_per_minute: u64,
+    /// The most groups of refused requests a node aggregates each second before it folds
+    /// further refusals into one overflow entry per workspace and status: the most rows a
+    /// second a flood of refusals can cost a node. Default 1 000.
+    pub audit_refusal_groups: usize,
 }
 
 impl Default for FloodLimits {
@@ -30,6 +34,7 @@ impl Default for FloodLimits {
             negative_cache_ttl: Duration::from_secs(2),
             max_tracked_clients: 100_000,
             audit_growth_alert_per_minute: 120_000,
+            audit_refusal_groups: 1_000,
         }
     }
 }
@@ -40,6 +45,7 @@ pub(super) fn env_field<'a>(layer: &'a mut ConfigLayer, name: &str) -> Option<&'
         "CREDENTIAL_NEGATIVE_CACHE_TTL_MS" => &mut layer.credential_negative_cache_ttl_ms,
         "MAX_TRACKED_CLIENTS" => &mut layer.max_tracked_clients,
         "AUDIT_GROWTH_ALERT_PER_MINUTE" => &mut layer.audit_growth_alert_per_minute,
+        "AUDIT_REFUSAL_GROUPS" => &mut layer.audit_refusal_groups,
         _ => return None,
     })
 }
@@ -60,6 +66,14 @@ impl ConfigLayer {
         if let Some(n) = self.audit_growth_alert_per_minute {
             c.audit_growth_alert_per_minute =
                 within("audit_growth_alert_per_minute", n, 0, 100_000_000)?;
+        }
+        if let Some(n) = self.audit_refusal_groups {
+            c.audit_refusal_groups = within(
+                "audit_refusal_groups",
+                n,
+                10,
+                crate::audit::MAX_GROUPS as u64,
+            )? as usize;
         }
         Ok(c)
     }
