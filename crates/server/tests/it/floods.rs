@@ -363,7 +363,78 @@ async fn the_limiter_tracks_a_bounded_number_of_addresses(backend: Backend) {
     app.stop().await;
 }
 
+/// The `audit.growth_exceeded` events, through the API.
+async fn growth_events(app: &TestApp, admin: &str) -> Vec<Value> {
+    let r = app
+        .get(
+            "/api/v1/audit/security-events?type=audit.growth_exceeded",
+            admin,
+            "read:audit",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    r.body["items"].as_array().cloned().unwrap_or_default()
+}
+
+async fn audit_growth_past_the_threshold_raises_one_event(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| c.floods.audit_growth_alert_per_minute = 20).await;
+    let admin = app.admin().to_owned();
+    // Below the threshold: nothing.
+    for _ in 0..10 {
+        assert_eq!(app.me(&admin).await.status, StatusCode::OK);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&app, "datastack_audit_entries_last_minute").await >= 10.0
+        })
+        .await
+    );
+    assert!(growth_events(&app, &admin).await.is_empty());
+    // Past it: one event, however far past.
+    for _ in 0..40 {
+        assert_eq!(app.me(&admin).await.status, StatusCode::OK);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !growth_events(&app, &admin).await.is_empty()
+        })
+        .await,
+        "audit.growth_exceeded is raised"
+    );
+    let raised = growth_events(&app, &admin).await;
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(
+        raised[0]["payload"]["thresholdPerMinute"], 20,
+        "{}",
+        raised[0]
+    );
+    assert!(
+        raised[0]["payload"]["entriesLastMinute"]
+            .as_u64()
+            .is_some_and(|n| n > 20),
+        "{}",
+        raised[0]
+    );
+    for _ in 0..40 {
+        assert_eq!(app.me(&admin).await.status, StatusCode::OK);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            metric(&app, "datastack_audit_entries_last_minute").await >= 90.0
+        })
+        .await
+    );
+    assert_eq!(
+        growth_events(&app, &admin).await.len(),
+        1,
+        "at most one event per interval"
+    );
+    app.stop().await;
+}
+
 on_both_stores!(
+    audit_growth_past_the_threshold_raises_one_event,
     a_flood_of_an_unknown_credential_costs_a_few_rows,
     client_strings_are_stored_bounded,
     a_credential_flooded_as_unknown_works_once_it_exists,
