@@ -143,15 +143,17 @@ impl AuditLog {
             return Ok(());
         }
         let record = ctx.record_with(status, Some(&self.root_workspace));
+        // The method is part of a group's key and can be any token a proxy forwarded.
+        let method_text = bounded::text(method.as_str(), bounded::MAX_FIELD_BYTES);
         if outcome == Outcome::Denied {
-            self.groups.add_refused(record, method.as_str());
+            self.groups.add_refused(record, &method_text);
             return Ok(());
         }
         if outcome == Outcome::Allowed
             && self.durability == AuditDurability::Batched
             && ctx.with(|p| p.aggregate)
         {
-            return match self.groups.add_allowed(record, method.as_str()) {
+            return match self.groups.add_allowed(record, &method_text) {
                 None => Ok(()),
                 Some(record) => {
                     self.enqueue(Queued {

@@ -289,6 +289,48 @@ async fn client_strings_are_stored_bounded(backend: Backend) {
     assert!(ua.starts_with("Mozilla/5.0 (X11; Linux)"), "{ua}");
     assert!(ua.ends_with("…[truncated]"), "{ua}");
     assert_eq!(ua.chars().count(), 256);
+
+    // A method a proxy forwards to forward-auth is bounded in the entry's detail too.
+    let route = app
+        .post(
+            "/api/v1/gateway/routes",
+            app.admin(),
+            "manage:gateway",
+            serde_json::json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(route.status, StatusCode::CREATED, "{}", route.text);
+    let method = "X".repeat(60_000);
+    let resp = app
+        .http
+        .get(format!("{}/auth/verify", app.base))
+        .header("x-forwarded-for", "203.0.113.98")
+        .header("x-original-uri", "/v1/jobs/1")
+        .header("x-original-method", &method)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            !app.store()
+                .strings("SELECT id FROM audit_entries WHERE source_ip = '203.0.113.98'")
+                .await
+                .is_empty()
+        })
+        .await
+    );
+    let detail = app
+        .store()
+        .strings("SELECT detail FROM audit_entries WHERE source_ip = '203.0.113.98'")
+        .await;
+    let detail: Value = serde_json::from_str(&detail[0]).expect("detail");
+    let stored = detail["method"].as_str().unwrap_or_default();
+    assert!(stored.len() <= 512, "{} bytes", stored.len());
+    assert!(
+        stored.starts_with("XXXX") && stored.ends_with("…[truncated]"),
+        "{stored}"
+    );
     app.stop().await;
 }
 
