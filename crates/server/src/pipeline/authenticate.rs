@@ -2,6 +2,9 @@
 //! and records the outcome in the request's extensions. It refuses nothing by itself:
 //! whether a route needs a credential is decided by the extractor in its handler's
 //! signature ([`super::authorize`]), and later stages (rate limits) read the outcome too.
+//! A credential the node has never verified first charges its address's rate-limit bucket
+//! ([`crate::edge::check_address`]), so that guessing credentials costs no store query
+//! once the address is refused; the rate-limit stage then answers with that verdict.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
