@@ -170,8 +170,10 @@ struct Local {
     any_penalty: AtomicBool,
     /// The most addresses tracked per quota, and abuse counters in all.
     cap: usize,
-    /// Milliseconds since `epoch` of the last trim of a full address map.
+    /// Milliseconds since `epoch` of the last trim of a full address map, and of the
+    /// abuse counters.
     trimmed_at_ms: AtomicU64,
+    abuse_trimmed_at_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -277,6 +279,7 @@ impl Limiter {
                 any_penalty: AtomicBool::new(false),
                 cap: config.floods.max_tracked_clients,
                 trimmed_at_ms: AtomicU64::new(0),
+                abuse_trimmed_at_ms: AtomicU64::new(0),
                 epoch: Instant::now(),
             },
             remote,
@@ -582,10 +585,17 @@ impl Limiter {
         let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
         let key = subject.key();
         if !abuse.contains_key(&key) && abuse.len() >= self.local.cap {
-            // Full: forget what has expired; if that is not enough, the new subject is
-            // not counted (it stays limited by its bucket), and no subject under a
-            // penalty is ever forgotten early.
-            abuse.retain(|_, a| active(a, now));
+            // Full: forget what has expired (at most once a second, as that walks the
+            // map); if that is not enough, the new subject is not counted (it stays
+            // limited by its bucket), and no subject under a penalty is forgotten early.
+            let now_ms = self.local.epoch.elapsed().as_millis() as u64;
+            let last = self.local.abuse_trimmed_at_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= 1000 {
+                self.local
+                    .abuse_trimmed_at_ms
+                    .store(now_ms, Ordering::Relaxed);
+                abuse.retain(|_, a| active(a, now));
+            }
             if abuse.len() >= self.local.cap {
                 return None;
             }

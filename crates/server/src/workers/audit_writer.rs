@@ -52,6 +52,9 @@ pub async fn audit_writer(
                     audit.flush_aggregates();
                     let counters = audit.take_aggregation_counters();
                     metrics.audit_aggregated(counters.folded, counters.overflowed);
+                    // The gauge falls back too when nothing is written.
+                    growth.advance(Utc::now().timestamp());
+                    metrics.set_audit_entries_last_minute(growth.last_minute());
                     continue;
                 }
                 _ = stop.wait_for(|s| *s) => {
