@@ -8,6 +8,7 @@
 pub mod apikey;
 pub mod audit;
 pub mod authz;
+pub mod bounded;
 pub mod credential;
 pub mod edge;
 pub mod error;

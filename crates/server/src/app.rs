@@ -243,12 +243,15 @@ impl Application {
             ))
         })?;
         edge.set_root_workspace(root.clone());
-        let credentials = Arc::new(CredentialVerifier::new(
-            store.clone(),
-            config.cache_capacity,
-            config.cache_ttl,
-            metrics.clone(),
-        ));
+        let credentials = Arc::new(
+            CredentialVerifier::new(
+                store.clone(),
+                config.cache_capacity,
+                config.cache_ttl,
+                metrics.clone(),
+            )
+            .with_negative_cache(config.floods.negative_cache_ttl),
+        );
         let (audit, audit_rx) = AuditLog::new(&config, root);
         let audit = Arc::new(audit);
         let config = Arc::new(config);

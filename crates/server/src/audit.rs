@@ -23,6 +23,7 @@ use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use datastack_core::audit::{AuditRecord, MAX_USER_AGENT, Outcome, SecurityEvent, now_micros};
+use datastack_core::bounded;
 use datastack_core::id::{AuditId, WorkspaceId};
 use datastack_core::scope::Scope;
 use datastack_store::Trail;
@@ -32,12 +33,19 @@ use crate::config::{AuditDurability, Config};
 use crate::credentials::Identity;
 use crate::error::ApiError;
 
+mod groups;
+
+pub use groups::{Counters as AggregationCounters, MAX_GROUPS, OVERFLOW_ACTION};
+
 /// An entry on its way to the writer; `ack` is answered once it is committed.
 pub struct Queued {
     /// The entry.
     pub record: AuditRecord,
     /// Told when the entry is committed (sync durability).
     pub ack: Option<oneshot::Sender<()>>,
+    /// How many requests the entry stands for (more than 1 for an aggregated entry), so
+    /// that the failure-burst detector counts every refusal.
+    pub count: u64,
 }
 
 /// The node's side of the audit log: the queue to the writer and its policy.
@@ -48,24 +56,10 @@ pub struct AuditLog {
     successful_reads: bool,
     /// The chain of entries that belong to no workspace (an unknown credential).
     root_workspace: WorkspaceId,
-    /// Allowed forward-auth decisions waiting to be written as one entry per credential,
-    /// route and method each second (with a count).
-    aggregates: Mutex<std::collections::HashMap<AggregateKey, (AuditRecord, u64)>>,
+    /// Allowed forward-auth decisions and refusals waiting to be written as one entry per
+    /// group each second (with a count).
+    groups: groups::Groups,
 }
-
-/// Workspace, credential, route, method, scope and source address of aggregated
-/// decisions: the fields new-network detection and the access review read.
-type AggregateKey = (
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    Option<String>,
-);
-
-/// The most distinct groups aggregated at once; beyond it, decisions are queued one by one.
-const MAX_AGGREGATES: usize = 10_000;
 
 impl AuditLog {
     /// A log whose writer reads the returned receiver.
@@ -78,10 +72,16 @@ impl AuditLog {
                 enqueue_timeout: config.audit_enqueue_timeout,
                 successful_reads: config.audit_successful_reads,
                 root_workspace,
-                aggregates: Mutex::new(std::collections::HashMap::new()),
+                groups: groups::Groups::new(config.floods.audit_refusal_groups),
             },
             rx,
         )
+    }
+
+    /// The workspace whose chain holds what belongs to no workspace (and the node's own
+    /// security events about the audit log).
+    pub fn root_workspace(&self) -> &WorkspaceId {
+        &self.root_workspace
     }
 
     /// Admits a request: at once while the queue has room (one atomic read), else after
@@ -121,9 +121,11 @@ impl AuditLog {
     }
 
     /// After the response: queues the request's entry unless its handler already wrote
-    /// it with its change (or it is a successful read and those are not audited). In sync
-    /// mode, waits for the commit; a commit that does not come in time turns the answer
-    /// into a 503.
+    /// it with its change (or it is a successful read and those are not audited). A
+    /// refusal (401, 402, 403, 429) is counted into its group, whatever the durability: a
+    /// flood of refusals must not cost a row, nor a commit wait, each. In sync mode, waits
+    /// for the commit of any other entry; a commit that does not come in time turns the
+    /// answer into a 503.
     pub async fn finish(
         &self,
         ctx: &AuditContext,
@@ -141,42 +143,43 @@ impl AuditLog {
             return Ok(());
         }
         let record = ctx.record_with(status, Some(&self.root_workspace));
+        // The method is part of a group's key and can be any token a proxy forwarded.
+        let method_text = bounded::text(method.as_str(), bounded::MAX_FIELD_BYTES);
+        if outcome == Outcome::Denied {
+            self.groups.add_refused(record, &method_text);
+            return Ok(());
+        }
         if outcome == Outcome::Allowed
             && self.durability == AuditDurability::Batched
             && ctx.with(|p| p.aggregate)
         {
-            let key = (
-                record.workspace_id.to_string(),
-                record.credential_id.clone(),
-                record.resource_id.clone(),
-                method.to_string(),
-                record.scope.clone(),
-                record.source_ip.clone(),
-            );
-            let overflow = {
-                let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-                if let Some((_, n)) = aggregates.get_mut(&key) {
-                    *n += 1;
-                    None
-                } else if aggregates.len() < MAX_AGGREGATES {
-                    aggregates.insert(key, (record, 1));
-                    None
-                } else {
-                    Some(record)
-                }
-            };
-            return match overflow {
+            return match self.groups.add_allowed(record, &method_text) {
                 None => Ok(()),
-                Some(record) => self.enqueue(Queued { record, ack: None }).await,
+                Some(record) => {
+                    self.enqueue(Queued {
+                        record,
+                        ack: None,
+                        count: 1,
+                    })
+                    .await
+                }
             };
         }
         match self.durability {
-            AuditDurability::Batched => self.enqueue(Queued { record, ack: None }).await,
+            AuditDurability::Batched => {
+                self.enqueue(Queued {
+                    record,
+                    ack: None,
+                    count: 1,
+                })
+                .await
+            }
             AuditDurability::Sync => {
                 let (ack, done) = oneshot::channel();
                 self.enqueue(Queued {
                     record,
                     ack: Some(ack),
+                    count: 1,
                 })
                 .await?;
                 match tokio::time::timeout(self.enqueue_timeout, done).await {
@@ -191,68 +194,38 @@ impl AuditLog {
 impl AuditLog {
     /// Takes every aggregated group as its entry (for a writer that stops with a full
     /// queue: it writes them itself).
-    pub fn take_aggregates(&self) -> Vec<AuditRecord> {
-        let taken = {
-            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-            std::mem::take(&mut *aggregates)
-        };
-        taken
-            .into_values()
-            .map(|(record, count)| with_count(record, count))
+    pub fn take_aggregates(&self) -> Vec<Queued> {
+        self.groups
+            .take()
+            .into_iter()
+            .map(|(record, count)| Queued {
+                record,
+                ack: None,
+                count,
+            })
             .collect()
     }
 
-    /// Queues the aggregated decisions gathered since the last call, one entry per
-    /// credential, route and method, with `count` in its detail. What the queue has no
-    /// room for stays for the next call. Returns how many entries were queued.
+    /// Queues the aggregated groups gathered since the last call, one entry per group,
+    /// with `count` in its detail. What the queue has no room for stays for the next call.
+    /// Returns how many entries were queued.
     pub fn flush_aggregates(&self) -> usize {
-        let taken = {
-            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-            if aggregates.is_empty() {
-                return 0;
-            }
-            std::mem::take(&mut *aggregates)
-        };
-        let mut queued = 0;
-        let mut left = Vec::new();
-        for (key, (record, count)) in taken {
-            match self.tx.try_send(Queued {
-                record: with_count(record.clone(), count),
-                ack: None,
-            }) {
-                Ok(()) => queued += 1,
-                Err(_) => left.push((key, (record, count))),
-            }
-        }
-        if !left.is_empty() {
-            let mut aggregates = self.aggregates.lock().unwrap_or_else(|p| p.into_inner());
-            for (key, (record, count)) in left {
-                aggregates
-                    .entry(key)
-                    .and_modify(|(_, n)| *n += count)
-                    .or_insert((record, count));
-            }
-        }
-        queued
+        self.groups.flush(|record, count| {
+            self.tx
+                .try_send(Queued {
+                    record,
+                    ack: None,
+                    count,
+                })
+                .is_ok()
+        })
     }
-}
 
-/// The entry of an aggregated group: its first decision, with `count` in the detail when
-/// the group holds more than one.
-fn with_count(mut record: AuditRecord, count: u64) -> AuditRecord {
-    if count > 1 {
-        let mut detail = record
-            .detail
-            .as_deref()
-            .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-            .filter(serde_json::Value::is_object)
-            .unwrap_or_else(|| serde_json::json!({}));
-        detail["count"] = serde_json::Value::from(count);
-        detail["aggregated"] =
-            serde_json::Value::from("allowed decisions in the second from `time`");
-        record.detail = Some(detail.to_string());
+    /// How many requests were counted into groups, and how many refusals into overflow
+    /// groups, since the last call (for the metrics).
+    pub fn take_aggregation_counters(&self) -> AggregationCounters {
+        self.groups.take_counters()
     }
-    record
 }
 
 /// What the pipeline knows about a request, for its audit entry. Stages and handlers add
@@ -446,7 +419,7 @@ impl AuditContext {
                     p.uri.path(),
                 ),
             };
-            AuditRecord {
+            let mut record = AuditRecord {
                 id: AuditId::generate(),
                 time: p.time,
                 workspace_id,
@@ -466,8 +439,14 @@ impl AuditContext {
                 outcome: Outcome::of_status(status.as_u16()),
                 status: status.as_u16(),
                 latency_us: i64::try_from(p.started.elapsed().as_micros()).unwrap_or(i64::MAX),
-                detail: p.detail.as_ref().map(ToString::to_string),
-            }
+                detail: p.detail.as_ref().map(|d| {
+                    let mut d = d.clone();
+                    bounded::json(&mut d);
+                    d.to_string()
+                }),
+            };
+            bounded::record(&mut record);
+            record
         })
     }
 }
@@ -568,7 +547,16 @@ fn scrub_user_agent(ua: &str) -> String {
         }
     }
     flush(&mut run, &mut out);
-    out.chars().take(MAX_USER_AGENT).collect()
+    match out.char_indices().nth(MAX_USER_AGENT) {
+        // Cut to 256 characters, the last ones replaced by the marker.
+        Some(_) => {
+            let keep = MAX_USER_AGENT - bounded::TRUNCATED.chars().count();
+            let mut cut: String = out.chars().take(keep).collect();
+            cut.push_str(bounded::TRUNCATED);
+            cut
+        }
+        None => out,
+    }
 }
 
 /// `prefix_` followed by 32 lowercase hex digits, as every id this server issues.

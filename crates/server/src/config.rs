@@ -9,6 +9,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod floods;
+pub use floods::FloodLimits;
+
 /// The server's settings. See `docs/configuration.md` for each one.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -117,6 +120,9 @@ pub struct Config {
     pub api_key_rotation_overlap: Duration,
     /// The longest `overlapSeconds` a rotation may ask for. Default 30 days.
     pub api_key_max_rotation_overlap: Duration,
+    /// Bounds on what a flood of bad or limited requests costs (see `docs/operations.md`,
+    /// "Floods of bad credentials").
+    pub floods: FloodLimits,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -174,6 +180,7 @@ impl Default for Config {
             spend_warning_percent: 80,
             api_key_rotation_overlap: Duration::from_secs(24 * 3600),
             api_key_max_rotation_overlap: Duration::from_secs(30 * 24 * 3600),
+            floods: FloodLimits::default(),
         }
     }
 }
@@ -267,6 +274,14 @@ pub struct ConfigLayer {
     pub api_key_rotation_overlap_seconds: Option<u64>,
     /// `api_key_max_rotation_overlap_seconds`.
     pub api_key_max_rotation_overlap_seconds: Option<u64>,
+    /// `credential_negative_cache_ttl_ms`.
+    pub credential_negative_cache_ttl_ms: Option<u64>,
+    /// `max_tracked_clients`.
+    pub max_tracked_clients: Option<u64>,
+    /// `audit_growth_alert_per_minute`.
+    pub audit_growth_alert_per_minute: Option<u64>,
+    /// `audit_refusal_groups`.
+    pub audit_refusal_groups: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -405,8 +420,14 @@ impl ConfigLayer {
                 "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" => {
                     layer.api_key_max_rotation_overlap_seconds = Some(number(&value)?)
                 }
-                // Variables of the client commands and of the tests are not server settings.
-                _ => {}
+                // The flood settings, all whole numbers.
+                other => {
+                    if let Some(field) = floods::env_field(&mut layer, other) {
+                        *field = Some(number(&value)?);
+                    }
+                    // Other variables (of the client commands, of the tests) are not
+                    // server settings.
+                }
             }
         }
         Ok(layer)
@@ -458,7 +479,11 @@ impl ConfigLayer {
             public_url,
             spend_warning_percent,
             api_key_rotation_overlap_seconds,
-            api_key_max_rotation_overlap_seconds
+            api_key_max_rotation_overlap_seconds,
+            credential_negative_cache_ttl_ms,
+            max_tracked_clients,
+            audit_growth_alert_per_minute,
+            audit_refusal_groups
         );
         self
     }
@@ -468,6 +493,7 @@ impl ConfigLayer {
         let mut c = Config::default();
         self.build_audit(&mut c)?;
         self.build_edge(&mut c)?;
+        c.floods = self.build_floods()?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(

@@ -78,6 +78,51 @@ pub struct Metrics {
     upstream: Family<OutcomeLabels, Counter>,
     spend: Family<OutcomeLabels, Counter>,
     maintenance_passes: Counter,
+    floods: FloodMetrics,
+}
+
+/// The metrics of what floods cost: aggregated audit entries, the audit growth rate, the
+/// clients the rate limiter tracks.
+struct FloodMetrics {
+    aggregated: Counter,
+    overflowed: Counter,
+    last_minute: Gauge,
+    tracked: Gauge,
+}
+
+impl FloodMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let aggregated = Counter::default();
+        registry.register(
+            "audit_requests_aggregated",
+            "Requests counted into an aggregated audit entry instead of costing an entry of their own",
+            aggregated.clone(),
+        );
+        let overflowed = Counter::default();
+        registry.register(
+            "audit_refusals_overflowed",
+            "Refused requests folded into an overflow entry because the aggregation map was full",
+            overflowed.clone(),
+        );
+        let last_minute = Gauge::default();
+        registry.register(
+            "audit_entries_last_minute",
+            "Audit entries this node wrote in the last 60 seconds (compared with audit_growth_alert_per_minute)",
+            last_minute.clone(),
+        );
+        let tracked = Gauge::default();
+        registry.register(
+            "ratelimit_tracked_clients",
+            "Addresses and credentials the in-memory rate limiter tracks (bounded by max_tracked_clients)",
+            tracked.clone(),
+        );
+        Self {
+            aggregated,
+            overflowed,
+            last_minute,
+            tracked,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -196,8 +241,10 @@ impl Metrics {
             "Completed maintenance passes (retention, rotation due, unused-token policy)",
             maintenance_passes.clone(),
         );
+        let floods = FloodMetrics::register(&mut registry);
         Self {
             maintenance_passes,
+            floods,
             spend,
             ratelimit,
             ratelimit_redis,
@@ -260,6 +307,45 @@ impl Metrics {
         self.cache
             .get_or_create(&ResultLabels { result: "miss" })
             .inc();
+    }
+
+    /// Counts a lookup the negative cache answered (a credential known to be unknown).
+    pub fn cache_negative_hit(&self) {
+        self.cache
+            .get_or_create(&ResultLabels {
+                result: "negative_hit",
+            })
+            .inc();
+    }
+
+    /// Counts a lookup not made because the client's address was already refused by the
+    /// rate limit.
+    pub fn lookup_skipped(&self) {
+        self.cache
+            .get_or_create(&ResultLabels {
+                result: "skipped_limited",
+            })
+            .inc();
+    }
+
+    /// Counts requests aggregated into entries, and refusals folded into overflow entries.
+    pub fn audit_aggregated(&self, folded: u64, overflowed: u64) {
+        self.floods.aggregated.inc_by(folded);
+        self.floods.overflowed.inc_by(overflowed);
+    }
+
+    /// Records the entries written in the last minute.
+    pub fn set_audit_entries_last_minute(&self, n: u64) {
+        self.floods
+            .last_minute
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records how many clients the rate limiter tracks.
+    pub fn set_ratelimit_tracked(&self, n: usize) {
+        self.floods
+            .tracked
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
     }
 
     /// Records how many uses the last flush wrote.

@@ -227,19 +227,22 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
                 per_minute: config.rate_limit_workspace_per_minute,
             },
         ],
-        _ => match req.extensions().get::<ClientIp>().and_then(|c| c.0) {
-            Some(ip) => vec![Bucket {
-                subject: Subject::Ip(network_key(ip)),
-                per_minute: config.rate_limit_ip_per_minute,
-            }],
-            // An address that cannot be known: all such clients share one bucket.
-            None => vec![Bucket {
-                subject: Subject::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-                per_minute: config.rate_limit_ip_per_minute,
-            }],
-        },
+        _ => address_buckets(config, req.extensions().get::<ClientIp>().and_then(|c| c.0)),
     };
-    let verdict = state.edge.limiter.check(&buckets).await;
+    let verdict = match req.extensions().get::<AddressChecked>() {
+        // The authenticate stage already charged the address's bucket, before looking up
+        // a credential this node did not know; a credential that turned out valid gets
+        // its own buckets checked here.
+        Some(AddressChecked(v))
+            if !matches!(
+                req.extensions().get::<Authentication>(),
+                Some(Authentication::Verified(_))
+            ) =>
+        {
+            v.clone()
+        }
+        _ => state.edge.limiter.check(&buckets).await,
+    };
     if !verdict.applies() {
         return next.run(req).await;
     }
@@ -279,6 +282,67 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
     let mut response = ApiError::RateLimited(message.to_owned()).into_response();
     rate_limit_headers(response.headers_mut(), &verdict);
     response
+}
+
+/// The bucket of requests without a valid credential: per address (IPv6 per /64), and one
+/// shared bucket for clients whose address cannot be known.
+fn address_buckets(config: &Config, ip: Option<std::net::IpAddr>) -> Vec<Bucket> {
+    let subject = match ip {
+        Some(ip) => Subject::Ip(network_key(ip)),
+        None => Subject::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+    };
+    vec![Bucket {
+        subject,
+        per_minute: config.rate_limit_ip_per_minute,
+    }]
+}
+
+/// The verdict of the per-address bucket, taken by the authenticate stage before it looks
+/// up a credential this node has never verified (see [`check_address`]).
+#[derive(Debug, Clone)]
+pub struct AddressChecked(pub Verdict);
+
+/// Credentials looked up per minute for an address its own bucket already refuses (under
+/// a penalty or over its limit): enough for the valid users behind a shared address to
+/// keep signing in, few enough that guessing costs the store next to nothing.
+pub const LOOKUPS_WHILE_REFUSED_PER_MINUTE: u32 = 60;
+
+/// Charges the per-address bucket of a request whose credential this node has never
+/// verified, before the credential is looked up. An address its bucket refuses (under a
+/// penalty or over its limit) may still have [`LOOKUPS_WHILE_REFUSED_PER_MINUTE`]
+/// credentials a minute looked up, so a valid credential from it still works; beyond that
+/// its requests get their 429 without costing a store query. The rate-limit stage uses
+/// this verdict instead of charging the bucket again. Returns the verdict and whether the
+/// lookup must be skipped.
+pub async fn check_address(
+    state: &AppState,
+    ip: Option<std::net::IpAddr>,
+) -> (AddressChecked, bool) {
+    let verdict = state
+        .edge
+        .limiter
+        .check(&address_buckets(&state.config, ip))
+        .await;
+    let refused = verdict.applies() && !verdict.allowed();
+    let skip = refused && {
+        let subject = match address_buckets(&state.config, ip).pop() {
+            Some(Bucket {
+                subject: Subject::Ip(net),
+                ..
+            }) => Subject::Lookup(net),
+            _ => Subject::Lookup(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        };
+        let budget = state
+            .edge
+            .limiter
+            .check(&[Bucket {
+                subject,
+                per_minute: LOOKUPS_WHILE_REFUSED_PER_MINUTE,
+            }])
+            .await;
+        !budget.allowed()
+    };
+    (AddressChecked(verdict), skip)
 }
 
 /// The address a per-address bucket counts: IPv4 as is, IPv6 by its /64 (one host

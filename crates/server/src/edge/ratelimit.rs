@@ -50,15 +50,20 @@ pub enum Subject {
     Workspace(String),
     /// A client address, for traffic without a valid credential.
     Ip(IpAddr),
+    /// The credential lookups of a client address that its own bucket already refuses
+    /// (never flagged: it only bounds the store queries such an address can cause).
+    Lookup(IpAddr),
 }
 
 impl Subject {
-    /// `credential`, `workspace` or `ip` (only credentials and addresses are ever flagged).
+    /// `credential`, `workspace`, `ip` or `lookup` (only credentials and addresses are ever
+    /// flagged).
     pub fn kind(&self) -> &'static str {
         match self {
             Subject::Credential(_) => "credential",
             Subject::Workspace(_) => "workspace",
             Subject::Ip(_) => "ip",
+            Subject::Lookup(_) => "lookup",
         }
     }
 
@@ -66,7 +71,7 @@ impl Subject {
     pub fn value(&self) -> String {
         match self {
             Subject::Credential(s) | Subject::Workspace(s) => s.clone(),
-            Subject::Ip(ip) => ip.to_string(),
+            Subject::Ip(ip) | Subject::Lookup(ip) => ip.to_string(),
         }
     }
 
@@ -155,26 +160,38 @@ struct Abuse {
     penalty_until: Option<Instant>,
 }
 
-/// The in-process limiter: one keyed GCRA limiter per distinct quota.
+/// The in-process limiter: one keyed GCRA limiter per distinct quota, with addresses kept
+/// apart from credentials and workspaces so that only the former, which a client can vary
+/// at will, are bounded.
 struct Local {
-    limiters: std::sync::RwLock<HashMap<u32, std::sync::Arc<Keyed>>>,
+    limiters: std::sync::RwLock<HashMap<(bool, u32), std::sync::Arc<Keyed>>>,
     abuse: Mutex<HashMap<String, Abuse>>,
     /// Whether any penalty may be active (skips the lock on the common path).
     any_penalty: AtomicBool,
+    /// The most addresses tracked per quota, and abuse counters in all.
+    cap: usize,
+    /// Milliseconds since `epoch` of the last trim of a full address map, and of the
+    /// abuse counters.
+    trimmed_at_ms: AtomicU64,
+    abuse_trimmed_at_ms: AtomicU64,
+    epoch: Instant,
 }
 
+/// The shared bucket of new addresses while the address map is full.
+const OVERFLOW_KEY: &str = "ip:overflow";
+
 impl Local {
-    fn limiter(&self, per_minute: u32) -> std::sync::Arc<Keyed> {
+    fn limiter(&self, addresses: bool, per_minute: u32) -> std::sync::Arc<Keyed> {
         if let Some(l) = self
             .limiters
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&per_minute)
+            .get(&(addresses, per_minute))
         {
             return l.clone();
         }
         let mut map = self.limiters.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(per_minute)
+        map.entry((addresses, per_minute))
             .or_insert_with(|| {
                 let n = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
                 std::sync::Arc::new(
@@ -229,58 +246,7 @@ pub struct Limiter {
 /// Returns {status, bucket index (1-based), remaining, ms, level, rejected}, status 0
 /// allowed (ms until the tightest bucket is full), 1 limited (ms to wait), 2 penalized
 /// (ms left), 3 flagged now (penalty ms).
-const GCRA_LUA: &str = r#"
-local threshold = tonumber(ARGV[1])
-local base = tonumber(ARGV[2])
-local maxpen = tonumber(ARGV[3])
-local window = tonumber(ARGV[4])
-local memory = tonumber(ARGV[5])
-local flag = tonumber(ARGV[6])
-local n = #KEYS / 4
-for i = 1, n do
-  local pttl = redis.call('PTTL', KEYS[(i - 1) * 4 + 2])
-  if pttl > 0 then return {2, i, 0, pttl, 0, 0} end
-end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local new_tats = {}
-local best_i, best_rem, best_ms = 1, -1, 0
-for i = 1, n do
-  local q = tonumber(ARGV[6 + i])
-  local T = 60000000 / q
-  local tat = tonumber(redis.call('GET', KEYS[(i - 1) * 4 + 1]) or now)
-  if tat < now then tat = now end
-  local new_tat = tat + T
-  local allow_at = new_tat - q * T
-  if now < allow_at then
-    local wait = math.ceil((allow_at - now) / 1000)
-    if flag == 0 then return {1, i, 0, wait, 0, 0} end
-    local f = (flag - 1) * 4
-    local rk = KEYS[f + 3]
-    local rej = redis.call('INCR', rk)
-    if rej == 1 then redis.call('PEXPIRE', rk, window) end
-    if rej >= threshold then
-      redis.call('DEL', rk)
-      local lk = KEYS[f + 4]
-      local lvl = redis.call('INCR', lk)
-      redis.call('PEXPIRE', lk, memory)
-      local pen = math.min(base * math.pow(4, lvl - 1), maxpen)
-      redis.call('SET', KEYS[f + 2], '1', 'PX', math.floor(pen))
-      return {3, flag, 0, math.floor(pen), lvl, rej}
-    end
-    return {1, i, 0, wait, 0, rej}
-  end
-  new_tats[i] = new_tat
-  local rem = math.floor((now - allow_at) / T)
-  if best_rem < 0 or rem < best_rem then
-    best_i, best_rem, best_ms = i, rem, math.ceil((new_tat - now) / 1000)
-  end
-end
-for i = 1, n do
-  redis.call('SET', KEYS[(i - 1) * 4 + 1], string.format('%.0f', new_tats[i]), 'PX', math.ceil((new_tats[i] - now) / 1000) + 1000)
-end
-return {0, best_i, best_rem, best_ms, 0, 0}
-"#;
+const GCRA_LUA: &str = include_str!("ratelimit.lua");
 
 fn policy_name(subject: &Subject) -> &'static str {
     subject.kind()
@@ -311,6 +277,10 @@ impl Limiter {
                 limiters: std::sync::RwLock::new(HashMap::new()),
                 abuse: Mutex::new(HashMap::new()),
                 any_penalty: AtomicBool::new(false),
+                cap: config.floods.max_tracked_clients,
+                trimmed_at_ms: AtomicU64::new(0),
+                abuse_trimmed_at_ms: AtomicU64::new(0),
+                epoch: Instant::now(),
             },
             remote,
             script: redis::Script::new(GCRA_LUA),
@@ -435,7 +405,7 @@ impl Limiter {
         let flag = buckets.iter().position(|b| match &b.subject {
             Subject::Credential(_) => true,
             Subject::Ip(ip) => !ip.is_unspecified(),
-            Subject::Workspace(_) => false,
+            Subject::Workspace(_) | Subject::Lookup(_) => false,
         });
         if let Some(conn) = self.connection().await {
             match self.check_remote(conn, &buckets, flag).await {
@@ -538,8 +508,15 @@ impl Limiter {
         }
         let mut best: Option<Verdict> = None;
         for b in buckets {
-            let limiter = self.local.limiter(b.per_minute);
-            let key = b.subject.key();
+            let addresses = matches!(b.subject, Subject::Ip(_) | Subject::Lookup(_));
+            let limiter = self.local.limiter(addresses, b.per_minute);
+            let mut key = b.subject.key();
+            if addresses && !self.room_for_addresses(&limiter) {
+                // More addresses are active than the node tracks: new and old alike share
+                // one bucket until idle ones can be forgotten, rather than growing the
+                // map (a client varying its address must not cost memory per address).
+                key = OVERFLOW_KEY.to_owned();
+            }
             let per_request = Duration::from_secs(WINDOW_SECONDS) / b.per_minute;
             match limiter.check_key(&key) {
                 Ok(snapshot) => {
@@ -577,11 +554,53 @@ impl Limiter {
         best.unwrap_or_else(Verdict::unlimited)
     }
 
+    /// Whether the address map of `limiter` has room; when it is full, idle addresses are
+    /// forgotten first (at most once a second, as that walks the map).
+    fn room_for_addresses(&self, limiter: &Keyed) -> bool {
+        let len = limiter.len();
+        self.metrics.set_ratelimit_tracked(len);
+        if len < self.local.cap {
+            return true;
+        }
+        let now_ms = self.local.epoch.elapsed().as_millis() as u64;
+        let last = self.local.trimmed_at_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) >= 1000
+            && self
+                .local
+                .trimmed_at_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            limiter.retain_recent();
+            let len = limiter.len();
+            self.metrics.set_ratelimit_tracked(len);
+            return len < self.local.cap;
+        }
+        false
+    }
+
     fn count_refusal(&self, subject: &Subject) -> Option<Flagged> {
         let now = Instant::now();
         let window = Duration::from_secs(WINDOW_SECONDS);
         let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
-        let a = abuse.entry(subject.key()).or_default();
+        let key = subject.key();
+        if !abuse.contains_key(&key) && abuse.len() >= self.local.cap {
+            // Full: forget what has expired (at most once a second, as that walks the
+            // map); if that is not enough, the new subject is not counted (it stays
+            // limited by its bucket), and no subject under a penalty is forgotten early.
+            let now_ms = self.local.epoch.elapsed().as_millis() as u64;
+            let last = self.local.abuse_trimmed_at_ms.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= 1000 {
+                self.local
+                    .abuse_trimmed_at_ms
+                    .store(now_ms, Ordering::Relaxed);
+                abuse.retain(|_, a| active(a, now));
+            }
+            if abuse.len() >= self.local.cap {
+                return None;
+            }
+        }
+        let a = abuse.entry(key).or_default();
         if a.window_start
             .is_none_or(|s| now.duration_since(s) >= window)
         {
@@ -654,12 +673,7 @@ impl Limiter {
         }
         let now = Instant::now();
         let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
-        abuse.retain(|_, a| {
-            a.penalty_until.is_some_and(|u| u > now)
-                || a.level_until.is_some_and(|u| u > now)
-                || a.window_start
-                    .is_some_and(|s| now.duration_since(s) < Duration::from_secs(WINDOW_SECONDS))
-        });
+        abuse.retain(|_, a| active(a, now));
         if !abuse
             .values()
             .any(|a| a.penalty_until.is_some_and(|u| u > now))
@@ -667,6 +681,15 @@ impl Limiter {
             self.local.any_penalty.store(false, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether an abuse counter still matters: a penalty or a level in force, or a window of
+/// refusals still open.
+fn active(a: &Abuse, now: Instant) -> bool {
+    a.penalty_until.is_some_and(|u| u > now)
+        || a.level_until.is_some_and(|u| u > now)
+        || a.window_start
+            .is_some_and(|s| now.duration_since(s) < Duration::from_secs(WINDOW_SECONDS))
 }
 
 impl Limiter {

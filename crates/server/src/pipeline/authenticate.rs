@@ -2,6 +2,9 @@
 //! and records the outcome in the request's extensions. It refuses nothing by itself:
 //! whether a route needs a credential is decided by the extractor in its handler's
 //! signature ([`super::authorize`]), and later stages (rate limits) read the outcome too.
+//! A credential the node has never verified first charges its address's rate-limit bucket
+//! ([`crate::edge::check_address`]), so that guessing credentials costs no store query
+//! once the address is refused; the rate-limit stage then answers with that verdict.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 
 use crate::audit::AuditContext;
-use crate::credentials::{Identity, Rejection};
+use crate::credentials::{Identity, Rejection, Screened};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -81,11 +84,33 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         None => Authentication::Anonymous,
         Some(value) => match bearer(value.as_bytes()) {
             None => Authentication::MalformedHeader,
-            Some(secret) => match state.credentials.verify(&secret, ip).await {
-                Ok(Ok(identity)) => Authentication::Verified(identity),
-                Ok(Err((rejection, identity))) => Authentication::Rejected(rejection, identity),
-                Err(e) => return ApiError::from(e.0).into_response(),
-            },
+            Some(secret) => {
+                // A credential this node never verified costs a store query: the client's
+                // address is charged first, and an address already refused (penalty,
+                // limit) gets only a small budget of lookups, so a flood of unknown
+                // credentials is refused without querying the store.
+                let skip = if state.credentials.screen(&secret) == Screened::New {
+                    let (checked, skip) = crate::edge::check_address(&state, ip).await;
+                    req.extensions_mut().insert(checked);
+                    skip
+                } else {
+                    false
+                };
+                if skip {
+                    state.metrics.lookup_skipped();
+                    // Not looked up, so treated as unknown; the rate-limit stage answers
+                    // 429 with the verdict taken above before anything reads this.
+                    Authentication::Rejected(Rejection::Unknown, None)
+                } else {
+                    match state.credentials.verify(&secret, ip).await {
+                        Ok(Ok(identity)) => Authentication::Verified(identity),
+                        Ok(Err((rejection, identity))) => {
+                            Authentication::Rejected(rejection, identity)
+                        }
+                        Err(e) => return ApiError::from(e.0).into_response(),
+                    }
+                }
+            }
         },
     };
     if let Some(audit) = req.extensions().get::<AuditContext>() {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use datastack_core::audit::{AuditRecord, SecurityEvent, network_of};
+use datastack_core::id::WorkspaceId;
 use datastack_store::{Sighting, Store};
 use tokio::sync::{mpsc, watch};
 
@@ -35,6 +36,7 @@ pub async fn audit_writer(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut detector = Detector::new(&config);
+    let mut growth = Growth::new(config.floods.audit_growth_alert_per_minute);
     // Aggregated forward-auth decisions are queued once a second (and at shutdown).
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -48,6 +50,11 @@ pub async fn audit_writer(
                 m = rx.recv() => m,
                 _ = tick.tick() => {
                     audit.flush_aggregates();
+                    let counters = audit.take_aggregation_counters();
+                    metrics.audit_aggregated(counters.folded, counters.overflowed);
+                    // The gauge falls back too when nothing is written.
+                    growth.advance(Utc::now().timestamp());
+                    metrics.set_audit_entries_last_minute(growth.last_minute());
                     continue;
                 }
                 _ = stop.wait_for(|s| *s) => {
@@ -64,11 +71,7 @@ pub async fn audit_writer(
             Some(q) => vec![q],
             None => {
                 // Drained: what is still aggregated goes in a last batch of its own.
-                let rest: Vec<Queued> = audit
-                    .take_aggregates()
-                    .into_iter()
-                    .map(|record| Queued { record, ack: None })
-                    .collect();
+                let rest: Vec<Queued> = audit.take_aggregates();
                 if rest.is_empty() {
                     break;
                 }
@@ -81,13 +84,19 @@ pub async fn audit_writer(
                 Err(_) => break,
             }
         }
-        let (records, acks): (Vec<AuditRecord>, Vec<_>) =
-            batch.into_iter().map(|q| (q.record, q.ack)).unzip();
+        let mut records = Vec::with_capacity(batch.len());
+        let mut acks = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
         let mut sightings = Vec::new();
-        for r in &records {
-            detector.observe(r, &mut events, &mut sightings);
+        for q in batch {
+            detector.observe(&q.record, q.count, &mut events, &mut sightings);
+            records.push(q.record);
+            acks.push(q.ack);
         }
+        if let Some(event) = growth.observe(records.len(), audit.root_workspace()) {
+            events.push(event);
+        }
+        metrics.set_audit_entries_last_minute(growth.last_minute());
         let mut backoff = Duration::from_millis(50);
         let mut retrying_since = None;
         loop {
@@ -127,19 +136,23 @@ pub async fn audit_writer(
     }
 }
 
-/// Counts failed authentications per client address and per credential in a fixed
-/// window, and notes which networks credentials are used from.
+/// Counts failed authentications per client network and per credential in a window that
+/// starts at each key's first failure, and notes which networks credentials are used from.
+/// Both maps are bounded by `max_tracked_clients`: when one is full, expired keys go first,
+/// then the keys with the fewest failures (or the oldest sightings), down to nine tenths
+/// of the bound; no count is ever reset wholesale, so a flood of distinct networks cannot
+/// wipe the count of the one that is attacking.
 struct Detector {
     threshold: u32,
     window: chrono::Duration,
+    cap: usize,
     failures: HashMap<String, Window>,
     sighted: HashMap<(String, String), DateTime<Utc>>,
-    last_prune: Option<DateTime<Utc>>,
 }
 
 struct Window {
     start: DateTime<Utc>,
-    count: u32,
+    count: u64,
     raised: bool,
 }
 
@@ -149,15 +162,17 @@ impl Detector {
             threshold: config.auth_failure_burst_threshold,
             window: chrono::Duration::from_std(config.auth_failure_burst_window)
                 .unwrap_or(chrono::Duration::seconds(60)),
+            cap: config.floods.max_tracked_clients.max(10),
             failures: HashMap::new(),
             sighted: HashMap::new(),
-            last_prune: None,
         }
     }
 
+    /// Observes an entry standing for `count` requests (an aggregated entry counts each).
     fn observe(
         &mut self,
         r: &AuditRecord,
+        count: u64,
         events: &mut Vec<SecurityEvent>,
         sightings: &mut Vec<Sighting>,
     ) {
@@ -169,7 +184,14 @@ impl Detector {
                     .parse::<IpAddr>()
                     .map_or_else(|_| ip.clone(), |a| network_of(a).to_string());
                 let before = events.len();
-                self.count_failure(format!("net {network}"), r, events, "network", &network);
+                self.count_failure(
+                    format!("net {network}"),
+                    r,
+                    count,
+                    events,
+                    "network",
+                    &network,
+                );
                 if events.len() > before
                     && let Some(e) = events.last_mut()
                 {
@@ -180,6 +202,7 @@ impl Detector {
                 self.count_failure(
                     format!("credential {credential}"),
                     r,
+                    count,
                     events,
                     "credentialId",
                     credential,
@@ -188,18 +211,21 @@ impl Detector {
         } else if r.outcome == datastack_core::audit::Outcome::Allowed {
             self.sight(r, sightings);
         }
-        self.prune(r.time);
     }
 
     fn count_failure(
         &mut self,
         key: String,
         r: &AuditRecord,
+        count: u64,
         events: &mut Vec<SecurityEvent>,
         field: &str,
         value: &str,
     ) {
         let window = self.window;
+        if !self.failures.contains_key(&key) && self.failures.len() >= self.cap {
+            self.evict_failures(r.time);
+        }
         let w = self.failures.entry(key).or_insert(Window {
             start: r.time,
             count: 0,
@@ -212,8 +238,8 @@ impl Detector {
                 raised: false,
             };
         }
-        w.count += 1;
-        if w.count >= self.threshold && !w.raised {
+        w.count += count;
+        if w.count >= u64::from(self.threshold) && !w.raised {
             w.raised = true;
             let mut payload = serde_json::json!({
                 "request_id": r.request_id,
@@ -227,6 +253,26 @@ impl Detector {
                 "auth.failure_burst",
                 payload,
             ));
+        }
+    }
+
+    /// Makes room in a full failure map: expired windows go, then the keys with the
+    /// fewest failures (the oldest first among equals), down to nine tenths of the cap.
+    fn evict_failures(&mut self, now: DateTime<Utc>) {
+        let window = self.window;
+        self.failures.retain(|_, w| now - w.start < window);
+        let keep = self.cap - self.cap / 10;
+        if self.failures.len() > keep {
+            let mut ranked: Vec<(u64, DateTime<Utc>, String)> = self
+                .failures
+                .iter()
+                .map(|(k, w)| (w.count, w.start, k.clone()))
+                .collect();
+            let drop = ranked.len() - keep;
+            ranked.select_nth_unstable(drop - 1);
+            for (_, _, k) in ranked.into_iter().take(drop) {
+                self.failures.remove(&k);
+            }
         }
     }
 
@@ -246,6 +292,9 @@ impl Detector {
         {
             return;
         }
+        if !self.sighted.contains_key(&key) && self.sighted.len() >= self.cap {
+            self.evict_sightings(r.time);
+        }
         self.sighted.insert(key, r.time);
         sightings.push(Sighting {
             credential_id: credential.clone(),
@@ -257,39 +306,142 @@ impl Detector {
         });
     }
 
-    /// Keeps the maps bounded: expired windows and old sightings go, at most once a
-    /// second, and a map still over its limit is emptied (a flood of distinct keys loses
-    /// only its own counts).
-    fn prune(&mut self, now: DateTime<Utc>) {
-        const LIMIT: usize = 100_000;
-        if self.failures.len() <= LIMIT && self.sighted.len() <= LIMIT {
-            return;
+    /// Makes room in a full sightings map: stale ones go, then the oldest, down to nine
+    /// tenths of the cap (a forgotten sighting is only written to the store again).
+    fn evict_sightings(&mut self, now: DateTime<Utc>) {
+        self.sighted.retain(|_, t| now - *t < SIGHTING_REFRESH);
+        let keep = self.cap - self.cap / 10;
+        if self.sighted.len() > keep {
+            let mut ranked: Vec<(DateTime<Utc>, (String, String))> =
+                self.sighted.iter().map(|(k, t)| (*t, k.clone())).collect();
+            let drop = ranked.len() - keep;
+            ranked.select_nth_unstable(drop - 1);
+            for (_, k) in ranked.into_iter().take(drop) {
+                self.sighted.remove(&k);
+            }
         }
-        if self
-            .last_prune
-            .is_some_and(|t| now - t < chrono::Duration::seconds(1))
+    }
+}
+
+/// Counts the entries this node wrote in the last minute (per second, in a ring) and
+/// raises `audit.growth_exceeded` when the count passes the threshold, at most once per
+/// [`GROWTH_ALERT_INTERVAL`].
+struct Growth {
+    threshold: u64,
+    seconds: [u64; 60],
+    second: i64,
+    last_alert: Option<std::time::Instant>,
+}
+
+/// The shortest time between two `audit.growth_exceeded` events of one node.
+const GROWTH_ALERT_INTERVAL: Duration = Duration::from_secs(600);
+
+impl Growth {
+    fn new(threshold: u64) -> Self {
+        Self {
+            threshold,
+            seconds: [0; 60],
+            second: Utc::now().timestamp(),
+            last_alert: None,
+        }
+    }
+
+    fn advance(&mut self, now: i64) {
+        let gap = now.saturating_sub(self.second).clamp(0, 60);
+        for i in 1..=gap {
+            self.seconds[((self.second + i).rem_euclid(60)) as usize] = 0;
+        }
+        self.second = self.second.max(now);
+    }
+
+    /// The entries written in the last 60 seconds.
+    fn last_minute(&self) -> u64 {
+        self.seconds.iter().sum()
+    }
+
+    /// Counts a batch of `n` entries; returns the event when the rate crosses the
+    /// threshold and none was raised recently.
+    fn observe(&mut self, n: usize, root: &WorkspaceId) -> Option<SecurityEvent> {
+        self.advance(Utc::now().timestamp());
+        self.seconds[self.second.rem_euclid(60) as usize] += n as u64;
+        let total = self.last_minute();
+        if self.threshold == 0
+            || total <= self.threshold
+            || self
+                .last_alert
+                .is_some_and(|t| t.elapsed() < GROWTH_ALERT_INTERVAL)
         {
-            if self.failures.len() > 2 * LIMIT {
-                self.failures.clear();
-            }
-            if self.sighted.len() > 2 * LIMIT {
-                self.sighted.clear();
-            }
-            return;
+            return None;
         }
-        self.last_prune = Some(now);
-        if self.failures.len() > LIMIT {
-            let window = self.window;
-            self.failures.retain(|_, w| now - w.start < window);
-            if self.failures.len() > LIMIT {
-                self.failures.clear();
-            }
+        self.last_alert = Some(std::time::Instant::now());
+        tracing::warn!(
+            entries_last_minute = total,
+            threshold = self.threshold,
+            "the audit log grows faster than audit_growth_alert_per_minute"
+        );
+        Some(SecurityEvent::new(
+            root.clone(),
+            "audit.growth_exceeded",
+            serde_json::json!({
+                "entriesLastMinute": total,
+                "thresholdPerMinute": self.threshold,
+            }),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(ip: &str) -> AuditRecord {
+        let mut r = AuditRecord::system(WorkspaceId::from_trusted("ws_r".into()), "me.read", "me");
+        r.status = 401;
+        r.outcome = datastack_core::audit::Outcome::Denied;
+        r.source_ip = Some(ip.to_owned());
+        r
+    }
+
+    #[test]
+    fn a_flood_of_networks_does_not_reset_a_burst_in_progress() {
+        let config = Config {
+            auth_failure_burst_threshold: 10,
+            floods: crate::config::FloodLimits {
+                max_tracked_clients: 100,
+                ..crate::config::FloodLimits::default()
+            },
+            ..Config::default()
+        };
+        let mut d = Detector::new(&config);
+        let (mut events, mut sightings) = (Vec::new(), Vec::new());
+        d.observe(&failure("203.0.113.1"), 9, &mut events, &mut sightings);
+        for i in 0..5_000u32 {
+            let ip = format!("10.{}.{}.1", i / 256, i % 256);
+            d.observe(&failure(&ip), 1, &mut events, &mut sightings);
+            assert!(d.failures.len() <= 100);
         }
-        if self.sighted.len() > LIMIT {
-            self.sighted.retain(|_, t| now - *t < SIGHTING_REFRESH);
-            if self.sighted.len() > LIMIT {
-                self.sighted.clear();
-            }
-        }
+        assert!(events.is_empty());
+        d.observe(&failure("203.0.113.2"), 1, &mut events, &mut sightings);
+        assert_eq!(
+            events.len(),
+            1,
+            "the tenth failure of the network raises the event"
+        );
+        assert_eq!(events[0].payload["failures"], 10);
+    }
+
+    #[test]
+    fn growth_past_the_threshold_raises_one_event() {
+        let root = WorkspaceId::from_trusted("ws_r".into());
+        let mut g = Growth::new(100);
+        assert!(g.observe(100, &root).is_none());
+        let e = g.observe(1, &root).expect("event");
+        assert_eq!(e.event_type, "audit.growth_exceeded");
+        assert_eq!(e.payload["entriesLastMinute"], 101);
+        assert!(
+            g.observe(1_000, &root).is_none(),
+            "at most one per interval"
+        );
+        assert!(Growth::new(0).observe(1_000_000, &root).is_none());
     }
 }

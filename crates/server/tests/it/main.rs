@@ -9,6 +9,7 @@ mod cluster;
 mod contract;
 mod edge;
 mod edge_rules;
+mod floods;
 mod input;
 mod limits;
 mod nginx;
