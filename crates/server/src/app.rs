@@ -104,6 +104,8 @@ pub fn store_config(config: &Config) -> StoreConfig {
         Some(url) => StoreConfig::Postgres {
             url: url.clone(),
             max_connections: config.database_max_connections,
+            statement_timeout: config.connections.database_statement_timeout,
+            lock_timeout: config.connections.database_lock_timeout,
         },
         None => StoreConfig::Sqlite {
             dir: config.data_dir.clone(),
@@ -341,24 +343,46 @@ impl Application {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Serves until SIGINT/SIGTERM or the shutdown handle, drains in-flight requests,
-    /// stops the workers (which flush their batches) and closes the store.
+    /// Serves until SIGINT/SIGTERM or the shutdown handle, drains in-flight requests (for
+    /// at most `shutdown_drain_timeout`, then drops the connections left), stops the
+    /// workers (which flush their batches) and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let mut stop = self.shutdown_tx.subscribe();
+        let stop = self.shutdown_tx.subscribe();
         let signal_tx = self.shutdown_tx.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
             signal_tx.send_replace(true);
         });
-        tracing::info!(addr = %self.addr, backend = ?self.state.store.backend(), "serving");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await?;
+        let limits = &self.state.config.connections;
+        let file_limit = crate::serve::open_file_limit();
+        let cap = limits.connection_cap(file_limit, self.state.config.database_max_connections);
+        if let (Some(limit), Some(configured)) = (file_limit, limits.max_client_connections)
+            && configured as u64 >= limit
+        {
+            tracing::warn!(
+                max_client_connections = configured,
+                open_file_limit = limit,
+                "max_client_connections is not below the open-file limit: accepting will fail \
+                 with \"too many open files\" before the cap is reached; raise the limit \
+                 (ulimit -n, LimitNOFILE=) or lower the cap"
+            );
+        }
+        tracing::info!(
+            addr = %self.addr,
+            backend = ?self.state.store.backend(),
+            max_client_connections = cap,
+            open_file_limit = ?file_limit,
+            "serving"
+        );
+        crate::serve::serve(
+            self.listener,
+            self.router,
+            limits,
+            cap,
+            self.state.metrics.clone(),
+            stop,
+        )
+        .await;
         // In-flight requests have drained: now stop the workers, which flush their batches.
         self.workers_stop_tx.send_replace(true);
         for worker in self.workers {
@@ -522,7 +546,14 @@ async fn wait_for_signal() {
 /// The whole HTTP surface: the API routes, then the pipeline stages from the outside in.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let request_timeout = state.config.connections.request_timeout;
     crate::api::routes()
+        // API handlers have a deadline; the gateway (added after this layer, so not under
+        // it) has its routes' upstream timeouts, and its tunnels live as long as they are
+        // used.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            pipeline::deadline::deadline(request_timeout, req, next)
+        }))
         // Paths that are not API routes go to the gateway, which proxies those under a
         // route's prefix and answers 404 to the rest.
         .fallback(crate::edge::proxy::gateway)

@@ -9,6 +9,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+mod connections;
+pub use connections::ConnectionLimits;
+
 /// The server's settings. See `docs/configuration.md` for each one.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -114,6 +117,9 @@ pub struct Config {
     pub api_key_rotation_overlap: Duration,
     /// The longest `overlapSeconds` a rotation may ask for. Default 30 days.
     pub api_key_max_rotation_overlap: Duration,
+    /// Timeouts and limits that protect the server from slow, idle and numerous
+    /// connections (see `docs/operations.md`, "Hostile traffic").
+    pub connections: ConnectionLimits,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -170,6 +176,7 @@ impl Default for Config {
             spend_warning_percent: 80,
             api_key_rotation_overlap: Duration::from_secs(24 * 3600),
             api_key_max_rotation_overlap: Duration::from_secs(30 * 24 * 3600),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -261,6 +268,22 @@ pub struct ConfigLayer {
     pub api_key_rotation_overlap_seconds: Option<u64>,
     /// `api_key_max_rotation_overlap_seconds`.
     pub api_key_max_rotation_overlap_seconds: Option<u64>,
+    /// `header_read_timeout_ms`.
+    pub header_read_timeout_ms: Option<u64>,
+    /// `idle_timeout_ms`.
+    pub idle_timeout_ms: Option<u64>,
+    /// `max_client_connections`.
+    pub max_client_connections: Option<u64>,
+    /// `request_timeout_ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// `shutdown_drain_timeout_ms`.
+    pub shutdown_drain_timeout_ms: Option<u64>,
+    /// `database_statement_timeout_ms`.
+    pub database_statement_timeout_ms: Option<u64>,
+    /// `database_lock_timeout_ms`.
+    pub database_lock_timeout_ms: Option<u64>,
+    /// `gateway_body_idle_timeout_ms`.
+    pub gateway_body_idle_timeout_ms: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -398,8 +421,14 @@ impl ConfigLayer {
                 "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" => {
                     layer.api_key_max_rotation_overlap_seconds = Some(number(&value)?)
                 }
-                // Variables of the client commands and of the tests are not server settings.
-                _ => {}
+                // The connection settings, all whole numbers.
+                other => {
+                    if let Some(field) = connections::env_field(&mut layer, other) {
+                        *field = Some(number(&value)?);
+                    }
+                    // Other variables (of the client commands, of the tests) are not
+                    // server settings.
+                }
             }
         }
         Ok(layer)
@@ -450,7 +479,15 @@ impl ConfigLayer {
             public_url,
             spend_warning_percent,
             api_key_rotation_overlap_seconds,
-            api_key_max_rotation_overlap_seconds
+            api_key_max_rotation_overlap_seconds,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_client_connections,
+            request_timeout_ms,
+            shutdown_drain_timeout_ms,
+            database_statement_timeout_ms,
+            database_lock_timeout_ms,
+            gateway_body_idle_timeout_ms
         );
         self
     }
@@ -460,6 +497,7 @@ impl ConfigLayer {
         let mut c = Config::default();
         self.build_audit(&mut c)?;
         self.build_edge(&mut c)?;
+        c.connections = self.build_connections()?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(

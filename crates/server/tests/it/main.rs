@@ -8,6 +8,7 @@ mod audit;
 mod cluster;
 mod contract;
 mod edge;
+mod hostile;
 mod input;
 mod limits;
 mod nginx;
