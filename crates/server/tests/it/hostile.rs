@@ -267,52 +267,65 @@ async fn a_handler_over_the_request_timeout_is_answered_503(backend: Backend) {
     app.stop().await;
 }
 
-/// On PostgreSQL, a statement waiting on a lock fails at `database_lock_timeout_ms` with
-/// 503 `UNAVAILABLE` instead of hanging.
+/// On PostgreSQL, a statement waiting on a lock fails at `database_lock_timeout_ms`, or,
+/// with the lock timeout off, at `database_statement_timeout_ms`, with 503 `UNAVAILABLE`
+/// instead of hanging, and changes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_lock_timeout_answers_503_instead_of_hanging() {
+async fn postgres_lock_and_statement_timeouts_answer_503_instead_of_hanging() {
     if crate::helpers::postgres_url().is_none() {
         eprintln!("DATASTACK_TEST_DATABASE_URL is not set: nothing to run against");
         return;
     }
     let store = std::sync::Arc::new(StoreLocation::new(Backend::Postgres).await);
-    let app = TestApp::spawn_on(store, |c| {
-        c.connections.database_lock_timeout = Duration::from_millis(300);
-        c.connections.request_timeout = Duration::from_secs(30);
-    })
-    .await;
-    let admin = app.admin().to_owned();
-    let lock = app.store().lock_audit_writes().await;
-    let started = Instant::now();
-    let r = app
-        .post(
-            "/api/v1/auth/tokens",
-            &admin,
-            "manage:tokens",
-            json!({"label": "locked-out", "scopes": ["read:jobs"]}),
-        )
+    let settings = [
+        (Duration::from_millis(300), Duration::from_secs(60)),
+        (Duration::ZERO, Duration::from_millis(300)),
+    ];
+    let mut admin_token: Option<String> = None;
+    for (i, (lock_timeout, statement_timeout)) in settings.into_iter().enumerate() {
+        let app = TestApp::spawn_on(store.clone(), |c| {
+            c.connections.database_lock_timeout = lock_timeout;
+            c.connections.database_statement_timeout = statement_timeout;
+            c.connections.request_timeout = Duration::from_secs(30);
+        })
         .await;
-    let elapsed = started.elapsed();
-    lock.release().await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
-    assert_eq!(r.code(), "UNAVAILABLE");
-    assert_eq!(
-        r.body["error"]["message"],
-        "the service is unavailable; retry later"
-    );
-    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-    let r = app
-        .post(
-            "/api/v1/auth/tokens",
-            &admin,
-            "manage:tokens",
-            json!({"label": "after-the-lock", "scopes": ["read:jobs"]}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let list = app.get("/api/v1/auth/tokens", &admin, "read:tokens").await;
-    assert!(!list.text.contains("locked-out"), "{}", list.text);
-    app.stop().await;
+        // The first start printed the admin token; the restart prints none.
+        let admin = admin_token
+            .get_or_insert_with(|| app.admin().to_owned())
+            .clone();
+        let label = format!("locked-out-{i}");
+        let lock = app.store().lock_audit_writes().await;
+        let started = Instant::now();
+        let r = app
+            .post(
+                "/api/v1/auth/tokens",
+                &admin,
+                "manage:tokens",
+                json!({"label": label, "scopes": ["read:jobs"]}),
+            )
+            .await;
+        let elapsed = started.elapsed();
+        lock.release().await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
+        assert_eq!(r.code(), "UNAVAILABLE");
+        assert_eq!(
+            r.body["error"]["message"],
+            "the service is unavailable; retry later"
+        );
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+        let r = app
+            .post(
+                "/api/v1/auth/tokens",
+                &admin,
+                "manage:tokens",
+                json!({"label": format!("after-the-lock-{i}"), "scopes": ["read:jobs"]}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let list = app.get("/api/v1/auth/tokens", &admin, "read:tokens").await;
+        assert!(!list.text.contains(&label), "{}", list.text);
+        app.stop().await;
+    }
 }
 
 /// A graceful shutdown lets a request that finishes in time finish, and ends within the
@@ -448,6 +461,173 @@ async fn a_malformed_chunked_body_through_the_gateway_is_a_400(backend: Backend)
         error["error"]["message"],
         "the request body is malformed, incomplete or stalled"
     );
+    app.stop().await;
+}
+
+/// At the connection cap, the connection that waited longest without a request makes room
+/// for a new one, so silent connections cannot lock clients out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_the_longest_idle_connection_makes_room() {
+    let store = std::sync::Arc::new(StoreLocation::new(Backend::Sqlite).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.connections.max_client_connections = Some(4);
+        // Only the cap may close these.
+        c.connections.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..4 {
+        silent.push(connect(&app).await);
+    }
+    for _ in 0..3 {
+        let mut fresh = connect(&app).await;
+        let started = Instant::now();
+        fresh.write_all(HEALTHZ).await.expect("write");
+        let (status, body) = read_response(&mut fresh).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    let mut closed = 0;
+    for s in &mut silent {
+        if closed_within(s, Duration::from_millis(500)).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 1, "no silent connection made room");
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("datastack_http_connections_closed_by_server_total{reason=\"evicted\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datastack_http_accept_paused_total{reason=\"at_capacity\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("datastack_http_connections_open "),
+        "{metrics}"
+    );
+    app.stop().await;
+}
+
+/// A proxied body that stops sending is cut off after the body idle timeout, in both
+/// directions: a stalled request body gets 400, a stalled response body ends the client's
+/// connection and the upstream's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_proxied_bodies_are_cut_off() {
+    let store = std::sync::Arc::new(StoreLocation::new(Backend::Sqlite).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.connections.gateway_body_idle_timeout = Duration::from_millis(400);
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let echo = upstream().await;
+    // An upstream that answers the head and 5 of 100 body bytes, then goes silent; it
+    // reports when its connection is closed.
+    let stalling = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let stalling_addr = stalling.local_addr().expect("addr");
+    let (closed_tx, mut upstream_closed) = tokio::sync::mpsc::channel::<()>(1);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = stalling.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhello")
+                    .await;
+                let mut rest = [0u8; 64];
+                while conn.read(&mut rest).await.unwrap_or(0) > 0 {}
+                let _ = closed_tx.send(()).await;
+            });
+        }
+    });
+    for (prefix, up) in [("/v1/echo", echo), ("/v1/stall", stalling_addr)] {
+        let r = app
+            .post(
+                "/api/v1/gateway/routes",
+                &admin,
+                "manage:gateway",
+                json!({"pathPrefix": prefix, "upstream": format!("http://{up}"),
+                       "resource": "jobs", "timeoutMs": 30000}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    }
+
+    // A request body that promises 100 bytes and sends 10.
+    let mut stream = connect(&app).await;
+    let started = Instant::now();
+    stream
+        .write_all(
+            format!(
+                "POST /v1/echo/in HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\n\
+                 Content-Length: 100\r\n\r\n0123456789"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let (status, body) = read_response(&mut stream).await;
+    assert_eq!(status, 400, "{body}");
+    let error: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(error["error"]["code"], "INVALID_REQUEST", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A response body that stops after 5 of 100 bytes.
+    let mut stream = connect(&app).await;
+    stream
+        .write_all(
+            format!("GET /v1/stall/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stalled response was never cut off");
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+    assert!(
+        received.ends_with("hello"),
+        "only what the upstream sent: {received}"
+    );
+    tokio::time::timeout(Duration::from_secs(5), upstream_closed.recv())
+        .await
+        .expect("the upstream connection is dropped, not kept");
     app.stop().await;
 }
 

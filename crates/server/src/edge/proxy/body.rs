@@ -57,17 +57,19 @@ pub(super) struct Watched<B> {
     inner: B,
     side: Side,
     idle: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Started at the first poll: a request body is not polled before the upstream
+    /// connection is up, and that wait is not the client's.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<B> Watched<B> {
-    /// Watches `inner`; the clock starts now.
+    /// Watches `inner`; the clock starts when it is first polled.
     pub(super) fn new(inner: B, side: Side, idle: Duration) -> Self {
         Self {
             inner,
             side,
             idle,
-            timer: Box::pin(tokio::time::sleep(idle)),
+            timer: None,
         }
     }
 }
@@ -85,10 +87,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
+        let idle = this.idle;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + this.idle;
-                this.timer.as_mut().reset(next);
+                timer.as_mut().reset(Instant::now() + idle);
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BodyError::Failed {
@@ -96,7 +101,7 @@ where
                 source: e.into(),
             }))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
+            Poll::Pending => match timer.as_mut().poll(cx) {
                 Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled {
                     side: this.side,
                     idle: this.idle,
