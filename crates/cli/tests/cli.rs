@@ -1153,3 +1153,73 @@ fn idle_and_slow_connections_under_a_low_file_limit_do_not_lock_clients_out() {
     assert!(!log.contains("Too many open files"), "{log}");
     assert!(!log.contains("cannot accept connections"), "{log}");
 }
+
+/// A cap set above the open-file limit lets the system refuse connections: the server
+/// says so at start, backs off instead of spinning on "too many open files" (logging it
+/// at most once a second), and serves again as soon as idle connections time out.
+#[test]
+fn accepting_backs_off_when_the_system_is_out_of_descriptors() {
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shell = Command::new("sh");
+    shell.args(["-c", r#"ulimit -n 128 && exec "$0" "$@""#, BIN]);
+    let server = Server::start_through(
+        shell,
+        &["--data-dir", dir.path().to_str().expect("utf-8 path")],
+        &[
+            ("DATASTACK_MAX_CLIENT_CONNECTIONS", "1000"),
+            ("DATASTACK_IDLE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let log = server.stderr.lock().expect("lock").clone();
+    assert!(
+        log.contains("max_client_connections is not below the open-file limit"),
+        "{log}"
+    );
+    let addr: std::net::SocketAddr = server.addr.parse().expect("address");
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .stderr
+        .lock()
+        .expect("lock")
+        .contains("cannot accept connections; backing off")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server never ran out of descriptors"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Once the idle connections time out, the server accepts again and answers.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let r = http
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .expect("/healthz answers once descriptors are free");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().expect("json");
+    assert_eq!(body["status"], "ok");
+    drop(idle);
+    let elapsed = started.elapsed();
+
+    let (_, log) = server.stop();
+    let refusals = log
+        .matches("cannot accept connections; backing off")
+        .count();
+    // At most one line a second, however many accepts failed.
+    let bound = elapsed.as_secs() as usize + 2;
+    assert!(
+        refusals <= bound,
+        "{refusals} lines in {elapsed:?}: the error is not rate-limited\n{log}"
+    );
+}

@@ -349,8 +349,9 @@ impl Application {
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let stop = self.shutdown_tx.subscribe();
         let signal_tx = self.shutdown_tx.clone();
+        let signal = shutdown_signal();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             signal_tx.send_replace(true);
         });
         let limits = &self.state.config.connections;
@@ -521,25 +522,38 @@ fn lock_data_dir(config: &Config) -> Result<Option<std::fs::File>, StartError> {
     }
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: a supervisor may signal as soon as the node says it is
+/// serving, and a signal that came before the handler would kill the process without its
+/// drain and final flush.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
