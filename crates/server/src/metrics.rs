@@ -182,7 +182,7 @@ impl Metrics {
         let upstream = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "gateway_upstream_responses",
-            "Proxied requests by outcome (ok, timeout, unreachable, body_too_large)",
+            "Proxied requests by outcome (ok, timeout, unreachable, body_too_large, client_body_error)",
             upstream.clone(),
         );
         let spend = Family::<OutcomeLabels, Counter>::default();

@@ -461,6 +461,21 @@ async fn a_malformed_chunked_body_through_the_gateway_is_a_400(backend: Backend)
         error["error"]["message"],
         "the request body is malformed, incomplete or stalled"
     );
+    let metrics = app
+        .http
+        .get(format!("{}/metrics", app.base))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "datastack_gateway_upstream_responses_total{outcome=\"client_body_error\"} 1"
+        ),
+        "{metrics}"
+    );
     app.stop().await;
 }
 
