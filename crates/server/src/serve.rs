@@ -15,12 +15,13 @@
 //! that timer when it begins waiting for a request's head, which for a keep-alive
 //! connection is as soon as the previous response is written.
 //!
-//! The cap keeps the process below its open-file limit: at the cap, the connection that has
-//! waited longest without a request in progress is closed to make room (a keep-alive
-//! connection between requests, or one that has not finished its headers); if every
-//! connection is busy, accepting pauses and new connections wait in the kernel's backlog.
-//! When the system refuses to accept (out of descriptors), accepting backs off from 50 ms
-//! to 1 s, and the error is logged at most once a second.
+//! The cap keeps the process below its open-file limit: when a connection arrives at the
+//! cap, the connection that has waited longest without a request in progress is closed to
+//! make room (a keep-alive connection between requests, or one that has not finished its
+//! headers); if every connection is busy, accepting pauses and new connections wait in the
+//! kernel's backlog. When the system refuses to accept (out of descriptors), the
+//! longest-idle connection is closed too, and accepting backs off from 50 ms to 1 s, with
+//! the error logged at most once a second.
 
 use std::collections::HashMap;
 use std::io;
@@ -65,6 +66,40 @@ pub(crate) async fn serve(
     loop {
         // Reap finished connections so the set does not grow with every connection served.
         while tasks.try_join_next().is_some() {}
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => {
+                backoff.reset();
+                a
+            }
+            // The peer gave up between the handshake and the accept: nothing to do.
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                metrics.connections.accept_paused("accept_error");
+                let delay = backoff.next();
+                if backoff.should_log() {
+                    tracing::error!(
+                        error = %e,
+                        retry_ms = delay.as_millis() as u64,
+                        "cannot accept connections; backing off"
+                    );
+                }
+                // Out of descriptors: an idle connection gives one back.
+                if registry.evict_longest_idle() {
+                    metrics.connections.closed_by_server("evicted");
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => continue,
+                    _ = stop.wait_for(|s| *s) => break,
+                }
+            }
+        };
+        // Over the cap, the longest-idle connection makes room; when every one is busy,
+        // this waits (holding the one accepted connection) and the kernel's backlog holds
+        // the others.
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
@@ -88,41 +123,18 @@ pub(crate) async fn serve(
                 }
             }
         };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = stop.wait_for(|s| *s) => break,
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            stream,
+            peer,
+            permit,
+            limits: limits.clone(),
+            metrics: metrics.clone(),
+            registry: registry.clone(),
+            router: router.clone(),
+            stop: stop.clone(),
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                backoff.reset();
-                let _ = stream.set_nodelay(true);
-                let conn = Connection {
-                    stream,
-                    peer,
-                    permit,
-                    limits: limits.clone(),
-                    metrics: metrics.clone(),
-                    registry: registry.clone(),
-                    router: router.clone(),
-                    stop: stop.clone(),
-                };
-                tasks.spawn(conn.run());
-            }
-            // The peer gave up between the handshake and the accept: nothing to do.
-            Err(e) if is_connection_error(&e) => {}
-            Err(e) => {
-                metrics.connections.accept_paused("accept_error");
-                let delay = backoff.next();
-                if backoff.should_log() {
-                    tracing::error!(error = %e, retry_ms = delay.as_millis() as u64, "cannot accept connections; backing off");
-                }
-                drop(permit);
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = stop.wait_for(|s| *s) => break,
-                }
-            }
-        }
+        tasks.spawn(conn.run());
     }
     drop(listener);
     let open = tasks.len();
