@@ -63,7 +63,7 @@ pub(crate) async fn serve(
     let mut tasks = JoinSet::new();
     let mut backoff = Backoff::default();
     let mut at_capacity_logged: Option<Instant> = None;
-    loop {
+    'accept: loop {
         // Reap finished connections so the set does not grow with every connection served.
         while tasks.try_join_next().is_some() {}
         let accepted = tokio::select! {
@@ -111,23 +111,35 @@ pub(crate) async fn serve(
                          new ones wait in the backlog (see max_client_connections)"
                     );
                 }
-                if registry.evict_longest_idle() {
-                    metrics.connections.closed_by_server("evicted");
-                }
-                tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                    _ = stop.wait_for(|s| *s) => break,
+                // Tried again while waiting: a busy connection that turns idle makes room
+                // too. One eviction at a time, so a slow close does not cost several.
+                let mut ticks = tokio::time::interval(Duration::from_millis(50));
+                loop {
+                    tokio::select! {
+                        p = permits.clone().acquire_owned() => match p {
+                            Ok(p) => break p,
+                            Err(_) => break 'accept,
+                        },
+                        _ = stop.wait_for(|s| *s) => break 'accept,
+                        _ = ticks.tick() => {
+                            if registry.evict_longest_idle() {
+                                metrics.connections.closed_by_server("evicted");
+                            }
+                        }
+                    }
                 }
             }
         };
         let _ = stream.set_nodelay(true);
+        // Registered before its task runs, so it can be evicted from the start.
+        let activity = Arc::new(Activity::new());
+        let id = registry.add(activity.clone());
         let conn = Connection {
             stream,
             peer,
             permit,
+            activity,
+            id,
             limits: limits.clone(),
             metrics: metrics.clone(),
             registry: registry.clone(),
@@ -136,6 +148,17 @@ pub(crate) async fn serve(
         };
         tasks.spawn(conn.run());
     }
+    drain(listener, tasks, limits, &metrics).await;
+}
+
+/// Stops accepting, waits for the connections for at most the drain deadline, then drops
+/// the ones left.
+async fn drain(
+    listener: TcpListener,
+    mut tasks: JoinSet<()>,
+    limits: &ConnectionLimits,
+    metrics: &Metrics,
+) {
     drop(listener);
     let open = tasks.len();
     tracing::info!(
@@ -362,9 +385,14 @@ impl Registry {
     }
 
     /// Marks the connection that has waited longest with no request in progress to be
-    /// closed; false when every connection is busy.
+    /// closed; false when every connection is busy, or one marked earlier is still
+    /// closing.
     fn evict_longest_idle(&self) -> bool {
         let open = self.lock();
+        if open.values().any(|a| a.lock().evicted) {
+            // The last one is still closing: its slot is on the way.
+            return false;
+        }
         let oldest = open
             .values()
             .filter_map(|a| {
@@ -391,6 +419,8 @@ struct Connection {
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
+    activity: Arc<Activity>,
+    id: u64,
     router: Router,
     stop: watch::Receiver<bool>,
 }
@@ -404,11 +434,11 @@ impl Connection {
             limits,
             metrics,
             registry,
+            activity,
+            id,
             router,
             mut stop,
         } = self;
-        let activity = Arc::new(Activity::new());
-        let id = registry.add(activity.clone());
         metrics.connections.opened();
         // The stream holds the permit and the open count: an upgraded (WebSocket)
         // connection keeps them after hyper hands it over, until the tunnel closes.

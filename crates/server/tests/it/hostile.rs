@@ -537,6 +537,61 @@ async fn at_the_cap_the_longest_idle_connection_makes_room() {
     app.stop().await;
 }
 
+/// At the cap, a connection whose request is in progress is never the one closed to make
+/// room: the idle one is, and the request in progress is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_with_a_request_in_progress_is_never_evicted() {
+    let store = std::sync::Arc::new(StoreLocation::new(Backend::Sqlite).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.connections.max_client_connections = Some(2);
+        c.connections.idle_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let (tx, mut arrived) = tokio::sync::mpsc::channel(4);
+    let up = announcing_upstream(tx).await;
+    let route = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/busy", "upstream": format!("http://{up}"),
+                   "resource": "jobs", "timeoutMs": 30000}),
+        )
+        .await;
+    assert_eq!(route.status, StatusCode::CREATED, "{}", route.text);
+
+    // The busy connection opens first, so it is the oldest; its request is in flight.
+    let mut busy = connect(&app).await;
+    busy.write_all(
+        format!("GET /v1/busy/x HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write");
+    arrived
+        .recv()
+        .await
+        .expect("the upstream receives the request");
+    let mut idle = connect(&app).await;
+    // Fills the cap; the next connection needs room.
+    let mut fresh = connect(&app).await;
+    fresh.write_all(HEALTHZ).await.expect("write");
+    let (status, _) = read_response(&mut fresh).await;
+    assert_eq!(status, 200);
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(2))
+            .await
+            .is_some(),
+        "the idle connection made room"
+    );
+    let (status, body) = read_response(&mut busy).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(seen["path"], "/v1/busy/x");
+    app.stop().await;
+}
+
 /// A proxied body that stops sending is cut off after the body idle timeout, in both
 /// directions: a stalled request body gets 400, a stalled response body ends the client's
 /// connection and the upstream's.
