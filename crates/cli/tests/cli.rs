@@ -20,7 +20,12 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str], envs: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(BIN);
+        Self::start_through(Command::new(BIN), args, envs)
+    }
+
+    /// Starts `datastack serve` through `cmd`: the binary itself, or a shell that sets a
+    /// limit first and runs the binary given as its `$0`.
+    fn start_through(mut cmd: Command, args: &[&str], envs: &[(&str, &str)]) -> Server {
         cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0"])
             .args(args);
@@ -1119,4 +1124,203 @@ fn the_workspaces_cli_filters_a_subtree_and_the_depth_limit_comes_from_the_envir
     let (code, _, err) = client(&server, &c, &["whoami"]);
     assert_eq!(code, 0, "{err}");
     server.stop();
+}
+
+/// Several hundred idle connections and a hundred that dribble their headers, against a
+/// server whose open-file limit is 256: health checks and authenticated calls are still
+/// answered within a second, the attackers' connections are closed by the server, and
+/// accepting never fails with "too many open files".
+#[test]
+fn idle_and_slow_connections_under_a_low_file_limit_do_not_lock_clients_out() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shell = Command::new("sh");
+    shell.args(["-c", r#"ulimit -n 256 && exec "$0" "$@""#, BIN]);
+    let server = Server::start_through(
+        shell,
+        &["--data-dir", dir.path().to_str().expect("utf-8 path")],
+        &[
+            ("DATASTACK_IDLE_TIMEOUT_MS", "3000"),
+            ("DATASTACK_HEADER_READ_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let admin = server.admin_token().expect("admin token");
+    let log = server.stderr.lock().expect("lock").clone();
+    // Half of what 256 descriptors leave after the pool (16) and the reserve (64).
+    assert!(log.contains("max_client_connections=88"), "{log}");
+    let addr: std::net::SocketAddr = server.addr.parse().expect("address");
+
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let slow: Vec<TcpStream> = (0..100)
+        .map(|_| {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            let _ = s.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+            s
+        })
+        .collect();
+    let slow_readers: Vec<TcpStream> = slow.iter().map(|s| s.try_clone().expect("clone")).collect();
+    let dribbling = Arc::new(AtomicBool::new(true));
+    let dribbler = {
+        let dribbling = dribbling.clone();
+        std::thread::spawn(move || {
+            let mut slow = slow;
+            while dribbling.load(Ordering::Relaxed) {
+                for s in &mut slow {
+                    // A closed connection refuses the byte; that is the point.
+                    let _ = s.write(b"a");
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    for _ in 0..3 {
+        let started = Instant::now();
+        let r = http
+            .get(format!("{}/healthz", server.url()))
+            .send()
+            .expect("/healthz answers");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().expect("json");
+        assert_eq!(body["status"], "ok");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let started = Instant::now();
+        let r = http
+            .get(format!("{}/api/v1/me", server.url()))
+            .bearer_auth(&admin)
+            .send()
+            .expect("/api/v1/me answers");
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().expect("json");
+        assert!(
+            body["principal"]["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("usr_")),
+            "{body}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    // Every attacker's connection is closed by the server within its timeouts (or
+    // earlier, to make room), while the slow ones are still dribbling.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for mut s in idle.into_iter().chain(slow_readers) {
+        let mut buf = [0u8; 512];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "a connection was never closed by the server"
+            );
+            s.set_read_timeout(Some(left)).expect("timeout");
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    panic!("a connection was never closed by the server")
+                }
+                Err(_) => break,
+            }
+        }
+    }
+    dribbling.store(false, Ordering::Relaxed);
+    dribbler.join().expect("dribbler");
+
+    let (_, log) = server.stop();
+    assert!(!log.contains("Too many open files"), "{log}");
+    assert!(!log.contains("cannot accept connections"), "{log}");
+}
+
+/// A cap set above the open-file limit lets the system refuse connections: the server
+/// says so at start, backs off instead of spinning on "too many open files" (logging it
+/// at most once a second), and serves again as soon as idle connections time out.
+#[test]
+fn accepting_backs_off_when_the_system_is_out_of_descriptors() {
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut shell = Command::new("sh");
+    shell.args(["-c", r#"ulimit -n 128 && exec "$0" "$@""#, BIN]);
+    let server = Server::start_through(
+        shell,
+        &["--data-dir", dir.path().to_str().expect("utf-8 path")],
+        &[
+            ("DATASTACK_MAX_CLIENT_CONNECTIONS", "1000"),
+            ("DATASTACK_IDLE_TIMEOUT_MS", "1000"),
+        ],
+    );
+    let log = server.stderr.lock().expect("lock").clone();
+    assert!(
+        log.contains("max_client_connections is not below the open-file limit"),
+        "{log}"
+    );
+    let addr: std::net::SocketAddr = server.addr.parse().expect("address");
+    let started = Instant::now();
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server
+        .stderr
+        .lock()
+        .expect("lock")
+        .contains("cannot accept connections; backing off")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server never ran out of descriptors"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // Once the idle connections time out, the server accepts again and answers.
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client");
+    let r = http
+        .get(format!("{}/healthz", server.url()))
+        .send()
+        .expect("/healthz answers once descriptors are free");
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().expect("json");
+    assert_eq!(body["status"], "ok");
+    drop(idle);
+    let elapsed = started.elapsed();
+
+    let (_, log) = server.stop();
+    let refusals = log
+        .matches("cannot accept connections; backing off")
+        .count();
+    // At most one line a second, however many accepts failed.
+    let bound = elapsed.as_secs() as usize + 2;
+    assert!(
+        refusals <= bound,
+        "{refusals} lines in {elapsed:?}: the error is not rate-limited\n{log}"
+    );
 }

@@ -104,6 +104,8 @@ pub fn store_config(config: &Config) -> StoreConfig {
         Some(url) => StoreConfig::Postgres {
             url: url.clone(),
             max_connections: config.database_max_connections,
+            statement_timeout: config.connections.database_statement_timeout,
+            lock_timeout: config.connections.database_lock_timeout,
         },
         None => StoreConfig::Sqlite {
             dir: config.data_dir.clone(),
@@ -345,24 +347,47 @@ impl Application {
         ShutdownHandle(self.shutdown_tx.clone())
     }
 
-    /// Serves until SIGINT/SIGTERM or the shutdown handle, drains in-flight requests,
-    /// stops the workers (which flush their batches) and closes the store.
+    /// Serves until SIGINT/SIGTERM or the shutdown handle, drains in-flight requests (for
+    /// at most `shutdown_drain_timeout`, then drops the connections left), stops the
+    /// workers (which flush their batches) and closes the store.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let mut stop = self.shutdown_tx.subscribe();
+        let stop = self.shutdown_tx.subscribe();
         let signal_tx = self.shutdown_tx.clone();
+        let signal = shutdown_signal();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            signal.await;
             signal_tx.send_replace(true);
         });
-        tracing::info!(addr = %self.addr, backend = ?self.state.store.backend(), "serving");
-        let service = self
-            .router
-            .into_make_service_with_connect_info::<SocketAddr>();
-        axum::serve(self.listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await?;
+        let limits = &self.state.config.connections;
+        let file_limit = crate::serve::open_file_limit();
+        let cap = limits.connection_cap(file_limit, self.state.config.database_max_connections);
+        if let (Some(limit), Some(configured)) = (file_limit, limits.max_client_connections)
+            && configured as u64 >= limit
+        {
+            tracing::warn!(
+                max_client_connections = configured,
+                open_file_limit = limit,
+                "max_client_connections is not below the open-file limit: accepting will fail \
+                 with \"too many open files\" before the cap is reached; raise the limit \
+                 (ulimit -n, LimitNOFILE=) or lower the cap"
+            );
+        }
+        tracing::info!(
+            addr = %self.addr,
+            backend = ?self.state.store.backend(),
+            max_client_connections = cap,
+            open_file_limit = ?file_limit,
+            "serving"
+        );
+        crate::serve::serve(
+            self.listener,
+            self.router,
+            limits,
+            cap,
+            self.state.metrics.clone(),
+            stop,
+        )
+        .await;
         // In-flight requests have drained: now stop the workers, which flush their batches.
         self.workers_stop_tx.send_replace(true);
         for worker in self.workers {
@@ -501,32 +526,52 @@ fn lock_data_dir(config: &Config) -> Result<Option<std::fs::File>, StartError> {
     }
 }
 
-async fn wait_for_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not
+/// when the future is first polled: a supervisor may signal as soon as the node says it is
+/// serving, and a signal that came before the handler would kill the process without its
+/// drain and final flush.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut one), Err(_)) | (Err(_), Ok(mut one)) => {
+                    one.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
 /// The whole HTTP surface: the API routes, then the pipeline stages from the outside in.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let request_timeout = state.config.connections.request_timeout;
     crate::api::routes()
+        // API handlers have a deadline; the gateway (added after this layer, so not under
+        // it) has its routes' upstream timeouts, and its tunnels live as long as they are
+        // used.
+        .layer(axum::middleware::from_fn(move |req, next| {
+            pipeline::deadline::deadline(request_timeout, req, next)
+        }))
         // Paths that are not API routes go to the gateway, which proxies those under a
         // route's prefix and answers 404 to the rest.
         .fallback(crate::edge::proxy::gateway)

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 mod floods;
 pub use floods::FloodLimits;
+mod connections;
+pub use connections::ConnectionLimits;
 
 /// The server's settings. See `docs/configuration.md` for each one.
 #[derive(Debug, Clone)]
@@ -123,6 +125,9 @@ pub struct Config {
     /// Bounds on what a flood of bad or limited requests costs (see `docs/operations.md`,
     /// "Floods of bad credentials").
     pub floods: FloodLimits,
+    /// Timeouts and limits that protect the server from slow, idle and numerous
+    /// connections (see `docs/operations.md`, "Hostile traffic").
+    pub connections: ConnectionLimits,
 }
 
 /// Whether a response waits for its audit entry to be durable.
@@ -181,6 +186,7 @@ impl Default for Config {
             api_key_rotation_overlap: Duration::from_secs(24 * 3600),
             api_key_max_rotation_overlap: Duration::from_secs(30 * 24 * 3600),
             floods: FloodLimits::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -282,6 +288,22 @@ pub struct ConfigLayer {
     pub audit_growth_alert_per_minute: Option<u64>,
     /// `audit_refusal_groups`.
     pub audit_refusal_groups: Option<u64>,
+    /// `header_read_timeout_ms`.
+    pub header_read_timeout_ms: Option<u64>,
+    /// `idle_timeout_ms`.
+    pub idle_timeout_ms: Option<u64>,
+    /// `max_client_connections`.
+    pub max_client_connections: Option<u64>,
+    /// `request_timeout_ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// `shutdown_drain_timeout_ms`.
+    pub shutdown_drain_timeout_ms: Option<u64>,
+    /// `database_statement_timeout_ms`.
+    pub database_statement_timeout_ms: Option<u64>,
+    /// `database_lock_timeout_ms`.
+    pub database_lock_timeout_ms: Option<u64>,
+    /// `gateway_body_idle_timeout_ms`.
+    pub gateway_body_idle_timeout_ms: Option<u64>,
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -420,9 +442,11 @@ impl ConfigLayer {
                 "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" => {
                     layer.api_key_max_rotation_overlap_seconds = Some(number(&value)?)
                 }
-                // The flood settings, all whole numbers.
+                // The flood and connection settings, all whole numbers.
                 other => {
                     if let Some(field) = floods::env_field(&mut layer, other) {
+                        *field = Some(number(&value)?);
+                    } else if let Some(field) = connections::env_field(&mut layer, other) {
                         *field = Some(number(&value)?);
                     }
                     // Other variables (of the client commands, of the tests) are not
@@ -483,7 +507,15 @@ impl ConfigLayer {
             credential_negative_cache_ttl_ms,
             max_tracked_clients,
             audit_growth_alert_per_minute,
-            audit_refusal_groups
+            audit_refusal_groups,
+            header_read_timeout_ms,
+            idle_timeout_ms,
+            max_client_connections,
+            request_timeout_ms,
+            shutdown_drain_timeout_ms,
+            database_statement_timeout_ms,
+            database_lock_timeout_ms,
+            gateway_body_idle_timeout_ms
         );
         self
     }
@@ -494,6 +526,7 @@ impl ConfigLayer {
         self.build_audit(&mut c)?;
         self.build_edge(&mut c)?;
         c.floods = self.build_floods()?;
+        c.connections = self.build_connections()?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(

@@ -66,6 +66,11 @@ pub enum ApiError {
     /// 503: the server cannot answer now (the store is unreachable).
     #[error("the service is unavailable; retry later")]
     Unavailable,
+    /// 503: the request did not complete within `request_timeout_ms` (a slow store, a
+    /// held lock); whether a change it made took effect is not known, so read before
+    /// retrying it.
+    #[error("the request did not complete within {} ms; retry later", .0.as_millis())]
+    TimedOut(std::time::Duration),
     /// 500: a fault of the server. The detail goes to the log, never to the client.
     #[error("internal error")]
     Internal(String),
@@ -119,7 +124,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "PAYLOAD_TOO_LARGE"),
-            ApiError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+            ApiError::Unavailable | ApiError::TimedOut(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE")
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL"),
         }
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod pipeline;
+pub(crate) mod serve;
 pub mod state;
 pub mod workers;
 

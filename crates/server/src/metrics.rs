@@ -79,6 +79,8 @@ pub struct Metrics {
     spend: Family<OutcomeLabels, Counter>,
     maintenance_passes: Counter,
     floods: FloodMetrics,
+    /// The serving loop's connection counts.
+    pub connections: ConnectionMetrics,
 }
 
 /// The metrics of what floods cost: aggregated audit entries, the audit growth rate, the
@@ -226,7 +228,7 @@ impl Metrics {
         let upstream = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "gateway_upstream_responses",
-            "Proxied requests by outcome (ok, timeout, unreachable, body_too_large)",
+            "Proxied requests by outcome (ok, timeout, unreachable, body_too_large, client_body_error)",
             upstream.clone(),
         );
         let spend = Family::<OutcomeLabels, Counter>::default();
@@ -242,9 +244,11 @@ impl Metrics {
             maintenance_passes.clone(),
         );
         let floods = FloodMetrics::register(&mut registry);
+        let connections = ConnectionMetrics::register(&mut registry);
         Self {
             maintenance_passes,
             floods,
+            connections,
             spend,
             ratelimit,
             ratelimit_redis,
@@ -414,5 +418,69 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// What the serving loop counts: open client connections, connections it closed and why,
+/// and the times it stopped accepting.
+pub struct ConnectionMetrics {
+    open: Gauge,
+    closed: Family<ReasonLabels, Counter>,
+    accept_paused: Family<ReasonLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let open = Gauge::default();
+        registry.register(
+            "http_connections_open",
+            "Client connections open now",
+            open.clone(),
+        );
+        let closed = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_connections_closed_by_server",
+            "Client connections the server closed (idle, header_timeout, evicted, shutdown)",
+            closed.clone(),
+        );
+        let accept_paused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "http_accept_paused",
+            "Times accepting paused: at_capacity (the connection cap was reached) or \
+             accept_error (the system refused, e.g. out of file descriptors; accepting backs off)",
+            accept_paused.clone(),
+        );
+        Self {
+            open,
+            closed,
+            accept_paused,
+        }
+    }
+
+    /// Counts an accepted connection as open.
+    pub fn opened(&self) {
+        self.open.inc();
+    }
+
+    /// Counts a connection, accepted earlier, as closed.
+    pub fn released(&self) {
+        self.open.dec();
+    }
+
+    /// Counts a connection the server closed, by reason.
+    pub fn closed_by_server(&self, reason: &'static str) {
+        self.closed.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
+    /// Counts a pause of accepting, by reason.
+    pub fn accept_paused(&self, reason: &'static str) {
+        self.accept_paused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 }

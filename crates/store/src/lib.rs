@@ -44,7 +44,8 @@ pub enum Error {
     /// The change conflicts with existing data; the message says how, for the caller.
     #[error("{0}")]
     Conflict(String),
-    /// The database cannot be reached now (pool exhausted or closed, connection lost).
+    /// The database cannot answer now (pool exhausted or closed, connection lost, a
+    /// statement or lock timeout).
     #[error("the database is unavailable: {0}")]
     Unavailable(sqlx::Error),
     /// The database failed.
@@ -76,6 +77,13 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Self {
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Error::Unavailable(e)
+            }
+            // 57014: cancelled by statement_timeout; 55P03: lock_timeout. The database is
+            // too busy (or a lock is held too long) to answer now, which a retry may fix.
+            sqlx::Error::Database(ref db)
+                if matches!(db.code().as_deref(), Some("57014" | "55P03")) =>
+            {
                 Error::Unavailable(e)
             }
             other => Error::Database(other),
@@ -174,6 +182,12 @@ pub enum StoreConfig {
         url: String,
         /// Pool size.
         max_connections: u32,
+        /// `statement_timeout` of every pooled connection: a statement running longer is
+        /// cancelled and the call fails with [`Error::Unavailable`]. Zero turns it off.
+        statement_timeout: Duration,
+        /// `lock_timeout` of every pooled connection: a statement waiting longer for a
+        /// lock fails with [`Error::Unavailable`]. Zero turns it off.
+        lock_timeout: Duration,
     },
 }
 
@@ -204,7 +218,11 @@ impl Store {
             StoreConfig::Postgres {
                 url,
                 max_connections,
-            } => Self::open_postgres(url, *max_connections).await,
+                statement_timeout,
+                lock_timeout,
+            } => {
+                Self::open_postgres(url, *max_connections, *statement_timeout, *lock_timeout).await
+            }
         }
     }
 
@@ -236,8 +254,21 @@ impl Store {
         })
     }
 
-    async fn open_postgres(url: &str, max_connections: u32) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+    async fn open_postgres(
+        url: &str,
+        max_connections: u32,
+        statement_timeout: Duration,
+        lock_timeout: Duration,
+    ) -> Result<Self> {
+        // Set at connection start, after the URL's own `options` (a search_path, say), so
+        // no statement of the server waits on a lock or runs without bound.
+        let options = PgConnectOptions::from_str(url)?.options([
+            (
+                "statement_timeout",
+                format!("{}ms", statement_timeout.as_millis()),
+            ),
+            ("lock_timeout", format!("{}ms", lock_timeout.as_millis())),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .min_connections(1)

@@ -17,7 +17,7 @@ use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::Limited;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -27,6 +27,10 @@ use crate::error::ApiError;
 use crate::pipeline::authenticate::ClientIp;
 use crate::pipeline::request_id::RequestId;
 use crate::state::AppState;
+
+mod body;
+
+use body::{Side, Watched, client_body_error};
 
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 
@@ -264,7 +268,14 @@ async fn forward(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    let body = Body::new(Limited::new(body, max_body).map_err(axum::Error::new));
+    // No byte from the client for the idle timeout aborts the exchange, so a stalled
+    // client holds neither this connection nor the upstream one.
+    let body_idle = state.config.connections.gateway_body_idle_timeout;
+    let body = Body::new(Watched::new(
+        Limited::new(body, max_body),
+        Side::Client,
+        body_idle,
+    ));
     let mut upstream_req = axum::http::Request::new(body);
     *upstream_req.method_mut() = method.clone();
     *upstream_req.uri_mut() = target;
@@ -290,6 +301,16 @@ async fn forward(
             if is_body_limit(&e) {
                 state.metrics.upstream("body_too_large");
                 return Err(ApiError::PayloadTooLarge(max_body).into_response());
+            }
+            // The client's body was malformed (bad chunked framing), cut or stalled: the
+            // client's fault, not the upstream's. Like an oversized body, not charged.
+            if let Some(cause) = client_body_error(&e) {
+                state.metrics.upstream("client_body_error");
+                tracing::debug!(route = %route.spec.path_prefix, error = %cause, "the client's request body failed");
+                return Err(ApiError::InvalidRequest(
+                    "the request body is malformed, incomplete or stalled".into(),
+                )
+                .into_response());
             }
             state.metrics.upstream("unreachable");
             tracing::warn!(route = %route.spec.path_prefix, error = %e, "the upstream is unreachable");
@@ -352,7 +373,12 @@ async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::new(body)))
+    // An upstream that stops sending mid-body is cut off after the idle timeout: the
+    // client's connection ends and the upstream connection is dropped, not pooled.
+    Ok(Response::from_parts(
+        parts,
+        Body::new(Watched::new(body, Side::Upstream, body_idle)),
+    ))
 }
 
 /// Whether a client error was caused by the request body going over the limit.

@@ -13,5 +13,6 @@ pub fn is_public(path: &str) -> bool {
 pub mod audit;
 pub mod authenticate;
 pub mod authorize;
+pub mod deadline;
 pub mod extract;
 pub mod request_id;

@@ -10,6 +10,7 @@ mod contract;
 mod edge;
 mod edge_rules;
 mod floods;
+mod hostile;
 mod input;
 mod limits;
 mod nginx;
