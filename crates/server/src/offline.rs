@@ -52,6 +52,9 @@ pub struct HeadsCheck {
     pub discrepancies: Vec<HeadDiscrepancy>,
 }
 
+/// A heads file as read: its number of lines, and its numbered lines (parsed, or why not).
+type HeadLines = (usize, Vec<(usize, Result<AnchoredHead, String>)>);
+
 /// Opens the store read-only with the audit key of `config` (never created here).
 async fn open_read_only(config: &Config) -> Result<Store, OfflineError> {
     let key = load_audit_key(config, false).map_err(|e| OfflineError::Invalid(e.to_string()))?;
@@ -101,7 +104,7 @@ pub async fn verify(
 async fn verify_store(
     store: &Store,
     only: Option<WorkspaceId>,
-    heads: Option<(usize, Vec<(usize, Result<AnchoredHead, String>)>)>,
+    heads: Option<HeadLines>,
     heads_file: Option<&Path>,
 ) -> Result<OfflineVerification, OfflineError> {
     // Every chain the store knows of, including one whose workspace row is gone, and every
