@@ -6,7 +6,9 @@
 //! the key can neither change an entry nor recompute the chain after removing one. The
 //! chain's head (its last sequence number and hash) is signed with the same key, which makes
 //! cutting entries off the end evident too; a signed checkpoint marks where the retained
-//! chain starts after a retention purge.
+//! chain starts after a retention purge. A head found missing or stale is never signed
+//! again over the shorter chain: the break is recorded in the chain and reported until an
+//! operator acknowledges it (see [`crate::audit_breaks`]).
 //!
 //! [`ChainVerifier`] walks a chain in sequence order and reports the first break.
 
@@ -459,15 +461,15 @@ pub enum ChainBreak {
     },
     /// The retention checkpoint's signature is wrong.
     CheckpointForged,
-    /// A node found the chain's head missing, behind its last entry, or older than a head
-    /// anchored outside the database, recorded the break in the chain (the marker entry
+    /// A node found the chain's head missing, behind or ahead of its last entry, or older
+    /// than a head anchored outside the database, recorded the break in the chain (the marker entry
     /// `id`) and went on after `resumedAfterSeq`; no operator has acknowledged it yet.
     UnacknowledgedBreak {
         /// The marker entry.
         id: String,
         /// Its sequence number.
         seq: i64,
-        /// `head_missing`, `head_behind` or `head_rolled_back`.
+        /// `head_missing`, `head_behind`, `entries_missing` or `head_rolled_back`.
         reason: String,
         /// The last position the node could trust.
         resumed_after_seq: i64,

@@ -35,7 +35,7 @@ pub struct RecordedBreak {
     pub seq: i64,
     /// When it was found.
     pub time: DateTime<Utc>,
-    /// `head_missing`, `head_behind` or `head_rolled_back`.
+    /// `head_missing`, `head_behind`, `entries_missing` or `head_rolled_back`.
     pub reason: String,
     /// The last position the node could trust: the marker follows it.
     pub resumed_after_seq: i64,

@@ -166,8 +166,9 @@ macro_rules! append_audit {
             .fetch_one(&mut *$tx)
             .await?;
             // What the chain really holds: its last entry, or the checkpoint when every
-            // entry was purged. A head that is missing (deleted) or behind it (an old head
-            // row restored) cannot be repaired: entries may be lost. The chain goes on
+            // entry was purged. A head that is missing (deleted), behind it (an old head
+            // row restored) or ahead of it (entries deleted from the end) cannot be
+            // repaired: entries may be lost. The chain goes on
             // after its last entry, so nothing accepted is lost, but a marker entry records
             // the break first, and the chain reports broken until an operator acknowledges
             // it (`datastack audit acknowledge-break`).
@@ -186,6 +187,9 @@ macro_rules! append_audit {
             let found = match &last {
                 Some((last_seq, _)) if created == 1 => Some(("head_missing", *last_seq, None)),
                 Some((last_seq, _)) if *last_seq > seq => Some(("head_behind", *last_seq, Some(seq))),
+                // Retention only ever purges a prefix, so a last entry below the head means
+                // entries were deleted from the end.
+                Some((last_seq, _)) if *last_seq < seq => Some(("entries_missing", *last_seq, Some(seq))),
                 _ => None,
             };
             let marker = match (found, last) {

@@ -229,6 +229,30 @@ async fn a_truncated_chain_stays_broken_until_an_operator_acknowledges_it(backen
     app.create_token(&admin, json!({"label": "after the ack"}))
         .await;
     assert_eq!(verify(&app, &admin).await["ok"], true);
+
+    // Entries cut off the end with the head kept: truncated, and once the server appends
+    // again, a recorded break of its own that needs its own acknowledgement.
+    store
+        .execute_atomically(&[&format!(
+            "DELETE FROM audit_entries WHERE workspace_id = '{ws}' AND seq > \
+             (SELECT seq FROM audit_heads WHERE workspace_id = '{ws}') - 2"
+        )])
+        .await;
+    let kept = last_seq(store, &ws).await;
+    let v = verify(&app, &admin).await;
+    assert_eq!(v["firstBreak"]["problem"], "truncated", "{v}");
+    let cut_head = v["firstBreak"]["headSeq"].as_i64().expect("headSeq");
+    let v = verify_until(&app, &admin, |v| {
+        v["firstBreak"]["problem"] == "unacknowledged_break"
+    })
+    .await;
+    assert_eq!(v["firstBreak"]["reason"], "entries_missing", "{v}");
+    assert_eq!(v["firstBreak"]["resumedAfterSeq"], kept, "{v}");
+    let breaks = v["breaks"].as_array().expect("breaks");
+    assert_eq!(breaks.len(), 2, "{v}");
+    assert_eq!(breaks[0]["acknowledged"]["by"], "ops@example.com");
+    assert_eq!(breaks[1]["knownHeadSeq"], cut_head, "{v}");
+    assert_eq!(breaks[1]["acknowledged"], Value::Null);
     app.stop().await;
 }
 
