@@ -306,7 +306,7 @@ pub(crate) use write_trail;
 #[derive(sqlx::FromRow)]
 pub(crate) struct EntryRow {
     workspace_id: String,
-    seq: i64,
+    pub(crate) seq: i64,
     id: String,
     created_at: DateTime<Utc>,
     request_id: Option<String>,
@@ -774,11 +774,15 @@ impl Store {
         };
         let checkpoint = checkpoint.map(CheckpointRow::into_domain);
         let mut through = first_kept.map_or(head, |s| s - 1).min(head);
+        let mut from = checkpoint.as_ref().map_or(0, |c| c.seq);
         // A break nobody acknowledged is evidence: it is never purged.
-        if let Some(marker) = self.first_unacknowledged_break(workspace).await? {
+        if through > from
+            && let Some(marker) = self
+                .first_unacknowledged_break(workspace, from, through)
+                .await?
+        {
             through = through.min(marker - 1);
         }
-        let mut from = checkpoint.as_ref().map_or(0, |c| c.seq);
         if through <= from {
             return Ok(Purge::default());
         }

@@ -355,23 +355,42 @@ impl Store {
         Ok(found)
     }
 
-    /// The sequence number of the oldest break marker in `workspace`'s chain that no
-    /// acknowledgement names: retention keeps it and everything after it.
+    /// The sequence number of the oldest break marker of `workspace`'s chain in
+    /// `(after, through]` that no acknowledgement names: retention keeps it and everything
+    /// after it. Only when the range holds a marker are the acknowledgements (anywhere
+    /// later in the chain) read, so a purge of a chain without breaks reads only the range.
     pub(crate) async fn first_unacknowledged_break(
         &self,
         workspace: &WorkspaceId,
+        after: i64,
+        through: i64,
     ) -> Result<Option<i64>> {
-        let sql = format!(
+        let markers = format!(
             "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 \
-             AND action IN ($2, $3) ORDER BY seq"
+             AND seq > $2 AND seq <= $3 AND action = $4 ORDER BY seq"
+        );
+        let acks = format!(
+            "SELECT {ENTRY_COLUMNS} FROM audit_entries WHERE workspace_id = $1 \
+             AND seq > $2 AND action = $3 ORDER BY seq"
         );
         let rows: Vec<EntryRow> = with_pool!(self, pool => {
-            sqlx::query_as(&sql)
+            let mut rows: Vec<EntryRow> = sqlx::query_as(&markers)
                 .bind(workspace.as_str())
+                .bind(after)
+                .bind(through)
                 .bind(BREAK_ACTION)
-                .bind(ACK_ACTION)
                 .fetch_all(pool)
-                .await?
+                .await?;
+            if let Some(first) = rows.first().map(|r| r.seq) {
+                let more: Vec<EntryRow> = sqlx::query_as(&acks)
+                    .bind(workspace.as_str())
+                    .bind(first)
+                    .bind(ACK_ACTION)
+                    .fetch_all(pool)
+                    .await?;
+                rows.extend(more);
+            }
+            rows
         });
         let mut log = BreakLog::default();
         for row in rows {

@@ -154,9 +154,28 @@ async fn a_truncated_chain_stays_broken_until_an_operator_acknowledges_it(backen
     );
     assert_eq!(alarms[0]["payload"]["resumedAfterSeq"], kept);
 
+    // Retention never purges a break no one acknowledged: a purge of everything stops just
+    // before the marker.
+    let config = store.config();
+    let key = datastack_server::app::load_audit_key(&config, false).expect("the key file");
+    let direct = datastack_store::Store::open(&datastack_server::app::store_config(&config))
+        .await
+        .expect("open")
+        .with_audit_key(std::sync::Arc::new(key));
+    let ws_id = datastack_core::id::WorkspaceId::parse(&ws).expect("ws id");
+    let purge = direct
+        .purge_audit(&ws_id, chrono::Utc::now() + chrono::Duration::seconds(60))
+        .await
+        .expect("purge");
+    assert_eq!(purge.through, kept, "{purge:?}");
+    assert!(purge.refused.is_none(), "{purge:?}");
+    direct.close().await;
+    let v = verify(&app, &admin).await;
+    assert_eq!(v["checkpoint"]["seq"], kept, "{v}");
+    assert_eq!(v["firstBreak"]["id"], break_id.as_str(), "{v}");
+
     // The acknowledgement: an operator command on the store, refused when it names no
     // recorded break or says nothing.
-    let config = store.config();
     let err = datastack_server::offline::acknowledge_break(
         &config,
         &ws,
