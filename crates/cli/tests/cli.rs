@@ -1238,3 +1238,129 @@ fn offline_verify_and_the_heads_file_report_a_truncated_chain_until_it_is_acknow
     assert!(out.contains("acknowledged break"), "{out}");
     server.stop();
 }
+
+/// The offline verifier on PostgreSQL: beside the running server, read-only, and a chain
+/// cut back behind the server's back is reported with exit status 3.
+#[test]
+fn offline_verify_reads_postgres_without_writing_and_reports_truncation() {
+    let Some(base) = std::env::var("DATASTACK_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        eprintln!("DATASTACK_TEST_DATABASE_URL is not set: this test needs PostgreSQL");
+        return;
+    };
+    let schema = format!("cli_offline_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool = rt.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .expect("PostgreSQL is reachable");
+        for s in [
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            format!("CREATE SCHEMA {schema}"),
+        ] {
+            sqlx::query(&s).execute(&pool).await.expect(&s);
+        }
+        pool
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data, "--database-url", &url], &[]);
+    let admin = server.admin_token().expect("admin token");
+    let (code, _, err) = client(&server, &admin, &["tokens", "create", "--label", "pg"]);
+    assert_eq!(code, 0, "{err}");
+    let count = |pool: &sqlx::PgPool| {
+        rt.block_on(async {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {schema}.audit_entries"))
+                .fetch_one(pool)
+                .await
+                .expect("count")
+        })
+    };
+    let (code, out, err) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["ok"], true);
+    assert!(report["reports"][0]["checked"].as_u64() >= Some(2), "{out}");
+    server.stop();
+    let before = count(&pool);
+    // Nothing is written by the verifier: the same count after another run.
+    let (code, _, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(count(&pool), before);
+    // Cut back: the newest entry and the head row deleted.
+    rt.block_on(async {
+        for s in [
+            format!(
+                "DELETE FROM {schema}.audit_entries e WHERE seq = (SELECT h.seq FROM \
+                 {schema}.audit_heads h WHERE h.workspace_id = e.workspace_id)"
+            ),
+            format!("DELETE FROM {schema}.audit_heads"),
+        ] {
+            sqlx::query(&s).execute(&pool).await.expect(&s);
+        }
+    });
+    let (code, out, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("head_missing"), "{out}");
+    // A wrong key is refused rather than reported as tampering.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "ab".repeat(32)).expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "verify",
+            "--offline",
+            "--data-dir",
+            data,
+            "--database-url",
+            &url,
+        ])
+        .env("DATASTACK_AUDIT_KEY_FILE", &other)
+        .env_remove("DATASTACK_DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differs"),
+        "{out:?}"
+    );
+    rt.block_on(async {
+        let s = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        sqlx::query(&s).execute(&pool).await.expect(&s);
+        pool.close().await;
+    });
+}
