@@ -1112,7 +1112,13 @@ async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failur
             };
             eprintln!("exported {written} bytes");
         }
-        AuditCmd::Verify(_) => {
+        AuditCmd::Verify(args) => {
+            if args.store.is_set() {
+                return Err(Failure::Usage(
+                    "--config, --data-dir and --database-url are store settings: they need --offline"
+                        .into(),
+                ));
+            }
             let report = client.audit_verify().await?;
             print_chain_report(&report, out);
             if !report.ok {

@@ -23,6 +23,11 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// Whether any store setting was given (they only mean something offline).
+    pub fn is_set(&self) -> bool {
+        self.config.is_some() || self.data_dir.is_some() || self.database_url.is_some()
+    }
+
     fn load(&self) -> Result<Config, datastack_server::ConfigError> {
         let flags = ConfigLayer {
             data_dir: self.data_dir.clone(),

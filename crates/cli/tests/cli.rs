@@ -1143,6 +1143,9 @@ fn offline_verify_and_the_heads_file_report_a_truncated_chain_until_it_is_acknow
     // Usage errors.
     let (code, _, err) = offline(&["audit", "verify", "--heads", heads]);
     assert_eq!(code, 2, "--heads needs --offline: {err}");
+    let (code, _, err) = offline(&["--token", "dapi_x", "audit", "verify", "--data-dir", data]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("need --offline"), "{err}");
     let missing = dir.path().join("nope.jsonl");
     let (code, _, err) = offline(&[
         "audit",
