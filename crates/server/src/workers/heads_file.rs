@@ -148,3 +148,51 @@ fn last_heads(path: &std::path::Path) -> std::io::Result<HashMap<String, Anchore
     }
     Ok(heads)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AuditHeadsFile;
+    use datastack_core::id::WorkspaceId;
+
+    #[test]
+    fn the_setting_names_the_file_or_none() {
+        let dir = std::path::Path::new("/var/lib/datastack");
+        assert_eq!(
+            AuditHeadsFile::Default.path(dir),
+            Some(dir.join("audit-heads.jsonl"))
+        );
+        assert_eq!(
+            AuditHeadsFile::At("/x/h.jsonl".into()).path(dir),
+            Some(PathBuf::from("/x/h.jsonl"))
+        );
+        assert_eq!(AuditHeadsFile::Off.path(dir), None);
+    }
+
+    #[test]
+    fn appends_go_to_the_end_and_the_last_head_of_each_chain_is_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sub").join("heads.jsonl");
+        let (a, b) = (WorkspaceId::generate(), WorkspaceId::generate());
+        let line = |ws: &WorkspaceId, seq: i64| {
+            let mut l = AnchoredHead {
+                workspace_id: ws.to_string(),
+                seq,
+                hash: format!("{seq:064}"),
+                signature: String::new(),
+                time: now_micros(),
+            }
+            .to_line();
+            l.push('\n');
+            l
+        };
+        append_synced(&path, &(line(&a, 1) + &line(&b, 1))).expect("append");
+        append_synced(&path, &(line(&a, 5) + "not json\n")).expect("append");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 4);
+        let heads = last_heads(&path).expect("read back");
+        assert_eq!(heads.len(), 2);
+        assert_eq!(heads[a.as_str()].seq, 5);
+        assert_eq!(heads[b.as_str()].seq, 1);
+    }
+}
