@@ -234,7 +234,7 @@ pub async fn acknowledge_break(
     store.close().await;
     result.map_err(|e| match e {
         datastack_store::Error::NotFound => OfflineError::Invalid(format!(
-            "the chain of {workspace} records no break {break_id} (audit verify lists the recorded breaks)"
+            "the chain of {workspace} records no break {break_id} in its intact part (audit verify lists the recorded breaks, and where the chain is broken otherwise)"
         )),
         datastack_store::Error::Conflict(m) => OfflineError::Invalid(m),
         other => other.into(),
