@@ -14,6 +14,7 @@ use std::path::PathBuf;
 
 use datastack_core::audit::{ChainBreak, now_micros};
 use datastack_core::audit_breaks::AnchoredHead;
+use datastack_core::id::WorkspaceId;
 use datastack_store::{HeadCheck, Store};
 
 /// The heads anchored by this node, and where to write the next ones.
@@ -54,30 +55,9 @@ impl Anchor {
             if head.seq == known.seq && head.hash == known.hash {
                 continue;
             }
-            // A line of the file someone edited proves nothing; the verifier reports it.
-            if !store.is_signed_head(known)? {
-                continue;
-            }
-            let (seq, hash, at) = (known.seq, known.hash.clone(), known.time);
-            let check = store.check_head(&ws, seq, &hash).await?;
-            if matches!(check, HeadCheck::Matches | HeadCheck::Purged) {
-                continue;
-            }
-            // A break recorded after the head was anchored accounts for it (an append
-            // found the head missing meanwhile).
-            let report = store.verify_audit_chain(&ws).await?;
-            // A chain broken otherwise is reported broken already; one marker per pass
-            // would add nothing.
-            let explained = report.breaks.iter().any(|b| b.time >= at)
-                || report
-                    .broken
-                    .as_ref()
-                    .is_some_and(|b| !matches!(b, ChainBreak::UnacknowledgedBreak { .. }));
-            if !explained {
-                tracing::error!(workspace = %ws, anchored_seq = seq, head_seq = head.seq, ?check, "the audit chain no longer holds the head anchored outside the database; the break is recorded in the chain");
-                store
-                    .record_chain_break(&ws, "head_rolled_back", head.seq, Some(seq))
-                    .await?;
+            // One chain's failure does not keep the others' heads from being anchored.
+            if let Err(e) = compare(store, &ws, head.seq, known).await {
+                tracing::warn!(workspace = %ws, error = %e, "comparing the audit chain with its anchored head failed");
             }
         }
         let time = now_micros();
@@ -122,6 +102,40 @@ impl Anchor {
     }
 }
 
+/// Compares `ws`'s chain, whose head is now at `head_seq`, with the head `known` this node
+/// anchored, and records a `head_rolled_back` break when the store no longer holds it.
+async fn compare(
+    store: &Store,
+    ws: &WorkspaceId,
+    head_seq: i64,
+    known: &AnchoredHead,
+) -> Result<(), datastack_store::Error> {
+    // A line of the file someone edited proves nothing; the verifier reports it.
+    if !store.is_signed_head(known)? {
+        return Ok(());
+    }
+    let check = store.check_head(ws, known.seq, &known.hash).await?;
+    if matches!(check, HeadCheck::Matches | HeadCheck::Purged) {
+        return Ok(());
+    }
+    let report = store.verify_audit_chain(ws).await?;
+    // A break recorded after the head was anchored accounts for it (an append found the
+    // head missing meanwhile); a chain broken otherwise is reported broken already, and a
+    // marker at every pass would add nothing.
+    let explained = report.breaks.iter().any(|b| b.time >= known.time)
+        || report
+            .broken
+            .as_ref()
+            .is_some_and(|b| !matches!(b, ChainBreak::UnacknowledgedBreak { .. }));
+    if !explained {
+        tracing::error!(workspace = %ws, anchored_seq = known.seq, head_seq, ?check, "the audit chain no longer holds the head anchored outside the database; the break is recorded in the chain");
+        store
+            .record_chain_break(ws, "head_rolled_back", head_seq, Some(known.seq))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Appends `text` and syncs it to disk before returning.
 fn append_synced(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -153,7 +167,6 @@ fn last_heads(path: &std::path::Path) -> std::io::Result<HashMap<String, Anchore
 mod tests {
     use super::*;
     use crate::config::AuditHeadsFile;
-    use datastack_core::id::WorkspaceId;
 
     #[test]
     fn the_setting_names_the_file_or_none() {
