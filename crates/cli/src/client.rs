@@ -1113,9 +1113,9 @@ async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failur
             eprintln!("exported {written} bytes");
         }
         AuditCmd::Verify(args) => {
-            if args.store.is_set() {
+            if args.store.is_set() || args.workspace.is_some() {
                 return Err(Failure::Usage(
-                    "--config, --data-dir and --database-url are store settings: they need --offline"
+                    "--workspace, --config, --data-dir and --database-url read the store: they need --offline"
                         .into(),
                 ));
             }

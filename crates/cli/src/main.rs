@@ -142,7 +142,7 @@ fn main() -> ExitCode {
             // The audit commands that read the store directly need no server or token.
             Command::Client(client::ClientCommand::Audit {
                 cmd: client::AuditCmd::Verify(args),
-            }) if args.offline => offline::verify(args, cli.conn.json).await,
+            }) if args.reads_store() => offline::verify(args, cli.conn.json).await,
             Command::Client(client::ClientCommand::Audit {
                 cmd: client::AuditCmd::AcknowledgeBreak(args),
             }) => offline::acknowledge(args).await,

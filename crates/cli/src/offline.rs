@@ -49,14 +49,22 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub offline: bool,
     /// Also check the store against every signed head in this heads file (the
-    /// audit-heads.jsonl the maintenance passes append to). Needs --offline.
-    #[arg(long, value_name = "FILE", requires = "offline")]
+    /// audit-heads.jsonl the maintenance passes append to). This reads the store directly:
+    /// it implies --offline.
+    #[arg(long, value_name = "FILE")]
     pub heads: Option<PathBuf>,
     /// Only this workspace's chain (offline; online, the caller's workspace is verified).
-    #[arg(long, value_name = "ws_…", requires = "offline")]
+    #[arg(long, value_name = "ws_…")]
     pub workspace: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+impl VerifyArgs {
+    /// Whether the verification reads the store rather than asking a server.
+    pub fn reads_store(&self) -> bool {
+        self.offline || self.heads.is_some()
+    }
 }
 
 /// `datastack audit acknowledge-break` options.

@@ -1141,11 +1141,13 @@ fn offline_verify_and_the_heads_file_report_a_truncated_chain_until_it_is_acknow
     assert_eq!(code, 3);
     assert!(out.contains("(truncated)"), "{out}");
     // Usage errors.
-    let (code, _, err) = offline(&["audit", "verify", "--heads", heads]);
-    assert_eq!(code, 2, "--heads needs --offline: {err}");
+    // --heads reads the store: it implies --offline.
+    let (code, out, _) = offline(&["audit", "verify", "--data-dir", data, "--heads", heads]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("(truncated)"), "{out}");
     let (code, _, err) = offline(&["--token", "dapi_x", "audit", "verify", "--data-dir", data]);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("need --offline"), "{err}");
+    assert!(err.contains("they need --offline"), "{err}");
     let missing = dir.path().join("nope.jsonl");
     let (code, _, err) = offline(&[
         "audit",
