@@ -168,10 +168,10 @@ macro_rules! append_audit {
             // What the chain really holds: its last entry, or the checkpoint when every
             // entry was purged. A head that is missing (deleted), behind it (an old head
             // row restored) or ahead of it (entries deleted from the end) cannot be
-            // repaired: entries may be lost. The chain goes on
-            // after its last entry, so nothing accepted is lost, but a marker entry records
-            // the break first, and the chain reports broken until an operator acknowledges
-            // it (`datastack audit acknowledge-break`).
+            // repaired: entries may be lost. The chain goes on after its last entry, so
+            // nothing accepted is lost, but a marker entry records the break first, and the
+            // chain reports broken until an operator acknowledges it
+            // (`datastack audit acknowledge-break`).
             let mut last: Option<(i64, String)> = sqlx::query_as(
                 "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
             )
