@@ -338,8 +338,15 @@ pub enum AuditCmd {
         output: Option<std::path::PathBuf>,
     },
     /// Walk the workspace's hash chain and report the first altered, removed or reordered
-    /// entry. Exits 3 when the chain is broken.
-    Verify,
+    /// entry and every break recorded in it. With --offline, read the store directly
+    /// (every chain, no server needed, nothing written); with --heads, also check the store
+    /// against the signed heads anchored in a heads file. Exits 3 when a chain is broken.
+    Verify(crate::offline::VerifyArgs),
+    /// Operator, with the store's settings: acknowledge a break recorded in a chain
+    /// (an audit.chain_break entry that verify lists). The acknowledgement is itself an
+    /// audit entry and a security event; verify then reports the chain intact and still
+    /// lists the break.
+    AcknowledgeBreak(crate::offline::AckArgs),
     /// Security events (auth.failure_burst, credential.new_network, token.created, …).
     SecurityEvents {
         /// Only this type.
@@ -617,6 +624,25 @@ pub struct PageArgs {
     /// Follow `nextCursor` until the last page and print everything.
     #[arg(long)]
     all_pages: bool,
+}
+
+/// Prints a JSON value as `--json` does.
+pub(crate) fn print_value(value: &serde_json::Value) {
+    output::print_json(value);
+}
+
+/// Prints text to stdout, ignoring a closed pipe.
+pub(crate) fn print_text(text: &str) {
+    output::write_stdout(text);
+}
+
+/// Prints one chain report (an offline verification's) as `audit verify` prints the
+/// server's.
+pub(crate) fn print_verify_report(report: serde_json::Value) {
+    match serde_json::from_value::<datastack_sdk::ChainReport>(report) {
+        Ok(report) => print_chain_report(&report, Output { json: false }),
+        Err(e) => output::write_stdout(&format!("unreadable report: {e}\n")),
+    }
 }
 
 /// Runs one client command against the server `conn` names and returns the exit code.
@@ -1110,12 +1136,24 @@ async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failur
             };
             eprintln!("exported {written} bytes");
         }
-        AuditCmd::Verify => {
+        AuditCmd::Verify(args) => {
+            if args.store.is_set() || args.workspace.is_some() {
+                return Err(Failure::Usage(
+                    "--workspace, --config, --data-dir and --database-url read the store: they need --offline"
+                        .into(),
+                ));
+            }
             let report = client.audit_verify().await?;
             print_chain_report(&report, out);
             if !report.ok {
                 return Err(Failure::ChainBroken);
             }
+        }
+        // Run by main without a server; never reached here.
+        AuditCmd::AcknowledgeBreak(_) => {
+            return Err(Failure::Usage(
+                "acknowledge-break reads the store directly".into(),
+            ));
         }
         AuditCmd::SecurityEvents {
             event_type,

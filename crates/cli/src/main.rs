@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+mod offline;
 
 /// mimalloc instead of the system allocator: the server allocates and frees small objects
 /// on several threads (request handling, the audit writer, SQLite's connection threads),
@@ -138,6 +139,13 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await,
             Command::Migrate(args) => migrate(args).await,
             Command::RecoverAdminToken(args) => recover_admin_token(args).await,
+            // The audit commands that read the store directly need no server or token.
+            Command::Client(client::ClientCommand::Audit {
+                cmd: client::AuditCmd::Verify(args),
+            }) if args.reads_store() => offline::verify(args, cli.conn.json).await,
+            Command::Client(client::ClientCommand::Audit {
+                cmd: client::AuditCmd::AcknowledgeBreak(args),
+            }) => offline::acknowledge(args).await,
             Command::Client(cmd) => client::run(cmd, &cli.conn).await,
         }
     })

@@ -1324,3 +1324,354 @@ fn accepting_backs_off_when_the_system_is_out_of_descriptors() {
         "{refusals} lines in {elapsed:?}: the error is not rate-limited\n{log}"
     );
 }
+
+/// Runs a command that reads the store directly (no server, no token).
+fn offline(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("DATASTACK_DATABASE_URL")
+        .env_remove("DATASTACK_TOKEN")
+        .env_remove("DATASTACK_HOST")
+        .output()
+        .expect("run the command");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn offline_verify_and_the_heads_file_report_a_truncated_chain_until_it_is_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    // The heads file where the setting says (its directory is created).
+    let heads = dir.path().join("anchors").join("heads.jsonl");
+    let heads = heads.to_str().expect("utf-8");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .env("DATASTACK_AUDIT_HEADS_FILE", " ")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("audit_heads_file must be a path, or off"),
+        "{out:?}"
+    );
+    let envs = [
+        ("DATASTACK_AUDIT_MAINTENANCE_INTERVAL_SECONDS", "1"),
+        ("DATASTACK_AUDIT_HEADS_FILE", heads),
+    ];
+    let server = Server::start(&["--data-dir", data], &envs);
+    let admin = server.admin_token().expect("admin token");
+    for label in ["one", "two", "three"] {
+        let (code, _, err) = client(&server, &admin, &["tokens", "create", "--label", label]);
+        assert_eq!(code, 0, "{err}");
+    }
+    let (code, out, _) = client(&server, &admin, &["audit", "verify", "--json"]);
+    assert_eq!(code, 0, "{out}");
+    let head = serde_json::from_str::<serde_json::Value>(&out).expect("json")["headSeq"]
+        .as_i64()
+        .expect("headSeq");
+    // The maintenance pass anchors the heads in the data directory.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !std::fs::read_to_string(heads)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|l| l["seq"].as_i64() >= Some(head))
+    {
+        assert!(Instant::now() < deadline, "no head anchored in {heads}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The offline verifier runs beside the server (read-only) and finds everything intact.
+    let (code, out, err) = offline(&["audit", "verify", "--offline", "--data-dir", data]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("all intact  true"), "{out}");
+    let (code, out, err) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--heads",
+        heads,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("0 discrepancies"), "{out}");
+    server.stop();
+
+    // The newest entries and the head row deleted while the server is down.
+    sqlite_execute(
+        data,
+        &[
+            "DELETE FROM audit_entries WHERE seq > (SELECT h.seq FROM audit_heads h \
+             WHERE h.workspace_id = audit_entries.workspace_id) - 3"
+                .to_owned(),
+            "DELETE FROM audit_heads".to_owned(),
+        ],
+    );
+    let (code, out, _) = offline(&["audit", "verify", "--offline", "--data-dir", data]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("head_missing"), "{out}");
+    let (code, out, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--heads",
+        heads,
+        "--json",
+    ]);
+    assert_eq!(code, 3, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["ok"], false);
+    let found = report["heads"]["discrepancies"].as_array().expect("list");
+    assert!(
+        found
+            .iter()
+            .any(|d| d["problem"] == "missing" && d["acknowledged"] == false),
+        "{out}"
+    );
+    let (code, out, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--heads",
+        heads,
+    ]);
+    assert_eq!(code, 3);
+    assert!(out.contains("(truncated)"), "{out}");
+    // Usage errors.
+    // --heads reads the store: it implies --offline.
+    let (code, out, _) = offline(&["audit", "verify", "--data-dir", data, "--heads", heads]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("(truncated)"), "{out}");
+    let (code, _, err) = offline(&["--token", "dapi_x", "audit", "verify", "--data-dir", data]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("they need --offline"), "{err}");
+    let missing = dir.path().join("nope.jsonl");
+    let (code, _, err) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--heads",
+        missing.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read the heads file"), "{err}");
+
+    // Restarted, the server appends again, and the chain stays reported broken.
+    let server = Server::start(&["--data-dir", data], &envs);
+    let (code, _, err) = client(&server, &admin, &["tokens", "create", "--label", "four"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let marker = loop {
+        let (code, out, _) = client(&server, &admin, &["audit", "verify", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        if v["firstBreak"]["problem"] == "unacknowledged_break" {
+            assert_eq!(code, 3);
+            assert_eq!(v["firstBreak"]["reason"], "head_missing");
+            break v["firstBreak"]["id"].as_str().expect("id").to_owned();
+        }
+        assert!(Instant::now() < deadline, "{out}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (code, out, _) = client(&server, &admin, &["audit", "verify"]);
+    assert_eq!(code, 3);
+    assert!(out.contains("NOT acknowledged"), "{out}");
+    // The operator acknowledges it, with the store's settings.
+    let (code, _, err) = offline(&[
+        "audit",
+        "acknowledge-break",
+        "--data-dir",
+        data,
+        "--workspace",
+        "ws_nope",
+        "--break",
+        &marker,
+        "--by",
+        "ops",
+        "--reason",
+        "r",
+    ]);
+    assert_eq!(code, 1, "{err}");
+    let ws = serde_json::from_str::<serde_json::Value>(
+        &client(&server, &admin, &["audit", "verify", "--json"]).1,
+    )
+    .expect("json")["workspaceId"]
+        .as_str()
+        .expect("ws")
+        .to_owned();
+    let (code, out, err) = offline(&[
+        "audit",
+        "acknowledge-break",
+        "--data-dir",
+        data,
+        "--workspace",
+        &ws,
+        "--break",
+        &marker,
+        "--by",
+        "ops@example.com",
+        "--reason",
+        "entries lost while the server was down",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("acknowledged {marker}")), "{out}");
+    let (code, out, _) = client(&server, &admin, &["audit", "verify"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("acknowledged by ops@example.com"), "{out}");
+    let (code, out, _) = client(
+        &server,
+        &admin,
+        &["audit", "query", "--action", "audit.break_acknowledged"],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("audit.break_acknowledged"), "{out}");
+    // Known history now: the heads file's discrepancies are acknowledged.
+    let (code, out, err) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--heads",
+        heads,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("acknowledged break"), "{out}");
+    server.stop();
+}
+
+/// The offline verifier on PostgreSQL: beside the running server, read-only, and a chain
+/// cut back behind the server's back is reported with exit status 3.
+#[test]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
+fn offline_verify_reads_postgres_without_writing_and_reports_truncation() {
+    let base = std::env::var("DATASTACK_TEST_DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("DATASTACK_TEST_DATABASE_URL is not set, and CI is: this test never skips in CI");
+    let schema = format!("cli_offline_{}", std::process::id());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool = rt.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&base)
+            .await
+            .expect("PostgreSQL is reachable");
+        for s in [
+            format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            format!("CREATE SCHEMA {schema}"),
+        ] {
+            sqlx::query(&s).execute(&pool).await.expect(&s);
+        }
+        pool
+    });
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data, "--database-url", &url], &[]);
+    let admin = server.admin_token().expect("admin token");
+    let (code, _, err) = client(&server, &admin, &["tokens", "create", "--label", "pg"]);
+    assert_eq!(code, 0, "{err}");
+    let count = |pool: &sqlx::PgPool| {
+        rt.block_on(async {
+            sqlx::query_scalar::<_, i64>(&format!("SELECT COUNT(*) FROM {schema}.audit_entries"))
+                .fetch_one(pool)
+                .await
+                .expect("count")
+        })
+    };
+    let (code, out, err) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report["ok"], true);
+    assert!(report["reports"][0]["checked"].as_u64() >= Some(2), "{out}");
+    server.stop();
+    let before = count(&pool);
+    // Nothing is written by the verifier: the same count after another run.
+    let (code, _, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 0);
+    assert_eq!(count(&pool), before);
+    // Cut back: the newest entry and the head row deleted.
+    rt.block_on(async {
+        for s in [
+            format!(
+                "DELETE FROM {schema}.audit_entries e WHERE seq = (SELECT h.seq FROM \
+                 {schema}.audit_heads h WHERE h.workspace_id = e.workspace_id)"
+            ),
+            format!("DELETE FROM {schema}.audit_heads"),
+        ] {
+            sqlx::query(&s).execute(&pool).await.expect(&s);
+        }
+    });
+    let (code, out, _) = offline(&[
+        "audit",
+        "verify",
+        "--offline",
+        "--data-dir",
+        data,
+        "--database-url",
+        &url,
+    ]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("head_missing"), "{out}");
+    // A wrong key is refused rather than reported as tampering.
+    let other = dir.path().join("other.key");
+    std::fs::write(&other, "ab".repeat(32)).expect("write");
+    let out = Command::new(BIN)
+        .args([
+            "audit",
+            "verify",
+            "--offline",
+            "--data-dir",
+            data,
+            "--database-url",
+            &url,
+        ])
+        .env("DATASTACK_AUDIT_KEY_FILE", &other)
+        .env_remove("DATASTACK_DATABASE_URL")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differs"),
+        "{out:?}"
+    );
+    rt.block_on(async {
+        let s = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+        sqlx::query(&s).execute(&pool).await.expect(&s);
+        pool.close().await;
+    });
+}

@@ -6,7 +6,9 @@
 //! the key can neither change an entry nor recompute the chain after removing one. The
 //! chain's head (its last sequence number and hash) is signed with the same key, which makes
 //! cutting entries off the end evident too; a signed checkpoint marks where the retained
-//! chain starts after a retention purge.
+//! chain starts after a retention purge. A head found missing or stale is never signed
+//! again over the shorter chain: the break is recorded in the chain and reported until an
+//! operator acknowledges it (see [`crate::audit_breaks`]).
 //!
 //! [`ChainVerifier`] walks a chain in sequence order and reports the first break.
 
@@ -459,6 +461,19 @@ pub enum ChainBreak {
     },
     /// The retention checkpoint's signature is wrong.
     CheckpointForged,
+    /// A node found the chain's head missing, behind or ahead of its last entry, or older
+    /// than a head anchored outside the database, recorded the break in the chain (the marker entry
+    /// `id`) and went on after `resumedAfterSeq`; no operator has acknowledged it yet.
+    UnacknowledgedBreak {
+        /// The marker entry.
+        id: String,
+        /// Its sequence number.
+        seq: i64,
+        /// `head_missing`, `head_behind`, `entries_missing` or `head_rolled_back`.
+        reason: String,
+        /// The last position the node could trust.
+        resumed_after_seq: i64,
+    },
 }
 
 /// Walks one workspace's chain in sequence order.
@@ -469,6 +484,7 @@ pub struct ChainVerifier<'k> {
     last_id: Option<String>,
     checked: u64,
     broken: Option<ChainBreak>,
+    breaks: crate::audit_breaks::BreakLog,
 }
 
 /// What a walk found.
@@ -495,6 +511,7 @@ impl<'k> ChainVerifier<'k> {
             last_id: None,
             checked: 0,
             broken: None,
+            breaks: crate::audit_breaks::BreakLog::default(),
         };
         if let Some(c) = checkpoint {
             if !key.checkpoint_is_intact(c) {
@@ -543,6 +560,7 @@ impl<'k> ChainVerifier<'k> {
         self.expected_seq += 1;
         self.last_id = Some(entry.record.id.to_string());
         self.checked += 1;
+        self.breaks.observe(entry);
         Step::Ok
     }
 
@@ -563,7 +581,13 @@ impl<'k> ChainVerifier<'k> {
         self.broken.take()
     }
 
-    /// Ends the walk against the chain's signed head.
+    /// The breaks recorded in the part of the chain walked so far, acknowledged or not.
+    pub fn recorded_breaks(&self) -> &[crate::audit_breaks::RecordedBreak] {
+        self.breaks.breaks()
+    }
+
+    /// Ends the walk against the chain's signed head; a recorded break no operator has
+    /// acknowledged keeps the chain broken.
     pub fn finish(
         mut self,
         workspace: &WorkspaceId,
@@ -582,6 +606,14 @@ impl<'k> ChainVerifier<'k> {
             return Err(ChainBreak::Truncated {
                 after_id: self.last_id,
                 head_seq: head.seq,
+            });
+        }
+        if let Some(b) = self.breaks.first_unacknowledged() {
+            return Err(ChainBreak::UnacknowledgedBreak {
+                id: b.id.clone(),
+                seq: b.seq,
+                reason: b.reason.clone(),
+                resumed_after_seq: b.resumed_after_seq,
             });
         }
         Ok(self.checked)

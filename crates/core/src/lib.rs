@@ -7,6 +7,7 @@
 
 pub mod apikey;
 pub mod audit;
+pub mod audit_breaks;
 pub mod authz;
 pub mod bounded;
 pub mod credential;

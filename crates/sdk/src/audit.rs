@@ -104,8 +104,13 @@ pub struct ChainReport {
     /// Where the retained chain starts after purges.
     pub checkpoint: Option<serde_json::Value>,
     /// The first break: `problem` (`altered`, `removed`, `reordered`, `truncated`,
-    /// `head_forged`, `head_missing`, `start_missing`, `checkpoint_forged`) with the entry's `id` and `seq`.
+    /// `head_forged`, `head_missing`, `start_missing`, `checkpoint_forged`,
+    /// `unacknowledged_break`) with the entry's `id` and `seq`.
     pub first_break: Option<serde_json::Value>,
+    /// The breaks recorded in the chain, oldest first, acknowledged (`acknowledged` set) or
+    /// not.
+    #[serde(default)]
+    pub breaks: Vec<serde_json::Value>,
 }
 
 /// A security event.

@@ -58,6 +58,9 @@ pub struct Config {
     pub audit_successful_reads: bool,
     /// How often retention purges and automatic revocations run. Default 1 h.
     pub audit_maintenance_interval: Duration,
+    /// Where each maintenance pass appends every chain's signed head, outside the
+    /// database. Default `<data_dir>/audit-heads.jsonl`.
+    pub audit_heads_file: AuditHeadsFile,
     /// Failed authentications from one address, or against one credential, that raise
     /// `auth.failure_burst`. Default 10.
     pub auth_failure_burst_threshold: u32,
@@ -130,6 +133,28 @@ pub struct Config {
     pub connections: ConnectionLimits,
 }
 
+/// Where the signed chain heads are anchored outside the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuditHeadsFile {
+    /// `<data_dir>/audit-heads.jsonl`.
+    Default,
+    /// This file.
+    At(PathBuf),
+    /// Nowhere (`off`).
+    Off,
+}
+
+impl AuditHeadsFile {
+    /// The file, if heads are anchored, for a node whose data directory is `data_dir`.
+    pub fn path(&self, data_dir: &std::path::Path) -> Option<PathBuf> {
+        match self {
+            AuditHeadsFile::Default => Some(data_dir.join("audit-heads.jsonl")),
+            AuditHeadsFile::At(path) => Some(path.clone()),
+            AuditHeadsFile::Off => None,
+        }
+    }
+}
+
 /// Whether a response waits for its audit entry to be durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditDurability {
@@ -161,6 +186,7 @@ impl Default for Config {
             audit_enqueue_timeout: Duration::from_secs(2),
             audit_successful_reads: true,
             audit_maintenance_interval: Duration::from_secs(3600),
+            audit_heads_file: AuditHeadsFile::Default,
             auth_failure_burst_threshold: 10,
             auth_failure_burst_window: Duration::from_secs(60),
             new_network_window_days: 30,
@@ -232,6 +258,8 @@ pub struct ConfigLayer {
     pub audit_successful_reads: Option<bool>,
     /// `audit_maintenance_interval_seconds`.
     pub audit_maintenance_interval_seconds: Option<u64>,
+    /// `audit_heads_file`: a path, or `off`.
+    pub audit_heads_file: Option<String>,
     /// `auth_failure_burst_threshold`.
     pub auth_failure_burst_threshold: Option<u64>,
     /// `auth_failure_burst_window_seconds`.
@@ -372,6 +400,7 @@ impl ConfigLayer {
                 "LOG" => layer.log = Some(value),
                 "AUDIT_KEY" => layer.audit_key = Some(SecretString::from(value)),
                 "AUDIT_KEY_FILE" => layer.audit_key_file = Some(PathBuf::from(value)),
+                "AUDIT_HEADS_FILE" => layer.audit_heads_file = Some(value),
                 "AUDIT_DURABILITY" => layer.audit_durability = Some(value),
                 "AUDIT_QUEUE_CAPACITY" => layer.audit_queue_capacity = Some(number(&value)?),
                 "AUDIT_ENQUEUE_TIMEOUT_MS" => {
@@ -480,6 +509,7 @@ impl ConfigLayer {
             audit_enqueue_timeout_ms,
             audit_successful_reads,
             audit_maintenance_interval_seconds,
+            audit_heads_file,
             auth_failure_burst_threshold,
             auth_failure_burst_window_seconds,
             new_network_window_days,
@@ -798,6 +828,17 @@ impl ConfigLayer {
         }
         if let Some(path) = &self.audit_key_file {
             c.audit_key_file = Some(path.clone());
+        }
+        if let Some(value) = &self.audit_heads_file {
+            c.audit_heads_file = match value.trim() {
+                "" => {
+                    return Err(ConfigError(
+                        "audit_heads_file must be a path, or off to write no heads file".into(),
+                    ));
+                }
+                "off" => AuditHeadsFile::Off,
+                path => AuditHeadsFile::At(PathBuf::from(path)),
+            };
         }
         if let Some(d) = &self.audit_durability {
             c.audit_durability = match d.trim() {

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod edge;
 pub mod error;
 pub mod metrics;
+pub mod offline;
 pub mod openapi;
 pub mod pipeline;
 pub(crate) mod serve;

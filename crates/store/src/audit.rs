@@ -7,6 +7,7 @@ use datastack_core::audit::{
     AuditEntry, AuditKey, AuditRecord, ChainBreak, ChainVerifier, Checkpoint, Head, Outcome,
     SecurityEvent, Step,
 };
+use datastack_core::audit_breaks::RecordedBreak;
 use datastack_core::id::{AuditId, EventId, WorkspaceId};
 
 use crate::{Backend, Error, Result, Store, with_pool};
@@ -88,6 +89,9 @@ pub struct ChainReport {
     pub checkpoint: Option<(i64, DateTime<Utc>)>,
     /// The signed head's sequence number.
     pub head_seq: i64,
+    /// The breaks recorded in the chain, acknowledged or not, oldest first: an
+    /// acknowledged break stays listed.
+    pub breaks: Vec<RecordedBreak>,
 }
 
 /// What a purge did.
@@ -155,42 +159,62 @@ macro_rules! append_audit {
             .execute(&mut *$tx)
             .await?
             .rows_affected();
-            if created == 1 {
-                // A new head for a chain that has entries: the head row was deleted. Go on
-                // after the last entry (so the chain stays writable and verifiable) and
-                // say so.
-                let last: Option<(i64, String)> = sqlx::query_as(
-                    "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
-                )
-                .bind(workspace)
-                .fetch_optional(&mut *$tx)
-                .await?;
-                if let Some((last_seq, last_hash)) = last {
-                    sqlx::query("UPDATE audit_heads SET seq = $2, hash = $3 WHERE workspace_id = $1")
-                        .bind(workspace)
-                        .bind(last_seq)
-                        .bind(&last_hash)
-                        .execute(&mut *$tx)
-                        .await?;
-                    let event = datastack_core::audit::SecurityEvent::new(
-                        datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned()),
-                        "audit.tamper_detected",
-                        serde_json::json!({
-                            "firstBreak": { "problem": "head_missing" },
-                            "during": "append",
-                            "resumedAfterSeq": last_seq,
-                        }),
-                    );
-                    $crate::audit::insert_events!($tx, std::iter::once(&event));
-                    tracing::error!(workspace, last_seq, "the audit chain's head was missing; resumed after its last entry");
-                }
-            }
             let (mut seq, mut prev): (i64, String) = sqlx::query_as(
                 "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash",
             )
             .bind(workspace)
             .fetch_one(&mut *$tx)
             .await?;
+            // What the chain really holds: its last entry, or the checkpoint when every
+            // entry was purged. A head that is missing (deleted), behind it (an old head
+            // row restored) or ahead of it (entries deleted from the end) cannot be
+            // repaired: entries may be lost. The chain goes on after its last entry, so
+            // nothing accepted is lost, but a marker entry records the break first, and the
+            // chain reports broken until an operator acknowledges it
+            // (`datastack audit acknowledge-break`).
+            let mut last: Option<(i64, String)> = sqlx::query_as(
+                "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
+            )
+            .bind(workspace)
+            .fetch_optional(&mut *$tx)
+            .await?;
+            if last.is_none() && created == 1 {
+                last = sqlx::query_as("SELECT seq, hash FROM audit_checkpoints WHERE workspace_id = $1")
+                    .bind(workspace)
+                    .fetch_optional(&mut *$tx)
+                    .await?;
+            }
+            let found = match &last {
+                Some((last_seq, _)) if created == 1 => Some(("head_missing", *last_seq, None)),
+                Some((last_seq, _)) if *last_seq > seq => Some(("head_behind", *last_seq, Some(seq))),
+                // Retention only ever purges a prefix, so a last entry below the head means
+                // entries were deleted from the end.
+                Some((last_seq, _)) if *last_seq < seq => Some(("entries_missing", *last_seq, Some(seq))),
+                _ => None,
+            };
+            let marker = match (found, last) {
+                (Some((reason, last_seq, stale_head)), Some((_, last_hash))) => {
+                    let ws = datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned());
+                    let event = datastack_core::audit::SecurityEvent::new(
+                        ws.clone(),
+                        "audit.tamper_detected",
+                        serde_json::json!({
+                            "firstBreak": { "problem": reason },
+                            "during": "append",
+                            "resumedAfterSeq": last_seq,
+                            "staleHeadSeq": stale_head,
+                        }),
+                    );
+                    $crate::audit::insert_events!($tx, std::iter::once(&event));
+                    tracing::error!(workspace, last_seq, reason, "the audit chain's head was missing or stale; the break is recorded in the chain and stays reported until acknowledged");
+                    seq = last_seq;
+                    prev = last_hash;
+                    Some(datastack_core::audit_breaks::break_record(ws, reason, last_seq, stale_head))
+                }
+                _ => None,
+            };
+            let records: Vec<&datastack_core::audit::AuditRecord> =
+                marker.iter().chain(records.into_iter()).collect();
             let mut rest: &[&datastack_core::audit::AuditRecord] = &records;
             while !rest.is_empty() {
                 // Rows go in statements of a few fixed sizes, so each connection caches at
@@ -280,9 +304,9 @@ macro_rules! write_trail {
 pub(crate) use write_trail;
 
 #[derive(sqlx::FromRow)]
-struct EntryRow {
+pub(crate) struct EntryRow {
     workspace_id: String,
-    seq: i64,
+    pub(crate) seq: i64,
     id: String,
     created_at: DateTime<Utc>,
     request_id: Option<String>,
@@ -303,7 +327,7 @@ struct EntryRow {
 }
 
 impl EntryRow {
-    fn into_domain(self) -> Result<AuditEntry> {
+    pub(crate) fn into_domain(self) -> Result<AuditEntry> {
         let outcome = Outcome::parse(&self.outcome);
         let status = u16::try_from(self.status).ok();
         // A stored outcome or status no server writes was put there by someone else: the
@@ -384,10 +408,10 @@ impl CheckpointRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct HeadRow {
-    seq: i64,
-    hash: String,
-    signature: String,
+pub(crate) struct HeadRow {
+    pub(crate) seq: i64,
+    pub(crate) hash: String,
+    pub(crate) signature: String,
 }
 
 impl Store {
@@ -691,6 +715,7 @@ impl Store {
             };
             tx.rollback().await?;
             let checked = verifier.checked();
+            let breaks = verifier.recorded_breaks().to_vec();
             let mut broken = start_missing.or(verifier.finish(workspace, head.as_ref()).err());
             if broken.is_none() && beyond > 0 {
                 broken = Some(ChainBreak::HeadForged);
@@ -700,6 +725,7 @@ impl Store {
                 broken,
                 checkpoint: checkpoint.map(|c| (c.seq, c.purged_before)),
                 head_seq: head.map_or(0, |h| h.seq),
+                breaks,
             })
         })
     }
@@ -747,8 +773,16 @@ impl Store {
             return Ok(Purge::default());
         };
         let checkpoint = checkpoint.map(CheckpointRow::into_domain);
-        let through = first_kept.map_or(head, |s| s - 1).min(head);
+        let mut through = first_kept.map_or(head, |s| s - 1).min(head);
         let mut from = checkpoint.as_ref().map_or(0, |c| c.seq);
+        // A break nobody acknowledged is evidence: it is never purged.
+        if through > from
+            && let Some(marker) = self
+                .first_unacknowledged_break(workspace, from, through)
+                .await?
+        {
+            through = through.min(marker - 1);
+        }
         if through <= from {
             return Ok(Purge::default());
         }

@@ -9,6 +9,7 @@
 
 mod api_keys;
 mod audit;
+mod audit_heads;
 mod edge;
 mod invalidation;
 mod principals;
@@ -29,6 +30,7 @@ pub use api_keys::{
     ApiKeyPatch, ApiKeyStatus, SpendDelta, SpendRecord, SpendThreshold, StoredApiKey,
 };
 pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, WorkspacePolicy};
+pub use audit_heads::{HeadCheck, HeadDiscrepancy};
 pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};

@@ -609,14 +609,14 @@ impl_record!(
     KeyVerdict,
 );
 
-fn print_json(value: &Value) {
+pub(super) fn print_json(value: &Value) {
     let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned());
     write_stdout(&format!("{text}\n"));
 }
 
 /// Writes to stdout, ignoring a closed pipe (`datastack users list | head`) instead of
 /// panicking as `println!` would.
-fn write_stdout(text: &str) {
+pub(super) fn write_stdout(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(text.as_bytes());
     let _ = stdout.flush();
@@ -740,7 +740,37 @@ pub(super) fn print_chain_report(report: &ChainReport, out: Output) {
             .as_str()
             .or_else(|| b["afterId"].as_str())
             .unwrap_or("-");
-        fields.push(("first break", format!("{problem} at {at}")));
+        match b["reason"].as_str() {
+            Some(reason) => fields.push((
+                "first break",
+                format!(
+                    "{problem} ({reason}) at {at}, resumed after seq {}",
+                    b["resumedAfterSeq"]
+                ),
+            )),
+            None => fields.push(("first break", format!("{problem} at {at}"))),
+        }
+    }
+    for b in &report.breaks {
+        let status = match b["acknowledged"].as_object() {
+            Some(a) => format!(
+                "acknowledged by {} ({})",
+                a.get("by").and_then(Value::as_str).unwrap_or("-"),
+                a.get("reason").and_then(Value::as_str).unwrap_or("-")
+            ),
+            None => "NOT acknowledged".to_owned(),
+        };
+        fields.push((
+            "recorded break",
+            format!(
+                "{} {} at seq {} ({}), resumed after seq {}: {status}",
+                b["id"].as_str().unwrap_or("-"),
+                b["reason"].as_str().unwrap_or("-"),
+                b["seq"],
+                b["time"].as_str().unwrap_or("-"),
+                b["resumedAfterSeq"]
+            ),
+        ));
     }
     write_stdout(&render_fields(&fields));
 }

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use chrono::{DateTime, Utc};
 use datastack_core::audit::{AuditEntry, ChainBreak, Outcome, SecurityEvent};
+use datastack_core::audit_breaks::RecordedBreak;
 use datastack_core::id::WorkspaceId;
 use datastack_store::{AuditFilter, Store};
 use serde::{Deserialize, Serialize};
@@ -351,9 +352,16 @@ pub struct VerifyResponse {
     pub checkpoint: Option<CheckpointResponse>,
     /// The first break: `{problem: altered|removed|reordered|start_missing, id, seq}`,
     /// `{problem: truncated, afterId, headSeq}`, `{problem: head_forged}`,
-    /// `{problem: head_missing}` or `{problem: checkpoint_forged}`.
+    /// `{problem: head_missing}`, `{problem: checkpoint_forged}` or
+    /// `{problem: unacknowledged_break, id, seq, reason, resumedAfterSeq}` (a break a node
+    /// recorded in the chain that no operator has acknowledged).
     #[schema(value_type = Option<Object>)]
     pub first_break: Option<ChainBreak>,
+    /// Every break recorded in the chain, oldest first, with its acknowledgement
+    /// (`null` until acknowledged): `{id, seq, time, reason, resumedAfterSeq,
+    /// knownHeadSeq, acknowledged: {id, seq, time, by, reason}}`.
+    #[schema(value_type = Vec<Object>)]
+    pub breaks: Vec<RecordedBreak>,
 }
 
 /// A retention checkpoint.
@@ -382,8 +390,17 @@ pub async fn verify(
     if let Some(b) = &report.broken {
         tracing::warn!(workspace = %ws, problem = ?b, "the audit chain is broken");
     }
-    Ok(Json(VerifyResponse {
-        workspace_id: ws.to_string(),
+    Ok(Json(verify_response(ws, report)))
+}
+
+/// The answer of a verification of `workspace`'s chain, online (`GET /api/v1/audit/verify`)
+/// or offline (`datastack audit verify --offline`): one shape for both.
+pub fn verify_response(
+    workspace: &WorkspaceId,
+    report: datastack_store::ChainReport,
+) -> VerifyResponse {
+    VerifyResponse {
+        workspace_id: workspace.to_string(),
         ok: report.broken.is_none(),
         checked: report.checked,
         head_seq: report.head_seq,
@@ -391,7 +408,8 @@ pub async fn verify(
             .checkpoint
             .map(|(seq, purged_before)| CheckpointResponse { seq, purged_before }),
         first_break: report.broken,
-    }))
+        breaks: report.breaks,
+    }
 }
 
 /// A security event.

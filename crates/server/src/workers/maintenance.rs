@@ -29,6 +29,8 @@ pub async fn maintenance(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut reported = HashMap::new();
+    let mut anchor =
+        super::heads_file::Anchor::open(config.audit_heads_file.path(&config.data_dir)).await;
     let mut ticker = tokio::time::interval(config.audit_maintenance_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -38,6 +40,10 @@ pub async fn maintenance(
         }
         if let Err(e) = run_once(&store, &credentials, &config, &mut reported).await {
             tracing::warn!(error = %e, "audit maintenance failed; it runs again next interval");
+        }
+        // After the purges, so the anchored heads include their entries.
+        if let Err(e) = anchor.pass(&store).await {
+            tracing::warn!(error = %e, "anchoring the audit chain heads failed; it runs again next interval");
         }
         metrics.maintenance_pass();
     }
@@ -94,8 +100,8 @@ async fn maintain(
             .await?;
         reported.insert(policy.id.clone(), problem);
     }
-    // The signed head, in the log: an anchor outside the database that shows a later
-    // rollback of the chain (see docs/audit.md).
+    // The signed head, in the log too: the heads file is the anchor `audit verify --heads`
+    // reads, the log a second copy (see docs/audit.md).
     if let Some((seq, hash)) = store.audit_head(&policy.id).await? {
         tracing::info!(workspace = %policy.id, seq, hash = %hash, "audit chain head");
     }

@@ -2,6 +2,7 @@
 
 pub mod audit_writer;
 pub mod edge;
+pub mod heads_file;
 pub mod invalidations;
 pub mod maintenance;
 pub mod usage;

@@ -343,8 +343,9 @@ async fn verify_points_at_altered_reordered_and_removed_entries(backend: Backend
     store.execute(&refs).await;
     assert_eq!(verify(&app, &admin).await["ok"], true);
 
-    // The head row alone deleted: the next append resumes after the last entry (the
-    // chain stays writable and verifiable) and raises an alarm.
+    // The head row alone deleted: the next append resumes after the last entry (nothing
+    // accepted is lost), raises an alarm and records the break in the chain, which stays
+    // reported until an operator acknowledges it (see audit_heads.rs).
     store
         .execute(&[&format!(
             "DELETE FROM audit_heads WHERE workspace_id = '{ws}'"
@@ -354,7 +355,10 @@ async fn verify_points_at_altered_reordered_and_removed_entries(backend: Backend
         .await;
     let alarms = wait_for_event(&app, &admin, "audit.tamper_detected").await;
     assert_eq!(alarms[0]["payload"]["during"], "append");
-    assert_eq!(verify(&app, &admin).await["ok"], true);
+    let v = verify(&app, &admin).await;
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["firstBreak"]["problem"], "unacknowledged_break", "{v}");
+    assert_eq!(v["firstBreak"]["reason"], "head_missing", "{v}");
 
     // Removed: an entry is deleted; verify names the entry after the gap.
     store

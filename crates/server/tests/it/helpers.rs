@@ -166,6 +166,43 @@ impl StoreLocation {
         affected
     }
 
+    /// Runs statements in one transaction that first takes the audit writer's lock, so the
+    /// server cannot append between them.
+    pub async fn execute_atomically(&self, statements: &[&str]) {
+        match self {
+            StoreLocation::Sqlite(dir) => {
+                let pool = Self::sqlite_pool(dir.path()).await;
+                let mut c = pool.acquire().await.expect("connection");
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut *c)
+                    .await
+                    .expect("begin");
+                for s in statements {
+                    sqlx::query(s).execute(&mut *c).await.expect(s);
+                }
+                sqlx::query("COMMIT")
+                    .execute(&mut *c)
+                    .await
+                    .expect("commit");
+                drop(c);
+                pool.close().await;
+            }
+            StoreLocation::Postgres(url, _) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect");
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query("LOCK TABLE audit_heads IN EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .expect("lock");
+                for s in statements {
+                    sqlx::query(s).execute(&mut *tx).await.expect(s);
+                }
+                tx.commit().await.expect("commit");
+                pool.close().await;
+            }
+        }
+    }
+
     /// The first column of every row of `sql`, as text.
     pub async fn strings(&self, sql: &str) -> Vec<String> {
         match self {

@@ -5,6 +5,7 @@ mod helpers;
 
 mod api_keys;
 mod audit;
+mod audit_heads;
 mod cluster;
 mod contract;
 mod edge;
