@@ -469,7 +469,7 @@ pub enum ChainBreak {
         id: String,
         /// Its sequence number.
         seq: i64,
-        /// `head_missing`, `head_behind`, `entries_missing` or `head_rolled_back`.
+        /// `head_missing`, `head_behind`, `head_forged`, `entries_missing` or `head_rolled_back`.
         reason: String,
         /// The last position the node could trust.
         resumed_after_seq: i64,

@@ -35,7 +35,7 @@ pub struct RecordedBreak {
     pub seq: i64,
     /// When it was found.
     pub time: DateTime<Utc>,
-    /// `head_missing`, `head_behind`, `entries_missing` or `head_rolled_back`.
+    /// `head_missing`, `head_behind`, `head_forged`, `entries_missing` or `head_rolled_back`.
     pub reason: String,
     /// The last position the node could trust: the marker follows it.
     pub resumed_after_seq: i64,
@@ -45,6 +45,17 @@ pub struct RecordedBreak {
     pub known_head_seq: Option<i64>,
     /// The acknowledgement, once given.
     pub acknowledged: Option<Acknowledgement>,
+}
+
+impl RecordedBreak {
+    /// Whether this break accounts for the loss of a head anchored at `anchored_seq`: it
+    /// must have known of a head at least that new. A break that knew of an older head (a
+    /// stale head row someone restored) or of none would under-state what was lost, so it
+    /// explains nothing about a newer anchored head.
+    pub fn accounts_for(&self, anchored_seq: i64) -> bool {
+        self.known_head_seq
+            .is_some_and(|known| known >= anchored_seq)
+    }
 }
 
 /// An operator's acknowledgement of a recorded break.

@@ -82,6 +82,53 @@ pub fn resolve_with<'a, T>(
         return Err(PathRefusal::Unsafe);
     }
     let exact = crate::edge::match_route(routes.iter(), &spec, path);
+    // The common case costs no allocation: a path of characters every reading keeps as
+    // they are, against routes whose prefixes are spelled in their loose form, has one
+    // reading, and it falls under the route the exact path matched.
+    if plain(path)
+        && routes
+            .iter()
+            .all(|r| spelled_loosely(&spec(r).path_prefix, loose(r)))
+    {
+        return Ok(exact);
+    }
+    resolve_loosely(routes, loose, path, exact)
+}
+
+/// Whether every reading leaves `s` as it is: lower-case ASCII letters, digits, `-`, `_`
+/// and `/` are never decoded, folded, trimmed or cut.
+fn plain(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'/'))
+}
+
+/// Whether a route's prefix is exactly its loose form (`/` and the segments joined by
+/// `/`) in plain characters, so matching it exactly and loosely agree.
+fn spelled_loosely(prefix: &str, loose: &[String]) -> bool {
+    if loose.is_empty() || !plain(prefix) {
+        return false;
+    }
+    let mut rest = prefix;
+    for segment in loose {
+        match rest
+            .strip_prefix('/')
+            .and_then(|r| r.strip_prefix(segment.as_str()))
+        {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+/// The general case of [`resolve_with`]: every loose reading of the path must fall under
+/// the route the exact path matched.
+fn resolve_loosely<'a, T>(
+    routes: &'a [T],
+    loose: impl Fn(&T) -> &[String],
+    path: &str,
+    exact: Option<&'a T>,
+) -> Result<Option<&'a T>, PathRefusal> {
     for reading in readings(path) {
         // The deepest routes this reading falls under, and whether the exact one is one.
         let mut best: Option<usize> = None;
@@ -216,7 +263,10 @@ pub fn readings(path: &str) -> Vec<Vec<String>> {
 /// `:` and NUL, the path ended at `?` and `#`, each segment folded ([`fold`]), dot segments resolved (or, without
 /// `resolve_dots`, kept as names), empty segments dropped.
 fn segments_of(bytes: &[u8], resolve_dots: bool) -> Vec<String> {
-    let text = lenient_utf8(bytes);
+    // Compatibility forms first, on the whole text: a fullwidth solidus, full stop, reverse
+    // solidus or semicolon (`／ ． ＼ ；`, `‥`) separates or climbs for an upstream that
+    // normalises before it splits.
+    let text: String = lenient_utf8(bytes).nfkd().collect();
     // A decoded `?` or `#` ends the path for a server that decodes before splitting.
     let text = text.split(['?', '#']).next().unwrap_or_default();
     let mut segments: Vec<String> = Vec::new();
@@ -467,6 +517,11 @@ mod tests {
             "/v1/admin%253F",
             "/v1/admin%2500x",
             "/v1/%2520admin",
+            "/v1/admin%EF%BC%8Fkeys",
+            "/v1/x/%EF%BC%8E%EF%BC%8E/admin",
+            "/v1/x/%E2%80%A5/admin",
+            "/v1/x%EF%BC%BC..%EF%BC%BCadmin",
+            "/v1/admin%EF%BC%9Bx",
         ] {
             assert_eq!(
                 decided(&routes, path),
@@ -648,6 +703,20 @@ mod tests {
                 Ok(None) => prop_assert!(false, "{} matched no route", path),
                 Err(_) => {}
             }
+        }
+
+        #[test]
+        fn the_plain_fast_path_decides_as_every_reading_would(
+            path in "(/[a-z0-9_-]{1,8}){1,4}/?",
+            routes in prop::collection::vec("(/[a-z0-9_-]{1,4}){1,3}", 1..6),
+        ) {
+            let routes: Vec<RouteSpec> = routes.iter().map(|p| route(p, Resource::Jobs)).collect();
+            let loose: Vec<Vec<String>> = routes.iter().map(|r| loose_prefix(&r.path_prefix)).collect();
+            let paired: Vec<(&RouteSpec, &Vec<String>)> = routes.iter().zip(&loose).collect();
+            let exact = crate::edge::match_route(paired.iter(), |r| r.0, &path);
+            let fast = resolve_with(&paired, |r| r.0, |r| r.1, &path).map(|r| r.map(|r| &r.0.path_prefix));
+            let general = resolve_loosely(&paired, |r| r.1, &path, exact).map(|r| r.map(|r| &r.0.path_prefix));
+            prop_assert_eq!(fast, general, "{}", path);
         }
 
         #[test]

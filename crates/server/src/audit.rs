@@ -122,7 +122,8 @@ impl AuditLog {
 
     /// After the response: queues the request's entry unless its handler already wrote
     /// it with its change (or it is a successful read and those are not audited). A
-    /// refusal (401, 402, 403, 429) is counted into its group, whatever the durability: a
+    /// refusal (401, 402, 403, 429), and any other 4xx of a request with no known caller, is
+    /// counted into its group, whatever the durability: a
     /// flood of refusals must not cost a row, nor a commit wait, each. In sync mode, waits
     /// for the commit of any other entry; a commit that does not come in time turns the
     /// answer into a 503.
@@ -145,7 +146,11 @@ impl AuditLog {
         let record = ctx.record_with(status, Some(&self.root_workspace));
         // The method is part of a group's key and can be any token a proxy forwarded.
         let method_text = bounded::text(method.as_str(), bounded::MAX_FIELD_BYTES);
-        if outcome == Outcome::Denied {
+        // Client errors of a request with no known caller (unknown paths, malformed input)
+        // are grouped like refusals: anyone can send them at their address's rate, so a
+        // row each would let a flood of them fill the log and the writer's queue.
+        let anonymous_client_error = status.is_client_error() && ctx.with(|p| p.identity.is_none());
+        if outcome == Outcome::Denied || anonymous_client_error {
             self.groups.add_refused(record, &method_text);
             return Ok(());
         }

@@ -236,6 +236,8 @@ enum Close {
     Idle,
     HeaderTimeout,
     Evicted,
+    /// The client has not read its response for `gateway_body_idle_timeout`.
+    SendStalled,
 }
 
 impl Close {
@@ -244,6 +246,7 @@ impl Close {
             Close::Idle => "idle",
             Close::HeaderTimeout => "header_timeout",
             Close::Evicted => "evicted",
+            Close::SendStalled => "send_stalled",
         }
     }
 }
@@ -258,6 +261,10 @@ struct ActivityState {
     first_byte: Option<Instant>,
     /// Set to close the connection to make room for a new one.
     evicted: bool,
+    /// Since when a write to the client has been waiting for it to read (`None` while
+    /// writes go through): a client that never reads its response would otherwise hold
+    /// the connection, and any upstream behind it, for ever.
+    write_blocked_since: Option<Instant>,
 }
 
 /// The state shared by a connection's stream, its requests and its watchdog.
@@ -276,6 +283,7 @@ impl Activity {
                 waiting_since: Instant::now(),
                 first_byte: None,
                 evicted: false,
+                write_blocked_since: None,
             }),
             changed: Notify::new(),
         }
@@ -297,6 +305,30 @@ impl Activity {
         }
     }
 
+    /// Notes whether a write went through or has to wait for the client to read.
+    fn wrote(&self, blocked: bool) {
+        let mut s = self.lock();
+        let changed = match (blocked, s.write_blocked_since) {
+            (true, None) => {
+                s.write_blocked_since = Some(Instant::now());
+                true
+            }
+            (false, Some(_)) => {
+                s.write_blocked_since = None;
+                true
+            }
+            _ => false,
+        };
+        // A response still being sent after its request finished is not idleness.
+        if !blocked && s.in_flight == 0 && s.first_byte.is_none() {
+            s.waiting_since = Instant::now();
+        }
+        drop(s);
+        if changed {
+            self.changed.notify_one();
+        }
+    }
+
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.lock().in_flight += 1;
         self.changed.notify_one();
@@ -311,7 +343,12 @@ impl Activity {
                 if s.evicted {
                     return Close::Evicted;
                 }
-                if s.in_flight > 0 {
+                if let Some(blocked) = s.write_blocked_since {
+                    Some((
+                        blocked + limits.gateway_body_idle_timeout,
+                        Close::SendStalled,
+                    ))
+                } else if s.in_flight > 0 {
                     None
                 } else if let Some(first) = s.first_byte {
                     Some((first + limits.header_read_timeout, Close::HeaderTimeout))
@@ -326,11 +363,12 @@ impl Activity {
                         _ = tokio::time::sleep_until(at) => {
                             // Only if nothing changed meanwhile (the state is read again).
                             let s = self.lock();
-                            let still = s.in_flight == 0
-                                && match reason {
-                                    Close::HeaderTimeout => s.first_byte.is_some_and(|f| f + limits.header_read_timeout <= Instant::now()),
-                                    _ => s.first_byte.is_none() && s.waiting_since + limits.idle_timeout <= Instant::now(),
-                                };
+                            let now = Instant::now();
+                            let still = match reason {
+                                Close::SendStalled => s.write_blocked_since.is_some_and(|b| b + limits.gateway_body_idle_timeout <= now),
+                                Close::HeaderTimeout => s.in_flight == 0 && s.first_byte.is_some_and(|f| f + limits.header_read_timeout <= now),
+                                _ => s.in_flight == 0 && s.first_byte.is_none() && s.waiting_since + limits.idle_timeout <= now,
+                            };
                             if still {
                                 return reason;
                             }
@@ -531,7 +569,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.activity.wrote(result.is_pending());
+        result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -547,7 +587,9 @@ impl AsyncWrite for Tracked {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.activity.wrote(result.is_pending());
+        result
     }
 
     fn is_write_vectored(&self) -> bool {

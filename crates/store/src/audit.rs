@@ -159,12 +159,20 @@ macro_rules! append_audit {
             .execute(&mut *$tx)
             .await?
             .rows_affected();
-            let (mut seq, mut prev): (i64, String) = sqlx::query_as(
-                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash",
+            let (mut seq, mut prev, signature): (i64, String, String) = sqlx::query_as(
+                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash, signature",
             )
             .bind(workspace)
             .fetch_one(&mut *$tx)
             .await?;
+            // A head row written without the audit key (forged, or copied from another
+            // position) anchors nothing: appending after it would sign a chain someone cut
+            // back. Only the row this transaction just created is unsigned by design.
+            let forged_head = created != 1
+                && !$key.head_is_intact(
+                    &datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned()),
+                    &datastack_core::audit::Head { seq, hash: prev.clone(), signature },
+                );
             // What the chain really holds: its last entry, or the checkpoint when every
             // entry was purged. A head that is missing (deleted), behind it (an old head
             // row restored) or ahead of it (entries deleted from the end) cannot be
@@ -178,7 +186,7 @@ macro_rules! append_audit {
             .bind(workspace)
             .fetch_optional(&mut *$tx)
             .await?;
-            if last.is_none() && created == 1 {
+            if last.is_none() {
                 last = sqlx::query_as("SELECT seq, hash FROM audit_checkpoints WHERE workspace_id = $1")
                     .bind(workspace)
                     .fetch_optional(&mut *$tx)
@@ -186,6 +194,13 @@ macro_rules! append_audit {
             }
             let found = match &last {
                 Some((last_seq, _)) if created == 1 => Some(("head_missing", *last_seq, None)),
+                // A forged head, or one at the last entry's position with another hash, says
+                // nothing about what was lost.
+                Some((last_seq, last_hash))
+                    if forged_head || (*last_seq == seq && *last_hash != prev) =>
+                {
+                    Some(("head_forged", *last_seq, None))
+                }
                 Some((last_seq, _)) if *last_seq > seq => Some(("head_behind", *last_seq, Some(seq))),
                 // Retention only ever purges a prefix, so a last entry below the head means
                 // entries were deleted from the end.
@@ -387,7 +402,7 @@ impl EventRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct CheckpointRow {
+pub(crate) struct CheckpointRow {
     workspace_id: String,
     seq: i64,
     hash: String,
@@ -396,7 +411,7 @@ struct CheckpointRow {
 }
 
 impl CheckpointRow {
-    fn into_domain(self) -> Checkpoint {
+    pub(crate) fn into_domain(self) -> Checkpoint {
         Checkpoint {
             workspace_id: WorkspaceId::from_trusted(self.workspace_id),
             seq: self.seq,

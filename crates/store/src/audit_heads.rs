@@ -168,22 +168,30 @@ impl Store {
         if seq == 0 {
             return Ok(HeadCheck::Matches);
         }
-        let (entry, checkpoint): (Option<String>, Option<(i64, String)>) = with_pool!(self, pool => {
-            let entry = sqlx::query_scalar(
+        let (entry, checkpoint) = with_pool!(self, pool => {
+            let entry: Option<String> = sqlx::query_scalar(
                 "SELECT hash FROM audit_entries WHERE workspace_id = $1 AND seq = $2",
             )
             .bind(workspace.as_str())
             .bind(seq)
             .fetch_optional(pool)
             .await?;
-            let checkpoint = sqlx::query_as(
-                "SELECT seq, hash FROM audit_checkpoints WHERE workspace_id = $1",
+            let checkpoint: Option<crate::audit::CheckpointRow> = sqlx::query_as(
+                "SELECT workspace_id, seq, hash, purged_before, signature FROM audit_checkpoints \
+                 WHERE workspace_id = $1",
             )
             .bind(workspace.as_str())
             .fetch_optional(pool)
             .await?;
             (entry, checkpoint)
         });
+        // A checkpoint written without the audit key purged nothing: it must not excuse a
+        // missing head as purged.
+        let key = self.audit_key()?;
+        let checkpoint = checkpoint
+            .map(crate::audit::CheckpointRow::into_domain)
+            .filter(|c| key.checkpoint_is_intact(c))
+            .map(|c| (c.seq, c.hash));
         // Hashes are public values; comparing them in plain time gives nothing away.
         Ok(match (entry, checkpoint) {
             (Some(h), _) if h == hash => HeadCheck::Matches,
@@ -251,7 +259,7 @@ impl Store {
             let explained = (check != HeadCheck::SignatureInvalid)
                 .then(|| breaks.get(&head.workspace_id))
                 .flatten()
-                .and_then(|list| list.iter().find(|b| b.time >= head.time));
+                .and_then(|list| list.iter().find(|b| b.accounts_for(head.seq)));
             let what = match check {
                 HeadCheck::Missing => "the chain no longer reaches it (truncated)",
                 HeadCheck::Rewritten => "the chain holds another entry there (rewritten)",

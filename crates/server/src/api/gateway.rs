@@ -384,11 +384,28 @@ fn original_request(
             );
         }
     }
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
+    // A header that is present counts as present whatever it holds: one that could not be
+    // read must not pass for absent, or a client's own copy of another source's header
+    // would decide the request. Bytes above ASCII (nginx copies a raw request line into
+    // `X-Original-URI`) are percent-encoded, as the upstream will see them; control bytes
+    // are refused.
+    let get = |name: &str| -> Result<Option<String>, &'static str> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        let mut text = String::with_capacity(value.len());
+        for &b in value.as_bytes() {
+            match b {
+                0x20..=0x7e => text.push(char::from(b)),
+                0x80..=0xff => text.push_str(&format!("%{b:02X}")),
+                _ => {
+                    return Err(
+                        "X-Original-URI, X-Original-Method, X-Forwarded-Uri and X-Forwarded-Method may not hold control characters",
+                    );
+                }
+            }
+        }
+        Ok(Some(text))
     };
     // The path of the URI: an origin-form target (`/path?query`), or an absolute URI
     // (`http://host/path`, which some proxies send) whose scheme and authority are dropped.
@@ -416,12 +433,12 @@ fn original_request(
     // The proxy must name the method with the URI: defaulting to GET would let a write
     // be decided as a read.
     let method_of = |name: &str| -> Result<String, &'static str> {
-        let method = get(name)
+        let method = get(name)?
             .ok_or("the original method is missing: send X-Original-Method with X-Original-URI, or X-Forwarded-Method with X-Forwarded-Uri")?;
         known_method(&method)
     };
-    let nginx = get("x-original-uri");
-    let traefik = get("x-forwarded-uri");
+    let nginx = get("x-original-uri")?;
+    let traefik = get("x-forwarded-uri")?;
     let envoy = uri_path
         .strip_prefix("/auth/verify")
         .filter(|rest| rest.starts_with('/'));
@@ -573,6 +590,35 @@ mod tests {
             Ok(("PUT".into(), "/v1/sql/q".into()))
         );
         assert!(super::original_request("GET", "/auth/verify", &HeaderMap::new()).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_description_header_is_never_taken_for_absent() {
+        use axum::http::HeaderValue;
+        // nginx copies a raw request line with bytes above ASCII; a client adds its own
+        // Traefik headers. The nginx source is still there: two sources, refused.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-original-uri",
+            HeaderValue::from_bytes(b"/v1/admin/keys/\xc3\xa9").expect("v"),
+        );
+        h.insert("x-original-method", "DELETE".parse().expect("v"));
+        h.insert("x-forwarded-uri", "/v1/public".parse().expect("v"));
+        h.insert("x-forwarded-method", "GET".parse().expect("v"));
+        assert!(super::original_request("GET", "/auth/verify", &h).is_err());
+        // Alone, it is decided on its percent-encoded spelling, as the upstream sees it.
+        h.remove("x-forwarded-uri");
+        h.remove("x-forwarded-method");
+        assert_eq!(
+            super::original_request("GET", "/auth/verify", &h),
+            Ok(("DELETE".to_owned(), "/v1/admin/keys/%C3%A9".to_owned()))
+        );
+        // Control characters are refused.
+        h.insert(
+            "x-original-uri",
+            HeaderValue::from_bytes(b"/v1/admin\x01").expect("v"),
+        );
+        assert!(super::original_request("GET", "/auth/verify", &h).is_err());
     }
 
     #[test]

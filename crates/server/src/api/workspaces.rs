@@ -314,6 +314,13 @@ pub async fn create_workspace(
     audit: AuditContext,
     Json(body): Json<CreateWorkspaceRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedWorkspaceResponse>)> {
+    // The workspace's first admin token is a personal access token: minted by an API key,
+    // it would carry none of the key's IP ranges, rate limit or spend limit.
+    if caller.identity.api_key.is_some() {
+        return Err(ApiError::Forbidden(
+            "an API key cannot create a workspace; use a personal access token".into(),
+        ));
+    }
     let name = validate::text("name", &body.name, validate::MAX_NAME_LEN)?;
     // The new workspace sits one level below the caller's; the root is at depth 0.
     let max_depth = state.config.workspace_max_depth;
@@ -360,10 +367,17 @@ pub async fn create_workspace(
         updated_at: now,
     };
     let secret = credential::generate(CredentialKind::PersonalAccessToken);
-    let lifetime = ws
-        .settings
-        .max_token_lifetime_days
-        .map(|d| now + chrono::Duration::days(i64::from(d)));
+    // Nor does it outlive the creating credential: the workspace's maximum lifetime is the
+    // caller's to choose, the caller's own expiry is not.
+    let lifetime = [
+        ws.settings
+            .max_token_lifetime_days
+            .map(|d| now + chrono::Duration::days(i64::from(d))),
+        caller.identity.token.expires_at,
+    ]
+    .into_iter()
+    .flatten()
+    .min();
     // The first admin's token gets the creating credential's scopes, never more: a
     // narrowly scoped credential must not be able to mint an all-apis one by creating a
     // workspace. The new admin can mint tokens only within these scopes.

@@ -20,7 +20,7 @@ pub struct FloodLimits {
     /// 100 000.
     pub max_tracked_clients: usize,
     /// Audit entries written by one node within a minute that raise
-    /// `audit.growth_exceeded`; zero turns the alert off. Default 120 000.
+    /// `audit.growth_exceeded`; zero turns the alert off. Default 50 000.
     pub audit_growth_alert_per_minute: u64,
     /// The most groups of refused requests a node aggregates each second before it folds
     /// further refusals into one overflow entry per workspace and status: the most rows a
@@ -33,7 +33,7 @@ impl Default for FloodLimits {
         Self {
             negative_cache_ttl: Duration::from_secs(2),
             max_tracked_clients: 100_000,
-            audit_growth_alert_per_minute: 120_000,
+            audit_growth_alert_per_minute: 50_000,
             audit_refusal_groups: 1_000,
         }
     }

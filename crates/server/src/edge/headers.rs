@@ -62,15 +62,28 @@ fn gateway_owned(normal: &str) -> bool {
 
 /// Whether a client header with this (lower-case) name may reach the route's upstream.
 pub fn forwardable(name: &str, route: &RouteSpec) -> bool {
-    let normal = name.replace('_', "-");
-    if gateway_owned(&normal) {
+    // The common case allocates nothing: a name of letters, digits and `-` only.
+    let plain = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if plain {
+        return !gateway_owned(name)
+            && (route.allow_override_headers || !OVERRIDE_HEADERS.contains(&name));
+    }
+    // CGI and FastCGI servers (lighttpd, Apache, PHP) turn every character that is not a
+    // letter or a digit into `_`, so `X.Datastack.Principal` and `X~Forwarded~For` reach
+    // the application as the real headers would: every such spelling is read as `-`.
+    let normal: String = name
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    if gateway_owned(&normal) || FRAMING_HEADERS.contains(&&*normal) {
         return false;
     }
-    let underscored = normal != name;
-    if underscored && (!route.allow_underscore_headers || FRAMING_HEADERS.contains(&&*normal)) {
-        return false;
-    }
-    route.allow_override_headers || !OVERRIDE_HEADERS.contains(&&*normal)
+    // Names with other characters are dropped as nginx drops them
+    // (`ignore_invalid_headers`), unless the route lets them through.
+    route.allow_underscore_headers
+        && (route.allow_override_headers || !OVERRIDE_HEADERS.contains(&&*normal))
 }
 
 /// Removes the client headers the route's upstream must not receive (see the module
@@ -126,6 +139,10 @@ mod tests {
             "true-client-ip",
             "content_length",
             "transfer_encoding",
+            "x.datastack.principal",
+            "x~forwarded~for",
+            "x*real*ip",
+            "x-datastack.scopes",
         ] {
             assert!(!forwardable(name, &lax), "{name}");
             assert!(!forwardable(name, &strict), "{name}");
@@ -138,6 +155,7 @@ mod tests {
             "x-method-override",
             "x_custom",
             "x_original_url",
+            "x.custom",
         ] {
             assert!(!forwardable(name, &strict), "{name}");
             assert!(forwardable(name, &lax), "{name}");

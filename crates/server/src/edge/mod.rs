@@ -11,6 +11,7 @@ pub mod headers;
 pub mod ip_lists;
 pub mod proxy;
 pub mod ratelimit;
+pub mod refused;
 pub mod routes;
 pub mod signer;
 pub mod spend;
@@ -63,6 +64,8 @@ pub struct Edge {
     pub tunnels: tunnels::Tunnels,
     /// API key spend metering.
     pub spend: spend::SpendMeter,
+    /// Addresses their per-address bucket refuses at the moment.
+    pub refused: refused::RefusedAddresses,
     /// The workspace that records what belongs to none (anonymous clients), known once
     /// the store is bootstrapped.
     root_workspace: std::sync::OnceLock<WorkspaceId>,
@@ -90,6 +93,7 @@ impl Edge {
             ip_rules: IpRuleCache::new(store.clone()),
             limiter: Limiter::new(config, metrics.clone()).await?,
             spend: spend::SpendMeter::new(store.clone(), config.spend_warning_percent, metrics),
+            refused: refused::RefusedAddresses::default(),
             signer: Signer::new(
                 seed,
                 config.assertion_ttl.as_secs(),
@@ -243,6 +247,18 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
         }
         _ => state.edge.limiter.check(&buckets).await,
     };
+    if let Some(wait) = verdict.retry_after
+        && !verdict.shared
+        && !matches!(
+            req.extensions().get::<Authentication>(),
+            Some(Authentication::Verified(_))
+        )
+    {
+        // The address's own bucket refused it: until it may send again, credentials this
+        // node never verified are charged to it before they are looked up.
+        let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
+        state.edge.refused.refused(address_network(ip), wait);
+    }
     if !verdict.applies() {
         return next.run(req).await;
     }
@@ -287,14 +303,19 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
 /// The bucket of requests without a valid credential: per address (IPv6 per /64), and one
 /// shared bucket for clients whose address cannot be known.
 fn address_buckets(config: &Config, ip: Option<std::net::IpAddr>) -> Vec<Bucket> {
-    let subject = match ip {
-        Some(ip) => Subject::Ip(network_key(ip)),
-        None => Subject::Ip(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-    };
     vec![Bucket {
-        subject,
+        subject: Subject::Ip(address_network(ip)),
         per_minute: config.rate_limit_ip_per_minute,
     }]
+}
+
+/// The network an address is counted as: its own for IPv4, its /64 for IPv6, and one
+/// shared network for clients whose address cannot be known.
+pub fn address_network(ip: Option<std::net::IpAddr>) -> std::net::IpAddr {
+    match ip {
+        Some(ip) => network_key(ip),
+        None => std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+    }
 }
 
 /// The verdict of the per-address bucket, taken by the authenticate stage before it looks
@@ -308,12 +329,13 @@ pub struct AddressChecked(pub Verdict);
 pub const LOOKUPS_WHILE_REFUSED_PER_MINUTE: u32 = 60;
 
 /// Charges the per-address bucket of a request whose credential this node has never
-/// verified, before the credential is looked up. An address its bucket refuses (under a
-/// penalty or over its limit) may still have [`LOOKUPS_WHILE_REFUSED_PER_MINUTE`]
-/// credentials a minute looked up, so a valid credential from it still works; beyond that
-/// its requests get their 429 without costing a store query. The rate-limit stage uses
-/// this verdict instead of charging the bucket again. Returns the verdict and whether the
-/// lookup must be skipped.
+/// verified, before the credential is looked up; the authenticate stage calls it only for
+/// an address its bucket was refusing at its last check ([`refused::RefusedAddresses`]).
+/// An address its bucket refuses (under a penalty or over its limit) may still have
+/// [`LOOKUPS_WHILE_REFUSED_PER_MINUTE`] credentials a minute looked up, so a valid
+/// credential from it still works; beyond that its requests get their 429 without costing
+/// a store query. The rate-limit stage uses this verdict instead of charging the bucket
+/// again. Returns the verdict and whether the lookup must be skipped.
 pub async fn check_address(
     state: &AppState,
     ip: Option<std::net::IpAddr>,
@@ -323,15 +345,11 @@ pub async fn check_address(
         .limiter
         .check(&address_buckets(&state.config, ip))
         .await;
-    let refused = verdict.applies() && !verdict.allowed();
+    // A refusal by the bucket addresses share while the node tracks all it may is not
+    // this address's doing: its credentials are still looked up.
+    let refused = verdict.applies() && !verdict.allowed() && !verdict.shared;
     let skip = refused && {
-        let subject = match address_buckets(&state.config, ip).pop() {
-            Some(Bucket {
-                subject: Subject::Ip(net),
-                ..
-            }) => Subject::Lookup(net),
-            _ => Subject::Lookup(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
-        };
+        let subject = Subject::Lookup(address_network(ip));
         let budget = state
             .edge
             .limiter

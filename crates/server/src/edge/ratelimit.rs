@@ -121,6 +121,10 @@ pub struct Verdict {
     pub penalized: bool,
     /// A flag raised by this request.
     pub flagged: Option<Flagged>,
+    /// Refused by the bucket that addresses share while the node tracks as many as it
+    /// may: the refusal says nothing about this client, so it is neither flagged nor
+    /// remembered against its address.
+    pub shared: bool,
 }
 
 impl Verdict {
@@ -133,6 +137,7 @@ impl Verdict {
             retry_after: None,
             penalized: false,
             flagged: None,
+            shared: false,
         }
     }
 
@@ -470,6 +475,7 @@ impl Limiter {
             retry_after: None,
             penalized: false,
             flagged: None,
+            shared: false,
         };
         match status {
             0 => {}
@@ -503,6 +509,7 @@ impl Limiter {
                     retry_after: Some(left.max(Duration::from_millis(1))),
                     penalized: true,
                     flagged: None,
+                    shared: false,
                 };
             }
         }
@@ -531,12 +538,17 @@ impl Limiter {
                             retry_after: None,
                             penalized: false,
                             flagged: None,
+                            shared: false,
                         });
                     }
                 }
                 Err(not_until) => {
                     let wait = not_until.wait_time_from(limiter.clock().now());
-                    let flagged = flag.and_then(|i| self.count_refusal(&buckets[i].subject));
+                    let shared = key == OVERFLOW_KEY;
+                    // A refusal by the shared bucket is not this client's doing.
+                    let flagged = flag
+                        .filter(|_| !shared)
+                        .and_then(|i| self.count_refusal(&buckets[i].subject));
                     let penalized = flagged.is_some();
                     let retry = flagged.as_ref().map_or(wait, |f| f.penalty);
                     return Verdict {
@@ -547,6 +559,7 @@ impl Limiter {
                         retry_after: Some(retry.max(Duration::from_millis(1))),
                         penalized,
                         flagged,
+                        shared,
                     };
                 }
             }

@@ -2,9 +2,11 @@
 //! and records the outcome in the request's extensions. It refuses nothing by itself:
 //! whether a route needs a credential is decided by the extractor in its handler's
 //! signature ([`super::authorize`]), and later stages (rate limits) read the outcome too.
-//! A credential the node has never verified first charges its address's rate-limit bucket
-//! ([`crate::edge::check_address`]), so that guessing credentials costs no store query
-//! once the address is refused; the rate-limit stage then answers with that verdict.
+//! From an address its rate-limit bucket is refusing (too many failed authentications, or
+//! an abuse penalty), a credential the node has never verified first charges that bucket
+//! ([`crate::edge::check_address`]), so that guessing credentials costs no store query once
+//! the address is refused; the rate-limit stage then answers with that verdict. Other
+//! addresses are looked up at once and charged only when the credential is refused.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -85,11 +87,17 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
         Some(value) => match bearer(value.as_bytes()) {
             None => Authentication::MalformedHeader,
             Some(secret) => {
-                // A credential this node never verified costs a store query: the client's
-                // address is charged first, and an address already refused (penalty,
-                // limit) gets only a small budget of lookups, so a flood of unknown
-                // credentials is refused without querying the store.
-                let skip = if state.credentials.screen(&secret) == Screened::New {
+                // A credential this node never verified costs a store query: from an
+                // address already refused (penalty, limit) the address is charged first
+                // and gets only a small budget of lookups, so a flood of unknown
+                // credentials is refused without querying the store. The cheap check of
+                // the address comes first: the common path parses the credential once.
+                let skip = if state
+                    .edge
+                    .refused
+                    .refusing(crate::edge::address_network(ip))
+                    && state.credentials.screen(&secret) == Screened::New
+                {
                     let (checked, skip) = crate::edge::check_address(&state, ip).await;
                     req.extensions_mut().insert(checked);
                     skip

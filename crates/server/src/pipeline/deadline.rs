@@ -13,12 +13,11 @@ use crate::error::ApiError;
 
 /// Runs the rest of the chain with a deadline.
 pub async fn deadline(timeout: Duration, req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_owned();
     match tokio::time::timeout(timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
+            // The request's span names the route and the request id.
             tracing::warn!(
-                path = %path,
                 timeout_ms = timeout.as_millis() as u64,
                 "a request exceeded the request timeout"
             );

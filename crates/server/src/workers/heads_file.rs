@@ -43,7 +43,8 @@ impl Anchor {
     }
 
     /// One pass: compares every chain's head with the last one anchored (recording a break
-    /// when the store no longer holds it), then appends every current head to the file.
+    /// when the store no longer holds it), then appends every head that moved since to the
+    /// file.
     pub async fn pass(&mut self, store: &Store) -> Result<(), datastack_store::Error> {
         let Some(path) = self.path.clone() else {
             return Ok(());
@@ -61,10 +62,17 @@ impl Anchor {
             }
         }
         let time = now_micros();
+        // Only heads that moved since this node last anchored them: the file grows with
+        // the log's activity, not with the number of passes.
         let heads: Vec<AnchoredHead> = store
             .signed_heads()
             .await?
             .into_iter()
+            .filter(|(ws, h)| {
+                self.known
+                    .get(ws.as_str())
+                    .is_none_or(|k| k.seq != h.seq || k.hash != h.hash)
+            })
             .map(|(ws, h)| AnchoredHead {
                 workspace_id: ws.to_string(),
                 seq: h.seq,
@@ -119,10 +127,11 @@ async fn compare(
         return Ok(());
     }
     let report = store.verify_audit_chain(ws).await?;
-    // A break recorded after the head was anchored accounts for it (an append found the
-    // head missing meanwhile); a chain broken otherwise is reported broken already, and a
+    // A recorded break accounts for it only if it knew of a head at least as new (an
+    // append that found this very head gone records it as lost); a break that knew of an
+    // older head, or of none, says less was lost than was, and does not. A chain broken otherwise is reported broken already, and a
     // marker at every pass would add nothing.
-    let explained = report.breaks.iter().any(|b| b.time >= known.time)
+    let explained = report.breaks.iter().any(|b| b.accounts_for(known.seq))
         || report
             .broken
             .as_ref()

@@ -336,12 +336,13 @@ async fn verify_points_at_altered_reordered_and_removed_entries(backend: Backend
     };
     let statements = swap(seq, seq + 1);
     let refs: Vec<&str> = statements.iter().map(String::as_str).collect();
-    store.execute(&refs).await;
+    store.execute_atomically(&refs).await;
     let v = verify(&app, &admin).await;
     assert_eq!(v["firstBreak"]["problem"], "reordered", "{v}");
     assert_eq!(v["firstBreak"]["seq"], seq);
-    store.execute(&refs).await;
-    assert_eq!(verify(&app, &admin).await["ok"], true);
+    store.execute_atomically(&refs).await;
+    let v = verify(&app, &admin).await;
+    assert_eq!(v["ok"], true, "{v}");
 
     // The head row alone deleted: the next append resumes after the last entry (nothing
     // accepted is lost), raises an alarm and records the break in the chain, which stays

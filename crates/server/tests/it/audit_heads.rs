@@ -65,16 +65,6 @@ async fn wait_for_items(app: &TestApp, token: &str, path: &str) -> Vec<Value> {
     }
 }
 
-async fn last_seq(store: &StoreLocation, ws: &str) -> i64 {
-    store
-        .strings(&format!(
-            "SELECT CAST(MAX(seq) AS TEXT) FROM audit_entries WHERE workspace_id = '{ws}'"
-        ))
-        .await[0]
-        .parse()
-        .expect("a sequence number")
-}
-
 /// The head row as `seq|hash|signature`.
 async fn head_row(store: &StoreLocation, ws: &str) -> (i64, String, String) {
     let row = store
@@ -104,18 +94,16 @@ async fn a_truncated_chain_stays_broken_until_an_operator_acknowledges_it(backen
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(v["breaks"], json!([]));
 
-    // The newest three entries and the head row deleted behind the server's back.
+    // The newest three entries and the head row deleted behind the server's back. The cut
+    // is fixed first: entries the writer adds meanwhile go with the deleted ones.
     let store = app.store();
+    let kept = head_row(store, &ws).await.0 - 3;
     store
         .execute_atomically(&[
-            &format!(
-                "DELETE FROM audit_entries WHERE workspace_id = '{ws}' AND seq > \
-                 (SELECT seq FROM audit_heads WHERE workspace_id = '{ws}') - 3"
-            ),
+            &format!("DELETE FROM audit_entries WHERE workspace_id = '{ws}' AND seq > {kept}"),
             &format!("DELETE FROM audit_heads WHERE workspace_id = '{ws}'"),
         ])
         .await;
-    let kept = last_seq(store, &ws).await;
     let v = verify(&app, &admin).await;
     assert_eq!(v["ok"], false, "{v}");
     // The server appends again (the verify call itself is audited, and these calls): it
@@ -251,13 +239,26 @@ async fn a_truncated_chain_stays_broken_until_an_operator_acknowledges_it(backen
 
     // Entries cut off the end with the head kept: truncated, and once the server appends
     // again, a recorded break of its own that needs its own acknowledgement.
+    // The cut is fixed first, and never below the acknowledgement (which the writer may
+    // not have followed with two more entries yet).
+    let acknowledged_at: i64 = store
+        .strings(&format!(
+            "SELECT CAST(seq AS TEXT) FROM audit_entries WHERE workspace_id = '{ws}' \
+             AND action = 'audit.break_acknowledged'"
+        ))
+        .await[0]
+        .parse()
+        .expect("the acknowledgement's seq");
+    verify_until(&app, &admin, |v| {
+        v["headSeq"].as_i64() >= Some(acknowledged_at + 2)
+    })
+    .await;
+    let kept = head_row(store, &ws).await.0 - 2;
     store
         .execute_atomically(&[&format!(
-            "DELETE FROM audit_entries WHERE workspace_id = '{ws}' AND seq > \
-             (SELECT seq FROM audit_heads WHERE workspace_id = '{ws}') - 2"
+            "DELETE FROM audit_entries WHERE workspace_id = '{ws}' AND seq > {kept}"
         )])
         .await;
-    let kept = last_seq(store, &ws).await;
     let v = verify(&app, &admin).await;
     assert_eq!(v["firstBreak"]["problem"], "truncated", "{v}");
     let cut_head = v["firstBreak"]["headSeq"].as_i64().expect("headSeq");

@@ -478,7 +478,54 @@ async fn audit_growth_past_the_threshold_raises_one_event(backend: Backend) {
     app.stop().await;
 }
 
+/// Many valid credentials first used from one address (a service holding many keys, a
+/// node with a cold cache behind one proxy) are looked up and accepted however many there
+/// are: only failed authentications count against the address before a lookup.
+async fn many_new_valid_credentials_from_one_address_are_not_throttled(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().expect("net")];
+        c.rate_limit_ip_per_minute = 5;
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let (token, _) = app
+            .create_token(&admin, serde_json::json!({"label": format!("svc {i}")}))
+            .await;
+        tokens.push(token);
+    }
+    for token in &tokens {
+        assert_eq!(me_from(&app, token, "192.0.2.50").await, StatusCode::OK);
+    }
+    // Failed authentications do count: after five, the address is refused...
+    let unknown = generate(CredentialKind::PersonalAccessToken);
+    let unknown = unknown.secret.expose_secret().to_owned();
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(me_from(&app, &unknown, "192.0.2.50").await);
+    }
+    assert_eq!(
+        statuses
+            .iter()
+            .filter(|s| **s == StatusCode::UNAUTHORIZED)
+            .count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(statuses[6], StatusCode::TOO_MANY_REQUESTS, "{statuses:?}");
+    // ...and a valid credential it never used before still gets through the small
+    // budget of lookups a refused address keeps.
+    let (late, _) = app
+        .create_token(&admin, serde_json::json!({"label": "late"}))
+        .await;
+    assert_eq!(me_from(&app, &late, "192.0.2.50").await, StatusCode::OK);
+    app.stop().await;
+}
+
 on_both_stores!(
+    many_new_valid_credentials_from_one_address_are_not_throttled,
     audit_growth_past_the_threshold_raises_one_event,
     a_flood_of_an_unknown_credential_costs_a_few_rows,
     client_strings_are_stored_bounded,

@@ -16,6 +16,7 @@ mod input;
 mod limits;
 mod nginx;
 mod principals;
+mod stalled_readers;
 mod surface;
 mod tokens;
 mod workspaces;

@@ -434,9 +434,13 @@ async fn workspace_depth_is_limited_and_a_first_admin_token_is_never_broader(bac
     let (narrow, _) = app
         .create_token(
             &a,
-            json!({"label": "narrow", "scopes": ["manage:workspaces", "read:users"]}),
+            json!({"label": "narrow", "scopes": ["manage:workspaces", "read:users"], "expiresInDays": 7}),
         )
         .await;
+    let narrow_expiry = app.me(&narrow).await.body["credential"]["expiresAt"]
+        .as_str()
+        .expect("the narrow token expires")
+        .to_owned();
     let (child, child_admin) = child_of(&app, &narrow, "narrow-child").await;
     let me = app.me(&child_admin).await;
     assert_eq!(me.body["workspace"]["id"], child.as_str());
@@ -445,6 +449,31 @@ async fn workspace_depth_is_limited_and_a_first_admin_token_is_never_broader(bac
         me.body["credential"]["scopes"],
         json!(["read:users", "manage:workspaces"])
     );
+    // Nor does it outlive its creator.
+    let child_expiry = me.body["credential"]["expiresAt"]
+        .as_str()
+        .expect("the first admin token expires with its creator");
+    let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).expect("a time");
+    assert!(
+        parse(child_expiry) <= parse(&narrow_expiry),
+        "{child_expiry} > {narrow_expiry}"
+    );
+    // An API key cannot create a workspace: the first admin token would shed its limits.
+    let key = crate::api_keys::create_key(
+        &app,
+        &a,
+        json!({"name": "ws maker", "scopes": ["manage:workspaces"]}),
+    )
+    .await;
+    let r = app
+        .post(
+            "/api/v1/workspaces",
+            key["key"].as_str().expect("key"),
+            "manage:workspaces",
+            json!({"name": "from a key"}),
+        )
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
     // The admin role does not widen the token: no users, no tokens beyond its scopes.
     let r = app
         .post(
