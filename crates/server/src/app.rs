@@ -572,6 +572,7 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(move |req, next| {
             pipeline::deadline::deadline(request_timeout, req, next)
         }))
+        .merge(crate::api::gateway::decision_routes())
         // Paths that are not API routes go to the gateway, which proxies those under a
         // route's prefix and answers 404 to the rest.
         .fallback(crate::edge::proxy::gateway)

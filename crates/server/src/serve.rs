@@ -11,9 +11,12 @@
 //! - once a byte of a new request has arrived, its line and headers must be complete within
 //!   `header_read_timeout`, however slowly they trickle in.
 //!
-//! hyper's own `header_read_timeout` is set to the sum of both as a backstop: hyper starts
-//! that timer when it begins waiting for a request's head, which for a keep-alive
-//! connection is as soon as the previous response is written.
+//! - with a write to the client blocked (it does not read its response), the connection is
+//!   closed after `gateway_body_idle_timeout`.
+//!
+//! The watchdog checks these when a limit could next be passed, not on every request, so
+//! a deadline is noticed at most one check interval late and a request costs no timer.
+//! hyper's own header timer is left off: it would arm a timer for every request.
 //!
 //! The cap keeps the process below its open-file limit: when a connection arrives at the
 //! cap, the connection that has waited longest without a request in progress is closed to
@@ -36,7 +39,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
@@ -270,8 +273,8 @@ struct ActivityState {
 /// The state shared by a connection's stream, its requests and its watchdog.
 struct Activity {
     state: Mutex<ActivityState>,
-    /// Wakes the watchdog when the state changes (a stored permit means no change is
-    /// missed between its check and its wait).
+    /// Wakes the watchdog when the connection is chosen for eviction (a stored permit
+    /// means no eviction is missed between its check and its wait).
     changed: Notify,
 }
 
@@ -300,82 +303,68 @@ impl Activity {
         let mut s = self.lock();
         if s.in_flight == 0 && s.first_byte.is_none() {
             s.first_byte = Some(Instant::now());
-            drop(s);
-            self.changed.notify_one();
         }
     }
 
     /// Notes whether a write went through or has to wait for the client to read.
     fn wrote(&self, blocked: bool) {
         let mut s = self.lock();
-        let changed = match (blocked, s.write_blocked_since) {
-            (true, None) => {
-                s.write_blocked_since = Some(Instant::now());
-                true
+        if !blocked {
+            s.write_blocked_since = None;
+            // A response still being sent after its request finished is not idleness.
+            if s.in_flight == 0 && s.first_byte.is_none() {
+                s.waiting_since = Instant::now();
             }
-            (false, Some(_)) => {
-                s.write_blocked_since = None;
-                true
-            }
-            _ => false,
-        };
-        // A response still being sent after its request finished is not idleness.
-        if !blocked && s.in_flight == 0 && s.first_byte.is_none() {
-            s.waiting_since = Instant::now();
-        }
-        drop(s);
-        if changed {
-            self.changed.notify_one();
+        } else if s.write_blocked_since.is_none() {
+            s.write_blocked_since = Some(Instant::now());
         }
     }
 
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.lock().in_flight += 1;
-        self.changed.notify_one();
         InFlight(self.clone())
     }
 
     /// Resolves when the connection must be closed.
     async fn watch(&self, limits: &ConnectionLimits) -> Close {
+        // The requests and the stream only update the state; the watchdog wakes at the
+        // next moment a limit could be passed and reads it again. So a request costs no
+        // wake-up of its own, and a deadline is found at most one check interval late.
+        // Only an eviction, decided elsewhere, wakes it at once.
+        let check = limits.idle_timeout.min(limits.header_read_timeout);
         loop {
-            let deadline = {
+            let now = Instant::now();
+            let at = {
                 let s = self.lock();
                 if s.evicted {
                     return Close::Evicted;
                 }
                 if let Some(blocked) = s.write_blocked_since {
-                    Some((
-                        blocked + limits.gateway_body_idle_timeout,
-                        Close::SendStalled,
-                    ))
+                    let at = blocked + limits.gateway_body_idle_timeout;
+                    if at <= now {
+                        return Close::SendStalled;
+                    }
+                    at.min(now + check)
                 } else if s.in_flight > 0 {
-                    None
+                    now + check.min(limits.gateway_body_idle_timeout)
                 } else if let Some(first) = s.first_byte {
-                    Some((first + limits.header_read_timeout, Close::HeaderTimeout))
+                    let at = first + limits.header_read_timeout;
+                    if at <= now {
+                        return Close::HeaderTimeout;
+                    }
+                    at
                 } else {
-                    Some((s.waiting_since + limits.idle_timeout, Close::Idle))
+                    let at = s.waiting_since + limits.idle_timeout;
+                    if at <= now {
+                        return Close::Idle;
+                    }
+                    // A first byte may arrive meanwhile and start the header clock.
+                    at.min(now + limits.header_read_timeout)
                 }
             };
-            match deadline {
-                None => self.changed.notified().await,
-                Some((at, reason)) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(at) => {
-                            // Only if nothing changed meanwhile (the state is read again).
-                            let s = self.lock();
-                            let now = Instant::now();
-                            let still = match reason {
-                                Close::SendStalled => s.write_blocked_since.is_some_and(|b| b + limits.gateway_body_idle_timeout <= now),
-                                Close::HeaderTimeout => s.in_flight == 0 && s.first_byte.is_some_and(|f| f + limits.header_read_timeout <= now),
-                                _ => s.in_flight == 0 && s.first_byte.is_none() && s.waiting_since + limits.idle_timeout <= now,
-                            };
-                            if still {
-                                return reason;
-                            }
-                        }
-                        _ = self.changed.notified() => {}
-                    }
-                }
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = self.changed.notified() => {}
             }
         }
     }
@@ -393,8 +382,6 @@ impl Drop for InFlight {
             s.waiting_since = Instant::now();
             s.first_byte = None;
         }
-        drop(s);
-        self.0.changed.notify_one();
     }
 }
 
@@ -502,10 +489,7 @@ impl Connection {
             }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(limits.idle_timeout + limits.header_read_timeout);
+        builder.keep_alive(true);
         let conn = builder.serve_connection(io, service).with_upgrades();
         tokio::pin!(conn);
         let mut stopping = false;

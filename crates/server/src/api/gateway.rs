@@ -35,9 +35,16 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/gateway/routes/{id}",
             get(get_route).put(replace_route).delete(delete_route),
         )
+        .route("/.well-known/jwks.json", get(jwks))
+}
+
+/// The forward-auth decision. It answers from memory (credentials, routes, limits are
+/// cached, the audit entry is queued), so it runs outside the API handlers' deadline,
+/// which would cost a timer per decision on the proxy's hot path.
+pub fn decision_routes() -> Router<AppState> {
+    Router::new()
         .route("/auth/verify", any(verify))
         .route("/auth/verify/{*path}", any(verify))
-        .route("/.well-known/jwks.json", get(jwks))
 }
 
 /// A route to create or the full replacement of one.

@@ -10,6 +10,7 @@
 //! rate-limit stage, as before.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How many addresses are remembered at most: a flood from more addresses than this costs
@@ -20,12 +21,18 @@ const CAPACITY: usize = 65_536;
 /// Addresses (IPv6 by /64, as the buckets count them) refused until some instant.
 pub struct RefusedAddresses {
     until: quick_cache::sync::Cache<IpAddr, Instant>,
+    /// Milliseconds after `epoch` until which some address is refused (0: never was), so
+    /// that while none is, a request pays one atomic load instead of a cache lookup.
+    latest_ms: AtomicU64,
+    epoch: Instant,
 }
 
 impl Default for RefusedAddresses {
     fn default() -> Self {
         Self {
             until: quick_cache::sync::Cache::new(CAPACITY),
+            latest_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 }
@@ -33,11 +40,22 @@ impl Default for RefusedAddresses {
 impl RefusedAddresses {
     /// Remembers that `network`'s bucket refuses it for `wait`.
     pub fn refused(&self, network: IpAddr, wait: Duration) {
-        self.until.insert(network, Instant::now() + wait);
+        let until = Instant::now() + wait;
+        let until_ms = u64::try_from(until.duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        self.latest_ms.fetch_max(until_ms, Ordering::Relaxed);
+        self.until.insert(network, until);
     }
 
     /// Whether `network`'s bucket was refusing it at its last check and still is.
     pub fn refusing(&self, network: IpAddr) -> bool {
+        let latest = self.latest_ms.load(Ordering::Relaxed);
+        if latest == 0
+            || u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX) >= latest
+        {
+            return false;
+        }
         self.until
             .get(&network)
             .is_some_and(|until| until > Instant::now())
