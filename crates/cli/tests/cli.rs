@@ -315,6 +315,12 @@ fn configuration_errors_say_what_is_wrong_and_how_to_fix_it() {
     let (code, err) = run(&[], &[("DATASTACK_CACHE_CAPACITY", "lots")]);
     assert_eq!(code, Some(2));
     assert!(err.contains("DATASTACK_CACHE_CAPACITY"), "{err}");
+    let (code, err) = run(&[], &[("DATASTACK_FAST_PATH", "sometimes")]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("DATASTACK_FAST_PATH") && err.contains("true or false"),
+        "{err}"
+    );
     let (code, err) = run(&["--database-url", "mysql://x"], &[]);
     assert_eq!(code, Some(2));
     assert!(err.contains("PostgreSQL"), "{err}");

@@ -379,9 +379,11 @@ impl Application {
             open_file_limit = ?file_limit,
             "serving"
         );
+        let fast = self.state.config.fast_path.then(|| self.state.clone());
         crate::serve::serve(
             self.listener,
             self.router,
+            fast,
             limits,
             cap,
             self.state.metrics.clone(),

@@ -35,7 +35,7 @@ use crate::error::ApiError;
 
 mod groups;
 
-pub use groups::{Counters as AggregationCounters, MAX_GROUPS, OVERFLOW_ACTION};
+pub use groups::{Counters as AggregationCounters, DecisionKey, MAX_GROUPS, OVERFLOW_ACTION, Pins};
 
 /// An entry on its way to the writer; `ack` is answered once it is committed.
 pub struct Queued {
@@ -82,6 +82,47 @@ impl AuditLog {
     /// security events about the audit log).
     pub fn root_workspace(&self) -> &WorkspaceId {
         &self.root_workspace
+    }
+
+    /// Whether the fast path may answer: batched durability (a sync entry waits for its
+    /// commit) and room in the queue (else the full pipeline waits for room or refuses).
+    pub fn fast_path_open(&self) -> bool {
+        self.durability == AuditDurability::Batched && self.tx.capacity() > 0
+    }
+
+    /// Whether an allowed request with `method` gets an entry (successful reads may not).
+    pub fn records_allowed(&self, method: &Method) -> bool {
+        self.successful_reads || !(method == Method::GET || method == Method::HEAD)
+    }
+
+    /// The fast path's audit of an allowed forward-auth decision after its group's first:
+    /// counted into the group, no entry built. False when the group does not exist yet;
+    /// then [`Self::finish_decision`] starts it.
+    pub fn fold_decision(&self, key: &DecisionKey, request_id: &str) -> bool {
+        self.groups.fold_decision(key, request_id)
+    }
+
+    /// The fast path's audit of an allowed forward-auth decision whose group does not
+    /// exist yet: its entry starts the group (or is queued on its own when the map is full).
+    pub async fn finish_decision(
+        &self,
+        ctx: &AuditContext,
+        status: StatusCode,
+        key: DecisionKey,
+        pins: Pins,
+    ) -> Result<(), ApiError> {
+        let record = ctx.record_with(status, Some(&self.root_workspace));
+        match self.groups.add_decision(key, record, pins) {
+            None => Ok(()),
+            Some(record) => {
+                self.enqueue(Queued {
+                    record,
+                    ack: None,
+                    count: 1,
+                })
+                .await
+            }
+        }
     }
 
     /// Admits a request: at once while the queue has room (one atomic read), else after

@@ -56,6 +56,10 @@ pub struct Config {
     /// Whether successful `GET`/`HEAD` calls are audited (failures and changes always
     /// are). Default true.
     pub audit_successful_reads: bool,
+    /// Whether forward-auth decisions that can be made from memory skip the middleware
+    /// stack (the same checks, answered by the serving loop). Default true; `false` sends
+    /// every request through the full pipeline.
+    pub fast_path: bool,
     /// How often retention purges and automatic revocations run. Default 1 h.
     pub audit_maintenance_interval: Duration,
     /// Where each maintenance pass appends every chain's signed head, outside the
@@ -185,6 +189,7 @@ impl Default for Config {
             audit_queue_capacity: 8192,
             audit_enqueue_timeout: Duration::from_secs(2),
             audit_successful_reads: true,
+            fast_path: true,
             audit_maintenance_interval: Duration::from_secs(3600),
             audit_heads_file: AuditHeadsFile::Default,
             auth_failure_burst_threshold: 10,
@@ -256,6 +261,8 @@ pub struct ConfigLayer {
     pub audit_enqueue_timeout_ms: Option<u64>,
     /// `audit_successful_reads`.
     pub audit_successful_reads: Option<bool>,
+    /// `fast_path`.
+    pub fast_path: Option<bool>,
     /// `audit_maintenance_interval_seconds`.
     pub audit_maintenance_interval_seconds: Option<u64>,
     /// `audit_heads_file`: a path, or `off`.
@@ -381,6 +388,11 @@ impl ConfigLayer {
                     .parse::<u64>()
                     .map_err(|_| ConfigError(format!("{key}={v:?} is not a whole number")))
             };
+            let boolean = |v: &str| match v.trim() {
+                "true" | "1" => Ok(true),
+                "false" | "0" => Ok(false),
+                _ => Err(ConfigError(format!("{key}={v:?} is not true or false"))),
+            };
             match name {
                 "LISTEN" => layer.listen = Some(value),
                 "DATA_DIR" => layer.data_dir = Some(PathBuf::from(value)),
@@ -406,17 +418,8 @@ impl ConfigLayer {
                 "AUDIT_ENQUEUE_TIMEOUT_MS" => {
                     layer.audit_enqueue_timeout_ms = Some(number(&value)?)
                 }
-                "AUDIT_SUCCESSFUL_READS" => {
-                    layer.audit_successful_reads = Some(match value.trim() {
-                        "true" | "1" => true,
-                        "false" | "0" => false,
-                        _ => {
-                            return Err(ConfigError(format!(
-                                "{key}={value:?} is not true or false"
-                            )));
-                        }
-                    })
-                }
+                "AUDIT_SUCCESSFUL_READS" => layer.audit_successful_reads = Some(boolean(&value)?),
+                "FAST_PATH" => layer.fast_path = Some(boolean(&value)?),
                 "AUDIT_MAINTENANCE_INTERVAL_SECONDS" => {
                     layer.audit_maintenance_interval_seconds = Some(number(&value)?)
                 }
@@ -508,6 +511,7 @@ impl ConfigLayer {
             audit_queue_capacity,
             audit_enqueue_timeout_ms,
             audit_successful_reads,
+            fast_path,
             audit_maintenance_interval_seconds,
             audit_heads_file,
             auth_failure_burst_threshold,
@@ -860,6 +864,9 @@ impl ConfigLayer {
         }
         if let Some(b) = self.audit_successful_reads {
             c.audit_successful_reads = b;
+        }
+        if let Some(b) = self.fast_path {
+            c.fast_path = b;
         }
         if let Some(s) = self.audit_maintenance_interval_seconds {
             c.audit_maintenance_interval = Duration::from_secs(within(

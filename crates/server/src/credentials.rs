@@ -107,6 +107,42 @@ struct CachedCredential {
     last_noted: AtomicI64,
 }
 
+/// A credential found valid in the cache by [`CredentialVerifier::cached`].
+pub struct CachedUse(Arc<CachedCredential>);
+
+impl CachedUse {
+    /// Who.
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.0.identity
+    }
+
+    /// Counts the cache hit and notes the use (at most once a second per credential), as
+    /// [`CredentialVerifier::verify`] does.
+    pub fn note(&self, verifier: &CredentialVerifier, ip: Option<IpAddr>) {
+        verifier.metrics.cache_hit();
+        let now = Utc::now();
+        let second = now.timestamp();
+        if self.0.last_noted.swap(second, Ordering::Relaxed) != second {
+            verifier.note_use(&self.0.identity.token.id, now, ip);
+        }
+    }
+}
+
+/// Why a credential that exists is refused at `now`, if it is.
+fn refusal(identity: &Identity, now: DateTime<Utc>) -> Option<Rejection> {
+    if identity.token.revoked_at.is_some() {
+        Some(Rejection::Revoked)
+    } else if identity.token.expires_at.is_some_and(|e| e <= now) {
+        Some(Rejection::Expired)
+    } else if identity.principal.status != Status::Active {
+        Some(Rejection::OwnerSuspended)
+    } else if identity.workspace.status != Status::Active || identity.ancestor_suspended {
+        Some(Rejection::WorkspaceSuspended)
+    } else {
+        None
+    }
+}
+
 /// Verifies bearer credentials and keeps the cache of verified ones.
 pub struct CredentialVerifier {
     store: Store,
@@ -206,6 +242,21 @@ impl CredentialVerifier {
         self.note_use(&identity.token.id, Utc::now(), ip);
     }
 
+    /// The fast path's lookup: a cached, valid credential, with nothing counted or noted
+    /// (the caller does both with [`CachedUse::note`] once it has decided to answer).
+    /// `None` when the secret is malformed, not cached, past the cache's TTL or refused:
+    /// the full path then verifies it and answers.
+    pub fn cached(&self, secret: &SecretString) -> Option<CachedUse> {
+        let presented = credential::parse_presented(secret)?;
+        let entry = self
+            .cache
+            .get(&presented.digest)
+            .filter(|c| c.fetched.elapsed() < self.ttl)?;
+        refusal(&entry.identity, Utc::now())
+            .is_none()
+            .then_some(CachedUse(entry))
+    }
+
     async fn verify_with(
         &self,
         secret: &SecretString,
@@ -295,18 +346,7 @@ impl CredentialVerifier {
             }
         };
         let identity = &entry.identity;
-        let refusal = if identity.token.revoked_at.is_some() {
-            Some(Rejection::Revoked)
-        } else if identity.token.expires_at.is_some_and(|e| e <= now) {
-            Some(Rejection::Expired)
-        } else if identity.principal.status != Status::Active {
-            Some(Rejection::OwnerSuspended)
-        } else if identity.workspace.status != Status::Active || identity.ancestor_suspended {
-            Some(Rejection::WorkspaceSuspended)
-        } else {
-            None
-        };
-        if let Some(rejection) = refusal {
+        if let Some(rejection) = refusal(identity, now) {
             return Ok(Err((rejection, Some(identity.clone()))));
         }
         let second = now.timestamp();

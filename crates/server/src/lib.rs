@@ -13,6 +13,7 @@ pub mod config;
 pub mod credentials;
 pub mod edge;
 pub mod error;
+pub(crate) mod fast;
 pub mod metrics;
 pub mod offline;
 pub mod openapi;

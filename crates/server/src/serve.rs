@@ -49,6 +49,7 @@ use tower::ServiceExt;
 
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::state::AppState;
 
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting, lets
 /// in-flight requests finish for at most `limits.shutdown_drain_timeout`, and drops the
@@ -56,6 +57,7 @@ use crate::metrics::Metrics;
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
+    fast: Option<AppState>,
     limits: &ConnectionLimits,
     cap: usize,
     metrics: Arc<Metrics>,
@@ -147,6 +149,7 @@ pub(crate) async fn serve(
             metrics: metrics.clone(),
             registry: registry.clone(),
             router: router.clone(),
+            fast: fast.clone(),
             stop: stop.clone(),
         };
         tasks.spawn(conn.run());
@@ -447,6 +450,8 @@ struct Connection {
     activity: Arc<Activity>,
     id: u64,
     router: Router,
+    /// The node's state when forward-auth decisions may take the fast path.
+    fast: Option<AppState>,
     stop: watch::Receiver<bool>,
 }
 
@@ -462,6 +467,7 @@ impl Connection {
             activity,
             id,
             router,
+            fast,
             mut stop,
         } = self;
         metrics.connections.opened();
@@ -478,7 +484,25 @@ impl Connection {
             req.extensions_mut().insert(ConnectInfo(peer));
             let in_flight = service_activity.request_started();
             let router = router.clone();
+            let fast = fast.clone();
             async move {
+                // Forward-auth decisions answered from memory skip the router.
+                let req = match (&fast, crate::fast::forward_auth_route(req.uri().path())) {
+                    (Some(state), Some(route)) => {
+                        match crate::fast::forward_auth(state, req, peer, route).await {
+                            crate::fast::Outcome::Answered(response) => {
+                                return Ok(response.map(|body| {
+                                    Body::new(Finished {
+                                        inner: body,
+                                        _in_flight: in_flight,
+                                    })
+                                }));
+                            }
+                            crate::fast::Outcome::Declined(req) => req,
+                        }
+                    }
+                    _ => req,
+                };
                 let response = router.oneshot(req).await?;
                 Ok::<_, std::convert::Infallible>(response.map(|body| {
                     Body::new(Finished {

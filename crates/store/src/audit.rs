@@ -491,8 +491,16 @@ impl Store {
         let mut ordered: Vec<&Sighting> = sightings.iter().collect();
         ordered.sort_by(|a, b| (&a.credential_id, &a.network).cmp(&(&b.credential_id, &b.network)));
         ordered.dedup_by(|a, b| a.credential_id == b.credential_id && a.network == b.network);
+        // On SQLite the write lock is taken at the start: a deferred transaction that reads
+        // first and then writes cannot wait for a writer that holds the lock (SQLite gives
+        // up at once instead of running the busy handler), so the batch would fail and
+        // wait for its retry while requests queue behind it.
+        let begin = match self.backend() {
+            crate::Backend::Sqlite => "BEGIN IMMEDIATE",
+            crate::Backend::Postgres => "BEGIN",
+        };
         with_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(begin).await?;
             // A retry of a batch whose commit succeeded but was not confirmed (a lost
             // connection) must not append it twice: its first entry tells.
             if let Some(first) = records.first() {

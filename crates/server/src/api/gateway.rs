@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use chrono::{DateTime, Utc};
@@ -377,7 +377,7 @@ fn known_method(method: &str) -> Result<String, &'static str> {
 /// Exactly one source may name it: a request carrying two (a client that added
 /// `X-Forwarded-Uri` to a request nginx forwards with `X-Original-URI`, say) is refused,
 /// since the proxy may have passed the client's copy through untouched.
-fn original_request(
+pub(crate) fn original_request(
     method: &str,
     uri_path: &str,
     headers: &HeaderMap,
@@ -484,51 +484,91 @@ fn original_request(
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 402, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
 pub async fn verify(State(state): State<AppState>, req: Request) -> Response {
-    let audit = req.extensions().get::<AuditContext>().cloned();
-    if let Some(audit) = &audit {
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone());
+    decision(
+        &state,
+        req.extensions(),
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers(),
+        &request_id,
+    )
+    .await
+    .0
+}
+
+/// What an allowed decision was about, for the fast path's audit.
+pub(crate) struct Decided {
+    /// The route.
+    pub route: std::sync::Arc<ActiveRoute>,
+    /// The scope the caller acts with.
+    pub scope: datastack_core::scope::Scope,
+    /// The method decided on.
+    pub method: String,
+}
+
+/// The decision itself, for the handler above and for the fast path ([`crate::fast`]),
+/// which calls it with the same extensions (audit context, authentication, client
+/// address) the pipeline's stages would have set.
+pub(crate) async fn decision(
+    state: &AppState,
+    extensions: &Extensions,
+    request_method: &str,
+    uri_path: &str,
+    headers: &HeaderMap,
+    request_id: &str,
+) -> (Response, Option<Decided>) {
+    let audit = extensions.get::<AuditContext>();
+    if let Some(audit) = audit {
         audit.set_action("forward_auth.verify", "gateway");
     }
-    let (method, path) =
-        match original_request(req.method().as_str(), req.uri().path(), req.headers()) {
-            Ok(original) => original,
-            Err(why) => return ApiError::InvalidRequest(why.into()).into_response(),
-        };
-    if let Some(audit) = &audit {
+    let (method, path) = match original_request(request_method, uri_path, headers) {
+        Ok(original) => original,
+        Err(why) => return (ApiError::InvalidRequest(why.into()).into_response(), None),
+    };
+    if let Some(audit) = audit {
         audit.set_decided_method(&method);
         audit.aggregate();
     }
     let allowed = match edge::decide(
-        &state,
-        req.extensions(),
-        req.headers(),
+        state,
+        extensions,
+        headers,
         &method,
         &path,
         "forward_auth.verify",
     ) {
         Ok(a) => a,
         Err(Undecidable::NoRoute) => {
-            return ApiError::Forbidden("no gateway route covers this path".into()).into_response();
+            return (
+                ApiError::Forbidden("no gateway route covers this path".into()).into_response(),
+                None,
+            );
         }
-        Err(Undecidable::Refused(e)) => return e.into_response(),
+        Err(Undecidable::Refused(e)) => return (e.into_response(), None),
     };
     // The decision is the request's only sight of datastack: it is charged the route's
     // price here (an upstream behind a forward-auth proxy cannot report a cost).
-    if let Err(e) = edge::charge(&state, &allowed, req.extensions()).await {
-        return e.into_response();
+    if let Err(e) = edge::charge(state, &allowed, extensions).await {
+        return (e.into_response(), None);
     }
-    let request_id = req
-        .extensions()
-        .get::<RequestId>()
-        .map_or_else(String::new, |r| r.0.clone());
-    match identity_headers(&state, &allowed, &request_id, &method, &path) {
+    match identity_headers(state, &allowed, request_id, &method, &path) {
         Ok(headers) => {
             let mut response = StatusCode::OK.into_response();
             for (name, value) in headers {
                 response.headers_mut().insert(name, value);
             }
-            response
+            let decided = Decided {
+                route: allowed.route,
+                scope: allowed.scope,
+                method,
+            };
+            (response, Some(decided))
         }
-        Err(e) => e.into_response(),
+        Err(e) => (e.into_response(), None),
     }
 }
 

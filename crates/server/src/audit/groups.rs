@@ -44,6 +44,40 @@ struct Key {
     detail: Option<String>,
 }
 
+/// The group of an allowed forward-auth decision, as the fast path knows it without
+/// building an entry: the addresses of the identity and the route (kept alive by the
+/// group's [`Pins`], so equal addresses mean the same identity and route), the method
+/// decided on, the scope and the source address. It stands for the same group as the
+/// entry's [`Key`] would: the identity fixes workspace and credential, the route the
+/// resource and detail.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DecisionKey {
+    /// `Arc::as_ptr` of the identity.
+    pub identity: usize,
+    /// `Arc::as_ptr` of the route.
+    pub route: usize,
+    /// The method decided on.
+    pub method: axum::http::Method,
+    /// The scope the caller acted with.
+    pub scope: datastack_core::scope::Scope,
+    /// The source address.
+    pub source: Option<std::net::IpAddr>,
+}
+
+/// What a [`DecisionKey`]'s group holds alive.
+#[derive(Debug, Clone)]
+pub struct Pins(
+    pub std::sync::Arc<crate::credentials::Identity>,
+    pub std::sync::Arc<crate::edge::routes::ActiveRoute>,
+);
+
+/// A group's key: an entry's fields, or a fast-path decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum GroupKey {
+    Entry(Key),
+    Decision(DecisionKey),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Allowed,
@@ -59,11 +93,12 @@ struct Group {
     last_request_id: Option<String>,
     network: Option<String>,
     kind: Kind,
+    _pins: Option<Pins>,
 }
 
 /// The groups of a node, with counters for the metrics.
 pub struct Groups {
-    map: Mutex<HashMap<Key, Group>>,
+    map: Mutex<HashMap<GroupKey, Group>>,
     /// Groups of refusals in the map, and the most there may be.
     refused: AtomicU64,
     max_refused: u64,
@@ -102,7 +137,7 @@ impl Groups {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Group>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<GroupKey, Group>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -124,14 +159,14 @@ impl Groups {
     /// queued as an entry of its own.
     pub fn add_allowed(&self, record: AuditRecord, method: &str) -> Option<AuditRecord> {
         let key = Self::key(&record, method, record.source_ip.clone());
-        self.add(key, record, Kind::Allowed, None)
+        self.add(GroupKey::Entry(key), record, Kind::Allowed, None, None)
     }
 
     /// Counts a refusal; a full map folds it into its workspace's overflow group.
     pub fn add_refused(&self, record: AuditRecord, method: &str) {
         let net = network(record.source_ip.as_deref());
         let key = Self::key(&record, method, net.clone());
-        if let Some(record) = self.add(key, record, Kind::Refused, net) {
+        if let Some(record) = self.add(GroupKey::Entry(key), record, Kind::Refused, net, None) {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             let key = Key {
                 workspace: record.workspace_id.to_string(),
@@ -144,6 +179,7 @@ impl Groups {
                 status: record.status,
                 detail: None,
             };
+            let key = GroupKey::Entry(key);
             let mut map = self.lock();
             match map.get_mut(&key) {
                 Some(g) => {
@@ -170,6 +206,7 @@ impl Groups {
                             count: 1,
                             network: None,
                             kind: Kind::Overflow,
+                            _pins: None,
                         },
                     );
                 }
@@ -178,12 +215,53 @@ impl Groups {
     }
 
     /// Counts `record` into its group, or starts one; returns it when there is no room.
+    /// Counts an allowed decision into its existing group (the fast path's audit of the
+    /// requests after a group's first: no entry is built). False when there is no group
+    /// yet: the caller builds the entry and calls [`Self::add_decision`].
+    pub fn fold_decision(&self, key: &DecisionKey, request_id: &str) -> bool {
+        let key = GroupKey::Decision(key.clone());
+        let mut map = self.lock();
+        let Some(g) = map.get_mut(&key) else {
+            return false;
+        };
+        g.count += 1;
+        match &mut g.last_request_id {
+            // The buffer is reused: no allocation per request.
+            Some(last) => {
+                last.clear();
+                last.push_str(request_id);
+            }
+            none => *none = Some(request_id.to_owned()),
+        }
+        drop(map);
+        self.folded.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Starts the group of an allowed decision with its first entry (or counts into it);
+    /// returns the entry when the map is full.
+    pub fn add_decision(
+        &self,
+        key: DecisionKey,
+        record: AuditRecord,
+        pins: Pins,
+    ) -> Option<AuditRecord> {
+        self.add(
+            GroupKey::Decision(key),
+            record,
+            Kind::Allowed,
+            None,
+            Some(pins),
+        )
+    }
+
     fn add(
         &self,
-        key: Key,
+        key: GroupKey,
         record: AuditRecord,
         kind: Kind,
         network: Option<String>,
+        pins: Option<Pins>,
     ) -> Option<AuditRecord> {
         let mut map = self.lock();
         if let Some(g) = map.get_mut(&key) {
@@ -208,6 +286,7 @@ impl Groups {
                 count: 1,
                 network,
                 kind,
+                _pins: pins,
             },
         );
         None

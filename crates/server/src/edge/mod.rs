@@ -216,28 +216,18 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
     }
     let config = &state.config;
     let buckets = match req.extensions().get::<Authentication>() {
-        Some(Authentication::Verified(identity)) => vec![
-            Bucket {
-                subject: Subject::Credential(identity.token.id.to_string()),
-                // An API key's own limit replaces the default per credential.
-                per_minute: identity
-                    .api_key
-                    .as_ref()
-                    .and_then(|k| k.rate_limit)
-                    .unwrap_or(config.rate_limit_credential_per_minute),
-            },
-            Bucket {
-                subject: Subject::Workspace(identity.workspace.id.to_string()),
-                per_minute: config.rate_limit_workspace_per_minute,
-            },
-        ],
+        Some(Authentication::Verified(identity)) => credential_buckets(config, identity),
         _ => address_buckets(config, req.extensions().get::<ClientIp>().and_then(|c| c.0)),
     };
-    let verdict = match req.extensions().get::<AddressChecked>() {
+    let prechecked = req.extensions().get::<Prechecked>().map(|p| p.0.clone());
+    let verdict = match (prechecked, req.extensions().get::<AddressChecked>()) {
+        // The fast path charged the credential's buckets and handed the request over
+        // with their verdict (a refusal): it is not charged twice.
+        (Some(v), _) => v,
         // The authenticate stage already charged the address's bucket, before looking up
         // a credential this node did not know; a credential that turned out valid gets
         // its own buckets checked here.
-        Some(AddressChecked(v))
+        (None, Some(AddressChecked(v)))
             if !matches!(
                 req.extensions().get::<Authentication>(),
                 Some(Authentication::Verified(_))
@@ -299,6 +289,30 @@ pub async fn rate_limit_stage(State(state): State<AppState>, req: Request, next:
     rate_limit_headers(response.headers_mut(), &verdict);
     response
 }
+
+/// The buckets of a request with a valid credential: its own (an API key's own limit
+/// replaces the default per credential) and its workspace's.
+pub fn credential_buckets(config: &Config, identity: &Identity) -> Vec<Bucket> {
+    vec![
+        Bucket {
+            subject: Subject::Credential(identity.token.id.to_string()),
+            per_minute: identity
+                .api_key
+                .as_ref()
+                .and_then(|k| k.rate_limit)
+                .unwrap_or(config.rate_limit_credential_per_minute),
+        },
+        Bucket {
+            subject: Subject::Workspace(identity.workspace.id.to_string()),
+            per_minute: config.rate_limit_workspace_per_minute,
+        },
+    ]
+}
+
+/// The verdict of a credential's buckets, taken by the fast path ([`crate::fast`]) before
+/// it handed the request to the full pipeline: the rate-limit stage answers with it.
+#[derive(Debug, Clone)]
+pub struct Prechecked(pub Verdict);
 
 /// The bucket of requests without a valid credential: per address (IPv6 per /64), and one
 /// shared bucket for clients whose address cannot be known.
@@ -376,7 +390,7 @@ fn network_key(ip: std::net::IpAddr) -> std::net::IpAddr {
 
 /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and, when
 /// refused, `Retry-After`.
-fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
+pub(crate) fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
     let policy = format!(
         "\"{}\";q={};w={}",
         v.policy,
@@ -614,6 +628,11 @@ pub fn spend_refusal(exceeded: &spend::Exceeded) -> ApiError {
 }
 
 /// The identity headers of an allowed request, the signed assertion included.
+///
+/// With route binding (the default) every header but the request id is the same for all
+/// requests of one credential through one route with one method, so they are rendered
+/// (and the assertion signed) once and reused for half the assertion's lifetime: a request
+/// then costs a cache lookup and reference counts, not a JWT and seven header values.
 pub fn identity_headers(
     state: &AppState,
     allowed: &Allowed,
@@ -621,24 +640,57 @@ pub fn identity_headers(
     method: &str,
     path: &str,
 ) -> Result<Vec<(HeaderName, HeaderValue)>, ApiError> {
+    let signer = &state.edge.signer;
+    let request_id = HeaderValue::from_str(request_id)
+        .map_err(|_| ApiError::Internal("unencodable identity header".into()))?;
+    let rendered = if signer.binding == signer::Binding::Route {
+        signer.rendered(&allowed.identity, &allowed.route, method, || {
+            render_identity(state, allowed, None, method, None)
+        })?
+    } else {
+        render_identity(
+            state,
+            allowed,
+            Some(request_id.to_str().unwrap_or("")),
+            method,
+            Some(path),
+        )?
+    };
+    let mut headers = Vec::with_capacity(rendered.len() + 1);
+    headers.extend(rendered.iter().cloned());
+    headers.push((
+        HeaderName::from_static("x-datastack-request-id"),
+        request_id,
+    ));
+    Ok(headers)
+}
+
+/// Renders the identity headers other than the request id, signing a new assertion (bound
+/// to `request_id` and `path` with request binding).
+fn render_identity(
+    state: &AppState,
+    allowed: &Allowed,
+    request_id: Option<&str>,
+    method: &str,
+    path: Option<&str>,
+) -> Result<signer::RenderedIdentity, ApiError> {
     let identity = &allowed.identity;
     let scopes = identity.token.scopes.to_strings().join(" ");
     let consent = identity.workspace.settings.data_retention_consent;
     let now = Signer::now();
     let signer = &state.edge.signer;
-    let per_request = signer.binding == signer::Binding::Request;
     let assertion = signer
-        .assertion(&Assertion {
+        .sign(&Assertion {
             iss: &signer.issuer,
             aud: &allowed.route.spec.path_prefix,
             sub: identity.principal.id.as_str(),
             ws: identity.workspace.id.as_str(),
             cred: identity.token.id.as_str(),
             scope: &scopes,
-            rid: per_request.then_some(request_id),
+            rid: request_id,
             consent,
             htm: method,
-            htu: per_request.then_some(path),
+            htu: path,
             iat: now,
             exp: now + signer.ttl,
             jti: &uuid::Uuid::now_v7().simple().to_string(),
@@ -648,7 +700,7 @@ pub fn identity_headers(
         HeaderValue::from_str(s)
             .map_err(|_| ApiError::Internal("unencodable identity header".into()))
     };
-    Ok(vec![
+    Ok(std::sync::Arc::new([
         (
             HeaderName::from_static("x-datastack-principal"),
             value(identity.principal.id.as_str())?,
@@ -666,13 +718,12 @@ pub fn identity_headers(
             value(identity.token.id.as_str())?,
         ),
         (
-            HeaderName::from_static("x-datastack-request-id"),
-            value(request_id)?,
-        ),
-        (
             HeaderName::from_static("x-datastack-retention-consent"),
             HeaderValue::from_static(if consent { "true" } else { "false" }),
         ),
-        (HeaderName::from_static("x-datastack-assertion"), assertion),
-    ])
+        (
+            HeaderName::from_static("x-datastack-assertion"),
+            value(&assertion)?,
+        ),
+    ]))
 }

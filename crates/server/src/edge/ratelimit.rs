@@ -77,7 +77,18 @@ impl Subject {
 
     /// `kind:value`, the key of its buckets and penalty.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.kind(), self.value())
+        use std::fmt::Write as _;
+        let kind = self.kind();
+        let mut key = String::with_capacity(kind.len() + 1 + 40);
+        key.push_str(kind);
+        key.push(':');
+        match self {
+            Subject::Credential(s) | Subject::Workspace(s) => key.push_str(s),
+            Subject::Ip(ip) | Subject::Lookup(ip) => {
+                let _ = write!(key, "{ip}");
+            }
+        }
+        key
     }
 }
 
@@ -499,7 +510,9 @@ impl Limiter {
     }
 
     fn check_local(&self, buckets: &[&Bucket], flag: Option<usize>) -> Verdict {
-        for b in buckets {
+        // No key is built for the penalty check unless some penalty may be active.
+        let penalties = self.local.any_penalty.load(Ordering::Relaxed);
+        for b in buckets.iter().filter(|_| penalties) {
             if let Some(left) = self.local.penalty(&b.subject.key()) {
                 return Verdict {
                     policy: policy_name(&b.subject),

@@ -60,16 +60,38 @@ pub enum Binding {
     Request,
 }
 
-/// A signed assertion kept for reuse, and until when it may be reused.
-struct Cached {
-    value: axum::http::HeaderValue,
-    reuse_until: std::time::Instant,
+/// The identity headers of one credential through one route with one method, all but
+/// the request id, rendered once (see [`Signer::rendered`]).
+pub type RenderedIdentity = std::sync::Arc<[(axum::http::HeaderName, axum::http::HeaderValue); 6]>;
+
+/// What [`Signer::rendered`] looks entries up by: the addresses of the identity and route
+/// the entry holds, and the method. An entry keeps its identity and route alive, so no
+/// other identity or route can have their address while it exists: equal addresses mean
+/// the same identity and route. A credential that changes in any way (revoked, scopes,
+/// owner, workspace settings) is a new identity object after its invalidation, so its
+/// entries are never found again.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct RenderedKey {
+    identity: usize,
+    route: usize,
+    method: axum::http::Method,
 }
+
+/// Rendered headers kept for reuse, and until when they may be reused.
+struct Rendered {
+    headers: RenderedIdentity,
+    reuse_until: std::time::Instant,
+    _identity: std::sync::Arc<crate::credentials::Identity>,
+    _route: std::sync::Arc<super::routes::ActiveRoute>,
+}
+
+/// How many rendered header sets a node keeps (each holds its identity alive).
+const RENDERED_CAPACITY: usize = 10_000;
 
 /// Signs assertions and publishes the public key.
 pub struct Signer {
-    /// Route-bound assertions, by what they attest.
-    cache: quick_cache::sync::Cache<String, std::sync::Arc<Cached>>,
+    /// Route-bound identity headers, by identity, route and method.
+    rendered: quick_cache::sync::Cache<RenderedKey, std::sync::Arc<Rendered>>,
     /// What an assertion is bound to.
     pub binding: Binding,
     key: EncodingKey,
@@ -118,7 +140,7 @@ impl Signer {
         header.kid = Some(kid.clone());
         header.typ = Some("datastack-assertion+jwt".to_owned());
         Ok(Self {
-            cache: quick_cache::sync::Cache::new(100_000),
+            rendered: quick_cache::sync::Cache::new(RENDERED_CAPACITY),
             binding,
             key,
             header,
@@ -147,39 +169,37 @@ impl Signer {
         jsonwebtoken::encode(&self.header, claims, &self.key).map_err(|e| e.to_string())
     }
 
-    /// The assertion for `claims` as a header value. With route binding, an assertion
-    /// signed for the same claims (all but the times and `jti`) less than half its
-    /// lifetime ago is reused.
-    pub fn assertion(&self, claims: &Assertion<'_>) -> Result<axum::http::HeaderValue, String> {
-        let encode = |claims: &Assertion<'_>| {
-            let jwt = self.sign(claims)?;
-            axum::http::HeaderValue::from_str(&jwt).map_err(|e| e.to_string())
+    /// The route-bound identity headers of `identity` through `route` with `method`:
+    /// rendered by `render` at most once per half the assertion's lifetime.
+    pub fn rendered<E>(
+        &self,
+        identity: &std::sync::Arc<crate::credentials::Identity>,
+        route: &std::sync::Arc<super::routes::ActiveRoute>,
+        method: &str,
+        render: impl FnOnce() -> Result<RenderedIdentity, E>,
+    ) -> Result<RenderedIdentity, E> {
+        let Ok(method_key) = axum::http::Method::from_bytes(method.as_bytes()) else {
+            return render();
         };
-        if self.binding == Binding::Request {
-            return encode(claims);
-        }
-        let key = format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n{}",
-            claims.cred,
-            claims.sub,
-            claims.ws,
-            claims.scope,
-            claims.aud,
-            claims.htm,
-            claims.consent
-        );
+        let key = RenderedKey {
+            identity: std::sync::Arc::as_ptr(identity) as usize,
+            route: std::sync::Arc::as_ptr(route) as usize,
+            method: method_key,
+        };
         let now = std::time::Instant::now();
-        if let Some(c) = self.cache.get(&key).filter(|c| c.reuse_until > now) {
-            return Ok(c.value.clone());
+        if let Some(r) = self.rendered.get(&key).filter(|r| r.reuse_until > now) {
+            return Ok(r.headers.clone());
         }
-        let value = encode(claims)?;
-        self.cache.insert(
+        let headers = render()?;
+        self.rendered.insert(
             key,
-            std::sync::Arc::new(Cached {
-                value: value.clone(),
+            std::sync::Arc::new(Rendered {
+                headers: headers.clone(),
                 reuse_until: now + std::time::Duration::from_secs(self.ttl / 2),
+                _identity: identity.clone(),
+                _route: route.clone(),
             }),
         );
-        Ok(value)
+        Ok(headers)
     }
 }

@@ -134,7 +134,7 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
 }
 
 /// Extracts the credential of `Bearer <credential>` (scheme case-insensitive, RFC 6750).
-fn bearer(value: &[u8]) -> Option<SecretString> {
+pub(crate) fn bearer(value: &[u8]) -> Option<SecretString> {
     let value = std::str::from_utf8(value).ok()?;
     let (scheme, credential) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {

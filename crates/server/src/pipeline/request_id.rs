@@ -27,6 +27,21 @@ pub fn current() -> String {
         .unwrap_or_else(|_| "unknown".to_owned())
 }
 
+/// Runs `f` as the request `id`: error responses built inside carry it (the fast path's
+/// counterpart of this stage).
+pub(crate) async fn scoped<F: std::future::Future>(id: String, f: F) -> F::Output {
+    REQUEST_ID.scope(id, f).await
+}
+
+/// The id of a request: its own `x-request-id` when well formed, else a new one.
+pub(crate) fn of(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| well_formed(v))
+        .map_or_else(|| uuid::Uuid::now_v7().simple().to_string(), str::to_owned)
+}
+
 /// The request's id, also available to handlers as an extension.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
@@ -34,7 +49,7 @@ pub struct RequestId(pub String);
 /// Whether an incoming id is kept: 1–128 characters of `A-Z a-z 0-9 - _ . :`, without a
 /// run of 64 or more hex digits. The id goes into logs, audit entries and events, so it
 /// must not be able to carry a credential (whose random part is 72 hex digits).
-fn well_formed(id: &str) -> bool {
+pub(crate) fn well_formed(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -47,13 +62,7 @@ fn well_formed(id: &str) -> bool {
 
 /// The middleware.
 pub async fn request_id(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| well_formed(v))
-        .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
+    let id = of(req.headers());
     req.extensions_mut().insert(RequestId(id.clone()));
     let method = req.method().clone();
     let route = req

@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 
 /// The most entries one commit carries.
 const BATCH_MAX: usize = 2000;
+/// How long the writer waits after the first entry of a batch for others to join it.
+/// Bounds what a crash can lose beyond the commit in progress (see `docs/audit.md`).
+const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 /// A credential's use from a network is written at most this often.
 const SIGHTING_REFRESH: chrono::Duration = chrono::Duration::hours(1);
 /// How long a shutdown keeps retrying a batch the store refuses.
@@ -68,6 +71,14 @@ pub async fn audit_writer(
             }
         };
         let mut batch = match first {
+            // Group commit: entries that arrive within the window go in the same
+            // transaction, and a request that queues an entry meanwhile wakes no one (the
+            // writer sleeps on its timer, not on the queue). An entry whose request waits
+            // for its commit (sync durability) is written at once.
+            Some(q) if q.ack.is_none() && !stopping => {
+                tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
+                vec![q]
+            }
             Some(q) => vec![q],
             None => {
                 // Drained: what is still aggregated goes in a last batch of its own.

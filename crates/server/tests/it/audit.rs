@@ -450,9 +450,10 @@ async fn retention_purges_old_entries_behind_a_signed_checkpoint(backend: Backen
     store
         .execute(&["UPDATE audit_checkpoints SET seq = seq - 1"])
         .await;
-    // Deleting a whole chain (entries, head and checkpoint) is evident too.
+    // Deleting a whole chain (entries, head and checkpoint) is evident too. The three
+    // deletions go in one transaction so the writer cannot append between them.
     store
-        .execute(&[
+        .execute_atomically(&[
             &format!("DELETE FROM audit_entries WHERE workspace_id = '{ws}'"),
             &format!("DELETE FROM audit_heads WHERE workspace_id = '{ws}'"),
             &format!("DELETE FROM audit_checkpoints WHERE workspace_id = '{ws}'"),

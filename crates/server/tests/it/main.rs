@@ -10,6 +10,7 @@ mod cluster;
 mod contract;
 mod edge;
 mod edge_rules;
+mod fast_path;
 mod floods;
 mod hostile;
 mod input;
