@@ -391,17 +391,23 @@ fn network_key(ip: std::net::IpAddr) -> std::net::IpAddr {
 /// `RateLimit-Policy`, `RateLimit` (draft-ietf-httpapi-ratelimit-headers) and, when
 /// refused, `Retry-After`.
 pub(crate) fn rate_limit_headers(headers: &mut HeaderMap, v: &Verdict) {
-    let policy = format!(
+    use std::fmt::Write as _;
+    // Both values written into one buffer and split: one allocation for the two headers.
+    let mut buf = bytes::BytesMut::with_capacity(2 * (v.policy.len() + 32));
+    let _ = write!(
+        buf,
         "\"{}\";q={};w={}",
         v.policy,
         v.quota,
         ratelimit::WINDOW_SECONDS
     );
-    let state = format!("\"{}\";r={};t={}", v.policy, v.remaining, v.reset);
-    if let Ok(value) = HeaderValue::from_str(&policy) {
+    let policy = buf.split().freeze();
+    let _ = write!(buf, "\"{}\";r={};t={}", v.policy, v.remaining, v.reset);
+    let state = buf.freeze();
+    if let Ok(value) = HeaderValue::from_maybe_shared(policy) {
         headers.insert(HeaderName::from_static("ratelimit-policy"), value);
     }
-    if let Ok(value) = HeaderValue::from_str(&state) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(state) {
         headers.insert(HeaderName::from_static("ratelimit"), value);
     }
     if let Some(wait) = v.retry_after {
