@@ -114,14 +114,7 @@ impl AuditLog {
         let record = ctx.record_with(status, Some(&self.root_workspace));
         match self.groups.add_decision(key, record, pins) {
             None => Ok(()),
-            Some(record) => {
-                self.enqueue(Queued {
-                    record,
-                    ack: None,
-                    count: 1,
-                })
-                .await
-            }
+            Some(record) => self.enqueue_one(record).await,
         }
     }
 
@@ -145,6 +138,16 @@ impl AuditLog {
 
     /// Queues an entry, waiting up to the enqueue timeout when the queue filled up while
     /// the request ran; the answer becomes a 503 if there is still no room.
+    /// Queues one entry that no request waits for.
+    async fn enqueue_one(&self, record: AuditRecord) -> Result<(), ApiError> {
+        self.enqueue(Queued {
+            record,
+            ack: None,
+            count: 1,
+        })
+        .await
+    }
+
     async fn enqueue(&self, queued: Queued) -> Result<(), ApiError> {
         match self.tx.try_send(queued) {
             Ok(()) => Ok(()),
@@ -201,25 +204,11 @@ impl AuditLog {
         {
             return match self.groups.add_allowed(record, &method_text) {
                 None => Ok(()),
-                Some(record) => {
-                    self.enqueue(Queued {
-                        record,
-                        ack: None,
-                        count: 1,
-                    })
-                    .await
-                }
+                Some(record) => self.enqueue_one(record).await,
             };
         }
         match self.durability {
-            AuditDurability::Batched => {
-                self.enqueue(Queued {
-                    record,
-                    ack: None,
-                    count: 1,
-                })
-                .await
-            }
+            AuditDurability::Batched => self.enqueue_one(record).await,
             AuditDurability::Sync => {
                 let (ack, done) = oneshot::channel();
                 self.enqueue(Queued {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+use crate::api_keys::create_key;
 use crate::edge::audit_until;
 use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
 
@@ -63,15 +64,7 @@ async fn ask(app: &TestApp, token: &str, method: &str, uri: &str, request_id: &s
 
 /// The `datastack_http_requests_total` counters of forward-auth, by status.
 async fn verify_counters(app: &TestApp) -> Vec<String> {
-    let text = app
-        .http
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
+    let text = app.metrics_text().await;
     let mut lines: Vec<String> = text
         .lines()
         .filter(|l| {
@@ -83,6 +76,19 @@ async fn verify_counters(app: &TestApp) -> Vec<String> {
     lines
 }
 
+/// A forward-auth route for `/v1/jobs`.
+async fn jobs_route(app: &TestApp) {
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            app.admin(),
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
 /// One run of decisions on a fresh node; returns everything observed.
 async fn run(backend: Backend, fast_path: bool) -> (Vec<Seen>, Vec<(u64, u64)>, Vec<String>) {
     let store = Arc::new(StoreLocation::new(backend).await);
@@ -92,31 +98,20 @@ async fn run(backend: Backend, fast_path: bool) -> (Vec<Seen>, Vec<(u64, u64)>, 
     })
     .await;
     let admin = app.admin().to_owned();
-    let r = app
-        .post(
-            "/api/v1/gateway/routes",
-            &admin,
-            "manage:gateway",
-            json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    jobs_route(&app).await;
     let (pat, _) = app
         .create_token(&admin, json!({"label": "r", "scopes": ["read:jobs"]}))
         .await;
     // An API key with a rate limit of its own (the default per credential would throttle
     // the admin's calls too).
-    let key = app
-        .post(
-            "/api/v1/auth/api-keys",
-            &admin,
-            "manage:api-keys",
-            json!({"name": "r", "scopes": ["read:jobs"], "rateLimit": 6}),
-        )
-        .await;
-    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
-    let reader = key.body["key"].as_str().expect("key").to_owned();
-    let reader_id = key.body["id"].as_str().expect("id").to_owned();
+    let key = create_key(
+        &app,
+        &admin,
+        json!({"name": "r", "scopes": ["read:jobs"], "rateLimit": 6}),
+    )
+    .await;
+    let reader = key["key"].as_str().expect("key").to_owned();
+    let reader_id = key["id"].as_str().expect("id").to_owned();
     let mut seen = Vec::new();
     for i in 0..3 {
         seen.push(ask(&app, &pat, "GET", "/v1/jobs", &format!("fp-pat-{i}")).await);
@@ -260,25 +255,14 @@ async fn fast_path_answers_as_the_full_pipeline(backend: Backend) {
 async fn fast_path_keeps_api_key_ranges(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let admin = app.admin().to_owned();
-    let r = app
-        .post(
-            "/api/v1/gateway/routes",
-            &admin,
-            "manage:gateway",
-            json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}),
-        )
-        .await;
-    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
-    let key = app
-        .post(
-            "/api/v1/auth/api-keys",
-            &admin,
-            "manage:api-keys",
-            json!({"name": "elsewhere", "scopes": ["read:jobs"], "allowedIpRanges": ["192.0.2.0/24"]}),
-        )
-        .await;
-    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
-    let secret = key.body["key"].as_str().expect("key").to_owned();
+    jobs_route(&app).await;
+    let key = create_key(
+        &app,
+        &admin,
+        json!({"name": "elsewhere", "scopes": ["read:jobs"], "allowedIpRanges": ["192.0.2.0/24"]}),
+    )
+    .await;
+    let secret = key["key"].as_str().expect("key").to_owned();
     for _ in 0..3 {
         let s = ask(&app, &secret, "GET", "/v1/jobs", "fp-range").await;
         assert_eq!(s.status, StatusCode::FORBIDDEN, "{s:?}");

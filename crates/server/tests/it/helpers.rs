@@ -405,18 +405,23 @@ impl TestApp {
             .await
     }
 
-    /// The value of an unlabelled metric from `/metrics` (0 when it is not there yet).
-    pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
+    /// The `/metrics` exposition, as text.
+    pub async fn metrics_text(&self) -> String {
+        self.http
             .get(format!("{}/metrics", self.base))
             .send()
             .await
             .expect("metrics")
             .text()
             .await
-            .expect("metrics body");
-        text.lines()
+            .expect("metrics body")
+    }
+
+    /// The value of an unlabelled metric from `/metrics` (0 when it is not there yet).
+    pub async fn metric(&self, name: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
             .unwrap_or(0.0)
     }
