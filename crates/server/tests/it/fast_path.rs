@@ -26,9 +26,15 @@ struct Seen {
     required_scope: Option<String>,
 }
 
-async fn ask(app: &TestApp, token: &str, method: &str, uri: &str, request_id: &str) -> Seen {
-    let r = app
-        .http
+/// Asks nginx-style for a decision on `method uri`.
+async fn verify(
+    app: &TestApp,
+    token: &str,
+    method: &str,
+    uri: &str,
+    request_id: &str,
+) -> reqwest::Response {
+    app.http
         .get(format!("{}/auth/verify", app.base))
         .bearer_auth(token)
         .header("x-original-method", method)
@@ -36,7 +42,11 @@ async fn ask(app: &TestApp, token: &str, method: &str, uri: &str, request_id: &s
         .header("x-request-id", request_id)
         .send()
         .await
-        .expect("verify");
+        .expect("verify")
+}
+
+async fn ask(app: &TestApp, token: &str, method: &str, uri: &str, request_id: &str) -> Seen {
+    let r = verify(app, token, method, uri, request_id).await;
     let header = |name: &str| {
         r.headers()
             .get(name)
@@ -145,15 +155,7 @@ async fn run(backend: Backend, fast_path: bool) -> (Vec<Seen>, Vec<(u64, u64)>, 
         );
     }
     // The penalty outlasts the bucket's own wait (the same in both runs).
-    let retry = app
-        .http
-        .get(format!("{}/auth/verify", app.base))
-        .bearer_auth(&reader)
-        .header("x-original-method", "GET")
-        .header("x-original-uri", "/v1/jobs/42")
-        .send()
-        .await
-        .expect("verify");
+    let retry = verify(&app, &reader, "GET", "/v1/jobs/42", "fp-penalised").await;
     assert_eq!(retry.status(), StatusCode::TOO_MANY_REQUESTS);
     let wait: u64 = retry.headers()["retry-after"]
         .to_str()
