@@ -67,6 +67,70 @@ impl Upstreams {
             .build(connector);
         Self { client }
     }
+
+    /// Sends `req` to its upstream. A pooled connection can be closed by the upstream
+    /// (its idle timeout) just as a request is written to it; the client sends again only
+    /// what was not written. A request that is idempotent (RFC 9110 §9.2.2) and has no
+    /// body is also sent again, at most [`REPLAYS`] times, when the connection closed
+    /// before any answer, as nginx does; anything else gets the error.
+    async fn request(
+        &self,
+        req: axum::http::Request<Body>,
+    ) -> Result<Response<hyper::body::Incoming>, hyper_util::client::legacy::Error> {
+        let Some(head) = replayable(&req).then(|| head_of(&req)) else {
+            return self.client.request(req).await;
+        };
+        let mut result = self.client.request(req).await;
+        // Each further try takes another pooled connection (which may be stale too) or a
+        // new one.
+        for _ in 0..REPLAYS {
+            match &result {
+                Err(e) if closed_before_answer(e) => {}
+                _ => break,
+            }
+            let again = axum::http::Request::from_parts(head.clone(), Body::empty());
+            result = self.client.request(again).await;
+        }
+        result
+    }
+}
+
+/// How many times an idempotent request without a body is sent again when its
+/// connection closed before any answer.
+const REPLAYS: usize = 2;
+
+/// Whether a request may be sent again after its connection failed: idempotent and
+/// without a body.
+fn replayable(req: &axum::http::Request<Body>) -> bool {
+    use axum::http::Method;
+    matches!(
+        *req.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) && hyper::body::Body::is_end_stream(req.body())
+}
+
+/// A copy of a request's head, to send it again.
+fn head_of(req: &axum::http::Request<Body>) -> axum::http::request::Parts {
+    let (mut head, ()) = axum::http::Request::new(()).into_parts();
+    head.method = req.method().clone();
+    head.uri = req.uri().clone();
+    head.version = req.version();
+    head.headers = req.headers().clone();
+    head
+}
+
+/// Whether the connection closed before the upstream answered anything.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_incomplete_message)
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// Hop-by-hop headers, never forwarded (RFC 9110 §7.6.1).
@@ -282,8 +346,7 @@ async fn forward(
     *upstream_req.headers_mut() = headers;
     let timeout = Duration::from_millis(u64::from(route.spec.timeout_ms));
     let started = std::time::Instant::now();
-    let result =
-        tokio::time::timeout(timeout, state.edge.upstreams.client.request(upstream_req)).await;
+    let result = tokio::time::timeout(timeout, state.edge.upstreams.request(upstream_req)).await;
     let mut response = match result {
         Err(_) => {
             state.metrics.upstream("timeout");

@@ -20,4 +20,5 @@ mod principals;
 mod stalled_readers;
 mod surface;
 mod tokens;
+mod upstream_pool;
 mod workspaces;

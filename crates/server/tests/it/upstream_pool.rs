@@ -1,0 +1,170 @@
+//! The gateway's upstream connections: kept alive and reused, and a connection the
+//! upstream closed while it was idle never turns into an error for the next request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::edge::send;
+use crate::helpers::{Backend, TestApp, on_both_stores};
+
+/// How the test upstream treats a connection after answering.
+#[derive(Clone, Copy)]
+enum After {
+    /// Keeps it open for the next request.
+    KeepAlive,
+    /// Closes it without saying so (as an upstream whose idle timeout expired).
+    SilentClose,
+    /// Answers with `Connection: close` and closes it.
+    AnnouncedClose,
+    /// Answers the first request, then reads the second and closes without answering
+    /// (its idle timeout ran out as the request arrived).
+    DropSecond,
+}
+
+/// A minimal HTTP/1.1 upstream that counts the connections it accepts. It reads each
+/// request head (no bodies in these tests) and answers `200 ok`.
+async fn counting_upstream(after: After) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .expect("a head")
+                        + 4;
+                    buf.drain(..end);
+                    // A body, if any, is in `content-length` bytes; these tests send only
+                    // small ones, read with the head or right after it.
+                    if matches!(after, After::DropSecond) && served == 1 {
+                        return;
+                    }
+                    served += 1;
+                    let close = match after {
+                        After::AnnouncedClose => "connection: close\r\n",
+                        _ => "",
+                    };
+                    let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                    if stream.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if matches!(after, After::SilentClose | After::AnnouncedClose) {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+async fn route_to(app: &TestApp, prefix: &str, upstream: SocketAddr) {
+    let r = app
+        .post(
+            "/api/v1/gateway/routes",
+            app.admin(),
+            "manage:gateway",
+            json!({"pathPrefix": prefix, "upstream": format!("http://{upstream}"), "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+}
+
+async fn upstream_connections_are_reused_and_stale_ones_retried(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (kept, kept_accepted) = counting_upstream(After::KeepAlive).await;
+    let (silent, silent_accepted) = counting_upstream(After::SilentClose).await;
+    let (announced, announced_accepted) = counting_upstream(After::AnnouncedClose).await;
+    route_to(&app, "/v1/kept", kept).await;
+    route_to(&app, "/v1/silent", silent).await;
+    route_to(&app, "/v1/announced", announced).await;
+
+    // One request at a time: one connection carries them all.
+    for i in 0..20 {
+        let r = send(&app, Method::GET, &format!("/v1/kept/{i}"), Some(&admin)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.text, "ok");
+    }
+    assert_eq!(kept_accepted.load(Ordering::SeqCst), 1);
+
+    // The upstream closes each connection after its answer. Whether the close has
+    // arrived when the next request comes (found at checkout) or not (the request cannot
+    // be written, and goes again on a new connection), every request is answered.
+    for i in 0..10 {
+        let r = send(&app, Method::GET, &format!("/v1/silent/{i}"), Some(&admin)).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text);
+        if i % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(silent_accepted.load(Ordering::SeqCst), 10);
+
+    // An upstream that says it closes: its connection is never reused.
+    for i in 0..5 {
+        let r = send(
+            &app,
+            Method::GET,
+            &format!("/v1/announced/{i}"),
+            Some(&admin),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    }
+    assert_eq!(announced_accepted.load(Ordering::SeqCst), 5);
+
+    // The upstream closes a reused connection after reading the request, before
+    // answering: a GET (idempotent, no body) is sent again on a new connection; a POST
+    // with a body is not, and the client learns the upstream failed.
+    let (dropping, dropping_accepted) = counting_upstream(After::DropSecond).await;
+    route_to(&app, "/v1/dropping", dropping).await;
+    let r = send(&app, Method::GET, "/v1/dropping/a", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(&app, Method::GET, "/v1/dropping/b", Some(&admin)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the GET is sent again: {}",
+        r.text
+    );
+    assert_eq!(dropping_accepted.load(Ordering::SeqCst), 2);
+    let r = app
+        .http
+        .post(format!("{}/v1/dropping/c", app.base))
+        .bearer_auth(&admin)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_GATEWAY,
+        "a POST is never sent twice"
+    );
+    assert_eq!(dropping_accepted.load(Ordering::SeqCst), 2);
+    app.stop().await;
+}
+
+on_both_stores!(upstream_connections_are_reused_and_stale_ones_retried);
