@@ -132,6 +132,50 @@ pub struct ScopeUse {
 /// both engines' limit on bound parameters).
 pub(crate) const INSERT_SIZES: [usize; 4] = [256, 32, 4, 1];
 
+/// The `INSERT` of `size` entries (one of [`INSERT_SIZES`]) for the engine of `_tx`, built
+/// once per size. PostgreSQL's placeholders are numbered (`$1`, `$2`, …); SQLite's are
+/// anonymous (`?`): SQLite looks a named or numbered parameter's name up by a linear scan,
+/// so binding thousands of them costs time quadratic in their number.
+pub(crate) fn insert_entries_sql<DB: Dialect>(
+    _tx: &sqlx::Transaction<'_, DB>,
+    size: usize,
+) -> &'static str {
+    static NUMBERED: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    static ANONYMOUS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    let (cell, numbered) = if DB::NUMBERED_PLACEHOLDERS {
+        (&NUMBERED, true)
+    } else {
+        (&ANONYMOUS, false)
+    };
+    let all = cell.get_or_init(|| {
+        INSERT_SIZES.map(|rows| {
+            let columns = ENTRY_COLUMNS.split(',').count();
+            let mut sql = format!("INSERT INTO audit_entries ({ENTRY_COLUMNS}) VALUES ");
+            for row in 0..rows {
+                sql.push_str(if row == 0 { "(" } else { ", (" });
+                for column in 0..columns {
+                    if column > 0 {
+                        sql.push_str(", ");
+                    }
+                    if numbered {
+                        sql.push('$');
+                        sql.push_str(&(row * columns + column + 1).to_string());
+                    } else {
+                        sql.push('?');
+                    }
+                }
+                sql.push(')');
+            }
+            sql
+        })
+    });
+    let i = INSERT_SIZES
+        .iter()
+        .position(|s| *s == size)
+        .unwrap_or(INSERT_SIZES.len() - 1);
+    &all[i]
+}
+
 pub(crate) const ENTRY_COLUMNS: &str = "workspace_id, seq, id, created_at, request_id, principal_id, \
      credential_id, action, resource_type, resource_id, scope, source_ip, user_agent, outcome, \
      status, latency_us, detail, prev_hash, hash";
@@ -148,23 +192,44 @@ macro_rules! append_audit {
             by_workspace.entry(r.workspace_id.as_str()).or_default().push(r);
         }
         for (workspace, records) in by_workspace {
-            // Creating the head is a write, which on SQLite takes the write lock before
-            // the head is read; on PostgreSQL the UPDATE locks the head row.
-            let created = sqlx::query(
-                "INSERT INTO audit_heads (workspace_id, seq, hash, signature) VALUES ($1, 0, $2, '') \
-                 ON CONFLICT (workspace_id) DO NOTHING",
-            )
-            .bind(workspace)
-            .bind(datastack_core::audit::GENESIS)
-            .execute(&mut *$tx)
-            .await?
-            .rows_affected();
-            let (mut seq, mut prev, signature): (i64, String, String) = sqlx::query_as(
-                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 RETURNING seq, hash, signature",
-            )
-            .bind(workspace)
-            .fetch_one(&mut *$tx)
-            .await?;
+            // The head, locked: on PostgreSQL the UPDATE locks the head row, and on SQLite
+            // the transaction already holds the write lock. A chain without a head yet
+            // gets one (a write, which on SQLite takes the write lock before the head is
+            // read); a node that loses the race to create it locks the winner's row once
+            // that commits. On SQLite the same statement reads the chain's last entry; on
+            // PostgreSQL that takes a statement of its own, whose snapshot is taken after
+            // the lock and so sees what another node committed while this one waited.
+            let with_last = $crate::audit::reads_last_with_head(&$tx);
+            let head_sql = if with_last {
+                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 \
+                 RETURNING seq, hash, signature, \
+                 (SELECT e.seq FROM audit_entries e WHERE e.workspace_id = $1 ORDER BY e.seq DESC LIMIT 1), \
+                 (SELECT e.hash FROM audit_entries e WHERE e.workspace_id = $1 ORDER BY e.seq DESC LIMIT 1)"
+            } else {
+                "UPDATE audit_heads SET seq = seq WHERE workspace_id = $1 \
+                 RETURNING seq, hash, signature, CAST(NULL AS BIGINT), CAST(NULL AS TEXT)"
+            };
+            type HeadRow = (i64, String, String, Option<i64>, Option<String>);
+            let read: Option<HeadRow> = sqlx::query_as(head_sql)
+                .bind(workspace)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            let (created, (mut seq, mut prev, signature, last_seq, last_hash)) = match read {
+                Some(head) => (0, head),
+                None => {
+                    let created = sqlx::query(
+                        "INSERT INTO audit_heads (workspace_id, seq, hash, signature) VALUES ($1, 0, $2, '') \
+                         ON CONFLICT (workspace_id) DO NOTHING",
+                    )
+                    .bind(workspace)
+                    .bind(datastack_core::audit::GENESIS)
+                    .execute(&mut *$tx)
+                    .await?
+                    .rows_affected();
+                    let head: HeadRow = sqlx::query_as(head_sql).bind(workspace).fetch_one(&mut *$tx).await?;
+                    (created, head)
+                }
+            };
             // A head row written without the audit key (forged, or copied from another
             // position) anchors nothing: appending after it would sign a chain someone cut
             // back. Only the row this transaction just created is unsigned by design.
@@ -180,12 +245,16 @@ macro_rules! append_audit {
             // nothing accepted is lost, but a marker entry records the break first, and the
             // chain reports broken until an operator acknowledges it
             // (`datastack audit acknowledge-break`).
-            let mut last: Option<(i64, String)> = sqlx::query_as(
-                "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
-            )
-            .bind(workspace)
-            .fetch_optional(&mut *$tx)
-            .await?;
+            let mut last: Option<(i64, String)> = if with_last {
+                last_seq.zip(last_hash)
+            } else {
+                sqlx::query_as(
+                    "SELECT seq, hash FROM audit_entries WHERE workspace_id = $1 ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(workspace)
+                .fetch_optional(&mut *$tx)
+                .await?
+            };
             if last.is_none() {
                 last = sqlx::query_as("SELECT seq, hash FROM audit_checkpoints WHERE workspace_id = $1")
                     .bind(workspace)
@@ -246,32 +315,30 @@ macro_rules! append_audit {
                     let hash = $key.link(&prev, r);
                     links.push((seq, std::mem::replace(&mut prev, hash.clone()), hash));
                 }
-                let mut insert = sqlx::QueryBuilder::new(format!(
-                    "INSERT INTO audit_entries ({}) ",
-                    $crate::audit::ENTRY_COLUMNS
-                ));
-                insert.push_values(chunk.iter().zip(links), |mut b, (r, (seq, prev, hash))| {
-                    b.push_bind(r.workspace_id.as_str())
-                        .push_bind(seq)
-                        .push_bind(r.id.as_str())
-                        .push_bind(r.time)
-                        .push_bind(r.request_id.as_deref())
-                        .push_bind(r.principal_id.as_deref())
-                        .push_bind(r.credential_id.as_deref())
-                        .push_bind(r.action.as_str())
-                        .push_bind(r.resource_type.as_deref())
-                        .push_bind(r.resource_id.as_deref())
-                        .push_bind(r.scope.as_deref())
-                        .push_bind(r.source_ip.as_deref())
-                        .push_bind(r.user_agent.as_deref())
-                        .push_bind(r.outcome.as_str())
-                        .push_bind(i64::from(r.status))
-                        .push_bind(r.latency_us)
-                        .push_bind(r.detail.as_deref())
-                        .push_bind(prev)
-                        .push_bind(hash);
-                });
-                insert.build().execute(&mut *$tx).await?;
+                let mut insert = sqlx::query($crate::audit::insert_entries_sql(&$tx, size));
+                for (r, (seq, prev, hash)) in chunk.iter().zip(links) {
+                    insert = insert
+                        .bind(r.workspace_id.as_str())
+                        .bind(seq)
+                        .bind(r.id.as_str())
+                        .bind(r.time)
+                        .bind(r.request_id.as_deref())
+                        .bind(r.principal_id.as_deref())
+                        .bind(r.credential_id.as_deref())
+                        .bind(r.action.as_str())
+                        .bind(r.resource_type.as_deref())
+                        .bind(r.resource_id.as_deref())
+                        .bind(r.scope.as_deref())
+                        .bind(r.source_ip.as_deref())
+                        .bind(r.user_agent.as_deref())
+                        .bind(r.outcome.as_str())
+                        .bind(i64::from(r.status))
+                        .bind(r.latency_us)
+                        .bind(r.detail.as_deref())
+                        .bind(prev)
+                        .bind(hash);
+                }
+                insert.execute(&mut *$tx).await?;
             }
             let ws = datastack_core::id::WorkspaceId::from_trusted(workspace.to_owned());
             sqlx::query(
@@ -287,6 +354,31 @@ macro_rules! append_audit {
     }};
 }
 pub(crate) use append_audit;
+
+/// Whether the statement that locks a chain's head can also read its last entry (see
+/// [`append_audit`]): on SQLite, whose write transaction sees every commit; not on
+/// PostgreSQL, where that statement's snapshot predates the lock it may wait for.
+pub(crate) fn reads_last_with_head<DB: Dialect>(_: &sqlx::Transaction<'_, DB>) -> bool {
+    DB::READS_LAST_WITH_HEAD
+}
+
+/// What the audit's statements need to know of an engine.
+pub(crate) trait Dialect: sqlx::Database {
+    /// See [`reads_last_with_head`].
+    const READS_LAST_WITH_HEAD: bool;
+    /// Whether placeholders are numbered (`$1`) rather than anonymous (`?`).
+    const NUMBERED_PLACEHOLDERS: bool;
+}
+
+impl Dialect for sqlx::Sqlite {
+    const READS_LAST_WITH_HEAD: bool = true;
+    const NUMBERED_PLACEHOLDERS: bool = false;
+}
+
+impl Dialect for sqlx::Postgres {
+    const READS_LAST_WITH_HEAD: bool = false;
+    const NUMBERED_PLACEHOLDERS: bool = true;
+}
 
 /// Inside a `with_pool!` transaction `$tx`, stores security events.
 macro_rules! insert_events {
@@ -479,13 +571,15 @@ impl Store {
     /// Writes a batch of entries and events in one transaction (group commit), and records
     /// the credential sightings, raising `credential.new_network` for a credential seen
     /// before but not from this network within `new_network_window`. Returns the events
-    /// raised.
+    /// raised. `retried` says an earlier attempt of the same batch failed: its commit may
+    /// have gone through unconfirmed, so the batch is skipped if its first entry is there.
     pub async fn record_audit_batch(
         &self,
         records: &[AuditRecord],
         events: &[SecurityEvent],
         sightings: &[Sighting],
         new_network_window: Duration,
+        retried: bool,
     ) -> Result<Vec<SecurityEvent>> {
         let key = self.audit_key()?;
         let mut ordered: Vec<&Sighting> = sightings.iter().collect();
@@ -502,8 +596,9 @@ impl Store {
         with_pool!(self, pool => {
             let mut tx = pool.begin_with(begin).await?;
             // A retry of a batch whose commit succeeded but was not confirmed (a lost
-            // connection) must not append it twice: its first entry tells.
-            if let Some(first) = records.first() {
+            // connection) must not append it twice: its first entry tells. A first attempt
+            // holds entries no commit has seen, so it skips the query.
+            if let Some(first) = records.first().filter(|_| retried) {
                 let seen: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_entries WHERE id = $1")
                     .bind(first.id.as_str())
                     .fetch_one(&mut *tx)

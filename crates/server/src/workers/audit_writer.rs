@@ -110,9 +110,10 @@ pub async fn audit_writer(
         metrics.set_audit_entries_last_minute(growth.last_minute());
         let mut backoff = Duration::from_millis(50);
         let mut retrying_since = None;
+        let mut retried = false;
         loop {
             match store
-                .record_audit_batch(&records, &events, &sightings, new_network_window)
+                .record_audit_batch(&records, &events, &sightings, new_network_window, retried)
                 .await
             {
                 Ok(raised) => {
@@ -138,6 +139,7 @@ pub async fn audit_writer(
                     }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    retried = true;
                 }
             }
         }

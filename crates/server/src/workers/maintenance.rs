@@ -96,7 +96,7 @@ async fn maintain(
             serde_json::json!({ "firstBreak": problem, "during": "retention purge" }),
         );
         store
-            .record_audit_batch(&[], &[event], &[], chrono::Duration::days(30))
+            .record_audit_batch(&[], &[event], &[], chrono::Duration::days(30), false)
             .await?;
         reported.insert(policy.id.clone(), problem);
     }
