@@ -287,62 +287,12 @@ impl CredentialVerifier {
                     return Ok(Err((Rejection::Unknown, None)));
                 }
                 self.metrics.cache_miss();
-                let generation = self.generation.load(Ordering::SeqCst);
-                let Some(CredentialRecord {
-                    token,
-                    api_key,
-                    owner,
-                    workspace,
-                }) = self
-                    .store
-                    .find_token_by_digest(presented.kind, &presented.digest.to_hex())
-                    .await?
-                else {
-                    if !self.unknown.ttl.is_zero() {
-                        self.unknown
-                            .cache
-                            .insert(presented.digest.clone(), Instant::now());
-                    }
-                    return Ok(Err((Rejection::Unknown, None)));
-                };
-                // The digest was the lookup key; compare it again in constant time so the
-                // decision never rests on a variable-time comparison.
-                if !presented.digest.ct_eq(&token.digest_hex) {
-                    return Ok(Err((Rejection::Unknown, None)));
+                // Boxed: the store queries make this future large, and a cached
+                // credential (the common case) should not carry it.
+                match Box::pin(self.load(&presented)).await? {
+                    Some(entry) => entry,
+                    None => return Ok(Err((Rejection::Unknown, None))),
                 }
-                // A suspended ancestor refuses the whole subtree below it. Only a workspace
-                // with a parent needs the (one, recursive) chain query, and it runs on this
-                // uncached path only: the cached path decides from the entry alone, and a
-                // status change anywhere in the chain drops the entry on every node.
-                let chain = if workspace.parent_id.is_some() {
-                    self.store.workspace_ancestors(&workspace.id).await?
-                } else {
-                    Vec::new()
-                };
-                let ancestor_suspended = chain.iter().any(|(_, s)| *s != Status::Active);
-                let entry = Arc::new(CachedCredential {
-                    identity: Arc::new(Identity {
-                        token,
-                        principal: owner,
-                        workspace,
-                        ancestors: chain.into_iter().map(|(id, _)| id).collect(),
-                        ancestor_suspended,
-                        kind: presented.kind,
-                        api_key,
-                    }),
-                    fetched: Instant::now(),
-                    last_noted: AtomicI64::new(i64::MIN),
-                });
-                // Cache only what no invalidation raced with. An invalidation bumps the
-                // generation before it removes entries, so either the second check sees the
-                // bump, or the invalidation's removal runs after this insert.
-                if self.generation.load(Ordering::SeqCst) == generation {
-                    self.cache.insert(presented.digest.clone(), entry.clone());
-                    if self.generation.load(Ordering::SeqCst) != generation {
-                        self.cache.remove(&presented.digest);
-                    }
-                }
-                entry
             }
         };
         let identity = &entry.identity;
@@ -354,6 +304,70 @@ impl CredentialVerifier {
             self.note_use(&identity.token.id, now, ip);
         }
         Ok(Ok(identity.clone()))
+    }
+
+    /// Looks up a credential this node has not cached and caches it; `None` when the store
+    /// does not know it.
+    async fn load(
+        &self,
+        presented: &credential::PresentedSecret,
+    ) -> Result<Option<Arc<CachedCredential>>, VerifyError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Some(CredentialRecord {
+            token,
+            api_key,
+            owner,
+            workspace,
+        }) = self
+            .store
+            .find_token_by_digest(presented.kind, &presented.digest.to_hex())
+            .await?
+        else {
+            if !self.unknown.ttl.is_zero() {
+                self.unknown
+                    .cache
+                    .insert(presented.digest.clone(), Instant::now());
+            }
+            return Ok(None);
+        };
+        // The digest was the lookup key; compare it again in constant time so the
+        // decision never rests on a variable-time comparison.
+        if !presented.digest.ct_eq(&token.digest_hex) {
+            return Ok(None);
+        }
+        // A suspended ancestor refuses the whole subtree below it. Only a workspace
+        // with a parent needs the (one, recursive) chain query, and it runs on this
+        // uncached path only: the cached path decides from the entry alone, and a
+        // status change anywhere in the chain drops the entry on every node.
+        let chain = if workspace.parent_id.is_some() {
+            self.store.workspace_ancestors(&workspace.id).await?
+        } else {
+            Vec::new()
+        };
+        let ancestor_suspended = chain.iter().any(|(_, s)| *s != Status::Active);
+        let entry = Arc::new(CachedCredential {
+            identity: Arc::new(Identity {
+                token,
+                principal: owner,
+                workspace,
+                ancestors: chain.into_iter().map(|(id, _)| id).collect(),
+                ancestor_suspended,
+                kind: presented.kind,
+                api_key,
+            }),
+            fetched: Instant::now(),
+            last_noted: AtomicI64::new(i64::MIN),
+        });
+        // Cache only what no invalidation raced with. An invalidation bumps the
+        // generation before it removes entries, so either the second check sees the
+        // bump, or the invalidation's removal runs after this insert.
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.cache.insert(presented.digest.clone(), entry.clone());
+            if self.generation.load(Ordering::SeqCst) != generation {
+                self.cache.remove(&presented.digest);
+            }
+        }
+        Ok(Some(entry))
     }
 
     fn note_use(&self, id: &TokenId, at: DateTime<Utc>, ip: Option<IpAddr>) {

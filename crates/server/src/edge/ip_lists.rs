@@ -67,7 +67,8 @@ impl IpRuleCache {
         }
         use std::sync::atomic::Ordering;
         let generation = self.generation.load(Ordering::SeqCst);
-        let lists = self.store.list_ip_lists(workspace).await?;
+        // Boxed: the query makes this future large, and the cached case should not carry it.
+        let lists = Box::pin(self.store.list_ip_lists(workspace)).await?;
         let rules = Arc::new(compile(&lists));
         // Cache only what no invalidation raced with (as the credential cache does): an
         // invalidation bumps the generation before it removes the entry.

@@ -353,10 +353,11 @@ impl Limiter {
             .set_connection_timeout(Some(REDIS_TIMEOUT))
             .set_response_timeout(Some(REDIS_TIMEOUT))
             .set_number_of_retries(1);
-        match tokio::time::timeout(
+        // Boxed: connecting makes this future large, and every check awaits it.
+        match Box::pin(tokio::time::timeout(
             REDIS_TIMEOUT * 4,
             remote.client.get_connection_manager_with_config(config),
-        )
+        ))
         .await
         {
             Ok(Ok(c)) => {
@@ -424,7 +425,9 @@ impl Limiter {
             Subject::Workspace(_) | Subject::Lookup(_) => false,
         });
         if let Some(conn) = self.connection().await {
-            match self.check_remote(conn, &buckets, flag).await {
+            // Boxed: the Redis exchange makes this future large, and the in-process
+            // limiter should not carry it.
+            match Box::pin(self.check_remote(conn, &buckets, flag)).await {
                 Ok(v) => return v,
                 Err(e) => self.mark(false, Some(&e.to_string())),
             }
