@@ -379,7 +379,11 @@ impl Application {
             open_file_limit = ?file_limit,
             "serving"
         );
-        let fast = self.state.config.fast_path.then(|| self.state.clone());
+        let fast = self
+            .state
+            .config
+            .fast_path
+            .then(|| crate::fast::FastPath::new(self.state.clone()));
         crate::serve::serve(
             self.listener,
             self.router,
@@ -563,9 +567,9 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-/// The whole HTTP surface: the API routes, then the pipeline stages from the outside in.
-pub fn router(state: AppState) -> Router {
-    let max_body = state.config.max_body_bytes;
+/// The routes: the API (with its handlers' deadline), forward-auth, and the gateway as the
+/// fallback for every other path.
+fn routes(state: &AppState) -> Router<AppState> {
     let request_timeout = state.config.connections.request_timeout;
     crate::api::routes()
         // API handlers have a deadline; the gateway (added after this layer, so not under
@@ -579,6 +583,12 @@ pub fn router(state: AppState) -> Router {
         // route's prefix and answers 404 to the rest.
         .fallback(crate::edge::proxy::gateway)
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+}
+
+/// The whole HTTP surface: the routes, then the pipeline stages from the outside in.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    routes(&state)
         // Stages run top to bottom for a request: `layer` wraps what is above it, so the
         // last one added runs first: request id (and audit, client IP) → panic guard →
         // authenticate → IP access lists → rate limit → handler (authorize) or gateway.
@@ -606,6 +616,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             pipeline::request_id::request_id,
         ))
+        .with_state(state)
+}
+
+/// The routes for the fast path (`fast.rs`), which has run the stages itself: only the
+/// body limit, and a layer that tells the request's audit context which route matched.
+pub fn fast_router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    routes(&state)
+        .layer(axum::middleware::from_fn(crate::fast::note_route))
+        .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 

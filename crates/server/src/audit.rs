@@ -291,6 +291,22 @@ struct Pending {
 }
 
 impl AuditContext {
+    /// Notes the route that matched, for a context made before routing (the fast path's).
+    pub fn set_route(&self, route: MatchedPath) {
+        self.with(|p| p.route = Some(route));
+    }
+
+    /// The request metrics' label of the route that matched (`unmatched` for none).
+    pub fn route_label(&self) -> crate::metrics::Route {
+        self.with(|p| {
+            p.route
+                .as_ref()
+                .map_or_else(crate::metrics::Route::unmatched, |r| {
+                    crate::metrics::Route::new(r.as_str())
+                })
+        })
+    }
+
     /// A context for a request to `route` (a template such as `/api/v1/users/{id}`).
     pub fn new(
         request_id: String,

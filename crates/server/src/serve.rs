@@ -49,7 +49,6 @@ use tower::ServiceExt;
 
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
-use crate::state::AppState;
 
 /// Serves `router` on `listener` until `stop` turns true, then stops accepting, lets
 /// in-flight requests finish for at most `limits.shutdown_drain_timeout`, and drops the
@@ -57,7 +56,7 @@ use crate::state::AppState;
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
-    fast: Option<AppState>,
+    fast: Option<crate::fast::FastPath>,
     limits: &ConnectionLimits,
     cap: usize,
     metrics: Arc<Metrics>,
@@ -450,8 +449,8 @@ struct Connection {
     activity: Arc<Activity>,
     id: u64,
     router: Router,
-    /// The node's state when forward-auth decisions may take the fast path.
-    fast: Option<AppState>,
+    /// The fast path, when it is on.
+    fast: Option<crate::fast::FastPath>,
     stop: watch::Receiver<bool>,
 }
 
@@ -486,21 +485,19 @@ impl Connection {
             let router = router.clone();
             let fast = fast.clone();
             async move {
-                // Forward-auth decisions answered from memory skip the router.
-                let req = match (&fast, crate::fast::forward_auth_route(req.uri().path())) {
-                    (Some(state), Some(route)) => {
-                        match crate::fast::forward_auth(state, req, peer, route).await {
-                            crate::fast::Outcome::Answered(response) => {
-                                return Ok(response.map(|body| {
-                                    Body::new(Finished {
-                                        inner: body,
-                                        _in_flight: in_flight,
-                                    })
-                                }));
-                            }
-                            crate::fast::Outcome::Declined(req) => req,
+                // Requests whose credential is cached skip the router's stages (see `fast.rs`).
+                let req = match (&fast, crate::fast::kind_of(req.uri().path())) {
+                    (Some(fast), Some(kind)) => match fast.serve(req, peer, kind).await {
+                        crate::fast::Outcome::Answered(response) => {
+                            return Ok(response.map(|body| {
+                                Body::new(Finished {
+                                    inner: body,
+                                    _in_flight: in_flight,
+                                })
+                            }));
                         }
-                    }
+                        crate::fast::Outcome::Declined(req) => req,
+                    },
                     _ => req,
                 };
                 let response = router.oneshot(req).await?;

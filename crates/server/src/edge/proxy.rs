@@ -376,7 +376,7 @@ async fn forward(
                 .into_response());
             }
             state.metrics.upstream("unreachable");
-            tracing::warn!(route = %route.spec.path_prefix, error = %e, "the upstream is unreachable");
+            tracing::warn!(request_id, route = %route.spec.path_prefix, error = %e, "the upstream is unreachable");
             // Nothing listening (or no route to it): unavailable; a broken exchange: bad gateway.
             // Never reached, the request costs nothing; a broken exchange stays charged.
             let (status, reached) = if e.is_connect() {
