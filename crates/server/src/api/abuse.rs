@@ -40,12 +40,15 @@ pub struct AbuseFlagResponse {
     /// Requests refused while limited that raised it.
     pub rejected: u64,
     /// When.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub flagged_at: DateTime<Utc>,
     /// Until when every request of the subject is refused.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub penalty_until: DateTime<Utc>,
     /// `active` (penalty running), `expired` (penalty over, not cleared) or `cleared`.
     pub status: &'static str,
     /// When an admin cleared it.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub cleared_at: Option<DateTime<Utc>>,
     /// Who.
     pub cleared_by: Option<String>,

@@ -81,10 +81,13 @@ pub struct ReviewItem {
     /// Granted scopes.
     pub scopes: Vec<String>,
     /// Created.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Expires; `null`: never.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Last use.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub last_used_at: Option<DateTime<Utc>>,
     /// Age in days.
     pub age_days: i64,

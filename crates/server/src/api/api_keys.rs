@@ -154,8 +154,10 @@ pub struct SecretInfo {
     /// The current secret (`true`) or the previous one during a rotation's overlap.
     pub current: bool,
     /// When it was issued (the current secret).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub created_at: Option<DateTime<Utc>>,
     /// When it stops working; `null`: with the key.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -180,12 +182,16 @@ pub struct ApiKeyResponse {
     /// Who created it.
     pub created_by: Option<String>,
     /// Creation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Expiry; `null`: never.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Revocation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub revoked_at: Option<DateTime<Utc>>,
     /// Last use (written every few seconds).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub last_used_at: Option<DateTime<Utc>>,
     /// Client address of the last use.
     pub last_used_ip: Option<String>,
@@ -201,8 +207,10 @@ pub struct ApiKeyResponse {
     /// The rotation policy.
     pub rotation_policy: Option<RotationPolicyBody>,
     /// When the current secret was issued.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub rotated_at: DateTime<Utc>,
     /// When the policy asks for the next rotation.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub rotation_due_at: Option<DateTime<Utc>>,
     /// The current secret and, during an overlap, the previous one, with their expiry.
     pub secrets: Vec<SecretInfo>,
@@ -315,8 +323,10 @@ pub struct UsageResponse {
     /// `day`, `month` or `total` (keys without a spend limit are metered per month).
     pub period: &'static str,
     /// The period's start.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub period_start: DateTime<Utc>,
     /// The period's end, when the count resets; `null` for `total`.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub period_end: Option<DateTime<Utc>>,
     /// Units used in the period.
     pub used: i64,
@@ -374,8 +384,10 @@ pub struct VerifyApiKeyResponse {
     /// What is left of its limits.
     pub remaining: Option<Remaining>,
     /// The key's expiry (the previous secret's during an overlap).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     /// For `SPEND_LIMIT_EXCEEDED`: when the period ends.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub resets_at: Option<DateTime<Utc>>,
 }
 

@@ -37,6 +37,7 @@ pub struct AuditEntryResponse {
     /// Its position in the workspace's chain.
     pub seq: i64,
     /// When it happened.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub time: DateTime<Utc>,
     /// The workspace.
     pub workspace_id: String,
@@ -371,6 +372,7 @@ pub struct CheckpointResponse {
     /// The last purged entry's sequence number.
     pub seq: i64,
     /// Entries older than this were purged.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub purged_before: DateTime<Utc>,
 }
 
@@ -424,6 +426,7 @@ pub struct SecurityEventResponse {
     /// The workspace.
     pub workspace_id: String,
     /// When.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub time: DateTime<Utc>,
     /// The event's data, with the `request_id` that caused it when there was one.
     #[schema(value_type = Object)]

@@ -118,8 +118,10 @@ pub struct RouteResponse {
     /// …) are forwarded.
     pub allow_override_headers: bool,
     /// Creation time (API routes).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub created_at: Option<DateTime<Utc>>,
     /// Last change (API routes).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub updated_at: Option<DateTime<Utc>>,
 }
 

@@ -88,8 +88,10 @@ pub struct IpListResponse {
     /// Who created it.
     pub created_by: Option<String>,
     /// Creation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 

@@ -40,6 +40,7 @@ pub struct CredentialSummary {
     /// Its scopes.
     pub scopes: Vec<String>,
     /// When it expires; `null`: never.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
 }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod ip_lists;
 pub mod me;
 pub mod principals;
+pub mod time;
 pub mod tokens;
 pub mod workspaces;
 

@@ -72,8 +72,10 @@ pub struct PrincipalResponse {
     /// `active` or `suspended`.
     pub status: &'static str,
     /// Creation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 

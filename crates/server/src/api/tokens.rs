@@ -65,10 +65,13 @@ pub struct TokenResponse {
     /// The principal it acts for.
     pub owner_id: String,
     /// Creation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Expiry; `null`: never.
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub expires_at: Option<DateTime<Utc>>,
     /// Last use (written every few seconds).
+    #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub last_used_at: Option<DateTime<Utc>>,
     /// Client address of the last use.
     pub last_used_ip: Option<String>,

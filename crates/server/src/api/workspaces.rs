@@ -74,8 +74,10 @@ pub struct WorkspaceResponse {
     /// `active`, or `suspended` by its parent (every credential in it is refused).
     pub status: &'static str,
     /// Creation time.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub created_at: DateTime<Utc>,
     /// Last change.
+    #[serde(serialize_with = "crate::api::time::rfc3339")]
     pub updated_at: DateTime<Utc>,
 }
 
