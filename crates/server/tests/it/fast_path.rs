@@ -73,18 +73,36 @@ async fn ask(app: &TestApp, token: &str, method: &str, uri: &str, request_id: &s
     seen
 }
 
-/// The `datastack_http_requests_total` counters of forward-auth, by status.
-async fn verify_counters(app: &TestApp) -> Vec<String> {
+/// The `datastack_http_requests_total` lines whose labels contain `label`, sorted.
+async fn request_counters(app: &TestApp, label: &str) -> Vec<String> {
     let text = app.metrics_text().await;
     let mut lines: Vec<String> = text
         .lines()
-        .filter(|l| {
-            l.starts_with("datastack_http_requests_total") && l.contains("route=\"/auth/verify\"")
-        })
+        .filter(|l| l.starts_with("datastack_http_requests_total") && l.contains(label))
         .map(str::to_owned)
         .collect();
     lines.sort();
     lines
+}
+
+/// The requests that audit entries stand for, per status (an aggregated entry counts
+/// each), checking that none of `secrets` appears in any entry.
+fn requests_by_status(entries: &[Value], secrets: &[&str]) -> Vec<(u64, u64)> {
+    let mut by_status: Vec<(u64, u64)> = Vec::new();
+    for e in entries {
+        let status = e["status"].as_u64().expect("status");
+        let count = e["detail"]["count"].as_u64().unwrap_or(1);
+        match by_status.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += count,
+            None => by_status.push((status, count)),
+        }
+        let text = e.to_string();
+        for secret in secrets {
+            assert!(!text.contains(secret), "no secret in the audit log: {e}");
+        }
+    }
+    by_status.sort();
+    by_status
 }
 
 /// A forward-auth route for `/v1/jobs`.
@@ -189,21 +207,8 @@ async fn run(backend: Backend, fast_path: bool) -> (Vec<Seen>, Vec<(u64, u64)>, 
         },
     )
     .await;
-    let mut by_status: Vec<(u64, u64)> = Vec::new();
-    for e in &entries {
-        let status = e["status"].as_u64().expect("status");
-        let count = e["detail"]["count"].as_u64().unwrap_or(1);
-        match by_status.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += count,
-            None => by_status.push((status, count)),
-        }
-        assert!(
-            !e.to_string().contains(&reader),
-            "no secret in the audit log: {e}"
-        );
-    }
-    by_status.sort();
-    let counters = verify_counters(&app).await;
+    let by_status = requests_by_status(&entries, &[&reader]);
+    let counters = request_counters(&app, "route=\"/auth/verify\"").await;
     app.stop().await;
     (seen, by_status, counters)
 }
@@ -335,19 +340,6 @@ async fn through(
         upstream_forwarded_for: text(&seen["x-forwarded-for"]),
         upstream_saw_authorization: seen["authorization"].is_string(),
     }
-}
-
-/// The `datastack_http_requests_total` counters of requests that matched no API route
-/// (the gateway's), by status.
-async fn gateway_counters(app: &TestApp) -> Vec<String> {
-    let text = app.metrics_text().await;
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("datastack_http_requests_total") && l.contains("unmatched"))
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    lines
 }
 
 /// One run of gateway requests on a fresh node; returns everything observed.
@@ -507,22 +499,8 @@ async fn run_gateway(
         },
     )
     .await;
-    let mut by_status: Vec<(u64, u64)> = Vec::new();
-    for e in &entries {
-        let status = e["status"].as_u64().expect("status");
-        let count = e["detail"]["count"].as_u64().unwrap_or(1);
-        match by_status.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, n)) => *n += count,
-            None => by_status.push((status, count)),
-        }
-        let text = e.to_string();
-        assert!(
-            !text.contains(&reader) && !text.contains(&writer),
-            "no secret in the audit log: {e}"
-        );
-    }
-    by_status.sort();
-    let counters = gateway_counters(&app).await;
+    let by_status = requests_by_status(&entries, &[&reader, &writer]);
+    let counters = request_counters(&app, "route=\"unmatched\"").await;
     app.stop().await;
     (seen, by_status, counters)
 }
