@@ -25,6 +25,9 @@ enum After {
     /// Answers the first request, then reads the second and closes without answering
     /// (its idle timeout ran out as the request arrived).
     DropSecond,
+    /// The same, but the connection is reset (what a peer whose socket is already closed
+    /// answers to the bytes of a request).
+    ResetSecond,
 }
 
 /// A minimal HTTP/1.1 upstream that counts the connections it accepts. It reads each
@@ -59,6 +62,11 @@ async fn counting_upstream(after: After) -> (SocketAddr, Arc<AtomicUsize>) {
                     // A body, if any, is in `content-length` bytes; these tests send only
                     // small ones, read with the head or right after it.
                     if matches!(after, After::DropSecond) && served == 1 {
+                        return;
+                    }
+                    if matches!(after, After::ResetSecond) && served == 1 {
+                        // Closing with a zero linger time sends a reset instead of a FIN.
+                        let _ = stream.set_zero_linger();
                         return;
                     }
                     served += 1;
@@ -164,6 +172,34 @@ async fn upstream_connections_are_reused_and_stale_ones_retried(backend: Backend
         "a POST is never sent twice"
     );
     assert_eq!(dropping_accepted.load(Ordering::SeqCst), 2);
+
+    // The same with a reset instead of a close: the GET is sent again, the POST is not.
+    let (resetting, resetting_accepted) = counting_upstream(After::ResetSecond).await;
+    route_to(&app, "/v1/resetting", resetting).await;
+    let r = send(&app, Method::GET, "/v1/resetting/a", Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(&app, Method::GET, "/v1/resetting/b", Some(&admin)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the GET is sent again after a reset: {}",
+        r.text
+    );
+    assert_eq!(resetting_accepted.load(Ordering::SeqCst), 2);
+    let r = app
+        .http
+        .post(format!("{}/v1/resetting/c", app.base))
+        .bearer_auth(&admin)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_GATEWAY,
+        "a POST is never sent twice"
+    );
+    assert_eq!(resetting_accepted.load(Ordering::SeqCst), 2);
     app.stop().await;
 }
 
