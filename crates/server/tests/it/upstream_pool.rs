@@ -100,6 +100,38 @@ async fn route_to(app: &TestApp, prefix: &str, upstream: SocketAddr) {
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
 }
 
+/// Against an upstream that fails (`after`) the second request of a connection: the GET
+/// is answered on a new connection, the POST gets 502 and is never sent twice.
+async fn only_idempotent_requests_are_resent(app: &TestApp, after: After, prefix: &str) {
+    let admin = app.admin().to_owned();
+    let (upstream, accepted) = counting_upstream(after).await;
+    route_to(app, prefix, upstream).await;
+    let r = send(app, Method::GET, &format!("{prefix}/a"), Some(&admin)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let r = send(app, Method::GET, &format!("{prefix}/b"), Some(&admin)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "the GET is sent again ({prefix}): {}",
+        r.text
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    let r = app
+        .http
+        .post(format!("{}{prefix}/c", app.base))
+        .bearer_auth(&admin)
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.status(),
+        StatusCode::BAD_GATEWAY,
+        "a POST is never sent twice ({prefix})"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 async fn upstream_connections_are_reused_and_stale_ones_retried(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let admin = app.admin().to_owned();
@@ -145,61 +177,10 @@ async fn upstream_connections_are_reused_and_stale_ones_retried(backend: Backend
 
     // The upstream closes a reused connection after reading the request, before
     // answering: a GET (idempotent, no body) is sent again on a new connection; a POST
-    // with a body is not, and the client learns the upstream failed.
-    let (dropping, dropping_accepted) = counting_upstream(After::DropSecond).await;
-    route_to(&app, "/v1/dropping", dropping).await;
-    let r = send(&app, Method::GET, "/v1/dropping/a", Some(&admin)).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = send(&app, Method::GET, "/v1/dropping/b", Some(&admin)).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "the GET is sent again: {}",
-        r.text
-    );
-    assert_eq!(dropping_accepted.load(Ordering::SeqCst), 2);
-    let r = app
-        .http
-        .post(format!("{}/v1/dropping/c", app.base))
-        .bearer_auth(&admin)
-        .body("{}")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        r.status(),
-        StatusCode::BAD_GATEWAY,
-        "a POST is never sent twice"
-    );
-    assert_eq!(dropping_accepted.load(Ordering::SeqCst), 2);
-
-    // The same with a reset instead of a close: the GET is sent again, the POST is not.
-    let (resetting, resetting_accepted) = counting_upstream(After::ResetSecond).await;
-    route_to(&app, "/v1/resetting", resetting).await;
-    let r = send(&app, Method::GET, "/v1/resetting/a", Some(&admin)).await;
-    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let r = send(&app, Method::GET, "/v1/resetting/b", Some(&admin)).await;
-    assert_eq!(
-        r.status,
-        StatusCode::OK,
-        "the GET is sent again after a reset: {}",
-        r.text
-    );
-    assert_eq!(resetting_accepted.load(Ordering::SeqCst), 2);
-    let r = app
-        .http
-        .post(format!("{}/v1/resetting/c", app.base))
-        .bearer_auth(&admin)
-        .body("{}")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        r.status(),
-        StatusCode::BAD_GATEWAY,
-        "a POST is never sent twice"
-    );
-    assert_eq!(resetting_accepted.load(Ordering::SeqCst), 2);
+    // with a body is not, and the client learns the upstream failed. The same when the
+    // connection is reset instead of closed.
+    only_idempotent_requests_are_resent(&app, After::DropSecond, "/v1/dropping").await;
+    only_idempotent_requests_are_resent(&app, After::ResetSecond, "/v1/resetting").await;
     app.stop().await;
 }
 
