@@ -93,6 +93,10 @@ pub struct Config {
     /// Requests per minute per client address without a valid credential (anonymous
     /// calls and failed authentications). Default 600.
     pub rate_limit_ip_per_minute: u32,
+    /// In cluster mode, the most requests of a credential's or workspace's shared bucket a
+    /// node may be granted at once and admit without asking Redis (also at most a
+    /// thousandth of the quota); 1 asks Redis for every request. Default 100.
+    pub rate_limit_lease_max: u32,
     /// Refused requests within one minute that flag a client as abusive. Default 50.
     pub abuse_threshold: u32,
     /// The first penalty of a flagged client; each new flag within a day multiplies it
@@ -202,6 +206,7 @@ impl Default for Config {
             rate_limit_credential_per_minute: 6000,
             rate_limit_workspace_per_minute: 60_000,
             rate_limit_ip_per_minute: 600,
+            rate_limit_lease_max: 100,
             abuse_threshold: 50,
             abuse_penalty: Duration::from_secs(60),
             abuse_penalty_max: Duration::from_secs(24 * 3600),
@@ -287,6 +292,8 @@ pub struct ConfigLayer {
     pub rate_limit_workspace_per_minute: Option<u64>,
     /// `rate_limit_ip_per_minute`.
     pub rate_limit_ip_per_minute: Option<u64>,
+    /// `rate_limit_lease_max`.
+    pub rate_limit_lease_max: Option<u64>,
     /// `abuse_threshold`.
     pub abuse_threshold: Option<u64>,
     /// `abuse_penalty_seconds`.
@@ -455,6 +462,7 @@ impl ConfigLayer {
                 "RATE_LIMIT_IP_PER_MINUTE" => {
                     layer.rate_limit_ip_per_minute = Some(number(&value)?)
                 }
+                "RATE_LIMIT_LEASE_MAX" => layer.rate_limit_lease_max = Some(number(&value)?),
                 "ABUSE_THRESHOLD" => layer.abuse_threshold = Some(number(&value)?),
                 "ABUSE_PENALTY_SECONDS" => layer.abuse_penalty_seconds = Some(number(&value)?),
                 "ABUSE_PENALTY_MAX_SECONDS" => {
@@ -524,6 +532,7 @@ impl ConfigLayer {
             rate_limit_credential_per_minute,
             rate_limit_workspace_per_minute,
             rate_limit_ip_per_minute,
+            rate_limit_lease_max,
             abuse_threshold,
             abuse_penalty_seconds,
             abuse_penalty_max_seconds,
@@ -706,6 +715,9 @@ impl ConfigLayer {
             self.rate_limit_ip_per_minute,
             c.rate_limit_ip_per_minute,
         )?;
+        if let Some(n) = self.rate_limit_lease_max {
+            c.rate_limit_lease_max = within("rate_limit_lease_max", n, 1, 10_000)? as u32;
+        }
         if let Some(n) = self.abuse_threshold {
             c.abuse_threshold = within("abuse_threshold", n, 1, 1_000_000)? as u32;
         }

@@ -86,6 +86,7 @@ pub struct Metrics {
     security_events: Family<EventLabels, Counter>,
     ratelimit: Family<RateLimitLabels, Counter>,
     ratelimit_redis: Gauge,
+    ratelimit_redis_calls: Counter,
     ip_denied: Counter,
     upstream: Family<OutcomeLabels, Counter>,
     spend: Family<OutcomeLabels, Counter>,
@@ -231,6 +232,12 @@ impl Metrics {
             "1 when rate-limit counters are shared through Redis, 0 when this node runs on local limits (no redis_url, or Redis unreachable)",
             ratelimit_redis.clone(),
         );
+        let ratelimit_redis_calls = Counter::default();
+        registry.register(
+            "ratelimit_redis_calls",
+            "Rate-limit scripts run in Redis (cluster mode); requests admitted on a node's lease do not run one",
+            ratelimit_redis_calls.clone(),
+        );
         let ip_denied = Counter::default();
         registry.register(
             "ip_access_denied",
@@ -264,6 +271,7 @@ impl Metrics {
             spend,
             ratelimit,
             ratelimit_redis,
+            ratelimit_redis_calls,
             ip_denied,
             upstream,
             registry,
@@ -405,6 +413,11 @@ impl Metrics {
     /// Records whether counters are shared through Redis.
     pub fn set_ratelimit_backend(&self, backend: &str) {
         self.ratelimit_redis.set(i64::from(backend == "redis"));
+    }
+
+    /// Counts a rate-limit script run in Redis.
+    pub fn ratelimit_redis_call(&self) {
+        self.ratelimit_redis_calls.inc();
     }
 
     /// Counts a spend check of an API key.

@@ -7,6 +7,17 @@
 //! (`redis_url`) they live in Redis and one Lua script checks and updates every bucket of
 //! a request atomically, using the Redis server's clock, so all nodes enforce one limit.
 //!
+//! Leases: so that a busy credential does not cost one Redis round trip per request, the
+//! script may grant a node several requests of a credential's or workspace's bucket at
+//! once (a lease); the node admits that many requests on its own, then asks again. A lease
+//! is at most `rate_limit_lease_max` requests and a thousandth of the quota (so limits
+//! under 2000 per minute stay exact: one call per request), starts at one request and
+//! doubles each time a node uses its lease up within [`LEASE_TTL`], and is dropped unused
+//! after it. Granted requests are taken from the shared bucket, so a cluster of N nodes
+//! admits in any interval at most N × (lease − 1) requests more than one shared bucket
+//! would (the requests the nodes hold), and never fewer than it would minus those an idle
+//! node let expire. Addresses (anonymous traffic, failed authentications) are never leased.
+//!
 //! When Redis cannot be reached the node falls back to its local buckets (each node then
 //! enforces the limit on its own share of the traffic), logs the change once, shows it in
 //! `/metrics` and `/readyz`, and tries Redis again every second until it answers. The
@@ -40,6 +51,10 @@ const LEVEL_MEMORY: Duration = Duration::from_secs(24 * 3600);
 const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 /// How often a node in fallback tries Redis again.
 const REDIS_RETRY: Duration = Duration::from_secs(1);
+/// How long a node keeps requests leased from a shared bucket before it drops them.
+pub const LEASE_TTL: Duration = Duration::from_secs(2);
+/// A lease is at most this fraction of its bucket's quota (1 / N).
+pub const LEASE_QUOTA_DIVISOR: u32 = 1000;
 
 /// What a bucket limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -240,10 +255,80 @@ struct Remote {
     epoch: Instant,
 }
 
+/// Requests of a shared bucket granted to this node (cluster mode).
+struct Lease {
+    /// The bucket's quota when granted (a new quota asks Redis again).
+    per_minute: u32,
+    /// Requests this node may still admit without asking Redis.
+    tokens: u32,
+    /// The size of the last grant (the next one doubles it when this one is used up in
+    /// time).
+    size: u32,
+    /// Requests left in the shared bucket after the grant.
+    remaining: u32,
+    /// When the shared bucket is full again, as of the grant.
+    full_at: Instant,
+    /// When the lease is dropped.
+    expires: Instant,
+    /// A request of this node is asking Redis for the next lease: the others ask for one
+    /// request each meanwhile, so a node never holds more than one lease's worth.
+    refilling: bool,
+}
+
+impl Lease {
+    fn live(&self, per_minute: u32, now: Instant) -> bool {
+        self.per_minute == per_minute && now < self.expires
+    }
+
+    /// What the client sees: the shared bucket's remaining as of the grant plus what this
+    /// node still holds, and the seconds until the shared bucket is full.
+    fn view(&self, now: Instant) -> (u32, u64) {
+        let reset = self.full_at.saturating_duration_since(now);
+        (
+            self.remaining.saturating_add(self.tokens),
+            reset.as_secs_f64().ceil() as u64,
+        )
+    }
+}
+
+/// The leases of a node, per subject.
+struct Leases {
+    map: Mutex<HashMap<Subject, Lease>>,
+    /// The largest lease (1: none, every request asks Redis).
+    max: u32,
+    /// The most subjects holding a lease.
+    cap: usize,
+}
+
+impl Leases {
+    /// The largest lease of a bucket: 1 for addresses, else a thousandth of the quota up
+    /// to `max`.
+    fn limit(&self, bucket: &Bucket) -> u32 {
+        match bucket.subject {
+            Subject::Credential(_) | Subject::Workspace(_) => {
+                (bucket.per_minute / LEASE_QUOTA_DIVISOR).clamp(1, self.max.max(1))
+            }
+            Subject::Ip(_) | Subject::Lookup(_) => 1,
+        }
+    }
+}
+
+/// What a request asks of Redis after taking what it could from its leases.
+struct Asked {
+    /// Per bucket: requests asked of Redis (0: one was taken from this node's lease).
+    wants: Vec<u32>,
+    /// Per bucket: whether this request is the node's refill of the bucket's lease.
+    refills: Vec<bool>,
+    /// Whether any bucket took from a lease or refills one (to be undone if Redis
+    /// refuses).
+    leased: bool,
+}
+
 /// The limiter of a node.
 pub struct Limiter {
     local: Local,
     remote: Option<Remote>,
+    leases: Leases,
     script: redis::Script,
     abuse_threshold: u64,
     penalty_base: Duration,
@@ -299,6 +384,11 @@ impl Limiter {
                 epoch: Instant::now(),
             },
             remote,
+            leases: Leases {
+                map: Mutex::new(HashMap::new()),
+                max: config.rate_limit_lease_max,
+                cap: config.floods.max_tracked_clients,
+            },
             script: redis::Script::new(GCRA_LUA),
             abuse_threshold: u64::from(config.abuse_threshold),
             penalty_base: config.abuse_penalty,
@@ -425,14 +515,169 @@ impl Limiter {
             Subject::Workspace(_) | Subject::Lookup(_) => false,
         });
         if let Some(conn) = self.connection().await {
+            let asked = self.take_leased(&buckets);
+            let Some(asked) = asked else {
+                return self.leased_verdict(&buckets);
+            };
             // Boxed: the Redis exchange makes this future large, and the in-process
             // limiter should not carry it.
-            match Box::pin(self.check_remote(conn, &buckets, flag)).await {
-                Ok(v) => return v,
-                Err(e) => self.mark(false, Some(&e.to_string())),
+            match Box::pin(self.check_remote(conn, &buckets, flag, &asked)).await {
+                Ok(v) => {
+                    if !v.allowed() && asked.leased {
+                        self.give_back(&buckets, &asked);
+                    }
+                    return v;
+                }
+                Err(e) => {
+                    if asked.leased {
+                        self.give_back(&buckets, &asked);
+                    }
+                    self.mark(false, Some(&e.to_string()))
+                }
             }
         }
         self.check_local(&buckets, flag)
+    }
+
+    /// Takes one request from this node's lease of every bucket that has one. `None` when
+    /// every bucket had one: the request is admitted without Redis. Otherwise what to ask
+    /// of Redis for the others (the taken requests stay taken unless given back): the
+    /// next lease, twice the last one, when the last was used up in time and no other
+    /// request is already asking for it; else one request.
+    fn take_leased(&self, buckets: &[&Bucket]) -> Option<Asked> {
+        let limits: Vec<u32> = buckets.iter().map(|b| self.leases.limit(b)).collect();
+        if limits.iter().all(|&l| l <= 1) {
+            return Some(Asked {
+                wants: vec![1; buckets.len()],
+                refills: vec![false; buckets.len()],
+                leased: false,
+            });
+        }
+        let now = Instant::now();
+        let mut map = self.leases.map.lock().unwrap_or_else(|p| p.into_inner());
+        let held = |b: &Bucket, map: &HashMap<Subject, Lease>| {
+            map.get(&b.subject)
+                .is_some_and(|l| l.tokens > 0 && l.live(b.per_minute, now))
+        };
+        if buckets
+            .iter()
+            .zip(&limits)
+            .all(|(b, &l)| l > 1 && held(b, &map))
+        {
+            for b in buckets {
+                if let Some(l) = map.get_mut(&b.subject) {
+                    l.tokens -= 1;
+                }
+            }
+            return None;
+        }
+        let mut asked = Asked {
+            wants: Vec::with_capacity(buckets.len()),
+            refills: Vec::with_capacity(buckets.len()),
+            leased: false,
+        };
+        for (b, &limit) in buckets.iter().zip(&limits) {
+            let (want, refill) = match map.get_mut(&b.subject) {
+                Some(l) if limit > 1 && l.live(b.per_minute, now) => {
+                    if l.tokens > 0 {
+                        l.tokens -= 1;
+                        (0, false)
+                    } else if l.refilling {
+                        (1, false)
+                    } else {
+                        l.refilling = true;
+                        (l.size.saturating_mul(2).min(limit), true)
+                    }
+                }
+                _ => (1, false),
+            };
+            asked.leased |= want == 0 || refill;
+            asked.wants.push(want);
+            asked.refills.push(refill);
+        }
+        Some(asked)
+    }
+
+    /// Undoes what a request Redis did not admit took from leases: the requests taken are
+    /// given back, the refills it made are no longer under way.
+    fn give_back(&self, buckets: &[&Bucket], asked: &Asked) {
+        let now = Instant::now();
+        let mut map = self.leases.map.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, b) in buckets.iter().enumerate() {
+            if let Some(l) = map.get_mut(&b.subject) {
+                if asked.refills[i] {
+                    l.refilling = false;
+                }
+                if asked.wants[i] == 0 && l.live(b.per_minute, now) {
+                    l.tokens = l.tokens.saturating_add(1).min(l.size);
+                }
+            }
+        }
+    }
+
+    /// The verdict of a request admitted on leases alone: the bucket with the least room.
+    fn leased_verdict(&self, buckets: &[&Bucket]) -> Verdict {
+        let now = Instant::now();
+        let map = self.leases.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<Verdict> = None;
+        for b in buckets {
+            let (remaining, reset) = map.get(&b.subject).map_or((0, 0), |l| l.view(now));
+            if best.as_ref().is_none_or(|v| remaining < v.remaining) {
+                best = Some(allowed_verdict(b, remaining, reset));
+            }
+        }
+        best.unwrap_or_else(Verdict::unlimited)
+    }
+
+    /// Stores what Redis granted and returns the verdict over every bucket.
+    fn store_grants(&self, buckets: &[&Bucket], asked: &Asked, grants: &[i64]) -> Verdict {
+        let now = Instant::now();
+        let mut map = self.leases.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut best: Option<Verdict> = None;
+        for (i, b) in buckets.iter().enumerate() {
+            let at = |k: usize| grants.get(i * 3 + k).copied().unwrap_or(0);
+            let (remaining, reset) = if asked.wants[i] == 0 {
+                map.get(&b.subject).map_or((0, 0), |l| l.view(now))
+            } else {
+                let granted = u32::try_from(at(0)).unwrap_or(1).max(1);
+                let remaining = u32::try_from(at(1)).unwrap_or(0);
+                let ms = u64::try_from(at(2)).unwrap_or(0);
+                if self.leases.limit(b) > 1 {
+                    let fresh = Lease {
+                        per_minute: b.per_minute,
+                        tokens: 0,
+                        size: granted,
+                        remaining,
+                        full_at: now + Duration::from_millis(ms),
+                        expires: now + LEASE_TTL,
+                        refilling: false,
+                    };
+                    let room = map.len() < self.leases.cap;
+                    match map.get_mut(&b.subject) {
+                        Some(l) if asked.refills[i] => {
+                            // The node's one refill: what it holds is what Redis granted
+                            // beyond this request (it held nothing when it asked).
+                            *l = Lease {
+                                tokens: l.tokens.saturating_add(granted - 1),
+                                ..fresh
+                            };
+                        }
+                        // A single request while another refills, or a first one.
+                        Some(l) if l.live(b.per_minute, now) => {}
+                        Some(l) => *l = fresh,
+                        None if room => {
+                            map.insert(b.subject.clone(), fresh);
+                        }
+                        None => {}
+                    }
+                }
+                (remaining.saturating_add(granted - 1), ms.div_ceil(1000))
+            };
+            if best.as_ref().is_none_or(|v| remaining < v.remaining) {
+                best = Some(allowed_verdict(b, remaining, reset));
+            }
+        }
+        best.unwrap_or_else(Verdict::unlimited)
     }
 
     async fn check_remote(
@@ -440,6 +685,7 @@ impl Limiter {
         mut conn: redis::aio::ConnectionManager,
         buckets: &[&Bucket],
         flag: Option<usize>,
+        asked: &Asked,
     ) -> Result<Verdict, redis::RedisError> {
         let Some(remote) = &self.remote else {
             return Err(redis::RedisError::from((
@@ -466,7 +712,11 @@ impl Limiter {
         for b in buckets {
             invocation.arg(b.per_minute);
         }
-        let reply: (i64, i64, i64, i64, i64, i64) =
+        for w in &asked.wants {
+            invocation.arg(*w);
+        }
+        self.metrics.ratelimit_redis_call();
+        let reply: Vec<i64> =
             tokio::time::timeout(REDIS_TIMEOUT, invocation.invoke_async(&mut conn))
                 .await
                 .map_err(|_| {
@@ -478,28 +728,28 @@ impl Limiter {
         if !remote.healthy.load(Ordering::Relaxed) {
             self.mark(true, None);
         }
-        let (status, index, remaining, ms, level, rejected) = reply;
+        let field = |i: usize| reply.get(i).copied().unwrap_or(0);
+        let (status, index, ms, level, rejected) =
+            (field(0), field(1), field(3), field(4), field(5));
+        if status == 0 {
+            return Ok(self.store_grants(buckets, asked, reply.get(6..).unwrap_or_default()));
+        }
         let bucket = buckets[(index.max(1) as usize - 1).min(buckets.len() - 1)];
         let ms = u64::try_from(ms).unwrap_or(0);
         let mut v = Verdict {
             policy: policy_name(&bucket.subject),
             quota: bucket.per_minute,
-            remaining: u32::try_from(remaining).unwrap_or(0),
+            remaining: 0,
             reset: ms.div_ceil(1000),
-            retry_after: None,
+            retry_after: Some(Duration::from_millis(ms.max(1))),
             penalized: false,
             flagged: None,
             shared: false,
         };
         match status {
-            0 => {}
-            1 => v.retry_after = Some(Duration::from_millis(ms.max(1))),
-            2 => {
-                v.retry_after = Some(Duration::from_millis(ms.max(1)));
-                v.penalized = true;
-            }
+            1 => {}
+            2 => v.penalized = true,
             _ => {
-                v.retry_after = Some(Duration::from_millis(ms.max(1)));
                 v.penalized = true;
                 v.flagged = Some(Flagged {
                     subject: bucket.subject.clone(),
@@ -701,6 +951,11 @@ impl Limiter {
             l.shrink_to_fit();
         }
         let now = Instant::now();
+        self.leases
+            .map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, l| now < l.expires);
         let mut abuse = self.local.abuse.lock().unwrap_or_else(|p| p.into_inner());
         abuse.retain(|_, a| active(a, now));
         if !abuse
@@ -709,6 +964,20 @@ impl Limiter {
         {
             self.local.any_penalty.store(false, Ordering::Relaxed);
         }
+    }
+}
+
+/// An admitting verdict for `bucket` with `remaining` requests left, full in `reset` s.
+fn allowed_verdict(bucket: &Bucket, remaining: u32, reset: u64) -> Verdict {
+    Verdict {
+        policy: policy_name(&bucket.subject),
+        quota: bucket.per_minute,
+        remaining,
+        reset,
+        retry_after: None,
+        penalized: false,
+        flagged: None,
+        shared: false,
     }
 }
 

@@ -11,9 +11,10 @@
 //! transaction, which returns the totals: the node then also learns what the other nodes
 //! charged.
 //!
-//! In cluster mode the admission runs in Redis instead, one atomic script per request over
-//! a counter all nodes share, so the bound holds for the whole cluster: at most one
-//! request's price over the limit. The database still receives every node's pending units
+//! In cluster mode the admission of a key with a limit runs in Redis instead, one atomic
+//! script per request over a counter all nodes share, so the bound holds for the whole
+//! cluster: at most one request's price over the limit (a key without a limit is admitted
+//! without asking Redis). The database still receives every node's pending units
 //! (Redis is the admission counter, the database the record); a counter Redis lost is
 //! seeded again from the database. While Redis is unreachable, nodes fall back to their own
 //! counters.
@@ -230,7 +231,11 @@ impl SpendMeter {
             used,
             resets_at: meter.end,
         };
-        if let Some((mut conn, prefix)) = limiter.redis().await {
+        // A key without a limit is always admitted: no shared counter to ask (the database
+        // still records every unit, and a counter a later limit needs is seeded from it).
+        if limit > 0
+            && let Some((mut conn, prefix)) = limiter.redis().await
+        {
             let seed = meter.used.load(Ordering::SeqCst) - meter.pending.load(Ordering::SeqCst);
             let result: redis::RedisResult<(i64, i64)> = self
                 .script

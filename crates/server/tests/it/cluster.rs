@@ -290,6 +290,119 @@ async fn two_nodes_enforce_one_rate_limit_through_redis() {
     b.stop().await;
 }
 
+/// Sends forward-auth decisions for `token` through `node` until one is refused; returns
+/// how many were allowed.
+async fn verify_until_refused(node: Arc<TestApp>, token: String) -> u64 {
+    let mut allowed = 0;
+    for _ in 0..50_000 {
+        let r = node
+            .http
+            .get(format!("{}/auth/verify", node.base))
+            .bearer_auth(&token)
+            .header("x-original-uri", "/v1/jobs/42")
+            .header("x-original-method", "GET")
+            .send()
+            .await
+            .expect("verify");
+        match r.status() {
+            StatusCode::OK => allowed += 1,
+            StatusCode::TOO_MANY_REQUESTS => return allowed,
+            other => panic!("unexpected {other}: {}", r.text().await.unwrap_or_default()),
+        }
+    }
+    panic!("never refused after {allowed} allowed decisions")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(all(datastack_test_postgres, datastack_test_redis)),
+    ignore = "needs PostgreSQL and Redis: set DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL"
+)]
+async fn leases_spare_redis_round_trips_and_hold_a_shared_limit_within_their_bound() {
+    let redis = require_redis();
+    let prefix = format!("t{}:", uuid::Uuid::now_v7().simple());
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    // 6000 a minute: a lease is at most 6 requests (a thousandth of the quota), so two
+    // nodes may admit at most 2 × 5 requests beyond what one shared bucket would.
+    const QUOTA: u64 = 6000;
+    const HELD_PER_NODE: u64 = QUOTA / 1000 - 1;
+    // A forward-auth route for /v1/jobs (no upstream).
+    let route: datastack_core::edge::RouteSpec =
+        serde_json::from_value(json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}))
+            .expect("route");
+    let setup = |c: &mut datastack_server::Config| {
+        c.redis_url = Some(redis.clone());
+        c.redis_key_prefix = prefix.clone();
+        c.rate_limit_credential_per_minute = QUOTA as u32;
+        c.rate_limit_workspace_per_minute = 0;
+        c.gateway_routes = vec![route.clone()];
+    };
+    let a = Arc::new(TestApp::spawn_on(store.clone(), setup).await);
+    let b = Arc::new(TestApp::spawn_on(store, setup).await);
+    let admin = a.admin().to_owned();
+    let (token, _) = a.create_token(&admin, json!({"label": "leased"})).await;
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(verify_until_refused(node, token.clone()))
+        })
+        .collect();
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += t.await.expect("task");
+    }
+    // The bucket refills at QUOTA / 60 a second while the test runs.
+    let refilled = (started.elapsed().as_secs_f64() * QUOTA as f64 / 60.0).ceil() as u64;
+    assert!(
+        admitted <= QUOTA + refilled + 2 * HELD_PER_NODE,
+        "{admitted} admitted; one shared bucket allows {} and the leases {}",
+        QUOTA + refilled,
+        2 * HELD_PER_NODE
+    );
+    assert!(
+        admitted >= QUOTA - 2 * HELD_PER_NODE,
+        "only {admitted} admitted of a burst of {QUOTA}"
+    );
+    // Most decisions were admitted on a lease, without a script in Redis (requests that
+    // arrive while their node refills its lease ask for one request each: about one call
+    // in three here, with three requests in flight per node and leases of six).
+    let calls = a.metric("datastack_ratelimit_redis_calls_total").await
+        + b.metric("datastack_ratelimit_redis_calls_total").await;
+    assert!(
+        calls > 0.0 && calls < admitted as f64 / 2.0,
+        "{calls} Redis calls for {admitted} admitted decisions"
+    );
+    // A node with `rate_limit_lease_max = 1` asks Redis for every request.
+    let exact = TestApp::spawn_on(Arc::new(StoreLocation::new(Backend::Postgres).await), |c| {
+        setup(c);
+        c.rate_limit_lease_max = 1;
+    })
+    .await;
+    let (other, _) = exact
+        .create_token(exact.admin(), json!({"label": "exact"}))
+        .await;
+    let before = exact.metric("datastack_ratelimit_redis_calls_total").await;
+    for _ in 0..50 {
+        let r = exact
+            .http
+            .get(format!("{}/auth/verify", exact.base))
+            .bearer_auth(&other)
+            .header("x-original-uri", "/v1/jobs/42")
+            .header("x-original-method", "GET")
+            .send()
+            .await
+            .expect("verify");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let after = exact.metric("datastack_ratelimit_redis_calls_total").await;
+    assert_eq!(after - before, 50.0, "one call per decision");
+    let exact = Arc::new(exact);
+    for node in [a, b, exact] {
+        Arc::into_inner(node).expect("no other holder").stop().await;
+    }
+}
+
 /// A TCP relay to Redis that the test can cut and restore, to play a Redis outage.
 struct Relay {
     port: u16,
