@@ -9,14 +9,14 @@
 //!
 //! Leases: so that a busy credential does not cost one Redis round trip per request, the
 //! script may grant a node several requests of a credential's or workspace's bucket at
-//! once (a lease); the node admits that many requests on its own, then asks again. A lease
-//! is at most `rate_limit_lease_max` requests and a thousandth of the quota (so limits
-//! under 2000 per minute stay exact: one call per request), starts at one request and
-//! doubles each time a node uses its lease up within [`LEASE_TTL`], and is dropped unused
-//! after it. Granted requests are taken from the shared bucket, so a cluster of N nodes
-//! admits in any interval at most N × (lease − 1) requests more than one shared bucket
-//! would (the requests the nodes hold), and never fewer than it would minus those an idle
-//! node let expire. Addresses (anonymous traffic, failed authentications) are never leased.
+//! once (a lease); the node admits that many requests on its own and renews the lease
+//! ahead, when a quarter is left. A lease is at most `rate_limit_lease_max` requests and
+//! a thousandth of the quota (so limits under 2000 per minute stay exact: one call per
+//! request), starts at one request, doubles at each renewal within [`LEASE_TTL`], and is
+//! dropped unused after it. Granted requests are taken from the shared bucket and a node
+//! never holds more than one lease, so a cluster of N nodes admits in any interval at most
+//! N × lease requests more than one shared bucket would. Addresses (anonymous traffic,
+//! failed authentications) are never leased.
 //!
 //! When Redis cannot be reached the node falls back to its local buckets (each node then
 //! enforces the limit on its own share of the traffic), logs the change once, shows it in
@@ -315,13 +315,22 @@ impl Leases {
 
 /// What a request asks of Redis after taking what it could from its leases.
 struct Asked {
-    /// Per bucket: requests asked of Redis (0: one was taken from this node's lease).
-    wants: Vec<u32>,
+    /// Per bucket: requests asked of Redis. Positive: needed for this request (Redis
+    /// refuses the request when it has none; one of them is this request's); negative: the
+    /// next lease, asked ahead while this request uses this node's lease (Redis grants
+    /// what it has, possibly nothing, and never refuses for it); 0: nothing asked.
+    wants: Vec<i64>,
+    /// Per bucket: whether this request took one of this node's leased requests.
+    took: Vec<bool>,
     /// Per bucket: whether this request is the node's refill of the bucket's lease.
     refills: Vec<bool>,
-    /// Whether any bucket took from a lease or refills one (to be undone if Redis
-    /// refuses).
-    leased: bool,
+}
+
+impl Asked {
+    /// Whether a refusal must be undone on the leases.
+    fn leased(&self) -> bool {
+        self.took.iter().chain(&self.refills).any(|b| *b)
+    }
 }
 
 /// The limiter of a node.
@@ -343,10 +352,13 @@ pub struct Limiter {
 /// KEYS: for each bucket, 4 keys: tat, penalty, rejections, level.
 /// ARGV[1] threshold, ARGV[2] penalty base ms, ARGV[3] penalty max ms, ARGV[4] window ms,
 /// ARGV[5] level memory ms, ARGV[6] the bucket whose subject refusals are counted against
-/// (1-based; 0: none), then for each bucket its per-minute quota.
+/// (1-based; 0: none), then for each bucket its per-minute quota, then for each bucket the
+/// requests asked of it: positive, needed (refused when it has none; grants up to that
+/// many, at least one); negative, a lease asked ahead (grants up to that many, possibly
+/// none, never refuses); 0, not touched.
 /// Returns {status, bucket index (1-based), remaining, ms, level, rejected}, status 0
-/// allowed (ms until the tightest bucket is full), 1 limited (ms to wait), 2 penalized
-/// (ms left), 3 flagged now (penalty ms).
+/// allowed, 1 limited (ms to wait), 2 penalized (ms left), 3 flagged now (penalty ms);
+/// when allowed, followed by {granted, remaining, ms until full} for each bucket.
 const GCRA_LUA: &str = include_str!("ratelimit.lua");
 
 fn policy_name(subject: &Subject) -> &'static str {
@@ -514,86 +526,99 @@ impl Limiter {
             Subject::Ip(ip) => !ip.is_unspecified(),
             Subject::Workspace(_) | Subject::Lookup(_) => false,
         });
+        let healthy = self
+            .remote
+            .as_ref()
+            .is_some_and(|r| r.healthy.load(Ordering::Relaxed));
+        // With Redis answering, a request this node's leases cover needs nothing else.
+        let asked = if healthy {
+            match self.take_leased(&buckets) {
+                None => return self.leased_verdict(&buckets),
+                asked => asked,
+            }
+        } else {
+            None
+        };
         if let Some(conn) = self.connection().await {
-            let asked = self.take_leased(&buckets);
-            let Some(asked) = asked else {
-                return self.leased_verdict(&buckets);
+            let asked = match asked {
+                Some(asked) => asked,
+                None => match self.take_leased(&buckets) {
+                    None => return self.leased_verdict(&buckets),
+                    Some(asked) => asked,
+                },
             };
             // Boxed: the Redis exchange makes this future large, and the in-process
             // limiter should not carry it.
             match Box::pin(self.check_remote(conn, &buckets, flag, &asked)).await {
                 Ok(v) => {
-                    if !v.allowed() && asked.leased {
+                    if !v.allowed() && asked.leased() {
                         self.give_back(&buckets, &asked);
                     }
                     return v;
                 }
                 Err(e) => {
-                    if asked.leased {
+                    if asked.leased() {
                         self.give_back(&buckets, &asked);
                     }
                     self.mark(false, Some(&e.to_string()))
                 }
             }
+        } else if let Some(asked) = asked.filter(Asked::leased) {
+            self.give_back(&buckets, &asked);
         }
         self.check_local(&buckets, flag)
     }
 
     /// Takes one request from this node's lease of every bucket that has one. `None` when
-    /// every bucket had one: the request is admitted without Redis. Otherwise what to ask
-    /// of Redis for the others (the taken requests stay taken unless given back): the
-    /// next lease, twice the last one, when the last was used up in time and no other
-    /// request is already asking for it; else one request.
+    /// every bucket had one and none needs its next lease yet: the request is admitted
+    /// without Redis. Otherwise what to ask of Redis (the taken requests stay taken unless
+    /// given back). A lease down to a quarter of its size is renewed ahead by the request
+    /// that finds it so, to twice its size (up to the bucket's limit) minus what is left;
+    /// an empty one by the next request, needing one for itself; while one request
+    /// renews, the others ask for one request each.
     fn take_leased(&self, buckets: &[&Bucket]) -> Option<Asked> {
         let limits: Vec<u32> = buckets.iter().map(|b| self.leases.limit(b)).collect();
         if limits.iter().all(|&l| l <= 1) {
             return Some(Asked {
                 wants: vec![1; buckets.len()],
+                took: vec![false; buckets.len()],
                 refills: vec![false; buckets.len()],
-                leased: false,
             });
         }
         let now = Instant::now();
         let mut map = self.leases.map.lock().unwrap_or_else(|p| p.into_inner());
-        let held = |b: &Bucket, map: &HashMap<Subject, Lease>| {
-            map.get(&b.subject)
-                .is_some_and(|l| l.tokens > 0 && l.live(b.per_minute, now))
-        };
-        if buckets
-            .iter()
-            .zip(&limits)
-            .all(|(b, &l)| l > 1 && held(b, &map))
-        {
-            for b in buckets {
-                if let Some(l) = map.get_mut(&b.subject) {
-                    l.tokens -= 1;
-                }
-            }
-            return None;
-        }
         let mut asked = Asked {
             wants: Vec::with_capacity(buckets.len()),
+            took: Vec::with_capacity(buckets.len()),
             refills: Vec::with_capacity(buckets.len()),
-            leased: false,
         };
         for (b, &limit) in buckets.iter().zip(&limits) {
-            let (want, refill) = match map.get_mut(&b.subject) {
+            let (want, took, refill) = match map.get_mut(&b.subject) {
                 Some(l) if limit > 1 && l.live(b.per_minute, now) => {
+                    let next = i64::from(l.size.saturating_mul(2).min(limit));
                     if l.tokens > 0 {
                         l.tokens -= 1;
-                        (0, false)
+                        if l.refilling || l.tokens.saturating_mul(4) > l.size {
+                            (0, true, false)
+                        } else {
+                            l.refilling = true;
+                            (-(next - i64::from(l.tokens)).max(1), true, true)
+                        }
                     } else if l.refilling {
-                        (1, false)
+                        (1, false, false)
                     } else {
                         l.refilling = true;
-                        (l.size.saturating_mul(2).min(limit), true)
+                        (next, false, true)
                     }
                 }
-                _ => (1, false),
+                _ => (1, false, false),
             };
-            asked.leased |= want == 0 || refill;
             asked.wants.push(want);
+            asked.took.push(took);
             asked.refills.push(refill);
+        }
+        if asked.wants.iter().all(|w| *w == 0) {
+            return None;
         }
         Some(asked)
     }
@@ -608,7 +633,7 @@ impl Limiter {
                 if asked.refills[i] {
                     l.refilling = false;
                 }
-                if asked.wants[i] == 0 && l.live(b.per_minute, now) {
+                if asked.took[i] && l.live(b.per_minute, now) {
                     l.tokens = l.tokens.saturating_add(1).min(l.size);
                 }
             }
@@ -636,42 +661,52 @@ impl Limiter {
         let mut best: Option<Verdict> = None;
         for (i, b) in buckets.iter().enumerate() {
             let at = |k: usize| grants.get(i * 3 + k).copied().unwrap_or(0);
-            let (remaining, reset) = if asked.wants[i] == 0 {
-                map.get(&b.subject).map_or((0, 0), |l| l.view(now))
-            } else {
-                let granted = u32::try_from(at(0)).unwrap_or(1).max(1);
-                let remaining = u32::try_from(at(1)).unwrap_or(0);
-                let ms = u64::try_from(at(2)).unwrap_or(0);
-                if self.leases.limit(b) > 1 {
-                    let fresh = Lease {
-                        per_minute: b.per_minute,
-                        tokens: 0,
-                        size: granted,
-                        remaining,
-                        full_at: now + Duration::from_millis(ms),
-                        expires: now + LEASE_TTL,
-                        refilling: false,
-                    };
-                    let room = map.len() < self.leases.cap;
-                    match map.get_mut(&b.subject) {
-                        Some(l) if asked.refills[i] => {
-                            // The node's one refill: what it holds is what Redis granted
-                            // beyond this request (it held nothing when it asked).
-                            *l = Lease {
-                                tokens: l.tokens.saturating_add(granted - 1),
-                                ..fresh
-                            };
+            let want = asked.wants[i];
+            let granted = u32::try_from(at(0)).unwrap_or(0);
+            let shared_remaining = u32::try_from(at(1)).unwrap_or(0);
+            let ms = u64::try_from(at(2)).unwrap_or(0);
+            // What this request used of the grant: one when it needed one.
+            let used = u32::from(want > 0);
+            if want != 0 && self.leases.limit(b) > 1 {
+                let fresh = Lease {
+                    per_minute: b.per_minute,
+                    tokens: 0,
+                    size: granted.max(1),
+                    remaining: shared_remaining,
+                    full_at: now + Duration::from_millis(ms),
+                    expires: now + LEASE_TTL,
+                    refilling: false,
+                };
+                let room = map.len() < self.leases.cap;
+                match map.get_mut(&b.subject) {
+                    Some(l) if asked.refills[i] => {
+                        // The node's one refill: it adds what Redis granted beyond this
+                        // request's own to what is left, never more than the bucket's
+                        // limit in all (it asked for the difference).
+                        l.refilling = false;
+                        l.tokens = l.tokens.saturating_add(granted.saturating_sub(used));
+                        l.remaining = shared_remaining;
+                        l.full_at = fresh.full_at;
+                        if granted > 0 {
+                            l.size = l.tokens.saturating_add(used).max(l.size);
+                            l.expires = fresh.expires;
                         }
-                        // A single request while another refills, or a first one.
-                        Some(l) if l.live(b.per_minute, now) => {}
-                        Some(l) => *l = fresh,
-                        None if room => {
-                            map.insert(b.subject.clone(), fresh);
-                        }
-                        None => {}
                     }
+                    // A single request while another refills, or a first one.
+                    Some(l) if l.live(b.per_minute, now) => {}
+                    Some(l) => *l = fresh,
+                    None if room => {
+                        map.insert(b.subject.clone(), fresh);
+                    }
+                    None => {}
                 }
-                (remaining.saturating_add(granted - 1), ms.div_ceil(1000))
+            }
+            let (remaining, reset) = match map.get(&b.subject) {
+                Some(l) if asked.took[i] || asked.refills[i] => l.view(now),
+                _ => (
+                    shared_remaining.saturating_add(granted.saturating_sub(used)),
+                    ms.div_ceil(1000),
+                ),
             };
             if best.as_ref().is_none_or(|v| remaining < v.remaining) {
                 best = Some(allowed_verdict(b, remaining, reset));
