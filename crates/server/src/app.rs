@@ -571,7 +571,7 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 /// fallback for every other path.
 fn routes(state: &AppState) -> Router<AppState> {
     let request_timeout = state.config.connections.request_timeout;
-    crate::api::routes()
+    Router::from(crate::api::routes())
         // API handlers have a deadline; the gateway (added after this layer, so not under
         // it) has its routes' upstream timeouts, and its tunnels live as long as they are
         // used.

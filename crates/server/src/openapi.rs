@@ -1,48 +1,61 @@
 //! The OpenAPI 3.1 document, generated from the handlers' annotations: every endpoint, the
-//! scope it requires (as the scopes of its `bearer` security requirement and the
-//! `x-datastack-scope` header) and its error responses.
+//! scope it requires (as the scopes of its `bearer` security requirement and the default of
+//! its `x-datastack-scope` header) and its error responses.
+//!
+//! The API's operations come from the same `routes!` calls that register the handlers
+//! with the router (`crate::api::routes`), so the document lists exactly what the router
+//! serves. Forward-auth (`/auth/verify`, which answers every method, also as
+//! `/auth/verify/{path}`) is routed outside the API and documented here, one operation per
+//! method so that every operation id is unique.
 
 use std::sync::OnceLock;
 
+use utoipa::openapi::path::{Operation, ParameterBuilder, ParameterIn, PathItem};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{ObjectBuilder, Required, Type};
+use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::api;
+use crate::pipeline::authorize::SCOPE_HEADER;
+use crate::state::AppState;
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "datastack", description = "The access and security layer of a data-platform API."),
-    paths(
-        api::health::healthz, api::health::readyz, api::health::metrics, api::health::openapi,
-        api::me::get_me,
-        api::tokens::create_token, api::tokens::list_tokens, api::tokens::revoke_token,
-        api::api_keys::create_key, api::api_keys::list_keys, api::api_keys::get_key,
-        api::api_keys::update_key, api::api_keys::revoke_key, api::api_keys::rotate_key,
-        api::api_keys::key_usage, api::api_keys::verify_key,
-        api::principals::list_users, api::principals::create_user, api::principals::get_user,
-        api::principals::update_user, api::principals::suspend_user, api::principals::activate_user,
-        api::principals::delete_user,
-        api::principals::list_service_principals, api::principals::create_service_principal,
-        api::principals::get_service_principal, api::principals::update_service_principal,
-        api::principals::suspend_service_principal, api::principals::activate_service_principal,
-        api::principals::delete_service_principal,
-        api::workspaces::list_workspaces, api::workspaces::get_workspace,
-        api::workspaces::create_workspace, api::workspaces::update_workspace,
-        api::workspaces::suspend_workspace, api::workspaces::activate_workspace,
-        api::audit::query_events, api::audit::export, api::audit::verify,
-        api::audit::security_events,
-        api::access_review::review, api::access_review::bulk_revoke,
-        api::access_review::bulk_narrow,
-        api::gateway::list_routes, api::gateway::create_route, api::gateway::get_route,
-        api::gateway::replace_route, api::gateway::delete_route, api::gateway::verify,
-        api::gateway::jwks,
-        api::ip_lists::list, api::ip_lists::create, api::ip_lists::get_one, api::ip_lists::update,
-        api::ip_lists::replace, api::ip_lists::remove,
-        api::abuse::list, api::abuse::clear,
-    ),
+    paths(api::gateway::verify),
+    components(schemas(JwkSet, Jwk)),
     modifiers(&BearerScheme)
 )]
 struct ApiDoc;
+
+/// The key set at `/.well-known/jwks.json` (RFC 7517): the Ed25519 public key that signs
+/// `x-datastack-assertion`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JwkSet {
+    /// The keys (one).
+    keys: Vec<Jwk>,
+}
+
+/// One public key (RFC 8037 `OKP`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Jwk {
+    /// `OKP`.
+    kty: String,
+    /// `Ed25519`.
+    crv: String,
+    /// The public key, base64url.
+    x: String,
+    /// The key id, the `kid` of the assertions it signs.
+    kid: String,
+    /// `EdDSA`.
+    alg: String,
+    /// `sig`.
+    #[schema(rename = "use")]
+    use_: String,
+}
 
 struct BearerScheme;
 
@@ -63,12 +76,144 @@ impl Modify for BearerScheme {
     }
 }
 
+/// The methods forward-auth answers besides `GET`, with the suffix of their operation ids.
+const FORWARD_AUTH_METHODS: [(&str, &str); 6] = [
+    ("post", "Post"),
+    ("put", "Put"),
+    ("patch", "Patch"),
+    ("delete", "Delete"),
+    ("head", "Head"),
+    ("options", "Options"),
+];
+
+/// Sets `method`'s operation of `item`.
+fn set_operation(item: &mut PathItem, method: &str, op: Operation) {
+    match method {
+        "get" => item.get = Some(op),
+        "post" => item.post = Some(op),
+        "put" => item.put = Some(op),
+        "patch" => item.patch = Some(op),
+        "delete" => item.delete = Some(op),
+        "head" => item.head = Some(op),
+        _ => item.options = Some(op),
+    }
+}
+
+/// Documents forward-auth for every method it answers, at `/auth/verify` and
+/// `/auth/verify/{path}` (the original path in the URL, for proxies that send it so).
+fn forward_auth_operations(doc: &mut utoipa::openapi::OpenApi) {
+    let Some(get) = doc
+        .paths
+        .paths
+        .get("/auth/verify")
+        .and_then(|item| item.get.clone())
+    else {
+        return;
+    };
+    let mut with_path = get.clone();
+    with_path.parameters.get_or_insert_with(Vec::new).insert(
+        0,
+        ParameterBuilder::new()
+            .name("path")
+            .parameter_in(ParameterIn::Path)
+            .required(Required::True)
+            .description(Some(
+                "the original request's path, when the proxy puts it in the URL instead of a header",
+            ))
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .build(),
+    );
+    for (path, base, id) in [
+        ("/auth/verify", &get, "forwardAuthVerify"),
+        ("/auth/verify/{path}", &with_path, "forwardAuthVerifyPath"),
+    ] {
+        let item = doc.paths.paths.entry(path.to_owned()).or_default();
+        let mut op = base.clone();
+        op.operation_id = Some(id.to_owned());
+        set_operation(item, "get", op);
+        for (method, suffix) in FORWARD_AUTH_METHODS {
+            let mut op = base.clone();
+            op.operation_id = Some(format!("{id}{suffix}"));
+            set_operation(item, method, op);
+        }
+    }
+}
+
+/// Gives every `x-datastack-scope` header its operation's required scope (written as the
+/// parameter's description in the annotations) as its default, so that a generated client
+/// sends it without the caller spelling it.
+fn scope_header_defaults(doc: &mut utoipa::openapi::OpenApi) {
+    for item in doc.paths.paths.values_mut() {
+        for op in [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            for param in op.parameters.iter_mut().flatten() {
+                if param.name != SCOPE_HEADER || param.parameter_in != ParameterIn::Header {
+                    continue;
+                }
+                let Some(scope) = param.description.clone() else {
+                    continue;
+                };
+                param.required = Required::True;
+                param.description = Some(format!(
+                    "The scope this call acts with: `{scope}`, or one that covers it (`manage:…` covers `read:…` of the same resource; `all-apis` covers every API scope). It must be granted to the credential."
+                ));
+                param.schema = Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .default(Some(serde_json::Value::from(scope.clone())))
+                        .examples([serde_json::Value::from(scope)])
+                        .into(),
+                );
+            }
+        }
+    }
+}
+
+/// The whole document: the API's operations as the router registers them, forward-auth,
+/// and the scope defaults.
+pub fn document() -> utoipa::openapi::OpenApi {
+    let (_, mut doc) = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .merge(api::routes())
+        .split_for_parts();
+    forward_auth_operations(&mut doc);
+    scope_header_defaults(&mut doc);
+    doc
+}
+
 /// The document, serialized once.
 pub fn document_json() -> &'static str {
     static DOC: OnceLock<String> = OnceLock::new();
     DOC.get_or_init(|| {
-        ApiDoc::openapi()
+        document()
             .to_json()
             .unwrap_or_else(|e| format!(r#"{{"error":"cannot render the OpenAPI document: {e}"}}"#))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_operation_id_is_unique() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::document_json()).expect("the document parses");
+        let mut seen = std::collections::BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("item") {
+                let Some(id) = op["operationId"].as_str() else {
+                    continue;
+                };
+                assert!(seen.insert(id.to_owned()), "{id} twice ({method} {path})");
+            }
+        }
+        assert!(seen.contains("forwardAuthVerifyPathDelete"));
+        assert!(seen.contains("verifyAuditChain"));
+    }
 }

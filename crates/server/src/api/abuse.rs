@@ -1,14 +1,14 @@
 //! Abuse flags: clients flagged for sending while rate-limited (`ratelimit.abuse_flagged`).
 //! Admins list them and clear them, which lifts the penalty on every node at once.
 
-use axum::Router;
 use axum::extract::State;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use datastack_core::id::AbuseFlagId;
 use datastack_store::{AbuseFlag, Invalidation};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::AuditContext;
 use crate::edge;
@@ -17,10 +17,10 @@ use crate::pipeline::authorize::{Authorized, ManageGateway, ReadGateway};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/abuse-flags", get(list))
-        .route("/api/v1/abuse-flags/{id}/clear", post(clear))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(clear))
 }
 
 /// A flag.
@@ -101,7 +101,7 @@ pub struct ListParams {
 }
 
 /// Lists flags: of every workspace for the root workspace's admins, else of the caller's.
-#[utoipa::path(get, path = "/api/v1/abuse-flags", tag = "gateway",
+#[utoipa::path(get, operation_id = "listAbuseFlags", path = "/api/v1/abuse-flags", tag = "gateway",
     security(("bearer" = ["read:gateway"])),
     params(ListParams, ("x-datastack-scope" = String, Header, description = "read:gateway")),
     responses((status = 200, body = AbuseFlagPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -131,7 +131,7 @@ pub async fn list(
 }
 
 /// Clears a flag: the subject's penalty is lifted on every node and its level forgotten.
-#[utoipa::path(post, path = "/api/v1/abuse-flags/{id}/clear", tag = "gateway",
+#[utoipa::path(post, operation_id = "clearAbuseFlag", path = "/api/v1/abuse-flags/{id}/clear", tag = "gateway",
     security(("bearer" = ["manage:gateway"])),
     params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "manage:gateway")),
     responses((status = 200, body = AbuseFlagResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

@@ -4,11 +4,11 @@
 //! bulk actions to revoke or narrow what the review found.
 
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Duration, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::CredentialKind;
@@ -26,11 +26,11 @@ use crate::pipeline::authorize::{Authorized, ManageTokens, ReadAudit};
 use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/access-review", get(review))
-        .route("/api/v1/access-review/revoke", post(bulk_revoke))
-        .route("/api/v1/access-review/narrow", post(bulk_narrow))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(review))
+        .routes(routes!(bulk_revoke))
+        .routes(routes!(bulk_narrow))
 }
 
 /// The thresholds of a review (all optional).
@@ -135,7 +135,7 @@ fn admin_only(identity: &Identity) -> ApiResult<()> {
 }
 
 /// Lists the workspace's credentials with their review flags.
-#[utoipa::path(get, path = "/api/v1/access-review", tag = "access-review",
+#[utoipa::path(get, operation_id = "getAccessReview", path = "/api/v1/access-review", tag = "access-review",
     security(("bearer" = ["read:audit"])),
     params(("x-datastack-scope" = String, Header, description = "read:audit"), ReviewParams),
     responses((status = 200, body = ReviewPage), (status = 400, body = ErrorBody),
@@ -390,7 +390,7 @@ fn bulk_ids(body: &BulkRequest) -> ApiResult<Vec<TokenId>> {
 
 /// Revokes a list of credentials. Each revocation is its own change, with its audit entry
 /// and `token.revoked` event; the response says what happened to each.
-#[utoipa::path(post, path = "/api/v1/access-review/revoke", tag = "access-review",
+#[utoipa::path(post, operation_id = "bulkRevokeCredentials", path = "/api/v1/access-review/revoke", tag = "access-review",
     security(("bearer" = ["manage:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
     request_body = BulkRequest,
@@ -451,7 +451,7 @@ pub async fn bulk_revoke(
 /// Narrows each listed credential to the scopes the review suggests (the smallest set
 /// covering what the audit log shows it used in the window). Credentials with nothing
 /// narrower to grant are left unchanged.
-#[utoipa::path(post, path = "/api/v1/access-review/narrow", tag = "access-review",
+#[utoipa::path(post, operation_id = "bulkNarrowCredentials", path = "/api/v1/access-review/narrow", tag = "access-review",
     security(("bearer" = ["manage:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
     request_body = BulkRequest,

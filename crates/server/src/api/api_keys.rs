@@ -5,10 +5,8 @@
 //! path, cache and revocation fan-out) with its own rate limit, spend limit, address
 //! ranges, metadata and rotation policy.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Duration, Utc};
 use datastack_core::apikey::{self, ApiKeyPolicy, SpendLimit, SpendPeriod};
 use datastack_core::authz::{self, Role};
@@ -21,6 +19,8 @@ use datastack_store::{ApiKeyPatch, ApiKeyStatus, Invalidation, StoredApiKey};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{PageParams, page_of};
 use crate::audit::AuditContext;
@@ -31,16 +31,13 @@ use crate::pipeline::authorize::{Authorized, ManageApiKeys, ReadApiKeys};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/api-keys", get(list_keys).post(create_key))
-        .route("/api/v1/auth/api-keys/verify", post(verify_key))
-        .route(
-            "/api/v1/auth/api-keys/{id}",
-            get(get_key).patch(update_key).delete(revoke_key),
-        )
-        .route("/api/v1/auth/api-keys/{id}/rotate", post(rotate_key))
-        .route("/api/v1/auth/api-keys/{id}/usage", get(key_usage))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(verify_key))
+        .routes(routes!(get_key, update_key, revoke_key))
+        .routes(routes!(rotate_key))
+        .routes(routes!(key_usage))
 }
 
 /// Reads a field that may be absent (`None`), `null` (`Some(None)`) or a value.
@@ -441,7 +438,7 @@ fn parse_ranges(list: &[String]) -> ApiResult<Vec<ipnet::IpNet>> {
 }
 
 /// Creates an API key for the caller (or, for admins, a service principal).
-#[utoipa::path(post, path = "/api/v1/auth/api-keys", tag = "api-keys",
+#[utoipa::path(post, operation_id = "createApiKey", path = "/api/v1/auth/api-keys", tag = "api-keys",
     security(("bearer" = ["manage:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "manage:api-keys")),
     request_body = CreateApiKeyRequest,
@@ -593,7 +590,7 @@ pub async fn create_key(
 }
 
 /// Lists API keys: the workspace's (admins) or your own, by owner and status.
-#[utoipa::path(get, path = "/api/v1/auth/api-keys", tag = "api-keys",
+#[utoipa::path(get, operation_id = "listApiKeys", path = "/api/v1/auth/api-keys", tag = "api-keys",
     security(("bearer" = ["read:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "read:api-keys"), ListApiKeysParams),
     responses((status = 200, body = ApiKeyPage), (status = 400, body = ErrorBody),
@@ -645,7 +642,7 @@ pub async fn list_keys(
 }
 
 /// One API key, with its secrets' expiry.
-#[utoipa::path(get, path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
+#[utoipa::path(get, operation_id = "getApiKey", path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
     security(("bearer" = ["read:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "read:api-keys"), ("id" = String, Path, description = "key_…")),
     responses((status = 200, body = ApiKeyResponse), (status = 401, body = ErrorBody),
@@ -663,7 +660,7 @@ pub async fn get_key(
 
 /// Changes a key's name, limits, ranges, metadata or rotation policy; in force on every
 /// node at once.
-#[utoipa::path(patch, path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
+#[utoipa::path(patch, operation_id = "updateApiKey", path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
     security(("bearer" = ["manage:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "manage:api-keys"), ("id" = String, Path, description = "key_…")),
     request_body = UpdateApiKeyRequest,
@@ -757,7 +754,7 @@ pub async fn update_key(
 
 /// Revokes a key (both secrets during an overlap): refused on every node from the next
 /// request.
-#[utoipa::path(delete, path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
+#[utoipa::path(delete, operation_id = "revokeApiKey", path = "/api/v1/auth/api-keys/{id}", tag = "api-keys",
     security(("bearer" = ["manage:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "manage:api-keys"), ("id" = String, Path, description = "key_…")),
     responses((status = 204), (status = 401, body = ErrorBody),
@@ -789,7 +786,7 @@ pub async fn revoke_key(
 }
 
 /// Gives a key a new secret; the previous one keeps working for `overlapSeconds`.
-#[utoipa::path(post, path = "/api/v1/auth/api-keys/{id}/rotate", tag = "api-keys",
+#[utoipa::path(post, operation_id = "rotateApiKey", path = "/api/v1/auth/api-keys/{id}/rotate", tag = "api-keys",
     security(("bearer" = ["manage:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "manage:api-keys"), ("id" = String, Path, description = "key_…")),
     request_body = RotateApiKeyRequest,
@@ -853,7 +850,7 @@ pub async fn rotate_key(
 }
 
 /// A key's spend in its current period.
-#[utoipa::path(get, path = "/api/v1/auth/api-keys/{id}/usage", tag = "api-keys",
+#[utoipa::path(get, operation_id = "getApiKeyUsage", path = "/api/v1/auth/api-keys/{id}/usage", tag = "api-keys",
     security(("bearer" = ["read:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "read:api-keys"), ("id" = String, Path, description = "key_…")),
     responses((status = 200, body = UsageResponse), (status = 401, body = ErrorBody),
@@ -881,7 +878,7 @@ pub async fn key_usage(
 /// Checks a key for a service that authenticates its own callers with datastack keys: the
 /// same verification as every request (cache, revocation), then the scope, the address,
 /// the key's rate limit (this check counts as a use) and its spend.
-#[utoipa::path(post, path = "/api/v1/auth/api-keys/verify", tag = "api-keys",
+#[utoipa::path(post, operation_id = "verifyApiKey", path = "/api/v1/auth/api-keys/verify", tag = "api-keys",
     security(("bearer" = ["read:api-keys"])),
     params(("x-datastack-scope" = String, Header, description = "read:api-keys")),
     request_body = VerifyApiKeyRequest,

@@ -1,12 +1,10 @@
 //! The audit log: query entries, export them as JSON Lines, verify the chain, list security
 //! events. Everything here needs `read:audit`, which only admins' role allows.
 
-use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use datastack_core::audit::{AuditEntry, ChainBreak, Outcome, SecurityEvent};
 use datastack_core::audit_breaks::RecordedBreak;
@@ -14,18 +12,20 @@ use datastack_core::id::WorkspaceId;
 use datastack_store::{AuditFilter, Store};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ReadAudit};
 use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/audit/events", get(query_events))
-        .route("/api/v1/audit/export", get(export))
-        .route("/api/v1/audit/verify", get(verify))
-        .route("/api/v1/audit/security-events", get(security_events))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(query_events))
+        .routes(routes!(export))
+        .routes(routes!(verify))
+        .routes(routes!(security_events))
 }
 
 /// One audit entry.
@@ -213,7 +213,7 @@ impl AuditQueryParams {
 }
 
 /// Queries the workspace's audit entries, newest first.
-#[utoipa::path(get, path = "/api/v1/audit/events", tag = "audit",
+#[utoipa::path(get, operation_id = "listAuditEvents", path = "/api/v1/audit/events", tag = "audit",
     security(("bearer" = ["read:audit"])),
     params(("x-datastack-scope" = String, Header, description = "read:audit"), AuditQueryParams),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody),
@@ -249,11 +249,11 @@ pub struct ExportParams {
 /// Streams the workspace's entries in `[since, until)` as JSON Lines, oldest first, one
 /// entry (the shape of `/audit/events` items) per line. The export is read page by page
 /// while it is sent, never held in memory whole.
-#[utoipa::path(get, path = "/api/v1/audit/export", tag = "audit",
+#[utoipa::path(get, operation_id = "exportAuditEvents", path = "/api/v1/audit/export", tag = "audit",
     security(("bearer" = ["read:audit"])),
     params(("x-datastack-scope" = String, Header, description = "read:audit"), ExportParams),
-    responses((status = 200, content_type = "application/x-ndjson", body = String,
-        description = "one JSON audit entry per line"),
+    responses((status = 200, content_type = "application/x-ndjson", body = AuditEntryResponse,
+        description = "newline-delimited JSON: one audit entry (this schema) per line, oldest first"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]
 pub async fn export(
@@ -378,7 +378,7 @@ pub struct CheckpointResponse {
 
 /// Walks the workspace's audit chain, recomputing every entry's hash under the audit key,
 /// and reports the first altered, removed or reordered entry by id.
-#[utoipa::path(get, path = "/api/v1/audit/verify", tag = "audit",
+#[utoipa::path(get, operation_id = "verifyAuditChain", path = "/api/v1/audit/verify", tag = "audit",
     security(("bearer" = ["read:audit"])),
     params(("x-datastack-scope" = String, Header, description = "read:audit")),
     responses((status = 200, body = VerifyResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -471,7 +471,7 @@ pub struct SecurityEventParams {
 }
 
 /// Lists the workspace's security events, newest first.
-#[utoipa::path(get, path = "/api/v1/audit/security-events", tag = "audit",
+#[utoipa::path(get, operation_id = "listSecurityEvents", path = "/api/v1/audit/security-events", tag = "audit",
     security(("bearer" = ["read:audit"])),
     params(("x-datastack-scope" = String, Header, description = "read:audit"), SecurityEventParams),
     responses((status = 200, body = SecurityEventPage), (status = 400, body = ErrorBody),

@@ -3,12 +3,14 @@
 //! (`/.well-known/jwks.json`).
 
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Extensions, HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get};
+use axum::routing::any;
 use chrono::{DateTime, Utc};
 use datastack_core::edge::RouteSpec;
 use datastack_core::id::RouteId;
@@ -25,17 +27,11 @@ use crate::pipeline::extract::{Json, Path};
 use crate::pipeline::request_id::RequestId;
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/gateway/routes",
-            get(list_routes).post(create_route),
-        )
-        .route(
-            "/api/v1/gateway/routes/{id}",
-            get(get_route).put(replace_route).delete(delete_route),
-        )
-        .route("/.well-known/jwks.json", get(jwks))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_routes, create_route))
+        .routes(routes!(get_route, replace_route, delete_route))
+        .routes(routes!(jwks))
 }
 
 /// The forward-auth decision. It answers from memory (credentials, routes, limits are
@@ -192,7 +188,7 @@ fn parse_id(id: &str) -> ApiResult<RouteId> {
 }
 
 /// Lists every route in force (configured and managed).
-#[utoipa::path(get, path = "/api/v1/gateway/routes", tag = "gateway",
+#[utoipa::path(get, operation_id = "listGatewayRoutes", path = "/api/v1/gateway/routes", tag = "gateway",
     security(("bearer" = ["read:gateway"])),
     params(("x-datastack-scope" = String, Header, description = "read:gateway")),
     responses((status = 200, body = RouteList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -211,7 +207,7 @@ pub async fn list_routes(
 }
 
 /// Creates a route. Admins of the root workspace only.
-#[utoipa::path(post, path = "/api/v1/gateway/routes", tag = "gateway",
+#[utoipa::path(post, operation_id = "createGatewayRoute", path = "/api/v1/gateway/routes", tag = "gateway",
     security(("bearer" = ["manage:gateway"])),
     params(("x-datastack-scope" = String, Header, description = "manage:gateway")),
     request_body = RouteBody,
@@ -250,7 +246,7 @@ pub async fn create_route(
 }
 
 /// One route.
-#[utoipa::path(get, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+#[utoipa::path(get, operation_id = "getGatewayRoute", path = "/api/v1/gateway/routes/{id}", tag = "gateway",
     security(("bearer" = ["read:gateway"])),
     params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "read:gateway")),
     responses((status = 200, body = RouteResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -269,7 +265,7 @@ pub async fn get_route(
 }
 
 /// Replaces a route. Admins of the root workspace only.
-#[utoipa::path(put, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+#[utoipa::path(put, operation_id = "replaceGatewayRoute", path = "/api/v1/gateway/routes/{id}", tag = "gateway",
     security(("bearer" = ["manage:gateway"])),
     params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "manage:gateway")),
     request_body = RouteBody,
@@ -305,7 +301,7 @@ pub async fn replace_route(
 }
 
 /// Deletes a route. Admins of the root workspace only.
-#[utoipa::path(delete, path = "/api/v1/gateway/routes/{id}", tag = "gateway",
+#[utoipa::path(delete, operation_id = "deleteGatewayRoute", path = "/api/v1/gateway/routes/{id}", tag = "gateway",
     security(("bearer" = ["manage:gateway"])),
     params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "manage:gateway")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -475,7 +471,7 @@ pub(crate) fn original_request(
 
 /// The forward-auth decision: 200 with the identity headers when the original request may
 /// pass, otherwise 401/403/429 with the error body (and `WWW-Authenticate`).
-#[utoipa::path(get, path = "/auth/verify", tag = "gateway",
+#[utoipa::path(get, operation_id = "forwardAuthVerify", path = "/auth/verify", tag = "gateway",
     security(("bearer" = [])),
     params(
         ("X-Original-URI" = Option<String>, Header, description = "nginx auth_request: the original URI"),
@@ -578,8 +574,9 @@ pub(crate) async fn decision(
 }
 
 /// The public key that signs `x-datastack-assertion`, as a JWK set.
-#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "gateway",
-    responses((status = 200, content_type = "application/json", body = Object)))]
+#[utoipa::path(get, operation_id = "getJwks", path = "/.well-known/jwks.json", tag = "gateway",
+    responses((status = 200, content_type = "application/json", body = crate::openapi::JwkSet,
+        description = "the key set; cached for five minutes (`Cache-Control: public, max-age=300`)")))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     (
         [

@@ -3,10 +3,8 @@
 //! must match one. A change that would refuse the caller's own address is refused unless
 //! the call says `?allowLockout=true`.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use datastack_core::edge::{ListType, parse_ip_addresses};
 use datastack_core::id::IpListId;
@@ -14,6 +12,8 @@ use datastack_core::validate;
 use datastack_store::{Invalidation, IpAccessList};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::audit::AuditContext;
 use crate::edge::{self, ip_lists::compile};
@@ -23,13 +23,10 @@ use crate::pipeline::authorize::{Authorized, ManageIpLists, ReadIpLists};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/ip-access-lists", get(list).post(create))
-        .route(
-            "/api/v1/ip-access-lists/{id}",
-            get(get_one).patch(update).put(replace).delete(remove),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, update, replace, remove))
 }
 
 /// A list to create, or the full replacement of one.
@@ -180,7 +177,7 @@ async fn guard_lockout(
 }
 
 /// Lists the workspace's IP access lists.
-#[utoipa::path(get, path = "/api/v1/ip-access-lists", tag = "ip-access-lists",
+#[utoipa::path(get, operation_id = "listIpAccessLists", path = "/api/v1/ip-access-lists", tag = "ip-access-lists",
     security(("bearer" = ["read:ip-access-lists"])),
     params(("x-datastack-scope" = String, Header, description = "read:ip-access-lists")),
     responses((status = 200, body = IpListPage), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -200,7 +197,7 @@ pub async fn list(
 }
 
 /// Creates a list; enforced at once when enabled.
-#[utoipa::path(post, path = "/api/v1/ip-access-lists", tag = "ip-access-lists",
+#[utoipa::path(post, operation_id = "createIpAccessList", path = "/api/v1/ip-access-lists", tag = "ip-access-lists",
     security(("bearer" = ["manage:ip-access-lists"])),
     params(LockoutParams, ("x-datastack-scope" = String, Header, description = "manage:ip-access-lists")),
     request_body = IpListBody,
@@ -266,7 +263,7 @@ fn detail(list: &IpAccessList, allow_lockout: Option<bool>) -> serde_json::Value
 }
 
 /// One list.
-#[utoipa::path(get, path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
+#[utoipa::path(get, operation_id = "getIpAccessList", path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
     security(("bearer" = ["read:ip-access-lists"])),
     params(("id" = String, Path), ("x-datastack-scope" = String, Header, description = "read:ip-access-lists")),
     responses((status = 200, body = IpListResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
@@ -333,7 +330,7 @@ async fn apply_change(
 }
 
 /// Changes some fields of a list.
-#[utoipa::path(patch, path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
+#[utoipa::path(patch, operation_id = "updateIpAccessList", path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
     security(("bearer" = ["manage:ip-access-lists"])),
     params(("id" = String, Path), LockoutParams, ("x-datastack-scope" = String, Header, description = "manage:ip-access-lists")),
     request_body = IpListPatch,
@@ -366,7 +363,7 @@ pub async fn update(
 }
 
 /// Replaces a list.
-#[utoipa::path(put, path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
+#[utoipa::path(put, operation_id = "replaceIpAccessList", path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
     security(("bearer" = ["manage:ip-access-lists"])),
     params(("id" = String, Path), LockoutParams, ("x-datastack-scope" = String, Header, description = "manage:ip-access-lists")),
     request_body = IpListBody,
@@ -394,7 +391,7 @@ pub async fn replace(
 }
 
 /// Deletes a list.
-#[utoipa::path(delete, path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
+#[utoipa::path(delete, operation_id = "deleteIpAccessList", path = "/api/v1/ip-access-lists/{id}", tag = "ip-access-lists",
     security(("bearer" = ["manage:ip-access-lists"])),
     params(("id" = String, Path), LockoutParams, ("x-datastack-scope" = String, Header, description = "manage:ip-access-lists")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),

@@ -1,10 +1,10 @@
 //! `GET /api/v1/me`: who the credential belongs to.
 
-use axum::Router;
-use axum::routing::get;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::principals::PrincipalResponse;
 use super::workspaces::WorkspaceResponse;
@@ -13,8 +13,8 @@ use crate::pipeline::authorize::Authenticated;
 use crate::pipeline::extract::Json;
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/api/v1/me", get(get_me))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(get_me))
 }
 
 /// The caller, its workspace and the credential it used.
@@ -45,7 +45,7 @@ pub struct CredentialSummary {
 }
 
 /// Who am I? Needs a valid credential and no scope.
-#[utoipa::path(get, path = "/api/v1/me", tag = "identity",
+#[utoipa::path(get, operation_id = "getMe", path = "/api/v1/me", tag = "identity",
     security(("bearer" = [])),
     responses((status = 200, body = MeResponse), (status = 401, body = ErrorBody)))]
 #[tracing::instrument(skip_all)]

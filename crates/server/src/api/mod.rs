@@ -15,17 +15,18 @@ pub mod time;
 pub mod tokens;
 pub mod workspaces;
 
-use axum::Router;
 use datastack_store::PageRequest;
 use serde::Deserialize;
 use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::error::ApiError;
 use crate::state::AppState;
 
-/// Every route of the API.
-pub fn routes() -> Router<AppState> {
-    Router::new()
+/// Every route of the API, each registered together with its operation in the OpenAPI
+/// document (`utoipa_axum::routes!`), so that the router and the document cannot differ.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(health::routes())
         .merge(me::routes())
         .merge(tokens::routes())

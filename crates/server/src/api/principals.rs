@@ -3,10 +3,8 @@
 //! Both kinds share one implementation; the handlers differ only in the kind they serve
 //! and in what a creation takes (users have an email).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use datastack_core::authz::Role;
 use datastack_core::id::PrincipalId;
@@ -15,6 +13,8 @@ use datastack_core::validate::{self, Email};
 use datastack_store::{Invalidation, NewPrincipal, PrincipalFilter, PrincipalPatch};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{PageParams, page_of};
 use crate::audit::AuditContext;
@@ -23,33 +23,20 @@ use crate::pipeline::authorize::{Authorized, ManageUsers, ReadUsers};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/users", get(list_users).post(create_user))
-        .route(
-            "/api/v1/users/{id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
-        .route("/api/v1/users/{id}/suspend", post(suspend_user))
-        .route("/api/v1/users/{id}/activate", post(activate_user))
-        .route(
-            "/api/v1/service-principals",
-            get(list_service_principals).post(create_service_principal),
-        )
-        .route(
-            "/api/v1/service-principals/{id}",
-            get(get_service_principal)
-                .patch(update_service_principal)
-                .delete(delete_service_principal),
-        )
-        .route(
-            "/api/v1/service-principals/{id}/suspend",
-            post(suspend_service_principal),
-        )
-        .route(
-            "/api/v1/service-principals/{id}/activate",
-            post(activate_service_principal),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_users, create_user))
+        .routes(routes!(get_user, update_user, delete_user))
+        .routes(routes!(suspend_user))
+        .routes(routes!(activate_user))
+        .routes(routes!(list_service_principals, create_service_principal))
+        .routes(routes!(
+            get_service_principal,
+            update_service_principal,
+            delete_service_principal
+        ))
+        .routes(routes!(suspend_service_principal))
+        .routes(routes!(activate_service_principal))
 }
 
 /// A user or service principal.
@@ -316,7 +303,7 @@ async fn remove(
 }
 
 /// Lists the workspace's users.
-#[utoipa::path(get, path = "/api/v1/users", tag = "users",
+#[utoipa::path(get, operation_id = "listUsers", path = "/api/v1/users", tag = "users",
     security(("bearer" = ["read:users"])),
     params(("x-datastack-scope" = String, Header, description = "read:users"), ListPrincipalsParams),
     responses((status = 200, body = PrincipalPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -336,7 +323,7 @@ pub async fn list_users(
 }
 
 /// Creates a user. A duplicate email → 409.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+#[utoipa::path(post, operation_id = "createUser", path = "/api/v1/users", tag = "users",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users")),
     request_body = CreateUserRequest,
@@ -365,7 +352,7 @@ pub async fn create_user(
 }
 
 /// Gets a user.
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(get, operation_id = "getUser", path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = ["read:users"])),
     params(("x-datastack-scope" = String, Header, description = "read:users"), ("id" = String, Path, description = "usr_…")),
     responses((status = 200, body = PrincipalResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -379,7 +366,7 @@ pub async fn get_user(
 }
 
 /// Updates a user's name, role or status. Leaving the workspace without an active admin → 409.
-#[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(patch, operation_id = "updateUser", path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "usr_…")),
     request_body = UpdatePrincipalRequest,
@@ -404,7 +391,7 @@ pub async fn update_user(
 }
 
 /// Suspends a user: every token it owns is refused at once.
-#[utoipa::path(post, path = "/api/v1/users/{id}/suspend", tag = "users",
+#[utoipa::path(post, operation_id = "suspendUser", path = "/api/v1/users/{id}/suspend", tag = "users",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "usr_…")),
     responses((status = 200, body = PrincipalResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -427,7 +414,7 @@ pub async fn suspend_user(
 }
 
 /// Activates a suspended user.
-#[utoipa::path(post, path = "/api/v1/users/{id}/activate", tag = "users",
+#[utoipa::path(post, operation_id = "activateUser", path = "/api/v1/users/{id}/activate", tag = "users",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "usr_…")),
     responses((status = 200, body = PrincipalResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -450,7 +437,7 @@ pub async fn activate_user(
 }
 
 /// Deletes a user and its tokens.
-#[utoipa::path(delete, path = "/api/v1/users/{id}", tag = "users",
+#[utoipa::path(delete, operation_id = "deleteUser", path = "/api/v1/users/{id}", tag = "users",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "usr_…")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -472,7 +459,7 @@ pub async fn delete_user(
 }
 
 /// Lists the workspace's service principals.
-#[utoipa::path(get, path = "/api/v1/service-principals", tag = "service-principals",
+#[utoipa::path(get, operation_id = "listServicePrincipals", path = "/api/v1/service-principals", tag = "service-principals",
     security(("bearer" = ["read:users"])),
     params(("x-datastack-scope" = String, Header, description = "read:users"), ListPrincipalsParams),
     responses((status = 200, body = PrincipalPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -492,7 +479,7 @@ pub async fn list_service_principals(
 }
 
 /// Creates a service principal.
-#[utoipa::path(post, path = "/api/v1/service-principals", tag = "service-principals",
+#[utoipa::path(post, operation_id = "createServicePrincipal", path = "/api/v1/service-principals", tag = "service-principals",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users")),
     request_body = CreateServicePrincipalRequest,
@@ -521,7 +508,7 @@ pub async fn create_service_principal(
 }
 
 /// Gets a service principal.
-#[utoipa::path(get, path = "/api/v1/service-principals/{id}", tag = "service-principals",
+#[utoipa::path(get, operation_id = "getServicePrincipal", path = "/api/v1/service-principals/{id}", tag = "service-principals",
     security(("bearer" = ["read:users"])),
     params(("x-datastack-scope" = String, Header, description = "read:users"), ("id" = String, Path, description = "sp_…")),
     responses((status = 200, body = PrincipalResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -541,7 +528,7 @@ pub async fn get_service_principal(
 }
 
 /// Updates a service principal.
-#[utoipa::path(patch, path = "/api/v1/service-principals/{id}", tag = "service-principals",
+#[utoipa::path(patch, operation_id = "updateServicePrincipal", path = "/api/v1/service-principals/{id}", tag = "service-principals",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "sp_…")),
     request_body = UpdatePrincipalRequest,
@@ -566,7 +553,7 @@ pub async fn update_service_principal(
 }
 
 /// Suspends a service principal.
-#[utoipa::path(post, path = "/api/v1/service-principals/{id}/suspend", tag = "service-principals",
+#[utoipa::path(post, operation_id = "suspendServicePrincipal", path = "/api/v1/service-principals/{id}/suspend", tag = "service-principals",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "sp_…")),
     responses((status = 200, body = PrincipalResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -589,7 +576,7 @@ pub async fn suspend_service_principal(
 }
 
 /// Activates a service principal.
-#[utoipa::path(post, path = "/api/v1/service-principals/{id}/activate", tag = "service-principals",
+#[utoipa::path(post, operation_id = "activateServicePrincipal", path = "/api/v1/service-principals/{id}/activate", tag = "service-principals",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "sp_…")),
     responses((status = 200, body = PrincipalResponse), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -612,7 +599,7 @@ pub async fn activate_service_principal(
 }
 
 /// Deletes a service principal and its credentials.
-#[utoipa::path(delete, path = "/api/v1/service-principals/{id}", tag = "service-principals",
+#[utoipa::path(delete, operation_id = "deleteServicePrincipal", path = "/api/v1/service-principals/{id}", tag = "service-principals",
     security(("bearer" = ["manage:users"])),
     params(("x-datastack-scope" = String, Header, description = "manage:users"), ("id" = String, Path, description = "sp_…")),
     responses((status = 204), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]

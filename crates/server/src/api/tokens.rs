@@ -1,9 +1,7 @@
 //! Personal access tokens: create (the secret is shown once), list, revoke.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
 use chrono::{DateTime, Duration, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
@@ -15,6 +13,8 @@ use datastack_store::{Invalidation, TokenFilter};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::{PageParams, page_of};
 use crate::app::new_token_record;
@@ -24,10 +24,10 @@ use crate::pipeline::authorize::{Authorized, ManageTokens, ReadTokens};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/api/v1/auth/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/auth/tokens/{id}", delete(revoke_token))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
 }
 
 /// A token to create.
@@ -121,7 +121,7 @@ pub struct ListTokensParams {
 }
 
 /// Creates a personal access token for the caller (or, for admins, for `ownerId`).
-#[utoipa::path(post, path = "/api/v1/auth/tokens", tag = "tokens",
+#[utoipa::path(post, operation_id = "createToken", path = "/api/v1/auth/tokens", tag = "tokens",
     security(("bearer" = ["manage:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "manage:tokens")),
     request_body = CreateTokenRequest,
@@ -233,7 +233,7 @@ pub async fn create_token(
 }
 
 /// Lists unrevoked tokens: the caller's own, or (admins) another principal's or all.
-#[utoipa::path(get, path = "/api/v1/auth/tokens", tag = "tokens",
+#[utoipa::path(get, operation_id = "listTokens", path = "/api/v1/auth/tokens", tag = "tokens",
     security(("bearer" = ["read:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "read:tokens"), ListTokensParams),
     responses((status = 200, body = TokenPage), (status = 400, body = ErrorBody),
@@ -280,7 +280,7 @@ pub async fn list_tokens(
 
 /// Revokes a token: the caller's own, or (admins) any token of the workspace. The token is
 /// refused on every node from the next request.
-#[utoipa::path(delete, path = "/api/v1/auth/tokens/{id}", tag = "tokens",
+#[utoipa::path(delete, operation_id = "revokeToken", path = "/api/v1/auth/tokens/{id}", tag = "tokens",
     security(("bearer" = ["manage:tokens"])),
     params(("x-datastack-scope" = String, Header, description = "manage:tokens"), ("id" = String, Path, description = "tok_…")),
     responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),

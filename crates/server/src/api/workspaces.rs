@@ -4,10 +4,8 @@
 //! below it (children, their children, …), never an ancestor or a sibling: a workspace
 //! outside the caller's subtree answers 404 like one that does not exist.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::{get, post};
 use chrono::{DateTime, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
@@ -18,6 +16,8 @@ use datastack_store::{WorkspaceFilter, WorkspacePatch};
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::principals::PrincipalResponse;
 use super::{PageParams, page_of};
@@ -28,18 +28,12 @@ use crate::pipeline::authorize::{Authorized, ManageWorkspaces, ReadWorkspaces};
 use crate::pipeline::extract::{Json, Path, Query};
 use crate::state::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/api/v1/workspaces",
-            get(list_workspaces).post(create_workspace),
-        )
-        .route(
-            "/api/v1/workspaces/{id}",
-            get(get_workspace).patch(update_workspace),
-        )
-        .route("/api/v1/workspaces/{id}/suspend", post(suspend_workspace))
-        .route("/api/v1/workspaces/{id}/activate", post(activate_workspace))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_workspaces, create_workspace))
+        .routes(routes!(get_workspace, update_workspace))
+        .routes(routes!(suspend_workspace))
+        .routes(routes!(activate_workspace))
 }
 
 /// Workspace settings as shown.
@@ -239,7 +233,7 @@ pub struct ListWorkspacesParams {
 }
 
 /// Lists the caller's workspace and every workspace below it, ordered by id.
-#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces",
+#[utoipa::path(get, operation_id = "listWorkspaces", path = "/api/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["read:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "read:workspaces"), ListWorkspacesParams),
     responses((status = 200, body = WorkspacePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
@@ -281,7 +275,7 @@ pub async fn list_workspaces(
 }
 
 /// Gets a workspace the caller can see.
-#[utoipa::path(get, path = "/api/v1/workspaces/{id}", tag = "workspaces",
+#[utoipa::path(get, operation_id = "getWorkspace", path = "/api/v1/workspaces/{id}", tag = "workspaces",
     security(("bearer" = ["read:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "read:workspaces"), ("id" = String, Path, description = "ws_…")),
     responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -304,7 +298,7 @@ pub async fn get_workspace(
 /// granted the calling credential's own scopes, so creating a workspace never yields a
 /// broader credential than the one that created it. A workspace deeper than
 /// `workspace_max_depth` below the root is refused with 409.
-#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces",
+#[utoipa::path(post, operation_id = "createWorkspace", path = "/api/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces")),
     request_body = CreateWorkspaceRequest,
@@ -416,7 +410,7 @@ pub async fn create_workspace(
 }
 
 /// Updates a workspace's name or settings.
-#[utoipa::path(patch, path = "/api/v1/workspaces/{id}", tag = "workspaces",
+#[utoipa::path(patch, operation_id = "updateWorkspace", path = "/api/v1/workspaces/{id}", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
     request_body = UpdateWorkspaceRequest,
@@ -516,7 +510,7 @@ async fn set_status(
 /// Suspends a workspace below the caller's (a child or any descendant): every credential
 /// in it and in every workspace below it is refused at once, on every node, until it is
 /// activated again. A workspace cannot suspend itself.
-#[utoipa::path(post, path = "/api/v1/workspaces/{id}/suspend", tag = "workspaces",
+#[utoipa::path(post, operation_id = "suspendWorkspace", path = "/api/v1/workspaces/{id}/suspend", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
     responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
@@ -539,7 +533,7 @@ pub async fn suspend_workspace(
 
 /// Activates a suspended workspace below the caller's. Credentials below it work again
 /// unless another workspace on their chain is still suspended.
-#[utoipa::path(post, path = "/api/v1/workspaces/{id}/activate", tag = "workspaces",
+#[utoipa::path(post, operation_id = "activateWorkspace", path = "/api/v1/workspaces/{id}/activate", tag = "workspaces",
     security(("bearer" = ["manage:workspaces"])),
     params(("x-datastack-scope" = String, Header, description = "manage:workspaces"), ("id" = String, Path, description = "ws_…")),
     responses((status = 200, body = WorkspaceResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

@@ -10,6 +10,7 @@ use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
 on_both_stores!(
     health_readiness_and_metrics,
     openapi_describes_every_endpoint_with_its_scope_and_errors,
+    every_documented_operation_is_served_with_a_unique_id_and_its_scope_as_default,
     unknown_paths_and_methods_get_the_error_shape,
     a_restart_keeps_data_and_prints_no_token,
     a_clean_shutdown_flushes_buffered_last_use,
@@ -120,6 +121,57 @@ async fn openapi_describes_every_endpoint_with_its_scope_and_errors(backend: Bac
         }
     }
     assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    app.stop().await;
+}
+
+/// The document and the router agree: every documented operation is answered by its
+/// handler (neither 405 nor the gateway's 404 for paths without a route), every operation
+/// id is unique, and every scope header defaults to the operation's required scope.
+async fn every_documented_operation_is_served_with_a_unique_id_and_its_scope_as_default(
+    backend: Backend,
+) {
+    let app = TestApp::spawn(backend).await;
+    let doc = app
+        .call(Method::GET, "/openapi.json", None, None, None)
+        .await
+        .body;
+    let mut ids = std::collections::BTreeSet::new();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            operations += 1;
+            let id = op["operationId"].as_str().expect("an operationId");
+            assert!(ids.insert(id.to_owned()), "operationId {id} twice");
+            let required = op["security"][0]["bearer"][0].as_str();
+            if let Some(scope) = required {
+                let header = op["parameters"]
+                    .as_array()
+                    .and_then(|ps| ps.iter().find(|p| p["name"] == "x-datastack-scope"))
+                    .unwrap_or_else(|| panic!("{method} {path} lacks its scope header"));
+                assert_eq!(header["schema"]["default"], scope, "{method} {path}");
+                assert_eq!(header["required"], true, "{method} {path}");
+            }
+            let concrete = path.replace("{id}", "x").replace("{path}", "v1/x");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            // The operation's own scope, so that the handler (not authorization) answers.
+            let r = app
+                .call(m, &concrete, Some(app.admin()), required, Some(json!({})))
+                .await;
+            assert_ne!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_ne!(
+                r.status,
+                StatusCode::UNAUTHORIZED,
+                "{method} {path}: {}",
+                r.text
+            );
+            assert!(
+                !(r.status == StatusCode::NOT_FOUND && r.text.contains("no such path")),
+                "{method} {path} is documented but not routed: {}",
+                r.text
+            );
+        }
+    }
+    assert!(operations >= 70, "only {operations} operations documented");
     app.stop().await;
 }
 
