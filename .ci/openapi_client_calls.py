@@ -1,5 +1,5 @@
 """Real calls to a datastack node through the client openapi-python-client generated from
-its /openapi.json (run by .ci/openapi-client). Every call relies on the document: paths,
+its /openapi.json (run by .ci/interop). Every call relies on the document: paths,
 methods, bodies, response models, and the x-datastack-scope default of each operation
 (no call here names a scope)."""
 

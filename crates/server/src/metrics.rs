@@ -437,13 +437,81 @@ impl Metrics {
             .inc();
     }
 
-    /// The metrics in Prometheus text format.
+    /// The metrics in the OpenMetrics 1.0 text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The metrics in the Prometheus text format 0.0.4, which the classic parsers read
+    /// (the registry's encoder writes OpenMetrics only).
+    pub fn render_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.render())
+    }
+}
+
+/// Rewrites this registry's OpenMetrics text as Prometheus text 0.0.4. The two differ, for
+/// the metric types registered here (counters, gauges, histograms), only in that an
+/// OpenMetrics counter family is named without its samples' `_total` suffix, which the
+/// classic format wants in `# HELP` and `# TYPE`, and in the `# UNIT` and `# EOF` lines
+/// the classic format does not have.
+fn openmetrics_to_prometheus(open: &str) -> String {
+    let mut out = String::with_capacity(open.len() + 512);
+    // The `# HELP` line of the family whose `# TYPE` comes next: (name, text).
+    let mut help: Option<(&str, &str)> = None;
+    for line in open.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            if let Some((name, text)) = help.take() {
+                push_help(&mut out, name, text);
+            }
+            help = rest.split_once(' ').or(Some((rest, "")));
+            continue;
+        }
+        if let Some((name, kind)) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.split_once(' '))
+        {
+            let (suffix, kind) = match kind {
+                "counter" => ("_total", "counter"),
+                "info" => ("_info", "gauge"),
+                "histogram" | "summary" | "gauge" => ("", kind),
+                _ => ("", "untyped"),
+            };
+            let renamed = format!("{name}{suffix}");
+            if let Some((_, text)) = help.take() {
+                push_help(&mut out, &renamed, text);
+            }
+            out.push_str("# TYPE ");
+            out.push_str(&renamed);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if let Some((name, text)) = help.take() {
+            push_help(&mut out, name, text);
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if let Some((name, text)) = help.take() {
+        push_help(&mut out, name, text);
+    }
+    out
+}
+
+/// A `# HELP` line of the classic format, where only `\\` and `\n` are escapes.
+fn push_help(out: &mut String, name: &str, text: &str) {
+    out.push_str("# HELP ");
+    out.push_str(name);
+    out.push(' ');
+    out.push_str(&text.replace("\\\"", "\""));
+    out.push('\n');
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

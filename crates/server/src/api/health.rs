@@ -1,7 +1,7 @@
 //! Health, readiness, metrics and the OpenAPI document.
 
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -80,15 +80,58 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-/// Prometheus metrics in text format.
-#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics", tag = "health", responses((status = 200, content_type = "text/plain", body = String)))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// The content type of the Prometheus text format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The content type of the OpenMetrics text format.
+const OPENMETRICS_TEXT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whether `accept` prefers OpenMetrics: it names `application/openmetrics-text` with a
+/// weight above 0 and at least that of `text/plain` (Prometheus asks for OpenMetrics
+/// first; `curl` and the classic scrapers get the Prometheus text format).
+fn prefers_openmetrics(accept: &str) -> bool {
+    let (mut openmetrics, mut text) = (0.0_f32, 0.0_f32);
+    for range in accept.split(',') {
+        let mut params = range.split(';').map(str::trim);
+        let media = params.next().unwrap_or_default();
+        let weight = params
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        if media.eq_ignore_ascii_case("application/openmetrics-text") {
+            openmetrics = openmetrics.max(weight);
+        } else if media.eq_ignore_ascii_case("text/plain") {
+            text = text.max(weight);
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
+}
+
+/// The metrics: Prometheus text format 0.0.4, or OpenMetrics 1.0 when the scraper's
+/// `Accept` prefers it.
+#[utoipa::path(get, operation_id = "getMetrics", path = "/metrics", tag = "health",
+    params(("accept" = Option<String>, Header,
+        description = "`application/openmetrics-text` (with a weight at least that of `text/plain`) for OpenMetrics 1.0; otherwise the Prometheus text format 0.0.4")),
+    responses((status = 200, description = "the metrics", content(
+        (String = "text/plain; version=0.0.4"),
+        (String = "application/openmetrics-text; version=1.0.0")))))]
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(prefers_openmetrics);
+    let (content_type, body) = if openmetrics {
+        (OPENMETRICS_TEXT, state.metrics.render())
+    } else {
+        (PROMETHEUS_TEXT, state.metrics.render_prometheus())
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.render(),
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::VARY, "accept"),
+        ],
+        body,
     )
         .into_response()
 }
@@ -101,4 +144,24 @@ pub async fn openapi() -> Response {
         crate::openapi::document_json(),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefers_openmetrics;
+
+    #[test]
+    fn accept_chooses_the_format() {
+        // Prometheus 2.x/3.x's scrape header.
+        assert!(prefers_openmetrics(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        ));
+        assert!(!prefers_openmetrics("*/*"));
+        assert!(!prefers_openmetrics("text/plain;version=0.0.4"));
+        assert!(!prefers_openmetrics(
+            "text/plain;version=0.0.4;q=1,application/openmetrics-text;q=0.5"
+        ));
+        assert!(!prefers_openmetrics("application/openmetrics-text;q=0"));
+        assert!(prefers_openmetrics("Application/OpenMetrics-Text; Q=0.9"));
+    }
 }

@@ -9,6 +9,7 @@ use crate::helpers::{Backend, StoreLocation, TestApp, on_both_stores};
 
 on_both_stores!(
     health_readiness_and_metrics,
+    metrics_speak_prometheus_text_unless_openmetrics_is_preferred,
     openapi_describes_every_endpoint_with_its_scope_and_errors,
     every_documented_operation_is_served_with_a_unique_id_and_its_scope_as_default,
     unknown_paths_and_methods_get_the_error_shape,
@@ -41,6 +42,77 @@ async fn health_readiness_and_metrics(backend: Backend) {
         );
     }
     assert!(!r.text.contains(app.admin()));
+    app.stop().await;
+}
+
+/// `/metrics` answers the Prometheus text format 0.0.4 by default, where every sample
+/// belongs to the family its `# TYPE` names (counters with their `_total`), and
+/// OpenMetrics when the scraper prefers it, as Prometheus does.
+async fn metrics_speak_prometheus_text_unless_openmetrics_is_preferred(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let _ = app.me(app.admin()).await;
+    let scrape = |accept: Option<&'static str>| {
+        let mut req = app.http.get(format!("{}/metrics", app.base));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        async move {
+            let r = req.send().await.expect("metrics");
+            let content_type = r.headers()["content-type"]
+                .to_str()
+                .expect("ascii")
+                .to_owned();
+            (content_type, r.text().await.expect("text"))
+        }
+    };
+    for accept in [None, Some("*/*"), Some("text/plain;version=0.0.4")] {
+        let (content_type, text) = scrape(accept).await;
+        assert_eq!(
+            content_type, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        assert!(!text.contains("# EOF"));
+        assert!(
+            text.contains("# TYPE datastack_http_requests_total counter"),
+            "{text}"
+        );
+        // The classic parser's rule: a sample belongs to the family declared before it.
+        let mut family: Option<(String, String)> = None;
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').expect("name and type");
+                if kind == "counter" {
+                    assert!(name.ends_with("_total"), "{line}");
+                }
+                family = Some((name.to_owned(), kind.to_owned()));
+                continue;
+            }
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().expect("a name");
+            let (fam, kind) = family.as_ref().expect("a sample after its # TYPE");
+            let belongs = match kind.as_str() {
+                "histogram" => ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| name.strip_suffix(s) == Some(fam.as_str())),
+                _ => name == fam,
+            };
+            assert!(belongs, "{name} outside its family {fam}");
+            samples += 1;
+        }
+        assert!(samples > 20, "{samples} samples");
+    }
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    let (content_type, text) = scrape(Some(prometheus)).await;
+    assert_eq!(
+        content_type,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains("# TYPE datastack_http_requests counter"));
+    assert!(text.contains("datastack_http_requests_total{"));
     app.stop().await;
 }
 
