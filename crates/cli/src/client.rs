@@ -286,7 +286,7 @@ pub enum AbuseCmd {
 /// `datastack audit …`
 #[derive(clap::Subcommand, Debug)]
 pub enum AuditCmd {
-    /// Entries, newest first, filtered.
+    /// Entries, newest appended first (chain order), filtered.
     Query {
         /// At or after this time (RFC 3339, e.g. 2026-11-23T00:00:00Z).
         #[arg(long)]
@@ -315,6 +315,10 @@ pub enum AuditCmd {
         /// The client address.
         #[arg(long)]
         ip: Option<String>,
+        /// A request id, as an error message reports it: the request's entry, or the
+        /// aggregated entry that counts it.
+        #[arg(long)]
+        request_id: Option<String>,
         /// Entries per page (1–1000; server default 100).
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: Option<u32>,
@@ -1090,6 +1094,7 @@ async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failur
             resource,
             outcome,
             ip,
+            request_id,
             limit,
             cursor,
             all_pages,
@@ -1110,6 +1115,7 @@ async fn audit(cmd: AuditCmd, client: &Client, out: Output) -> Result<(), Failur
                     resource_id: resource.clone(),
                     outcome: outcome.clone(),
                     source_ip: ip.clone(),
+                    request_id: request_id.clone(),
                     limit,
                     cursor,
                 })

@@ -581,6 +581,21 @@ fn the_audit_cli_queries_exports_verifies_shows_tampering_and_purges() {
     let items = page["items"].as_array().expect("items");
     let target = items[1]["id"].as_str().expect("id").to_owned();
     assert_eq!(items[1]["outcome"], "allowed");
+    // By request id: exactly that request's entry.
+    let request = items[1]["requestId"]
+        .as_str()
+        .expect("requestId")
+        .to_owned();
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &["audit", "query", "--request-id", &request, "--json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let by_request: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let found = by_request["items"].as_array().expect("items");
+    assert_eq!(found.len(), 1, "{out}");
+    assert_eq!(found[0]["id"], target.as_str());
 
     // Export to a file: JSON Lines.
     let file = dir.path().join("audit.jsonl");

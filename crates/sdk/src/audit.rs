@@ -83,6 +83,8 @@ pub struct AuditQuery {
     pub outcome: Option<String>,
     /// The client address.
     pub source_ip: Option<String>,
+    /// A request id: the request's entry, or the aggregated entry that counts it.
+    pub request_id: Option<String>,
     /// Page size, 1–1000 (server default 100).
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
@@ -244,6 +246,7 @@ impl Client {
                 ("resourceId", query.resource_id),
                 ("outcome", query.outcome),
                 ("sourceIp", query.source_ip),
+                ("requestId", query.request_id),
                 ("limit", query.limit.map(|l| l.to_string())),
                 ("cursor", query.cursor),
             ],

@@ -76,6 +76,10 @@ pub struct AuditFilter {
     pub outcome: Option<Outcome>,
     /// The client address.
     pub source_ip: Option<String>,
+    /// A request id: the entry of that request, or an aggregated entry that lists it in
+    /// its `requestIds` or `lastRequestId`. Only ids of `A-Z a-z 0-9 - _ . :` (as the
+    /// server keeps them).
+    pub request_id: Option<String>,
 }
 
 /// The result of verifying one workspace's chain.
@@ -675,8 +679,15 @@ impl Store {
                AND ($7 IS NULL OR action = $7) AND ($8 IS NULL OR resource_type = $8) \
                AND ($9 IS NULL OR resource_id = $9) AND ($10 IS NULL OR outcome = $10) \
                AND ($11 IS NULL OR source_ip = $11) \
+               AND ($13 IS NULL OR request_id = $13 OR detail LIKE $14 ESCAPE '\\') \
              ORDER BY seq DESC LIMIT $12"
         );
+        // The id as a JSON string inside an aggregated entry's detail; `_` is the one LIKE
+        // wildcard a kept request id can hold.
+        let listed = filter
+            .request_id
+            .as_deref()
+            .map(|id| format!("%\"{}\"%", id.replace('_', "\\_")));
         let rows: Vec<EntryRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql)
                 .bind(workspace.as_str())
@@ -691,6 +702,8 @@ impl Store {
                 .bind(filter.outcome.map(Outcome::as_str))
                 .bind(filter.source_ip.as_deref())
                 .bind(i64::from(limit) + 1)
+                .bind(filter.request_id.as_deref())
+                .bind(listed.as_deref())
                 .fetch_all(pool)
                 .await?
         });

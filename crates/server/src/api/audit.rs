@@ -136,6 +136,10 @@ pub struct AuditQueryParams {
     pub outcome: Option<String>,
     /// Client address.
     pub source_ip: Option<String>,
+    /// A request id (`x-request-id`, as in error bodies): the request's entry, or the
+    /// aggregated entry that counts it. Without `since` and `until`, an id that is a
+    /// UUIDv7 (as the ids datastack generates) is searched within an hour of its time.
+    pub request_id: Option<String>,
     /// Page size, 1–1000 (default 100).
     pub limit: Option<i64>,
     /// The `nextCursor` of the previous page.
@@ -197,6 +201,23 @@ impl AuditQueryParams {
                 })
             })
             .transpose()?;
+        let request_id = match self.request_id {
+            Some(id) if !crate::pipeline::request_id::well_formed(&id) => {
+                return Err(ApiError::InvalidRequest(
+                    "requestId: must be 1–128 characters of A-Z a-z 0-9 - _ . : (a request id as datastack reports it)"
+                        .into(),
+                ));
+            }
+            other => other,
+        };
+        // A UUIDv7 carries its time: search around it rather than the whole log.
+        let (since, until) = match (since, until, request_id.as_deref().and_then(v7_time)) {
+            (None, None, Some(at)) => (
+                Some(at - chrono::Duration::hours(1)),
+                Some(at + chrono::Duration::hours(1)),
+            ),
+            (since, until, _) => (since, until),
+        };
         let filter = AuditFilter {
             since,
             until,
@@ -207,9 +228,20 @@ impl AuditQueryParams {
             resource_id: text_param("resourceId", self.resource_id)?,
             outcome,
             source_ip: text_param("sourceIp", self.source_ip)?,
+            request_id,
         };
         Ok((filter, cursor, limit))
     }
+}
+
+/// The time a UUIDv7 request id carries (32 hex digits or the hyphenated form).
+fn v7_time(id: &str) -> Option<DateTime<Utc>> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version() != Some(uuid::Version::SortRand) {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(secs).ok()?, nanos)
 }
 
 /// Queries the workspace's audit entries, newest first.

@@ -85,15 +85,77 @@ enum Kind {
     Overflow,
 }
 
-/// A group: its first request's entry, how many requests it counts, and the last one's id.
+/// How many request ids after the first an aggregated entry lists (so that a request can
+/// be found by its id); the rest are counted in `requestIdsOmitted`.
+pub const LISTED_REQUEST_IDS: u32 = 50;
+
+/// A group: its first request's entry, how many requests it counts, the ids of the next
+/// ones (up to [`LISTED_REQUEST_IDS`]) and the last one's id.
 #[derive(Debug, Clone)]
 struct Group {
     record: AuditRecord,
     count: u64,
+    /// The ids of the requests counted after the first, space-separated (a buffer that
+    /// grows by doubling: no allocation per request once grown).
+    request_ids: String,
+    /// How many ids `request_ids` holds.
+    listed: u32,
     last_request_id: Option<String>,
     network: Option<String>,
     kind: Kind,
     _pins: Option<Pins>,
+}
+
+impl Group {
+    fn new(record: AuditRecord, network: Option<String>, kind: Kind, pins: Option<Pins>) -> Self {
+        Group {
+            last_request_id: record.request_id.clone(),
+            record,
+            count: 1,
+            request_ids: String::new(),
+            listed: 0,
+            network,
+            kind,
+            _pins: pins,
+        }
+    }
+
+    /// Counts one more request, with its id.
+    fn fold(&mut self, request_id: Option<&str>) {
+        self.count += 1;
+        let Some(id) = request_id else { return };
+        if self.listed < LISTED_REQUEST_IDS {
+            if !self.request_ids.is_empty() {
+                self.request_ids.push(' ');
+            }
+            self.request_ids.push_str(id);
+            self.listed += 1;
+        }
+        match &mut self.last_request_id {
+            // The buffer is reused: no allocation per request.
+            Some(last) => {
+                last.clear();
+                last.push_str(id);
+            }
+            none => *none = Some(id.to_owned()),
+        }
+    }
+
+    /// Counts `newer`'s requests after this group's own.
+    fn absorb(&mut self, newer: Group) {
+        let mut ids = std::iter::once(newer.record.request_id.as_deref())
+            .chain(newer.request_ids.split(' ').map(Some))
+            .flatten()
+            .filter(|id| !id.is_empty());
+        // Each of the newer group's requests, with its id while ids are known (beyond the
+        // listed ones, only counted).
+        for _ in 0..newer.count {
+            self.fold(ids.next());
+        }
+        if newer.last_request_id.is_some() {
+            self.last_request_id = newer.last_request_id;
+        }
+    }
 }
 
 /// The groups of a node, with counters for the metrics.
@@ -183,8 +245,7 @@ impl Groups {
             let mut map = self.lock();
             match map.get_mut(&key) {
                 Some(g) => {
-                    g.count += 1;
-                    g.last_request_id = record.request_id;
+                    g.fold(record.request_id.as_deref());
                     self.folded.fetch_add(1, Ordering::Relaxed);
                 }
                 None => {
@@ -198,17 +259,7 @@ impl Groups {
                     record.source_ip = None;
                     record.user_agent = None;
                     record.detail = None;
-                    map.insert(
-                        key,
-                        Group {
-                            last_request_id: record.request_id.clone(),
-                            record,
-                            count: 1,
-                            network: None,
-                            kind: Kind::Overflow,
-                            _pins: None,
-                        },
-                    );
+                    map.insert(key, Group::new(record, None, Kind::Overflow, None));
                 }
             }
         }
@@ -224,15 +275,7 @@ impl Groups {
         let Some(g) = map.get_mut(&key) else {
             return false;
         };
-        g.count += 1;
-        match &mut g.last_request_id {
-            // The buffer is reused: no allocation per request.
-            Some(last) => {
-                last.clear();
-                last.push_str(request_id);
-            }
-            none => *none = Some(request_id.to_owned()),
-        }
+        g.fold(Some(request_id));
         drop(map);
         self.folded.fetch_add(1, Ordering::Relaxed);
         true
@@ -265,8 +308,7 @@ impl Groups {
     ) -> Option<AuditRecord> {
         let mut map = self.lock();
         if let Some(g) = map.get_mut(&key) {
-            g.count += 1;
-            g.last_request_id = record.request_id;
+            g.fold(record.request_id.as_deref());
             self.folded.fetch_add(1, Ordering::Relaxed);
             return None;
         }
@@ -278,17 +320,7 @@ impl Groups {
         if kind == Kind::Refused {
             self.refused.fetch_add(1, Ordering::Relaxed);
         }
-        map.insert(
-            key,
-            Group {
-                last_request_id: record.request_id.clone(),
-                record,
-                count: 1,
-                network,
-                kind,
-                _pins: pins,
-            },
-        );
+        map.insert(key, Group::new(record, network, kind, pins));
         None
     }
 
@@ -328,13 +360,8 @@ impl Groups {
                 match map.get_mut(&key) {
                     // The kept group is older: it stays first, and counts the newer.
                     Some(newer) => {
-                        let last = newer.last_request_id.take();
-                        let count = newer.count;
-                        *newer = Group {
-                            count: group.count + count,
-                            last_request_id: last,
-                            ..group
-                        };
+                        let newer_group = std::mem::replace(newer, group);
+                        newer.absorb(newer_group);
                     }
                     None => {
                         if group.kind == Kind::Refused {
@@ -358,8 +385,10 @@ impl Groups {
 }
 
 /// The entry of a group: its first request's, with, when it stands for more than one
-/// request (always for an overflow group), `count`, `aggregated` and `lastRequestId` in
-/// the detail, and for refusals the source `network`.
+/// request (always for an overflow group), `count`, `aggregated`, `lastRequestId`,
+/// `requestIds` (the ids of the next requests, up to [`LISTED_REQUEST_IDS`]) and
+/// `requestIdsOmitted` (those not listed) in the detail, and for refusals the source
+/// `network`.
 fn entry(group: &Group) -> AuditRecord {
     let mut record = group.record.clone();
     if group.count == 1 && group.kind != Kind::Overflow {
@@ -382,6 +411,13 @@ fn entry(group: &Group) -> AuditRecord {
     detail["aggregated"] = serde_json::Value::from(what);
     if let Some(last) = &group.last_request_id {
         detail["lastRequestId"] = serde_json::Value::from(last.as_str());
+    }
+    if group.listed > 0 {
+        detail["requestIds"] = group.request_ids.split(' ').collect::<Vec<_>>().into();
+    }
+    let omitted = group.count.saturating_sub(1 + u64::from(group.listed));
+    if omitted > 0 {
+        detail["requestIdsOmitted"] = serde_json::Value::from(omitted);
     }
     if let Some(net) = &group.network {
         detail["network"] = serde_json::Value::from(net.as_str());

@@ -21,6 +21,7 @@ on_both_stores!(
     a_stuck_audit_store_refuses_requests_in_bounded_time_and_loses_nothing,
     no_secret_ever_enters_the_audit_trail,
     a_clean_shutdown_writes_every_queued_entry,
+    a_request_is_found_by_its_id_even_inside_an_aggregated_entry,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -982,4 +983,71 @@ async fn a_clean_shutdown_writes_every_queued_entry(backend: Backend) {
         vec![answered.to_string()],
         "a graceful stop loses no entry"
     );
+}
+
+/// `requestId` finds the entry of a request whose id an error body reported, and the
+/// aggregated entry that counts an allowed forward-auth decision; `_` in an id is matched
+/// literally; a malformed id is refused.
+async fn a_request_is_found_by_its_id_even_inside_an_aggregated_entry(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    // A refused call: its error body names the request id (a UUIDv7 datastack generated).
+    let refused = app.get("/api/v1/users", &admin, "read:tokens").await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    let id = refused.body["error"]["requestId"]
+        .as_str()
+        .expect("requestId")
+        .to_owned();
+    let found = wait_for_entries(&app, &admin, &format!("requestId={id}"), 1).await;
+    assert!(
+        found.iter().all(|e| e["requestId"] == id.as_str()),
+        "{found:?}"
+    );
+    assert_eq!(found[0]["status"], 403);
+    // Allowed forward-auth decisions of one credential and route are aggregated: one entry
+    // counts them, listing the ids after the first.
+    let route = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/jobs", "resource": "jobs"}),
+        )
+        .await;
+    assert_eq!(route.status, StatusCode::CREATED, "{}", route.text);
+    for request_id in ["agg-1", "agg_2", "agg-3"] {
+        let r = app
+            .http
+            .get(format!("{}/auth/verify", app.base))
+            .bearer_auth(&admin)
+            .header("x-original-uri", "/v1/jobs/7")
+            .header("x-original-method", "GET")
+            .header("x-request-id", request_id)
+            .send()
+            .await
+            .expect("verify");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    // Three quick decisions span at most two seconds: some entry counts two of them.
+    let mut aggregated = false;
+    for request_id in ["agg-1", "agg_2", "agg-3"] {
+        let found = wait_for_entries(&app, &admin, &format!("requestId={request_id}"), 1).await;
+        aggregated |= found[0]["detail"]["count"].as_u64().is_some_and(|n| n >= 2);
+        assert_eq!(found.len(), 1, "{request_id}: {found:?}");
+        let e = &found[0];
+        assert_eq!(e["action"], "forward_auth.verify");
+        let listed = e["requestId"] == request_id
+            || e["detail"]["requestIds"]
+                .as_array()
+                .is_some_and(|ids| ids.iter().any(|i| i == request_id));
+        assert!(listed, "{request_id} not in {e}");
+    }
+    assert!(aggregated, "no aggregated entry among the decisions");
+    // `_` is not a wildcard: `aggX2` matches nothing.
+    assert!(entries(&app, &admin, "requestId=aggX2").await.is_empty());
+    let bad = app
+        .get("/api/v1/audit/events?requestId=a%20b", &admin, "read:audit")
+        .await;
+    bad.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    app.stop().await;
 }
