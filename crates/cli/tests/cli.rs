@@ -376,12 +376,13 @@ fn migrate_applies_migrations_and_is_idempotent() {
     assert!(dir.path().join("datastack.db").exists());
 }
 
-/// Two `datastack serve` processes on one PostgreSQL schema: a token revoked through A is
-/// refused by B within one second although B had it cached.
+/// Two `datastack serve` processes on one PostgreSQL schema and one Redis: a token revoked
+/// through A is refused by B within one second although B had it cached; neither logs a
+/// PostgreSQL notice or a Redis "recovery" at a normal start.
 #[test]
 #[cfg_attr(
-    not(datastack_test_postgres),
-    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+    not(all(datastack_test_postgres, datastack_test_redis)),
+    ignore = "needs PostgreSQL and Redis: set DATASTACK_TEST_DATABASE_URL and DATASTACK_TEST_REDIS_URL"
 )]
 fn two_server_processes_share_revocations_through_postgres() {
     // Compiled as ignored unless the variable or CI is set (build.rs): under CI a missing
@@ -391,6 +392,11 @@ fn two_server_processes_share_revocations_through_postgres() {
         .filter(|u| !u.is_empty())
         .expect("DATASTACK_TEST_DATABASE_URL is not set, and CI is: this test never skips in CI");
     let schema = format!("cli_{}", std::process::id());
+    let redis = std::env::var("DATASTACK_TEST_REDIS_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .expect("DATASTACK_TEST_REDIS_URL is not set, and CI is: this test never skips in CI");
+    let prefix = format!("{schema}:");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -422,6 +428,8 @@ fn two_server_processes_share_revocations_through_postgres() {
         ),
         ("DATASTACK_DATABASE_URL", url.as_str()),
         ("DATASTACK_CACHE_TTL_SECONDS", "3600"),
+        ("DATASTACK_REDIS_URL", redis.as_str()),
+        ("DATASTACK_REDIS_KEY_PREFIX", prefix.as_str()),
     ];
     let a = Server::start(&[], &envs);
     let admin = a.admin_token().expect("the first node bootstraps");
@@ -463,8 +471,15 @@ fn two_server_processes_share_revocations_through_postgres() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    a.stop();
-    b.stop();
+    // B ran the migrations a second time; both connected to Redis at start.
+    for (_, log) in [a.stop(), b.stop()] {
+        assert!(
+            log.contains("rate limits are shared through Redis"),
+            "{log}"
+        );
+        assert!(!log.contains("Redis answers again"), "{log}");
+        assert!(!log.contains("already exists"), "{log}");
+    }
 }
 
 #[test]
@@ -474,12 +489,19 @@ fn a_lost_admin_token_is_recovered_from_the_store_and_a_busy_port_loses_nothing(
     // A first start that cannot bind must not use up the one-time token.
     let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let busy_addr = busy.local_addr().expect("addr").to_string();
+    let fresh = dir.path().join("fresh");
     let out = Command::new(BIN)
-        .args(["serve", "--listen", &busy_addr, "--data-dir", data])
+        .args(["serve", "--listen", &busy_addr, "--data-dir"])
+        .arg(&fresh)
         .output()
         .expect("run");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
+    // … and creates nothing: no data directory, key or database.
+    assert!(
+        !fresh.exists(),
+        "a start that could not listen created {fresh:?}"
+    );
     drop(busy);
     let server = Server::start(&["--data-dir", data], &[]);
     let lost = server
@@ -1717,4 +1739,36 @@ fn offline_verify_reads_postgres_without_writing_and_reports_truncation() {
         sqlx::query(&s).execute(&pool).await.expect(&s);
         pool.close().await;
     });
+}
+
+/// A node started on a store whose audit log another key signs, without that key, stops
+/// with an error that says so, and writes no key file of its own.
+#[test]
+fn a_node_without_the_stores_audit_key_stops_without_writing_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let first = Server::start(&["--data-dir", data], &[]);
+    first.admin_token().expect("bootstrapped");
+    first.stop();
+    let elsewhere = dir.path().join("keys").join("audit.key");
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir", data])
+        .env("DATASTACK_AUDIT_KEY_FILE", &elsewhere)
+        .env_remove("DATASTACK_AUDIT_KEY")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("signed with a key") && err.contains("that this node does not have"),
+        "{err}"
+    );
+    assert!(
+        !elsewhere.exists(),
+        "a key file was written at {elsewhere:?}"
+    );
+    // With the deployment's key the node starts again.
+    let again = Server::start(&["--data-dir", data], &[]);
+    assert_eq!(again.admin_token(), None);
+    again.stop();
 }

@@ -211,15 +211,8 @@ pub async fn recover_admin_token(
 impl Application {
     /// Opens and migrates the store, bootstraps it if it is new, and binds the listener.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        let data_dir_lock = lock_data_dir(&config)?;
-        let key = load_audit_key(&config, true)?;
-        let store = Store::open(&store_config(&config))
-            .await?
-            .with_audit_key(Arc::new(key));
-        store.migrate().await?;
-        store.check_audit_key().await?;
-        // Everything that can still fail comes before the bootstrap: a first start that
-        // created the admin and then could not serve would lose the one-time token.
+        // The address first: a start whose port is taken creates nothing (no data
+        // directory, key or database).
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -231,6 +224,14 @@ impl Application {
             addr: config.listen,
             source,
         })?;
+        let data_dir_lock = lock_data_dir(&config)?;
+        let store = Store::open(&store_config(&config)).await?;
+        store.migrate().await?;
+        let key = audit_key_for(&config, &store).await?;
+        let store = store.with_audit_key(Arc::new(key));
+        store.check_audit_key().await?;
+        // Everything that can still fail comes before the bootstrap: a first start that
+        // created the admin and then could not serve would lose the one-time token.
         // Subscribe before serving, so no revocation committed after start is missed.
         let invalidations = store.listen_invalidations().await?;
         let metrics = Arc::new(Metrics::new());
@@ -413,15 +414,38 @@ pub fn load_audit_key(config: &Config, create: bool) -> Result<AuditKey, StartEr
         return AuditKey::from_hex(hex.expose_secret())
             .map_err(|e| StartError::AuditKey(format!("audit_key: {e}")));
     }
-    let path = config
-        .audit_key_file
-        .clone()
-        .unwrap_or_else(|| config.data_dir.join("audit.key"));
+    let path = audit_key_path(config);
     let text = key_file(&path, create, "audit", || {
         AuditKey::generate().to_hex().as_str().to_owned()
     })
     .map_err(StartError::AuditKey)?;
     AuditKey::from_hex(&text).map_err(|e| StartError::AuditKey(format!("{}: {e}", path.display())))
+}
+
+/// The audit key of a node starting on `store`: the configured one, or the key file; a
+/// missing key file is created only for a store that has no audit log yet. A node that
+/// joins a store written with another key, without that key, stops before writing a key
+/// of its own.
+async fn audit_key_for(config: &Config, store: &Store) -> Result<AuditKey, StartError> {
+    let configured =
+        config.audit_key.is_some() || audit_key_path(config).try_exists().unwrap_or(true);
+    if !configured && let Some(stored) = store.recorded_audit_key_fingerprint().await? {
+        return Err(StartError::AuditKey(format!(
+            "this store's audit log is signed with a key (fingerprint {stored}) that this node does not have: \
+             no audit_key is set and {} does not exist; give every node the deployment's key \
+             (audit_key_file or DATASTACK_AUDIT_KEY)",
+            audit_key_path(config).display()
+        )));
+    }
+    load_audit_key(config, true)
+}
+
+/// Where the audit key file is: `audit_key_file`, or `<data_dir>/audit.key`.
+fn audit_key_path(config: &Config) -> std::path::PathBuf {
+    config
+        .audit_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("audit.key"))
 }
 
 /// The Ed25519 seed that signs identity assertions: `signing_key`, or the key file

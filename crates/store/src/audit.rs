@@ -533,6 +533,16 @@ impl Store {
             .ok_or_else(|| Error::Corrupt("the store was opened without an audit key".into()))
     }
 
+    /// The fingerprint of the key this store's audit log is signed with, if a node has
+    /// recorded one (needs no key).
+    pub async fn recorded_audit_key_fingerprint(&self) -> Result<Option<String>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_scalar("SELECT fingerprint FROM audit_key WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
     /// Records the audit key's fingerprint on first use and refuses a different key
     /// afterwards: entries signed with two keys could not be verified as one chain.
     pub async fn check_audit_key(&self) -> Result<()> {

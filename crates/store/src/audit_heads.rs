@@ -96,8 +96,10 @@ impl Store {
             StoreConfig::Postgres { url, .. } => {
                 // Every transaction of these connections is read-only, so even a bug could
                 // not write.
-                let options = PgConnectOptions::from_str(url)?
-                    .options([("default_transaction_read_only", "on")]);
+                let options = PgConnectOptions::from_str(url)?.options([
+                    ("default_transaction_read_only", "on"),
+                    ("client_min_messages", "warning"),
+                ]);
                 let pool = PgPoolOptions::new()
                     .max_connections(2)
                     .acquire_timeout(Duration::from_secs(10))

@@ -270,6 +270,9 @@ impl Store {
                 format!("{}ms", statement_timeout.as_millis()),
             ),
             ("lock_timeout", format!("{}ms", lock_timeout.as_millis())),
+            // No NOTICE in the node's log for what is expected (the migrations' `IF NOT
+            // EXISTS` on every start); warnings and errors still arrive.
+            ("client_min_messages", "warning".to_owned()),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)

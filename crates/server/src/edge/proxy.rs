@@ -453,6 +453,9 @@ async fn forward(
     }
     let (mut parts, body) = response.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // The client is answered in HTTP/1.1 whatever version the upstream spoke (an HTTP/1.0
+    // upstream would otherwise make hyper answer the client in HTTP/1.0).
+    parts.version = axum::http::Version::HTTP_11;
     // An upstream that stops sending mid-body is cut off after the idle timeout: the
     // client's connection ends and the upstream connection is dropped, not pooled.
     Ok(Response::from_parts(

@@ -250,6 +250,8 @@ struct Remote {
     client: redis::Client,
     prefix: String,
     healthy: AtomicBool,
+    /// Whether Redis has failed since the node started (only then is its return news).
+    failed: AtomicBool,
     /// Milliseconds since `epoch` before which no Redis call is tried.
     retry_at_ms: AtomicU64,
     epoch: Instant,
@@ -379,6 +381,7 @@ impl Limiter {
                     client,
                     prefix: config.redis_key_prefix.clone(),
                     healthy: AtomicBool::new(false),
+                    failed: AtomicBool::new(false),
                     retry_at_ms: AtomicU64::new(0),
                     epoch: Instant::now(),
                 };
@@ -493,13 +496,21 @@ impl Limiter {
     fn mark(&self, healthy: bool, error: Option<&str>) {
         let Some(remote) = &self.remote else { return };
         let was = remote.healthy.swap(healthy, Ordering::Relaxed);
+        // The first connection of a node that never lost Redis is not a recovery: `new`
+        // says that limits are shared.
+        let failed_before = if healthy {
+            remote.failed.load(Ordering::Relaxed)
+        } else {
+            remote.failed.swap(true, Ordering::Relaxed);
+            true
+        };
         if !healthy {
             let at = remote.epoch.elapsed() + REDIS_RETRY;
             remote
                 .retry_at_ms
                 .store(at.as_millis() as u64, Ordering::Relaxed);
         }
-        if was != healthy {
+        if was != healthy && failed_before {
             if healthy {
                 tracing::info!("Redis answers again: rate limits are shared across nodes");
             } else {

@@ -28,6 +28,8 @@ enum After {
     /// The same, but the connection is reset (what a peer whose socket is already closed
     /// answers to the bytes of a request).
     ResetSecond,
+    /// Answers as an HTTP/1.0 server, and closes.
+    Http10,
 }
 
 /// A minimal HTTP/1.1 upstream that counts the connections it accepts. It reads each
@@ -74,11 +76,18 @@ async fn counting_upstream(after: After) -> (SocketAddr, Arc<AtomicUsize>) {
                         After::AnnouncedClose => "connection: close\r\n",
                         _ => "",
                     };
-                    let reply = format!("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
+                    let version = match after {
+                        After::Http10 => "HTTP/1.0",
+                        _ => "HTTP/1.1",
+                    };
+                    let reply = format!("{version} 200 OK\r\ncontent-length: 2\r\n{close}\r\nok");
                     if stream.write_all(reply.as_bytes()).await.is_err() {
                         return;
                     }
-                    if matches!(after, After::SilentClose | After::AnnouncedClose) {
+                    if matches!(
+                        after,
+                        After::SilentClose | After::AnnouncedClose | After::Http10
+                    ) {
                         return;
                     }
                 }
@@ -184,4 +193,25 @@ async fn upstream_connections_are_reused_and_stale_ones_retried(backend: Backend
     app.stop().await;
 }
 
-on_both_stores!(upstream_connections_are_reused_and_stale_ones_retried);
+on_both_stores!(
+    upstream_connections_are_reused_and_stale_ones_retried,
+    an_http_1_0_upstream_is_answered_to_the_client_in_http_1_1,
+);
+
+/// The gateway speaks HTTP/1.1 to its clients whatever version the upstream answered in.
+async fn an_http_1_0_upstream_is_answered_to_the_client_in_http_1_1(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let (upstream, _) = counting_upstream(After::Http10).await;
+    route_to(&app, "/v1/old", upstream).await;
+    let r = app
+        .http
+        .get(format!("{}/v1/old/x", app.base))
+        .bearer_auth(app.admin())
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.expect("body"), "ok");
+    app.stop().await;
+}
