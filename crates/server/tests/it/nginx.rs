@@ -41,62 +41,18 @@ impl Nginx {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let d = dir.path().display();
-        let conf = format!(
-            r#"
-worker_processes 1;
-daemon off;
-master_process off;
-pid {d}/nginx.pid;
-error_log {d}/error.log info;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {d}/body;
-    proxy_temp_path {d}/proxy;
-    fastcgi_temp_path {d}/fastcgi;
-    uwsgi_temp_path {d}/uwsgi;
-    scgi_temp_path {d}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{
-            auth_request /_datastack_verify;
-            auth_request_set $ds_principal $upstream_http_x_datastack_principal;
-            auth_request_set $ds_workspace $upstream_http_x_datastack_workspace;
-            auth_request_set $ds_scopes $upstream_http_x_datastack_scopes;
-            auth_request_set $ds_credential $upstream_http_x_datastack_credential;
-            auth_request_set $ds_request_id $upstream_http_x_datastack_request_id;
-            auth_request_set $ds_consent $upstream_http_x_datastack_retention_consent;
-            auth_request_set $ds_assertion $upstream_http_x_datastack_assertion;
-            auth_request_set $ds_status $upstream_status;
-            error_page 500 = @datastack_refused;
-            proxy_set_header X-Datastack-Principal $ds_principal;
-            proxy_set_header X-Datastack-Workspace $ds_workspace;
-            proxy_set_header X-Datastack-Scopes $ds_scopes;
-            proxy_set_header X-Datastack-Credential $ds_credential;
-            proxy_set_header X-Datastack-Request-Id $ds_request_id;
-            proxy_set_header X-Datastack-Retention-Consent $ds_consent;
-            proxy_set_header X-Datastack-Assertion $ds_assertion;
-            proxy_set_header Authorization "";
-            proxy_pass http://{upstream};
-        }}
-        location = /_datastack_verify {{
-            internal;
-            proxy_pass http://{datastack}/auth/verify;
-            proxy_pass_request_body off;
-            proxy_set_header Content-Length "";
-            proxy_set_header X-Original-URI $request_uri;
-            proxy_set_header X-Original-Method $request_method;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-        location @datastack_refused {{
-            if ($ds_status = 429) {{ return 429; }}
-            if ($ds_status = 402) {{ return 402; }}
-            return 500;
-        }}
-    }}
-}}
-"#
-        );
+        // The example the docs ship, with this test's addresses and nginx's scratch paths.
+        let conf = example_with(&[
+            ("server 127.0.0.1:8080;", format!("server {datastack};")),
+            ("server 127.0.0.1:9001;", format!("server {upstream};")),
+            ("listen 127.0.0.1:8000;", format!("listen 127.0.0.1:{port};")),
+            (
+                "http {",
+                format!(
+                    "http {{\n    access_log off;\n    client_body_temp_path {d}/body;\n    proxy_temp_path {d}/proxy;\n    fastcgi_temp_path {d}/fastcgi;\n    uwsgi_temp_path {d}/uwsgi;\n    scgi_temp_path {d}/scgi;"
+                ),
+            ),
+        ]);
         let path = dir.path().join("nginx.conf");
         std::fs::write(&path, conf).expect("write nginx.conf");
         let child = tokio::process::Command::new(binary)
@@ -106,6 +62,8 @@ http {{
             .arg(dir.path().join("error.log"))
             .arg("-c")
             .arg(&path)
+            .arg("-g")
+            .arg(format!("daemon off; master_process off; pid {d}/nginx.pid;"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -125,6 +83,30 @@ http {{
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
+}
+
+/// The example of docs/forward-auth.md, `docs/examples/nginx.conf`.
+const EXAMPLE: &str = include_str!("../../../../docs/examples/nginx.conf");
+
+/// The example with each `(from, to)` replaced; each `from` must occur exactly once.
+fn example_with(replacements: &[(&str, String)]) -> String {
+    let mut conf = EXAMPLE.to_owned();
+    for (from, to) in replacements {
+        assert_eq!(conf.matches(from).count(), 1, "{from} in the example");
+        conf = conf.replacen(from, to, 1);
+    }
+    conf
+}
+
+#[test]
+fn the_docs_show_the_example_that_is_tested() {
+    let docs = include_str!("../../../../docs/forward-auth.md");
+    // The configuration itself, from `events` on, verbatim in the page.
+    let config = &EXAMPLE[EXAMPLE.find("worker_processes").expect("the directives")..];
+    assert!(
+        docs.contains(config),
+        "docs/forward-auth.md must show docs/examples/nginx.conf verbatim"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +171,8 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
         r.headers().get("www-authenticate").is_some(),
         "nginx passes the challenge on"
     );
+    let body: Value = r.json().await.expect("the example answers JSON");
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
     let (reader, reader_id) = app
         .create_token(&admin, json!({"label": "r", "scopes": ["read:clusters"]}))
         .await;
@@ -262,7 +246,18 @@ async fn nginx_auth_request_in_front_of_an_upstream() {
             .await
             .expect("jobs");
         assert_eq!(r.status(), expected, "{}", nginx.log());
+        if expected == StatusCode::PAYMENT_REQUIRED {
+            let body: Value = r.json().await.expect("json");
+            assert_eq!(body["error"]["code"], "SPEND_LIMIT_EXCEEDED");
+        }
     }
+    // nginx logs every status of auth_request other than 2xx, 401 and 403 at `error`
+    // (docs/forward-auth.md says so, and how to quiet it).
+    assert!(
+        nginx.log().contains("auth request unexpected status: 402"),
+        "{}",
+        nginx.log()
+    );
 
     // The decisions are in the audit log, from the client's address as nginx forwarded it.
     let mut found = false;
