@@ -30,9 +30,10 @@ use output::{
     workspace_fields, workspace_table,
 };
 
-/// Where the client commands connect and how they print; flattened into the top-level
-/// command line so the flags work before or after the subcommand.
-#[derive(clap::Args)]
+/// Where the client commands connect and how they print; flattened into each client
+/// command group, so the flags work anywhere after the group's name (and `serve` does not
+/// list them).
+#[derive(clap::Args, Clone)]
 pub struct Connection {
     /// Base URL of the datastack server.
     #[arg(
@@ -42,8 +43,9 @@ pub struct Connection {
         global = true
     )]
     pub host: String,
-    /// Personal access token to call the API with. Prefer the environment variable: a flag
-    /// is visible to other users in the process list.
+    /// The credential to call the API with: a personal access token (dapi…) or an API key
+    /// (dkey…). Prefer the environment variable: a flag is visible to other users in the
+    /// process list.
     #[arg(long, env = "DATASTACK_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
     /// Print JSON instead of a table.
@@ -67,38 +69,53 @@ impl fmt::Debug for Connection {
 pub enum ClientCommand {
     /// Create, list and revoke personal access tokens.
     Tokens {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with tokens.
         #[command(subcommand)]
         cmd: TokensCmd,
     },
     /// Create, list, rotate and revoke scoped API keys, see their usage, verify one.
     ApiKeys {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with API keys.
         #[command(subcommand)]
         cmd: api_keys::ApiKeysCmd,
     },
     /// Manage the users of the workspace.
     Users {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with users.
         #[command(subcommand)]
         cmd: UsersCmd,
     },
     /// Manage service principals (non-human owners of API keys and OAuth clients).
     ServicePrincipals {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with service principals.
         #[command(subcommand)]
         cmd: ServicePrincipalsCmd,
     },
     /// Manage workspaces.
     Workspaces {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with workspaces.
         #[command(subcommand)]
         cmd: WorkspacesCmd,
     },
     /// Show the principal, workspace and credential the token belongs to.
-    Whoami,
+    Whoami {
+        #[command(flatten)]
+        conn: Connection,
+    },
     /// Query, export and verify the audit log; list security events (admins).
     Audit {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with the audit log.
         #[command(subcommand)]
         cmd: AuditCmd,
@@ -106,6 +123,8 @@ pub enum ClientCommand {
     /// Review every credential of the workspace: owner, scopes, age, last use and flags
     /// (stale, rotation_due, never_expires, over_broad); revoke or narrow in bulk (admins).
     AccessReview {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do; without a subcommand, list the review.
         #[command(subcommand)]
         cmd: Option<ReviewCmd>,
@@ -114,22 +133,47 @@ pub enum ClientCommand {
     },
     /// Manage gateway routes (path prefix → upstream and resource).
     Gateway {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with the gateway.
         #[command(subcommand)]
         cmd: GatewayCmd,
     },
     /// Manage the workspace's IP access lists.
     IpAccessLists {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with IP access lists.
         #[command(subcommand)]
         cmd: IpListsCmd,
     },
     /// List and clear clients flagged for sending while rate-limited.
     AbuseFlags {
+        #[command(flatten)]
+        conn: Connection,
         /// What to do with abuse flags.
         #[command(subcommand)]
         cmd: AbuseCmd,
     },
+}
+
+impl ClientCommand {
+    /// Where the command connects and how it prints.
+    pub fn conn(&self) -> &Connection {
+        match self {
+            ClientCommand::Tokens { conn, .. }
+            | ClientCommand::ApiKeys { conn, .. }
+            | ClientCommand::Users { conn, .. }
+            | ClientCommand::ServicePrincipals { conn, .. }
+            | ClientCommand::Workspaces { conn, .. }
+            | ClientCommand::Whoami { conn }
+            | ClientCommand::Audit { conn, .. }
+            | ClientCommand::AccessReview { conn, .. }
+            | ClientCommand::Gateway { conn, .. }
+            | ClientCommand::IpAccessLists { conn, .. }
+            | ClientCommand::AbuseFlags { conn, .. } => conn,
+        }
+    }
 }
 
 /// `datastack gateway …`
@@ -193,6 +237,10 @@ pub struct RouteArgs {
     /// Spend units per request.
     #[arg(long)]
     price_per_request: Option<u64>,
+    /// The upstream response header that reports a request's actual cost (default
+    /// x-datastack-cost).
+    #[arg(long)]
+    cost_header: Option<String>,
     /// Forward the client's Authorization header to the upstream.
     #[arg(long)]
     forward_authorization: bool,
@@ -650,39 +698,46 @@ pub(crate) fn print_verify_report(report: serde_json::Value) {
 }
 
 /// Runs one client command against the server `conn` names and returns the exit code.
-pub async fn run(cmd: ClientCommand, conn: &Connection) -> ExitCode {
+pub async fn run(cmd: ClientCommand) -> ExitCode {
+    let conn = &cmd.conn().clone();
     let token = match conn.token.as_deref().map(str::trim) {
         Some(token) if !token.is_empty() => SecretString::from(token.to_owned()),
         _ => {
-            eprintln!(
-                "error: no API token: set DATASTACK_TOKEN to a personal access token (dapi…) or pass --token"
+            return report(
+                &Failure::Usage(
+                    "no credential: set DATASTACK_TOKEN to a personal access token (dapi…) or an API key (dkey…), or pass --token".into(),
+                ),
+                &conn.host,
+                conn.json,
             );
-            return ExitCode::from(2);
         }
     };
     let client = match Client::new(&conn.host, token) {
         Ok(client) => client,
-        Err(error) => return report(&Failure::Sdk(error), &conn.host),
+        Err(error) => return report(&Failure::Sdk(error), &conn.host, conn.json),
     };
     let out = Output { json: conn.json };
     let outcome = match cmd {
-        ClientCommand::Tokens { cmd } => tokens(cmd, &client, out).await,
-        ClientCommand::ApiKeys { cmd } => api_keys::api_keys(cmd, &client, out).await,
-        ClientCommand::Users { cmd } => users(cmd, &client, out).await,
-        ClientCommand::ServicePrincipals { cmd } => service_principals(cmd, &client, out).await,
-        ClientCommand::Workspaces { cmd } => workspaces(cmd, &client, out).await,
-        ClientCommand::Whoami => whoami(&client, out).await,
-        ClientCommand::Audit { cmd } => audit(cmd, &client, out).await,
-        ClientCommand::AccessReview { cmd, query } => access_review(cmd, query, &client, out).await,
+        ClientCommand::Tokens { cmd, .. } => tokens(cmd, &client, out).await,
+        ClientCommand::ApiKeys { cmd, .. } => api_keys::api_keys(cmd, &client, out).await,
+        ClientCommand::Users { cmd, .. } => users(cmd, &client, out).await,
+        ClientCommand::ServicePrincipals { cmd, .. } => service_principals(cmd, &client, out).await,
+        ClientCommand::Workspaces { cmd, .. } => workspaces(cmd, &client, out).await,
+        ClientCommand::Whoami { .. } => whoami(&client, out).await,
+        ClientCommand::Audit { cmd, .. } => audit(cmd, &client, out).await,
+        ClientCommand::AccessReview { cmd, query, .. } => {
+            access_review(cmd, query, &client, out).await
+        }
         ClientCommand::Gateway {
             cmd: GatewayCmd::Routes { cmd },
+            ..
         } => routes(cmd, &client, out).await,
-        ClientCommand::IpAccessLists { cmd } => ip_lists(cmd, &client, out).await,
-        ClientCommand::AbuseFlags { cmd } => abuse_flags(cmd, &client, out).await,
+        ClientCommand::IpAccessLists { cmd, .. } => ip_lists(cmd, &client, out).await,
+        ClientCommand::AbuseFlags { cmd, .. } => abuse_flags(cmd, &client, out).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => report(&failure, &conn.host),
+        Err(failure) => report(&failure, &conn.host, conn.json),
     }
 }
 
@@ -694,6 +749,8 @@ enum Failure {
     Usage(String),
     /// The audit chain is broken (exit 3).
     ChainBroken,
+    /// `api-keys verify` found the key not valid (exit 4).
+    KeyNotValid,
 }
 
 impl From<datastack_sdk::Error> for Failure {
@@ -702,46 +759,98 @@ impl From<datastack_sdk::Error> for Failure {
     }
 }
 
-fn report(failure: &Failure, host: &str) -> ExitCode {
+/// Reports a failure on stderr, as `error: …` or, with `--json`, as the API's error shape
+/// `{"error": {"code", "message", "requestId"?, "requiredScope"?}}`, and returns the exit
+/// code: 1 a failed call, 2 a usage or configuration problem, 3 a broken audit chain, 4 a
+/// key `api-keys verify` found not valid.
+fn report(failure: &Failure, host: &str, json: bool) -> ExitCode {
     use datastack_sdk::Error;
-    match failure {
+    let (code, message, request_id, required, exit): (
+        &str,
+        String,
+        Option<&str>,
+        Option<&str>,
+        u8,
+    ) = match failure {
         Failure::Sdk(Error::Api {
             code,
             message,
             request_id,
+            required_scope,
             ..
-        }) => {
-            match request_id {
-                Some(id) => eprintln!("error: {code} {message} (request {id})"),
-                None => eprintln!("error: {code} {message}"),
-            }
-            ExitCode::from(1)
-        }
+        }) => (
+            code,
+            in_cli_terms(message, required_scope.as_deref()),
+            request_id.as_deref(),
+            required_scope.as_deref(),
+            1,
+        ),
         Failure::Sdk(Error::Transport(error)) => {
             // reqwest keeps the useful part ("connection refused") in the source chain.
-            let mut text = format!("error: cannot reach {host}: {error}");
+            let mut text = format!("cannot reach {host}: {error}");
             let mut source = std::error::Error::source(error);
             while let Some(cause) = source {
                 text.push_str(&format!(": {cause}"));
                 source = cause.source();
             }
-            eprintln!("{text}");
-            ExitCode::from(1)
+            ("UNREACHABLE", text, None, None, 1)
         }
-        Failure::Sdk(Error::Config(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
+        Failure::Sdk(Error::Config(message)) => ("USAGE", message.clone(), None, None, 2),
+        Failure::Sdk(Error::Decode(message)) => (
+            "UNEXPECTED_ANSWER",
+            format!("unexpected answer from {host}: {message}"),
+            None,
+            None,
+            1,
+        ),
+        Failure::Usage(message) => ("USAGE", message.clone(), None, None, 2),
+        // The report and the verdict are already on stdout.
+        Failure::ChainBroken => return ExitCode::from(3),
+        Failure::KeyNotValid => return ExitCode::from(4),
+    };
+    if json {
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        if let Some(id) = request_id {
+            error["requestId"] = id.into();
         }
-        Failure::Sdk(Error::Decode(message)) => {
-            eprintln!("error: unexpected answer from {host}: {message}");
-            ExitCode::from(1)
+        if let Some(scope) = required {
+            error["requiredScope"] = scope.into();
         }
-        Failure::Usage(message) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
+        eprintln!("{}", serde_json::json!({ "error": error }));
+    } else {
+        let code = if matches!(code, "USAGE" | "UNREACHABLE" | "UNEXPECTED_ANSWER") {
+            String::new()
+        } else {
+            format!("{code} ")
+        };
+        match request_id {
+            Some(id) => eprintln!("error: {code}{message} (request {id})"),
+            None => eprintln!("error: {code}{message}"),
         }
-        Failure::ChainBroken => ExitCode::from(3),
     }
+    ExitCode::from(exit)
+}
+
+/// An API message rewritten in the CLI's terms: the CLI sends the scope header and query
+/// parameters itself, so a message about them names the flag or the scope instead.
+fn in_cli_terms(message: &str, required_scope: Option<&str>) -> String {
+    let needed = required_scope.map_or_else(
+        || "the scope this command needs".to_owned(),
+        |s| format!("the scope {s}, which this command needs"),
+    );
+    if message.contains("x-datastack-scope") {
+        return if message.contains("not granted") {
+            format!("the credential does not hold {needed}")
+        } else if message.contains("role does not hold") {
+            format!("your role does not allow {needed}")
+        } else {
+            format!("the credential cannot act with {needed}")
+        };
+    }
+    message.replace(
+        "repeat with ?allowLockout=true",
+        "repeat with --allow-lockout",
+    )
 }
 
 fn route_spec(args: RouteArgs) -> Result<RouteSpec, Failure> {
@@ -761,6 +870,7 @@ fn route_spec(args: RouteArgs) -> Result<RouteSpec, Failure> {
         strip_prefix: args.strip_prefix.then_some(true),
         timeout_ms: args.timeout_ms,
         price_per_request: args.price_per_request,
+        cost_header: args.cost_header,
         forward_authorization: args.forward_authorization.then_some(true),
         method_scopes,
         allow_underscore_headers: args.allow_underscore_headers.then_some(true),
@@ -772,16 +882,16 @@ async fn routes(cmd: RoutesCmd, client: &Client, out: Output) -> Result<(), Fail
     match cmd {
         RoutesCmd::List => {
             let routes = client.list_routes().await?;
-            out.list(&routes, route_table);
+            out.list(&routes, &[], route_table);
         }
-        RoutesCmd::Get { id } => out.list(&[client.get_route(&id).await?], route_table),
+        RoutesCmd::Get { id } => out.item(&client.get_route(&id).await?, route_table),
         RoutesCmd::Create { spec } => {
             let created = client.create_route(&route_spec(spec)?).await?;
-            out.list(&[created], route_table);
+            out.item(&created, route_table);
         }
         RoutesCmd::Replace { id, spec } => {
             let replaced = client.replace_route(&id, &route_spec(spec)?).await?;
-            out.list(&[replaced], route_table);
+            out.item(&replaced, route_table);
         }
         RoutesCmd::Delete { id } => {
             client.delete_route(&id).await?;
@@ -798,7 +908,14 @@ async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), F
             if lists.enforcement_suspended && !out.json {
                 eprintln!("note: the workspace has suspended the enforcement of its lists");
             }
-            out.list(&lists.items, ip_list_table);
+            out.list(
+                &lists.items,
+                &[(
+                    "enforcementSuspended",
+                    serde_json::Value::Bool(lists.enforcement_suspended),
+                )],
+                ip_list_table,
+            );
         }
         IpListsCmd::Create {
             label,
@@ -814,7 +931,7 @@ async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), F
                 enabled: disabled.then_some(false),
             };
             let created = client.create_ip_access_list(&list, allow_lockout).await?;
-            out.list(&[created], ip_list_table);
+            out.item(&created, ip_list_table);
         }
         IpListsCmd::Update {
             id,
@@ -840,7 +957,7 @@ async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), F
             let updated = client
                 .update_ip_access_list(&id, &update, allow_lockout)
                 .await?;
-            out.list(&[updated], ip_list_table);
+            out.item(&updated, ip_list_table);
         }
         IpListsCmd::Delete { id, allow_lockout } => {
             client.delete_ip_access_list(&id, allow_lockout).await?;
@@ -854,11 +971,11 @@ async fn abuse_flags(cmd: AbuseCmd, client: &Client, out: Output) -> Result<(), 
     match cmd {
         AbuseCmd::List { all, limit } => {
             let flags = client.list_abuse_flags(all, limit).await?;
-            out.list(&flags, abuse_table);
+            out.list(&flags, &[], abuse_table);
         }
         AbuseCmd::Clear { id } => {
             let flag = client.clear_abuse_flag(&id).await?;
-            out.list(&[flag], abuse_table);
+            out.item(&flag, abuse_table);
         }
     }
     Ok(())

@@ -25,8 +25,6 @@ use tracing_subscriber::util::SubscriberInitExt;
 #[derive(Parser, Debug)]
 #[command(name = "datastack", version, about, long_about = None)]
 struct Cli {
-    #[command(flatten)]
-    conn: client::Connection,
     #[command(subcommand)]
     command: Command,
 }
@@ -142,11 +140,13 @@ fn main() -> ExitCode {
             // The audit commands that read the store directly need no server or token.
             Command::Client(client::ClientCommand::Audit {
                 cmd: client::AuditCmd::Verify(args),
-            }) if args.reads_store() => offline::verify(args, cli.conn.json).await,
+                conn,
+            }) if args.reads_store() => offline::verify(args, conn.json).await,
             Command::Client(client::ClientCommand::Audit {
                 cmd: client::AuditCmd::AcknowledgeBreak(args),
+                ..
             }) => offline::acknowledge(args).await,
-            Command::Client(cmd) => client::run(cmd, &cli.conn).await,
+            Command::Client(cmd) => client::run(cmd).await,
         }
     })
 }

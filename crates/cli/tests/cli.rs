@@ -745,20 +745,40 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
             "--method-scope",
             "post=read:jobs",
             "--allow-underscore-headers",
+            "--price-per-request",
+            "3",
+            "--cost-header",
+            "x-units",
             "--json",
         ],
     );
     assert_eq!(code, 0, "{err}");
+    // One object for one route; `{"items": …}` for every list.
     let created: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let id = created[0]["id"].as_str().expect("id").to_owned();
-    assert_eq!(created[0]["methodScopes"]["POST"], "read:jobs");
-    assert_eq!(created[0]["allowUnderscoreHeaders"], true);
-    assert_eq!(created[0]["allowOverrideHeaders"], false);
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert_eq!(created["methodScopes"]["POST"], "read:jobs");
+    assert_eq!(created["allowUnderscoreHeaders"], true);
+    assert_eq!(created["allowOverrideHeaders"], false);
+    assert_eq!(created["pricePerRequest"], 3);
+    assert_eq!(created["costHeader"], "x-units");
     let (code, table, _) = client(&server, &admin, &["gateway", "routes", "list"]);
     assert_eq!(code, 0);
     assert!(
-        table.starts_with("ID") && table.contains("/v1/jobs") && table.contains("POST=read:jobs"),
+        table.starts_with("ID")
+            && table.contains("/v1/jobs")
+            && table.contains("POST=read:jobs")
+            && table.contains("PRICE")
+            && table.contains("x-units"),
         "{table}"
+    );
+    let (code, out, _) = client(&server, &admin, &["gateway", "routes", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert!(
+        listed["items"]
+            .as_array()
+            .is_some_and(|i| i.iter().any(|r| r["id"] == id.as_str())),
+        "{out}"
     );
     // Bad input is refused with the field named, and a bad flag is a usage error.
     let (code, _, err) = client(
@@ -816,10 +836,12 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
         ],
     );
     assert_eq!(code, 1);
+    // The API's advice is given in the CLI's terms.
     assert!(
-        err.contains("CONFLICT") && err.contains("127.0.0.1"),
+        err.contains("CONFLICT") && err.contains("127.0.0.1") && err.contains("--allow-lockout"),
         "{err}"
     );
+    assert!(!err.contains("allowLockout"), "{err}");
     let (code, out, err) = client(
         &server,
         &admin,
@@ -839,9 +861,9 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     );
     assert_eq!(code, 0, "{err}");
     let list: serde_json::Value = serde_json::from_str(&out).expect("json");
-    let list_id = list[0]["id"].as_str().expect("id").to_owned();
+    let list_id = list["id"].as_str().expect("id").to_owned();
     assert_eq!(
-        list[0]["ipAddresses"],
+        list["ipAddresses"],
         serde_json::json!(["127.0.0.0/8", "::1/128"])
     );
     let (code, out, err) = client(
@@ -857,13 +879,19 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
         table.contains("local") && table.contains("127.0.0.0/8"),
         "{table}"
     );
+    let (code, out, _) = client(&server, &admin, &["ip-access-lists", "list", "--json"]);
+    assert_eq!(code, 0);
+    let lists: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(lists["items"][0]["id"], list_id.as_str(), "{out}");
+    assert_eq!(lists["enforcementSuspended"], false, "{out}");
     let (code, _, err) = client(&server, &admin, &["ip-access-lists", "delete", &list_id]);
     assert_eq!(code, 0, "{err}");
 
     // Abuse flags: none yet; clearing an unknown flag is a 404.
     let (code, out, err) = client(&server, &admin, &["abuse-flags", "list", "--json"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(out.trim(), "[]");
+    let flags: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(flags["items"], serde_json::json!([]), "{out}");
     let (code, _, err) = client(
         &server,
         &admin,
@@ -875,6 +903,59 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     );
     assert_eq!(code, 1);
     assert!(err.contains("NOT_FOUND"), "{err}");
+    // Under --json the error is JSON too, in the API's shape.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "abuse-flags",
+            "clear",
+            "abf_0195f0c0a0b07c3d8e9f0a1b2c3d4e5f",
+            "--json",
+        ],
+    );
+    assert_eq!(code, 1);
+    assert!(out.is_empty(), "{out}");
+    let error: serde_json::Value = serde_json::from_str(err.trim()).expect("a JSON error");
+    assert_eq!(error["error"]["code"], "NOT_FOUND", "{err}");
+    assert!(error["error"]["requestId"].is_string(), "{err}");
+    // A 403 speaks of the scope the command needs, not of a header the user never set.
+    let (reader, _) = {
+        let (code, out, err) = client(
+            &server,
+            &admin,
+            &[
+                "tokens",
+                "create",
+                "--label",
+                "reader",
+                "--scope",
+                "read:users",
+                "--json",
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let created: serde_json::Value = serde_json::from_str(&out).expect("json");
+        (created["token"].as_str().expect("token").to_owned(), ())
+    };
+    let (code, _, err) = client(&server, &reader, &["abuse-flags", "list"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("FORBIDDEN")
+            && err.contains("read:gateway")
+            && !err.contains("x-datastack-scope"),
+        "{err}"
+    );
+    // `serve --help` lists the server's options only.
+    let help = Command::new(BIN)
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--listen") && !help.contains("--token") && !help.contains("--json"),
+        "{help}"
+    );
     server.stop();
 }
 
@@ -999,13 +1080,22 @@ fn the_api_keys_cli_creates_rotates_meters_verifies_and_revokes() {
     assert_eq!(code, 0, "{err}");
     let verdict: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(verdict["code"], "VALID", "{verdict}");
-    let (_, out, _) = client_with_stdin(
+    // A key that may not be used is printed, and the exit code says so (4).
+    let (code, out, _) = client_with_stdin(
         &server,
         &admin,
         &["api-keys", "verify", "--scope", "manage:users"],
         &key,
     );
     assert!(out.contains("INSUFFICIENT_SCOPE"), "{out}");
+    assert_eq!(code, 4);
+    let (code, out, _) =
+        client_with_stdin(&server, &admin, &["api-keys", "verify"], "dkey_not_a_key");
+    assert_eq!(code, 4, "{out}");
+    // No key at all is a usage error, not a lookup.
+    let (code, out, err) = client_with_stdin(&server, &admin, &["api-keys", "verify"], "\n");
+    assert_eq!(code, 2, "{out}");
+    assert!(err.contains("no key on standard input"), "{err}");
 
     // Update and bad input.
     let (code, out, err) = client(
@@ -1493,7 +1583,7 @@ fn offline_verify_and_the_heads_file_report_a_truncated_chain_until_it_is_acknow
     let (code, out, _) = offline(&["audit", "verify", "--data-dir", data, "--heads", heads]);
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("(truncated)"), "{out}");
-    let (code, _, err) = offline(&["--token", "dapi_x", "audit", "verify", "--data-dir", data]);
+    let (code, _, err) = offline(&["audit", "verify", "--token", "dapi_x", "--data-dir", data]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("they need --offline"), "{err}");
     let missing = dir.path().join("nope.jsonl");

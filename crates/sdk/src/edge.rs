@@ -36,6 +36,9 @@ pub struct GatewayRoute {
     pub timeout_ms: u32,
     /// Spend units per request.
     pub price_per_request: u64,
+    /// The upstream response header that reports a request's actual cost.
+    #[serde(default)]
+    pub cost_header: Option<String>,
     /// Whether the client's `Authorization` is forwarded.
     pub forward_authorization: bool,
     /// Per-method scope overrides.
@@ -76,6 +79,10 @@ pub struct RouteSpec {
     /// Spend units per request.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price_per_request: Option<u64>,
+    /// The upstream response header that reports a request's actual cost (an integer that
+    /// replaces the price); default `x-datastack-cost`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost_header: Option<String>,
     /// Forward the client's `Authorization` header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_authorization: Option<bool>,

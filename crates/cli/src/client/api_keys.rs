@@ -258,13 +258,23 @@ pub(super) async fn api_keys(cmd: ApiKeysCmd, client: &Client, out: Output) -> R
             std::io::stdin()
                 .read_to_string(&mut key)
                 .map_err(|e| Failure::Usage(format!("cannot read the key from stdin: {e}")))?;
+            let key = key.trim();
+            if key.is_empty() {
+                return Err(Failure::Usage(
+                    "no key on standard input: pipe the key in, e.g. printf %s \"$KEY\" | datastack api-keys verify".into(),
+                ));
+            }
             let request = VerifyApiKey {
-                key: Some(SecretString::from(key.trim().to_owned())),
+                key: Some(SecretString::from(key.to_owned())),
                 scope,
                 ip,
                 cost,
             };
-            out.one(&client.verify_api_key(&request).await?, verdict_fields);
+            let verdict = client.verify_api_key(&request).await?;
+            out.one(&verdict, verdict_fields);
+            if !verdict.valid {
+                return Err(Failure::KeyNotValid);
+            }
         }
     }
     Ok(())

@@ -44,12 +44,36 @@ impl Output {
         }
     }
 
-    /// Prints a list without paging as a table, or as a JSON array.
-    pub(super) fn list<T: Record>(self, items: &[T], table: impl Fn(&[T]) -> String) {
+    /// Prints a list without paging as a table, or as JSON in the shape of every list:
+    /// `{"items": [...], "nextCursor": null}`, with `extra` fields beside them.
+    pub(super) fn list<T: Record>(
+        self,
+        items: &[T],
+        extra: &[(&str, Value)],
+        table: impl Fn(&[T]) -> String,
+    ) {
         if self.json {
-            print_json(&Value::Array(items.iter().map(Record::to_json).collect()));
+            let mut object = serde_json::Map::new();
+            object.insert(
+                "items".to_owned(),
+                Value::Array(items.iter().map(Record::to_json).collect()),
+            );
+            object.insert("nextCursor".to_owned(), Value::Null);
+            for (name, value) in extra {
+                object.insert((*name).to_owned(), value.clone());
+            }
+            print_json(&Value::Object(object));
         } else {
             write_stdout(&table(items));
+        }
+    }
+
+    /// Prints one object as a one-row table, or as a JSON object.
+    pub(super) fn item<T: Record>(self, item: &T, table: impl Fn(&[T]) -> String) {
+        if self.json {
+            print_json(&item.to_json());
+        } else {
+            write_stdout(&table(std::slice::from_ref(item)));
         }
     }
 
@@ -286,6 +310,8 @@ pub(super) fn route_table(routes: &[GatewayRoute]) -> String {
                 r.resource.clone(),
                 if r.strip_prefix { "yes" } else { "no" }.to_owned(),
                 r.timeout_ms.to_string(),
+                r.price_per_request.to_string(),
+                r.cost_header.clone().unwrap_or_else(|| "-".to_owned()),
                 r.method_scopes
                     .iter()
                     .map(|(m, s)| format!("{m}={s}"))
@@ -302,6 +328,8 @@ pub(super) fn route_table(routes: &[GatewayRoute]) -> String {
             "RESOURCE",
             "STRIP",
             "TIMEOUT MS",
+            "PRICE",
+            "COST HEADER",
             "METHOD SCOPES",
         ],
         rows,

@@ -620,9 +620,10 @@ pub async fn charge(
 pub fn spend_refusal(exceeded: &spend::Exceeded) -> ApiError {
     ApiError::SpendLimitExceeded {
         message: match exceeded.resets_at {
-            Some(_) => format!(
-                "the API key's spend limit of {} units for this period is reached; it resets at resetsAt",
-                exceeded.limit
+            Some(at) => format!(
+                "the API key's spend limit of {} units for this period is reached; it resets at {}",
+                exceeded.limit,
+                at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
             ),
             None => format!(
                 "the API key's total spend limit of {} units is reached; raise the limit or use another key",

@@ -760,6 +760,15 @@ async fn api_key_spend_through_the_gateway(backend: Backend) {
         .expect("midnight")
         .and_utc();
     assert_eq!(resets, tomorrow);
+    // The message names the time, as a person reads it.
+    let when = tomorrow.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with(&format!("it resets at {when}"))),
+        "{}",
+        r.text
+    );
     assert!(r.header("retry-after").is_some());
 
     let usage = app

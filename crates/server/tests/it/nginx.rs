@@ -45,7 +45,10 @@ impl Nginx {
         let conf = example_with(&[
             ("server 127.0.0.1:8080;", format!("server {datastack};")),
             ("server 127.0.0.1:9001;", format!("server {upstream};")),
-            ("listen 127.0.0.1:8000;", format!("listen 127.0.0.1:{port};")),
+            (
+                "listen 127.0.0.1:8000;",
+                format!("listen 127.0.0.1:{port};"),
+            ),
             (
                 "http {",
                 format!(
@@ -63,7 +66,9 @@ impl Nginx {
             .arg("-c")
             .arg(&path)
             .arg("-g")
-            .arg(format!("daemon off; master_process off; pid {d}/nginx.pid;"))
+            .arg(format!(
+                "daemon off; master_process off; pid {d}/nginx.pid;"
+            ))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
