@@ -1,9 +1,9 @@
 //! Abuse flags: clients flagged for sending while rate-limited (`ratelimit.abuse_flagged`).
 //! Admins list them and clear them, which lifts the penalty on every node at once.
 
+use crate::pipeline::extract::{AbuseFlagPath, PathId};
 use axum::extract::State;
 use chrono::{DateTime, Utc};
-use datastack_core::id::AbuseFlagId;
 use datastack_store::{AbuseFlag, Invalidation};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -14,7 +14,7 @@ use crate::audit::AuditContext;
 use crate::edge;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageGateway, ReadGateway};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -140,9 +140,8 @@ pub async fn clear(
     State(state): State<AppState>,
     caller: Authorized<ManageGateway>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<AbuseFlagPath>,
 ) -> ApiResult<Json<AbuseFlagResponse>> {
-    let id = AbuseFlagId::parse(&id).map_err(|_| ApiError::not_found("abuse flag"))?;
     let ws = &caller.identity.workspace.id;
     let root = state.edge.root_workspace();
     let scope = (*ws != root).then_some(ws);

@@ -5,6 +5,7 @@
 //! path, cache and revocation fan-out) with its own rate limit, spend limit, address
 //! ranges, metadata and rotation policy.
 
+use crate::pipeline::extract::{ApiKeyPath, PathId};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
@@ -28,7 +29,7 @@ use crate::credentials::Rejection;
 use crate::edge::ratelimit::{Bucket, Subject};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageApiKeys, ReadApiKeys};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -405,13 +406,6 @@ impl VerifyApiKeyResponse {
     }
 }
 
-fn parse_key_id(id: &str) -> ApiResult<TokenId> {
-    TokenId::parse(id)
-        .ok()
-        .filter(TokenId::is_api_key)
-        .ok_or_else(|| ApiError::not_found("API key"))
-}
-
 fn not_found(e: datastack_store::Error) -> ApiError {
     match e {
         datastack_store::Error::NotFound => ApiError::not_found("API key"),
@@ -651,9 +645,8 @@ pub async fn list_keys(
 pub async fn get_key(
     State(state): State<AppState>,
     caller: Authorized<ReadApiKeys>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyPath>,
 ) -> ApiResult<Json<ApiKeyResponse>> {
-    let id = parse_key_id(&id)?;
     let key = load_visible(&state, &caller.identity.principal, &id).await?;
     Ok(Json(ApiKeyResponse::of(key)))
 }
@@ -671,11 +664,10 @@ pub async fn update_key(
     State(state): State<AppState>,
     caller: Authorized<ManageApiKeys>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyPath>,
     Json(body): Json<UpdateApiKeyRequest>,
 ) -> ApiResult<Json<ApiKeyResponse>> {
     let me = &caller.identity.principal;
-    let id = parse_key_id(&id)?;
     // A key must not loosen its own limits: whoever holds it (or a leaked copy) could.
     if caller.identity.token.id == id {
         return Err(ApiError::Forbidden(
@@ -764,10 +756,9 @@ pub async fn revoke_key(
     State(state): State<AppState>,
     caller: Authorized<ManageApiKeys>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyPath>,
 ) -> ApiResult<StatusCode> {
     let me = &caller.identity.principal;
-    let id = parse_key_id(&id)?;
     audit.set_resource_id(id.as_str());
     let trail = audit.change(StatusCode::NO_CONTENT).with_event(audit.event(
         &me.workspace_id,
@@ -797,11 +788,10 @@ pub async fn rotate_key(
     State(state): State<AppState>,
     caller: Authorized<ManageApiKeys>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyPath>,
     Json(body): Json<RotateApiKeyRequest>,
 ) -> ApiResult<Json<CreatedApiKeyResponse>> {
     let me = &caller.identity.principal;
-    let id = parse_key_id(&id)?;
     let max = state.config.api_key_max_rotation_overlap.as_secs() as i64;
     let overlap = match body.overlap_seconds {
         None => state.config.api_key_rotation_overlap.as_secs() as i64,
@@ -859,9 +849,8 @@ pub async fn rotate_key(
 pub async fn key_usage(
     State(state): State<AppState>,
     caller: Authorized<ReadApiKeys>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ApiKeyPath>,
 ) -> ApiResult<Json<UsageResponse>> {
-    let id = parse_key_id(&id)?;
     let key = load_visible(&state, &caller.identity.principal, &id).await?;
     let usage = state.edge.spend.usage(&id, &key.policy).await?;
     Ok(Json(UsageResponse {

@@ -2,6 +2,7 @@
 //! decision (`/auth/verify` for nginx, Traefik and Envoy) and the assertion key set
 //! (`/.well-known/jwks.json`).
 
+use crate::pipeline::extract::{PathId, RoutePath};
 use std::collections::BTreeMap;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -23,7 +24,7 @@ use crate::edge::routes::ActiveRoute;
 use crate::edge::{self, Undecidable, identity_headers};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageGateway, ReadGateway};
-use crate::pipeline::extract::{Json, Path};
+use crate::pipeline::extract::Json;
 use crate::pipeline::request_id::RequestId;
 use crate::state::AppState;
 
@@ -183,10 +184,6 @@ fn require_root(state: &AppState, caller: &Authorized<ManageGateway>) -> ApiResu
     Ok(())
 }
 
-fn parse_id(id: &str) -> ApiResult<RouteId> {
-    RouteId::parse(id).map_err(|_| ApiError::not_found("route"))
-}
-
 /// Lists every route in force (configured and managed).
 #[utoipa::path(get, operation_id = "listGatewayRoutes", path = "/api/v1/gateway/routes", tag = "gateway",
     security(("bearer" = ["read:gateway"])),
@@ -254,9 +251,8 @@ pub async fn create_route(
 pub async fn get_route(
     State(state): State<AppState>,
     _caller: Authorized<ReadGateway>,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoutePath>,
 ) -> ApiResult<Json<RouteResponse>> {
-    let id = parse_id(&id)?;
     let route = state.store.get_route(&id).await.map_err(|e| match e {
         datastack_store::Error::NotFound => ApiError::not_found("route"),
         other => other.into(),
@@ -275,11 +271,10 @@ pub async fn replace_route(
     State(state): State<AppState>,
     caller: Authorized<ManageGateway>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoutePath>,
     Json(spec): Json<RouteSpec>,
 ) -> ApiResult<Json<RouteResponse>> {
     require_root(&state, &caller)?;
-    let id = parse_id(&id)?;
     let spec = spec.validate()?;
     if state.edge.routes.configured(&spec.path_prefix) {
         return Err(ApiError::Conflict(
@@ -309,10 +304,9 @@ pub async fn delete_route(
     State(state): State<AppState>,
     caller: Authorized<ManageGateway>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<RoutePath>,
 ) -> ApiResult<StatusCode> {
     require_root(&state, &caller)?;
-    let id = parse_id(&id)?;
     state
         .store
         .delete_route(&id, &audit.change(StatusCode::NO_CONTENT))

@@ -3,6 +3,7 @@
 //! must match one. A change that would refuse the caller's own address is refused unless
 //! the call says `?allowLockout=true`.
 
+use crate::pipeline::extract::{IpListPath, PathId};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -20,7 +21,7 @@ use crate::edge::{self, ip_lists::compile};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authenticate::ClientIp;
 use crate::pipeline::authorize::{Authorized, ManageIpLists, ReadIpLists};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -118,10 +119,6 @@ pub struct IpListPage {
     pub next_cursor: Option<String>,
     /// Whether the workspace suspended enforcement (setting `ipAccessListsSuspended`).
     pub enforcement_suspended: bool,
-}
-
-fn parse_id(id: &str) -> ApiResult<IpListId> {
-    IpListId::parse(id).map_err(|_| ApiError::not_found("IP access list"))
 }
 
 fn not_found(e: datastack_store::Error) -> ApiError {
@@ -271,9 +268,8 @@ fn detail(list: &IpAccessList, allow_lockout: Option<bool>) -> serde_json::Value
 pub async fn get_one(
     State(state): State<AppState>,
     caller: Authorized<ReadIpLists>,
-    Path(id): Path<String>,
+    PathId(id): PathId<IpListPath>,
 ) -> ApiResult<Json<IpListResponse>> {
-    let id = parse_id(&id)?;
     let list = state
         .store
         .get_ip_list(&caller.identity.workspace.id, &id)
@@ -288,13 +284,12 @@ async fn apply_change(
     client_ip: ClientIp,
     audit: &AuditContext,
     params: &LockoutParams,
-    id: &str,
+    id: &IpListId,
     change: impl FnOnce(&mut IpAccessList) -> ApiResult<()>,
 ) -> ApiResult<Json<IpListResponse>> {
-    let id = parse_id(id)?;
     let mut list = state
         .store
-        .get_ip_list(&caller.identity.workspace.id, &id)
+        .get_ip_list(&caller.identity.workspace.id, id)
         .await
         .map_err(not_found)?;
     change(&mut list)?;
@@ -341,7 +336,7 @@ pub async fn update(
     caller: Authorized<ManageIpLists>,
     client_ip: ClientIp,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<IpListPath>,
     Query(params): Query<LockoutParams>,
     Json(body): Json<IpListPatch>,
 ) -> ApiResult<Json<IpListResponse>> {
@@ -374,7 +369,7 @@ pub async fn replace(
     caller: Authorized<ManageIpLists>,
     client_ip: ClientIp,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<IpListPath>,
     Query(params): Query<LockoutParams>,
     Json(body): Json<IpListBody>,
 ) -> ApiResult<Json<IpListResponse>> {
@@ -401,10 +396,9 @@ pub async fn remove(
     caller: Authorized<ManageIpLists>,
     client_ip: ClientIp,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<IpListPath>,
     Query(params): Query<LockoutParams>,
 ) -> ApiResult<StatusCode> {
-    let id = parse_id(&id)?;
     let ws = caller.identity.workspace.id.clone();
     let gone = id.clone();
     guard_lockout(

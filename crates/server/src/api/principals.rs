@@ -3,6 +3,7 @@
 //! Both kinds share one implementation; the handlers differ only in the kind they serve
 //! and in what a creation takes (users have an email).
 
+use crate::pipeline::extract::{PathId, ServicePrincipalPath, UserPath};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -20,7 +21,7 @@ use super::{PageParams, page_of};
 use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageUsers, ReadUsers};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -133,21 +134,6 @@ pub struct ListPrincipalsParams {
     pub cursor: Option<String>,
 }
 
-fn parse_id(id: &str, kind: PrincipalKind) -> ApiResult<PrincipalId> {
-    let parsed = PrincipalId::parse(id)
-        .map_err(|_| ApiError::InvalidRequest("id: is not a principal id".into()))?;
-    let expected = match kind {
-        PrincipalKind::User => "usr_",
-        PrincipalKind::ServicePrincipal => "sp_",
-    };
-    if !parsed.as_str().starts_with(expected) {
-        return Err(ApiError::InvalidRequest(format!(
-            "id: must start with {expected}"
-        )));
-    }
-    Ok(parsed)
-}
-
 fn not_found(kind: PrincipalKind) -> impl Fn(datastack_store::Error) -> ApiError {
     move |e| match e {
         datastack_store::Error::NotFound => ApiError::not_found(match kind {
@@ -213,12 +199,11 @@ async fn get_one(
     state: &AppState,
     caller: &Principal,
     kind: PrincipalKind,
-    id: &str,
+    id: &PrincipalId,
 ) -> ApiResult<Json<PrincipalResponse>> {
-    let id = parse_id(id, kind)?;
     let p = state
         .store
-        .get_principal(&caller.workspace_id, kind, &id)
+        .get_principal(&caller.workspace_id, kind, id)
         .await
         .map_err(not_found(kind))?;
     Ok(Json(PrincipalResponse::from(p)))
@@ -229,10 +214,9 @@ async fn update(
     audit: &AuditContext,
     caller: &Principal,
     kind: PrincipalKind,
-    id: &str,
+    id: &PrincipalId,
     patch: PrincipalPatch,
 ) -> ApiResult<Json<PrincipalResponse>> {
-    let id = parse_id(id, kind)?;
     audit.set_detail(serde_json::json!({
         "name": patch.name.is_some(),
         "role": patch.role.map(Role::as_str),
@@ -243,7 +227,7 @@ async fn update(
         .update_principal(
             &caller.workspace_id,
             kind,
-            &id,
+            id,
             &patch,
             &audit.change(StatusCode::OK),
         )
@@ -281,15 +265,14 @@ async fn remove(
     audit: &AuditContext,
     caller: &Principal,
     kind: PrincipalKind,
-    id: &str,
+    id: &PrincipalId,
 ) -> ApiResult<StatusCode> {
-    let id = parse_id(id, kind)?;
     let result = state
         .store
         .delete_principal(
             &caller.workspace_id,
             kind,
-            &id,
+            id,
             &audit.change(StatusCode::NO_CONTENT),
         )
         .await;
@@ -360,7 +343,7 @@ pub async fn create_user(
 pub async fn get_user(
     State(state): State<AppState>,
     caller: Authorized<ReadUsers>,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     get_one(&state, &caller.identity.principal, PrincipalKind::User, &id).await
 }
@@ -376,7 +359,7 @@ pub async fn update_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserPath>,
     Json(body): Json<UpdatePrincipalRequest>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
@@ -400,7 +383,7 @@ pub async fn suspend_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
@@ -423,7 +406,7 @@ pub async fn activate_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
@@ -446,7 +429,7 @@ pub async fn delete_user(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<UserPath>,
 ) -> ApiResult<StatusCode> {
     remove(
         &state,
@@ -516,7 +499,7 @@ pub async fn create_service_principal(
 pub async fn get_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ReadUsers>,
-    Path(id): Path<String>,
+    PathId(id): PathId<ServicePrincipalPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     get_one(
         &state,
@@ -538,7 +521,7 @@ pub async fn update_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ServicePrincipalPath>,
     Json(body): Json<UpdatePrincipalRequest>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
@@ -562,7 +545,7 @@ pub async fn suspend_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ServicePrincipalPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
@@ -585,7 +568,7 @@ pub async fn activate_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ServicePrincipalPath>,
 ) -> ApiResult<Json<PrincipalResponse>> {
     update(
         &state,
@@ -608,7 +591,7 @@ pub async fn delete_service_principal(
     State(state): State<AppState>,
     caller: Authorized<ManageUsers>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<ServicePrincipalPath>,
 ) -> ApiResult<StatusCode> {
     remove(
         &state,

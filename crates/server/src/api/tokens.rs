@@ -1,11 +1,12 @@
 //! Personal access tokens: create (the secret is shown once), list, revoke.
 
+use crate::pipeline::extract::{PathId, TokenPath};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Duration, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
-use datastack_core::id::{PrincipalId, TokenId};
+use datastack_core::id::PrincipalId;
 use datastack_core::model::{PrincipalKind, Token};
 use datastack_core::scope::ScopeSet;
 use datastack_core::validate;
@@ -21,7 +22,7 @@ use crate::app::new_token_record;
 use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageTokens, ReadTokens};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -290,18 +291,9 @@ pub async fn revoke_token(
     State(state): State<AppState>,
     caller: Authorized<ManageTokens>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<TokenPath>,
 ) -> ApiResult<StatusCode> {
     let me = &caller.identity.principal;
-    let id = TokenId::parse(&id)
-        .ok()
-        .filter(|id| !id.is_api_key())
-        .ok_or_else(|| {
-            ApiError::InvalidRequest(
-                "id: must be a token id (tok_…); revoke API keys at /api/v1/auth/api-keys/{id}"
-                    .into(),
-            )
-        })?;
     let owner = (me.role != Role::Admin).then_some(&me.id);
     let trail = audit.change(StatusCode::NO_CONTENT).with_event(audit.event(
         &me.workspace_id,

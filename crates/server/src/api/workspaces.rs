@@ -4,6 +4,7 @@
 //! below it (children, their children, …), never an ancestor or a sibling: a workspace
 //! outside the caller's subtree answers 404 like one that does not exist.
 
+use crate::pipeline::extract::{PathId, WorkspacePath};
 use axum::extract::State;
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
@@ -25,7 +26,7 @@ use crate::app::new_token_record;
 use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageWorkspaces, ReadWorkspaces};
-use crate::pipeline::extract::{Json, Path, Query};
+use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -205,11 +206,6 @@ pub struct UpdateWorkspaceRequest {
     pub settings: Option<SettingsRequest>,
 }
 
-fn parse_id(id: &str) -> ApiResult<WorkspaceId> {
-    WorkspaceId::parse(id)
-        .map_err(|_| ApiError::InvalidRequest("id: must be a workspace id (ws_…)".into()))
-}
-
 fn not_found(e: datastack_store::Error) -> ApiError {
     match e {
         datastack_store::Error::NotFound => ApiError::not_found("workspace"),
@@ -283,9 +279,8 @@ pub async fn list_workspaces(
 pub async fn get_workspace(
     State(state): State<AppState>,
     caller: Authorized<ReadWorkspaces>,
-    Path(id): Path<String>,
+    PathId(id): PathId<WorkspacePath>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
-    let id = parse_id(&id)?;
     let ws = state
         .store
         .get_visible_workspace(&caller.identity.principal.workspace_id, &id)
@@ -420,10 +415,9 @@ pub async fn update_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<WorkspacePath>,
     Json(body): Json<UpdateWorkspaceRequest>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
-    let id = parse_id(&id)?;
     let (max, retention, revoke) = match &body.settings {
         Some(s) => s.patch()?,
         None => (None, None, None),
@@ -479,17 +473,16 @@ async fn set_status(
     state: &AppState,
     audit: &AuditContext,
     caller: &Principal,
-    id: &str,
+    id: &WorkspaceId,
     status: Status,
 ) -> ApiResult<Json<WorkspaceResponse>> {
-    let id = parse_id(id)?;
     let result = state
         .store
         .set_workspace_status(
             &caller.workspace_id,
-            &id,
+            id,
             status,
-            &audit.change_in(StatusCode::OK, &id),
+            &audit.change_in(StatusCode::OK, id),
         )
         .await;
     if result.is_ok() {
@@ -519,7 +512,7 @@ pub async fn suspend_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<WorkspacePath>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
     set_status(
         &state,
@@ -542,7 +535,7 @@ pub async fn activate_workspace(
     State(state): State<AppState>,
     caller: Authorized<ManageWorkspaces>,
     audit: AuditContext,
-    Path(id): Path<String>,
+    PathId(id): PathId<WorkspacePath>,
 ) -> ApiResult<Json<WorkspaceResponse>> {
     set_status(
         &state,

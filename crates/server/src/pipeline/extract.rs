@@ -167,3 +167,91 @@ mod tests {
         assert_eq!(redact_quoted(r#"a "b c"#), r#"a "…"#);
     }
 }
+
+/// What an id in a path names: how it is spelt and parsed. One implementation per kind
+/// of resource, so that every endpoint answers a malformed id the same way.
+pub trait IdKind {
+    /// The parsed id.
+    type Id: Send;
+    /// What the id names, for the message (`a token id (tok_…)`).
+    const EXPECTED: &'static str;
+    /// The id, if `raw` is one of this kind.
+    fn parse(raw: &str) -> Option<Self::Id>;
+}
+
+/// The `{id}` segment of a path, parsed as a `K` before the handler runs (after the
+/// credential and scope checks, which come first in every handler): a malformed id is a
+/// 400 `INVALID_REQUEST` naming the expected form, for every resource alike; a well-formed
+/// id that names nothing is the handler's 404.
+pub struct PathId<K: IdKind>(pub K::Id);
+
+impl<K: IdKind> FromRequestParts<AppState> for PathId<K> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await?;
+        K::parse(&raw)
+            .map(PathId)
+            .ok_or_else(|| ApiError::InvalidRequest(format!("id: must be {}", K::EXPECTED)))
+    }
+}
+
+/// Declares an [`IdKind`].
+macro_rules! id_kind {
+    ($(#[$doc:meta])* $name:ident, $id:ty, $expected:literal, $parse:expr) => {
+        $(#[$doc])*
+        pub enum $name {}
+
+        impl IdKind for $name {
+            type Id = $id;
+            const EXPECTED: &'static str = $expected;
+            fn parse(raw: &str) -> Option<$id> {
+                let parse: fn(&str) -> Option<$id> = $parse;
+                parse(raw)
+            }
+        }
+    };
+}
+
+use datastack_core::id::{AbuseFlagId, IpListId, PrincipalId, RouteId, TokenId, WorkspaceId};
+
+id_kind!(
+    /// A personal access token (`tok_…`).
+    TokenPath, TokenId, "a token id (tok_…); API keys are at /api/v1/auth/api-keys/{id}",
+    |raw| TokenId::parse(raw).ok().filter(|id| !id.is_api_key())
+);
+id_kind!(
+    /// An API key (`key_…`).
+    ApiKeyPath, TokenId, "an API key id (key_…)",
+    |raw| TokenId::parse(raw).ok().filter(TokenId::is_api_key)
+);
+id_kind!(
+    /// A user (`usr_…`).
+    UserPath, PrincipalId, "a user id (usr_…)",
+    |raw| PrincipalId::parse(raw).ok().filter(|id| id.as_str().starts_with("usr_"))
+);
+id_kind!(
+    /// A service principal (`sp_…`).
+    ServicePrincipalPath, PrincipalId, "a service principal id (sp_…)",
+    |raw| PrincipalId::parse(raw).ok().filter(|id| id.as_str().starts_with("sp_"))
+);
+id_kind!(
+    /// A workspace (`ws_…`).
+    WorkspacePath, WorkspaceId, "a workspace id (ws_…)",
+    |raw| WorkspaceId::parse(raw).ok()
+);
+id_kind!(
+    /// A gateway route (`rt_…`).
+    RoutePath, RouteId, "a route id (rt_…)",
+    |raw| RouteId::parse(raw).ok()
+);
+id_kind!(
+    /// An IP access list (`ipl_…`).
+    IpListPath, IpListId, "an IP access list id (ipl_…)",
+    |raw| IpListId::parse(raw).ok()
+);
+id_kind!(
+    /// An abuse flag (`abf_…`).
+    AbuseFlagPath, AbuseFlagId, "an abuse flag id (abf_…)",
+    |raw| AbuseFlagId::parse(raw).ok()
+);

@@ -12,6 +12,7 @@ on_both_stores!(
     metrics_speak_prometheus_text_unless_openmetrics_is_preferred,
     openapi_describes_every_endpoint_with_its_scope_and_errors,
     every_documented_operation_is_served_with_a_unique_id_and_its_scope_as_default,
+    a_malformed_id_is_refused_alike_by_every_endpoint,
     unknown_paths_and_methods_get_the_error_shape,
     a_restart_keeps_data_and_prints_no_token,
     a_clean_shutdown_flushes_buffered_last_use,
@@ -244,6 +245,47 @@ async fn every_documented_operation_is_served_with_a_unique_id_and_its_scope_as_
         }
     }
     assert!(operations >= 70, "only {operations} operations documented");
+    app.stop().await;
+}
+
+/// Every endpoint with an `{id}` answers a malformed id with the same 400, naming the
+/// form it expects, and changes nothing.
+async fn a_malformed_id_is_refused_alike_by_every_endpoint(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let doc = app
+        .call(Method::GET, "/openapi.json", None, None, None)
+        .await
+        .body;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        if !path.contains("{id}") {
+            continue;
+        }
+        for (method, op) in item.as_object().expect("path item") {
+            let scope = op["security"][0]["bearer"][0].as_str();
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            for bad in ["nope", "tok_zz", "usr_0195f0c0a0b07c3d8e9f0a1b2c3d4e5"] {
+                let r = app
+                    .call(
+                        m.clone(),
+                        &path.replace("{id}", bad),
+                        Some(app.admin()),
+                        scope,
+                        Some(json!({})),
+                    )
+                    .await;
+                r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+                let message = r.body["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.starts_with("id: must be "), "{method} {path}: {message}");
+                assert!(!message.contains(bad), "the id is not echoed: {message}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 25 * 3, "only {checked} checks");
+    // Nothing was changed: the admin can still act and there is one user.
+    let users = app.get("/api/v1/users", app.admin(), "read:users").await;
+    assert_eq!(users.body["items"].as_array().map(Vec::len), Some(1));
     app.stop().await;
 }
 
