@@ -11,10 +11,8 @@ use chrono::Utc;
 use datastack_core::audit::{AuditKey, AuditRecord, SecurityEvent};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
-use datastack_core::id::{PrincipalId, TokenId, WorkspaceId};
-use datastack_core::model::{
-    Principal, PrincipalKind, Status, Token, Workspace, WorkspaceSettings,
-};
+use datastack_core::id::{PrincipalId, WorkspaceId};
+use datastack_core::model::{Principal, PrincipalKind, Status, Workspace, WorkspaceSettings};
 use datastack_core::scope::ScopeSet;
 use datastack_core::validate::Email;
 use datastack_store::{Store, StoreConfig, Trail};
@@ -24,6 +22,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::api::issuance::new_token_record;
 use crate::audit::AuditLog;
 use crate::config::Config;
 use crate::credentials::CredentialVerifier;
@@ -696,29 +695,4 @@ async fn bootstrap(store: &Store) -> Result<Option<SecretString>, datastack_stor
     ));
     let created = store.bootstrap(&ws, &admin, &token, &trail).await?;
     Ok(created.then_some(secret.secret))
-}
-
-/// The stored record of a freshly generated token.
-pub(crate) fn new_token_record(
-    owner: &Principal,
-    label: &str,
-    scopes: ScopeSet,
-    expires_at: Option<chrono::DateTime<Utc>>,
-    secret: &credential::NewSecret,
-) -> Token {
-    Token {
-        id: TokenId::generate(),
-        kind: credential::CredentialKind::PersonalAccessToken,
-        owner_id: owner.id.clone(),
-        workspace_id: owner.workspace_id.clone(),
-        label: label.to_owned(),
-        digest_hex: secret.digest.to_hex(),
-        last_four: secret.last_four.clone(),
-        scopes,
-        created_at: Utc::now(),
-        expires_at,
-        revoked_at: None,
-        last_used_at: None,
-        last_used_ip: None,
-    }
 }

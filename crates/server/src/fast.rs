@@ -208,16 +208,12 @@ async fn answer(
         &config.trusted_proxies,
         config.client_ip_header,
     );
-    // The IP access list stage: an API key's own ranges, then the workspace's lists.
-    if identity.api_key.as_ref().is_some_and(|k| !k.admits(ip)) {
-        return Outcome::Declined(req);
-    }
-    if !identity.workspace.settings.ip_access_lists_suspended
-        && !matches!(
-            state.edge.ip_rules.check(&identity.workspace.id, ip).await,
-            Ok(Ok(()))
-        )
-    {
+    // The IP access list stage: a refusal (or a store error) is the full pipeline's to
+    // answer and record.
+    if !matches!(
+        crate::edge::ip_check(state, &identity, ip).await,
+        Ok(Ok(()))
+    ) {
         return Outcome::Declined(req);
     }
     // The rate-limit stage.

@@ -5,6 +5,7 @@
 //! path, cache and revocation fan-out) with its own rate limit, spend limit, address
 //! ranges, metadata and rotation policy.
 
+use crate::api::issuance;
 use crate::pipeline::extract::{ApiKeyPath, PathId};
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -13,7 +14,7 @@ use datastack_core::apikey::{self, ApiKeyPolicy, SpendLimit, SpendPeriod};
 use datastack_core::authz::{self, Role};
 use datastack_core::credential::{self, CredentialKind};
 use datastack_core::id::{PrincipalId, TokenId};
-use datastack_core::model::{Principal, PrincipalKind, Token};
+use datastack_core::model::Principal;
 use datastack_core::scope::{Scope, ScopeSet};
 use datastack_core::validate;
 use datastack_store::{ApiKeyPatch, ApiKeyStatus, Invalidation, StoredApiKey};
@@ -26,7 +27,6 @@ use utoipa_axum::routes;
 use super::{PageParams, page_of};
 use crate::audit::AuditContext;
 use crate::credentials::Rejection;
-use crate::edge::ratelimit::{Bucket, Subject};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageApiKeys, ReadApiKeys};
 use crate::pipeline::extract::{Json, Query};
@@ -452,13 +452,11 @@ pub async fn create_key(
             "scopes: name at least one scope (e.g. read:clusters)".into(),
         ));
     }
-    let scopes = ScopeSet::parse(&body.scopes)?;
-    let granted = &caller.identity.token.scopes;
-    if let Some(beyond) = scopes.as_slice().iter().find(|s| !granted.covers(**s)) {
-        return Err(ApiError::Forbidden(format!(
-            "the scope {beyond} is not granted to the credential making this call; a key can only be given scopes its creator holds"
-        )));
-    }
+    let scopes = issuance::within_granted(
+        &caller.identity.token.scopes,
+        ScopeSet::parse(&body.scopes)?,
+        "key",
+    )?;
     let rate_limit = body.rate_limit.map(apikey::rate_limit).transpose()?;
     let spend_limit = body
         .spend_limit
@@ -480,62 +478,29 @@ pub async fn create_key(
         .map(|p| apikey::rotation_interval(p.interval_days))
         .transpose()?;
     let lifetime = validate::token_lifetime(body.expires_in_days, None)?;
-    let owner = match body.owner_id.as_deref() {
-        None => me.clone(),
-        Some(id) if id == me.id.as_str() => me.clone(),
-        Some(_) if me.role != Role::Admin => {
-            return Err(ApiError::Forbidden(
-                "only admins may create keys for a service principal".into(),
-            ));
-        }
-        Some(id) => {
-            let id = PrincipalId::parse(id)
-                .ok()
-                .filter(|id| id.as_str().starts_with("sp_"))
-                .ok_or_else(|| {
-                    ApiError::InvalidRequest(
-                        "ownerId: must be your own id or a service principal id (sp_…)".into(),
-                    )
-                })?;
-            state
-                .store
-                .get_principal(&me.workspace_id, PrincipalKind::ServicePrincipal, &id)
-                .await
-                .map_err(|e| match e {
-                    datastack_store::Error::NotFound => ApiError::InvalidRequest(
-                        "ownerId: no such service principal in this workspace".into(),
-                    ),
-                    other => other.into(),
-                })?
-        }
-    };
+    let owner = issuance::resolve_owner(
+        &state,
+        &me,
+        body.owner_id.as_deref(),
+        issuance::Owners::ServicePrincipals,
+    )
+    .await?;
     let workspace = state.store.get_workspace(&owner.workspace_id).await?;
-    let lifetime = match (lifetime, workspace.settings.max_token_lifetime_days) {
-        (Some(l), Some(max)) if l > Duration::days(i64::from(max)) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "expiresInDays: exceeds the workspace's maximum token lifetime of {max} days"
-            )));
-        }
-        (None, Some(max)) => Some(Duration::days(i64::from(max))),
-        (l, _) => l,
-    };
+    let lifetime = issuance::bounded_lifetime(
+        lifetime,
+        workspace.settings.max_token_lifetime_days,
+        "expiresInDays",
+    )?;
     let now = Utc::now();
     let secret = credential::generate(CredentialKind::ApiKey);
-    let token = Token {
-        id: TokenId::generate_api_key(),
-        kind: CredentialKind::ApiKey,
-        owner_id: owner.id.clone(),
-        workspace_id: owner.workspace_id.clone(),
-        label: name,
-        digest_hex: secret.digest.to_hex(),
-        last_four: secret.last_four.clone(),
+    let token = issuance::new_record(
+        CredentialKind::ApiKey,
+        &owner,
+        &name,
         scopes,
-        created_at: now,
-        expires_at: lifetime.map(|l| now + l),
-        revoked_at: None,
-        last_used_at: None,
-        last_used_ip: None,
-    };
+        lifetime.map(|l| now + l),
+        &secret,
+    );
     let policy = ApiKeyPolicy {
         rate_limit,
         spend_limit,
@@ -988,29 +953,21 @@ async fn verdict(
         v.code = "INSUFFICIENT_SCOPE";
         return Ok(v);
     }
-    let workspace_lists = if ip.is_some() && !identity.workspace.settings.ip_access_lists_suspended
-    {
-        state
-            .edge
-            .ip_rules
-            .check(&identity.workspace.id, ip)
-            .await?
-    } else {
-        Ok(())
+    // The edge's rules: the key's ranges and, for a stated address, the workspace's
+    // lists (without an address only the key's ranges can say anything); then the key's
+    // and its workspace's rate limits.
+    let refused = match ip {
+        Some(_) => crate::edge::ip_check(state, &identity, ip).await?.is_err(),
+        None => !policy.admits(None),
     };
-    if !policy.admits(ip) || workspace_lists.is_err() {
+    if refused {
         v.code = "IP_NOT_ALLOWED";
         return Ok(v);
     }
     let limit = state
         .edge
         .limiter
-        .check(&[Bucket {
-            subject: Subject::Credential(identity.token.id.to_string()),
-            per_minute: policy
-                .rate_limit
-                .unwrap_or(state.config.rate_limit_credential_per_minute),
-        }])
+        .check(&crate::edge::credential_buckets(&state.config, &identity))
         .await;
     let rate_remaining = limit.applies().then_some(limit.remaining);
     if let Some(flagged) = &limit.flagged {

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod gateway;
 pub mod health;
 pub mod ip_lists;
+pub mod issuance;
 pub mod me;
 pub mod principals;
 pub mod time;

@@ -3,11 +3,11 @@
 use crate::pipeline::extract::{PathId, TokenPath};
 use axum::extract::State;
 use axum::http::StatusCode;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use datastack_core::authz::Role;
 use datastack_core::credential::{self, CredentialKind};
 use datastack_core::id::PrincipalId;
-use datastack_core::model::{PrincipalKind, Token};
+use datastack_core::model::Token;
 use datastack_core::scope::ScopeSet;
 use datastack_core::validate;
 use datastack_store::{Invalidation, TokenFilter};
@@ -18,7 +18,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::{PageParams, page_of};
-use crate::app::new_token_record;
+use crate::api::issuance::{self, new_token_record};
 use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageTokens, ReadTokens};
@@ -135,64 +135,32 @@ pub async fn create_token(
     audit: AuditContext,
     Json(body): Json<CreateTokenRequest>,
 ) -> ApiResult<(StatusCode, Json<CreatedTokenResponse>)> {
-    let me = caller.identity.principal.clone();
-    let owner = match body.owner_id.as_deref() {
-        None => me,
-        Some(id) if id == me.id.as_str() => me,
-        Some(_) if me.role != Role::Admin => {
-            return Err(ApiError::Forbidden(
-                "only admins may create tokens for other principals".into(),
-            ));
-        }
-        Some(id) => {
-            let id = PrincipalId::parse(id)
-                .map_err(|_| ApiError::InvalidRequest("ownerId: must be a principal id".into()))?;
-            let kind = if id.as_str().starts_with("usr_") {
-                PrincipalKind::User
-            } else {
-                PrincipalKind::ServicePrincipal
-            };
-            state
-                .store
-                .get_principal(&me.workspace_id, kind, &id)
-                .await
-                .map_err(|e| match e {
-                    datastack_store::Error::NotFound => ApiError::InvalidRequest(
-                        "ownerId: no such principal in this workspace".into(),
-                    ),
-                    other => other.into(),
-                })?
-        }
-    };
+    let me = &caller.identity.principal;
+    let owner = issuance::resolve_owner(
+        &state,
+        me,
+        body.owner_id.as_deref(),
+        issuance::Owners::AnyPrincipal,
+    )
+    .await?;
     let label = validate::text("label", &body.label, validate::MAX_LABEL_LEN)?;
-    // A credential can only hand on what it holds: a token limited to manage:tokens must
-    // not mint an all-apis token. Without a list, the new token gets the creator's scopes.
+    // Without a list, the new token gets the creator's scopes.
     let granted = &caller.identity.token.scopes;
     let scopes = match &body.scopes {
         None => granted.clone(),
-        Some(list) => ScopeSet::parse(list)?,
+        Some(list) => issuance::within_granted(granted, ScopeSet::parse(list)?, "token")?,
     };
-    if let Some(beyond) = scopes.as_slice().iter().find(|s| !granted.covers(**s)) {
-        return Err(ApiError::Forbidden(format!(
-            "the scope {beyond} is not granted to the credential making this call; a token can only be given scopes its creator holds"
-        )));
-    }
     let requested = validate::token_lifetime(body.expires_in_days, body.lifetime_seconds)?;
     let workspace = state.store.get_workspace(&owner.workspace_id).await?;
-    let lifetime = match (requested, workspace.settings.max_token_lifetime_days) {
-        (Some(l), Some(max)) if l > Duration::days(i64::from(max)) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "{}: exceeds the workspace's maximum token lifetime of {max} days",
-                if body.expires_in_days.is_some() {
-                    "expiresInDays"
-                } else {
-                    "lifetimeSeconds"
-                }
-            )));
-        }
-        (None, Some(max)) => Some(Duration::days(i64::from(max))),
-        (l, _) => l,
-    };
+    let lifetime = issuance::bounded_lifetime(
+        requested,
+        workspace.settings.max_token_lifetime_days,
+        if body.expires_in_days.is_some() {
+            "expiresInDays"
+        } else {
+            "lifetimeSeconds"
+        },
+    )?;
     let secret = credential::generate(CredentialKind::PersonalAccessToken);
     let token = new_token_record(
         &owner,

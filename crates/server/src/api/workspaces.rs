@@ -22,7 +22,7 @@ use utoipa_axum::routes;
 
 use super::principals::PrincipalResponse;
 use super::{PageParams, page_of};
-use crate::app::new_token_record;
+use crate::api::issuance::new_token_record;
 use crate::audit::AuditContext;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageWorkspaces, ReadWorkspaces};

@@ -26,7 +26,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use datastack_core::audit::AuditRecord;
-use datastack_core::authz;
 use datastack_core::id::{AbuseFlagId, WorkspaceId};
 use datastack_core::scope::Scope;
 use datastack_store::{AbuseFlag, Invalidation, Store, Trail};
@@ -156,48 +155,81 @@ pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
 /// The refusal of an address outside an API key's ranges.
 pub const API_KEY_RANGES_DENIAL: &str = "this address is outside the API key's allowed IP ranges";
 
+/// Why an address may not use a credential.
+#[derive(Debug, Clone)]
+pub enum IpRefusal {
+    /// Outside the API key's own ranges.
+    KeyRanges,
+    /// Refused by the workspace's IP access lists.
+    Lists(datastack_core::edge::IpDenial),
+}
+
+impl IpRefusal {
+    /// The audit entry's detail of the refusal.
+    pub fn detail(&self) -> serde_json::Value {
+        match self {
+            IpRefusal::KeyRanges => {
+                serde_json::json!({ "ipAccess": "denied", "apiKeyRanges": true })
+            }
+            IpRefusal::Lists(denial) => {
+                let list = match denial {
+                    datastack_core::edge::IpDenial::Blocked(id) => Some(id.clone()),
+                    _ => None,
+                };
+                serde_json::json!({ "ipAccess": "denied", "blockList": list })
+            }
+        }
+    }
+
+    /// The 403 of the refusal.
+    pub fn error(&self) -> ApiError {
+        match self {
+            IpRefusal::KeyRanges => ApiError::IpNotAllowed(API_KEY_RANGES_DENIAL.to_owned()),
+            IpRefusal::Lists(denial) => ApiError::IpNotAllowed(denial.explain().to_owned()),
+        }
+    }
+}
+
+/// Whether `ip` may use `identity`'s credential: an API key's own ranges apply whatever
+/// the workspace's lists say; then the workspace's enabled lists, unless it suspended
+/// their enforcement. The one rule of the IP access list stage, the fast path and
+/// `POST /api/v1/auth/api-keys/verify`.
+pub async fn ip_check(
+    state: &AppState,
+    identity: &Identity,
+    ip: Option<std::net::IpAddr>,
+) -> Result<Result<(), IpRefusal>, datastack_store::Error> {
+    if identity.api_key.as_ref().is_some_and(|k| !k.admits(ip)) {
+        return Ok(Err(IpRefusal::KeyRanges));
+    }
+    if identity.workspace.settings.ip_access_lists_suspended {
+        return Ok(Ok(()));
+    }
+    Ok(state
+        .edge
+        .ip_rules
+        .check(&identity.workspace.id, ip)
+        .await?
+        .map_err(IpRefusal::Lists))
+}
+
 /// The IP access list stage: a request with a valid credential must come from an address
-/// its workspace's enabled lists admit (unless the workspace suspended enforcement), and an
-/// API key's from one of the key's own ranges when it has them.
+/// [`ip_check`] admits.
 pub async fn ip_lists_stage(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let identity = match req.extensions().get::<Authentication>() {
         Some(Authentication::Verified(identity)) => identity.clone(),
         _ => return next.run(req).await,
     };
     let ip = req.extensions().get::<ClientIp>().and_then(|c| c.0);
-    // An API key's own ranges apply whatever the workspace's lists say.
-    if let Some(policy) = &identity.api_key
-        && !policy.admits(ip)
-    {
-        state.metrics.ip_denied();
-        if let Some(audit) = req.extensions().get::<AuditContext>() {
-            audit.set_detail(serde_json::json!({
-                "ipAccess": "denied",
-                "apiKeyRanges": true,
-            }));
-        }
-        tracing::Span::current().record("decision", "ip_not_allowed");
-        return ApiError::IpNotAllowed(API_KEY_RANGES_DENIAL.to_owned()).into_response();
-    }
-    if identity.workspace.settings.ip_access_lists_suspended {
-        return next.run(req).await;
-    }
-    match state.edge.ip_rules.check(&identity.workspace.id, ip).await {
+    match ip_check(&state, &identity, ip).await {
         Ok(Ok(())) => next.run(req).await,
-        Ok(Err(denial)) => {
+        Ok(Err(refusal)) => {
             state.metrics.ip_denied();
             if let Some(audit) = req.extensions().get::<AuditContext>() {
-                let list = match &denial {
-                    datastack_core::edge::IpDenial::Blocked(id) => Some(id.clone()),
-                    _ => None,
-                };
-                audit.set_detail(serde_json::json!({
-                    "ipAccess": "denied",
-                    "blockList": list,
-                }));
+                audit.set_detail(refusal.detail());
             }
             tracing::Span::current().record("decision", "ip_not_allowed");
-            ApiError::IpNotAllowed(denial.explain().to_owned()).into_response()
+            refusal.error().into_response()
         }
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -539,44 +571,26 @@ pub fn decide(
         .get(SCOPE_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or(&required_text);
-    let span = tracing::Span::current();
-    match authz::decide(
+    let scope = crate::pipeline::authorize::decide_scope(
+        state,
+        audit,
+        &identity,
         Some(named),
         required,
-        &identity.token.scopes,
-        identity.principal.role,
-    ) {
-        Ok(scope) => {
-            if let Some(audit) = audit {
-                audit.set_scope(scope);
-            }
-            state.metrics.auth_decision("allowed");
-            span.record("decision", "allowed");
-            Ok(Allowed {
-                identity,
-                route,
-                scope,
+        || {
+            serde_json::json!({
+                "route": route.spec.path_prefix,
+                "method": method,
+                "requiredScope": required_text,
             })
-        }
-        Err(denial) => {
-            if let Some(audit) = audit {
-                if let Ok(s) = named.parse::<Scope>() {
-                    audit.set_scope(s);
-                }
-                audit.set_detail(serde_json::json!({
-                    "route": route.spec.path_prefix,
-                    "method": method,
-                    "requiredScope": required_text,
-                }));
-            }
-            state.metrics.auth_decision("insufficient_scope");
-            span.record("decision", "insufficient_scope");
-            Err(Undecidable::Refused(ApiError::InsufficientScope {
-                required,
-                message: denial.explain(required),
-            }))
-        }
-    }
+        },
+    )
+    .map_err(Undecidable::Refused)?;
+    Ok(Allowed {
+        identity,
+        route,
+        scope,
+    })
 }
 
 /// Charges an allowed request to its API key's spend (the route's price; nothing for

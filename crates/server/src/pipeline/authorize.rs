@@ -129,40 +129,63 @@ impl<S: RequiredScope> FromRequestParts<AppState> for Authorized<S> {
             .headers
             .get(SCOPE_HEADER)
             .and_then(|v| v.to_str().ok());
-        let span = tracing::Span::current();
-        match authz::decide(
+        let acting_scope = decide_scope(
+            state,
+            parts.extensions.get::<AuditContext>(),
+            &identity,
             named,
             S::SCOPE,
-            &identity.token.scopes,
-            identity.principal.role,
-        ) {
-            Ok(acting_scope) => {
-                if let Some(audit) = parts.extensions.get::<AuditContext>() {
-                    audit.set_scope(acting_scope);
-                }
-                state.metrics.auth_decision("allowed");
-                span.record("decision", "allowed");
-                Ok(Authorized {
-                    identity,
-                    acting_scope,
-                    _required: PhantomData,
-                })
+            || serde_json::json!({ "requiredScope": S::SCOPE.to_string() }),
+        )?;
+        Ok(Authorized {
+            identity,
+            acting_scope,
+            _required: PhantomData,
+        })
+    }
+}
+
+/// Decides whether `identity` may act with the scope `named` (the `x-datastack-scope`
+/// header) on an operation that requires `required`, and records the decision the same
+/// way for the API and the edge: the acting scope in the audit entry (a refused one only
+/// if it is a well-formed scope: the header could hold anything), `refused_detail` as the
+/// entry's detail on a refusal, the metric and the span's `decision`.
+pub(crate) fn decide_scope(
+    state: &AppState,
+    audit: Option<&AuditContext>,
+    identity: &Identity,
+    named: Option<&str>,
+    required: Scope,
+    refused_detail: impl FnOnce() -> serde_json::Value,
+) -> Result<Scope, ApiError> {
+    let span = tracing::Span::current();
+    match authz::decide(
+        named,
+        required,
+        &identity.token.scopes,
+        identity.principal.role,
+    ) {
+        Ok(scope) => {
+            if let Some(audit) = audit {
+                audit.set_scope(scope);
             }
-            Err(denial) => {
-                if let Some(audit) = parts.extensions.get::<AuditContext>() {
-                    // Only a well-formed scope is kept: the header could hold anything.
-                    if let Some(named) = named.and_then(|n| n.parse::<Scope>().ok()) {
-                        audit.set_scope(named);
-                    }
-                    audit.set_detail(serde_json::json!({ "requiredScope": S::SCOPE.to_string() }));
+            state.metrics.auth_decision("allowed");
+            span.record("decision", "allowed");
+            Ok(scope)
+        }
+        Err(denial) => {
+            if let Some(audit) = audit {
+                if let Some(named) = named.and_then(|n| n.parse::<Scope>().ok()) {
+                    audit.set_scope(named);
                 }
-                state.metrics.auth_decision("insufficient_scope");
-                span.record("decision", "insufficient_scope");
-                Err(ApiError::InsufficientScope {
-                    required: S::SCOPE,
-                    message: denial.explain(S::SCOPE),
-                })
+                audit.set_detail(refused_detail());
             }
+            state.metrics.auth_decision("insufficient_scope");
+            span.record("decision", "insufficient_scope");
+            Err(ApiError::InsufficientScope {
+                required,
+                message: denial.explain(required),
+            })
         }
     }
 }

@@ -276,7 +276,10 @@ async fn a_malformed_id_is_refused_alike_by_every_endpoint(backend: Backend) {
                     .await;
                 r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
                 let message = r.body["error"]["message"].as_str().unwrap_or_default();
-                assert!(message.starts_with("id: must be "), "{method} {path}: {message}");
+                assert!(
+                    message.starts_with("id: must be "),
+                    "{method} {path}: {message}"
+                );
                 assert!(!message.contains(bad), "the id is not echoed: {message}");
                 checked += 1;
             }
