@@ -7,7 +7,7 @@ use datastack_core::scope::Scope;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::pipeline::request_id;
+use crate::request_id;
 
 /// Everything a handler or a pipeline stage can answer with instead of success.
 #[derive(Debug, thiserror::Error)]

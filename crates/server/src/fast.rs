@@ -43,11 +43,12 @@ use tower::ServiceExt;
 
 use crate::api::gateway::decision;
 use crate::audit::{AuditContext, DecisionKey, Pins};
+use crate::edge::client_ip::ClientIp;
 use crate::edge::{Prechecked, client_ip, credential_buckets, rate_limit_headers};
 use crate::error::ApiError;
 use crate::metrics::Route;
-use crate::pipeline::authenticate::{Authentication, ClientIp, bearer};
-use crate::pipeline::request_id::{self, RequestId};
+use crate::pipeline::authenticate::{Authentication, bearer};
+use crate::request_id::{self, RequestId};
 use crate::state::AppState;
 
 /// What the fast path did with a request.

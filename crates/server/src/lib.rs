@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod offline;
 pub mod openapi;
 pub mod pipeline;
+pub mod request_id;
 pub(crate) mod serve;
 pub mod state;
 pub mod workers;

@@ -202,7 +202,7 @@ impl AuditQueryParams {
             })
             .transpose()?;
         let request_id = match self.request_id {
-            Some(id) if !crate::pipeline::request_id::well_formed(&id) => {
+            Some(id) if !crate::request_id::well_formed(&id) => {
                 return Err(ApiError::InvalidRequest(
                     "requestId: must be 1–128 characters of A-Z a-z 0-9 - _ . : (a request id as datastack reports it)"
                         .into(),

@@ -25,7 +25,7 @@ use crate::edge::{self, Undecidable, identity_headers};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::pipeline::authorize::{Authorized, ManageGateway, ReadGateway};
 use crate::pipeline::extract::Json;
-use crate::pipeline::request_id::RequestId;
+use crate::request_id::RequestId;
 use crate::state::AppState;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {

@@ -17,9 +17,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::audit::AuditContext;
+use crate::edge::client_ip::ClientIp;
 use crate::edge::{self, ip_lists::compile};
 use crate::error::{ApiError, ApiResult, ErrorBody};
-use crate::pipeline::authenticate::ClientIp;
 use crate::pipeline::authorize::{Authorized, ManageIpLists, ReadIpLists};
 use crate::pipeline::extract::{Json, Query};
 use crate::state::AppState;

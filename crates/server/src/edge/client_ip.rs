@@ -116,6 +116,26 @@ fn xff_entry(entry: &str) -> Option<IpAddr> {
         })
 }
 
+/// The client's address: the socket peer, or, behind trusted proxies, the address they
+/// forwarded for (resolved once per request by the audit stage, which runs first, with [`resolve`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub Option<IpAddr>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<ClientIp>()
+            .copied()
+            .unwrap_or(ClientIp(None)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,10 @@ use datastack_store::{AbuseFlag, Invalidation, Store, Trail};
 use crate::audit::AuditContext;
 use crate::config::Config;
 use crate::credentials::Identity;
+use crate::edge::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::pipeline::authenticate::{Authentication, ClientIp};
+use crate::pipeline::authenticate::Authentication;
 use crate::pipeline::authorize::{SCOPE_HEADER, authenticated_in};
 use crate::state::AppState;
 

@@ -23,9 +23,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{Undecidable, decide, identity_headers};
+use crate::edge::client_ip::ClientIp;
 use crate::error::ApiError;
-use crate::pipeline::authenticate::ClientIp;
-use crate::pipeline::request_id::RequestId;
+use crate::request_id::RequestId;
 use crate::state::AppState;
 
 mod body;

@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::audit::{self, AuditContext};
-use crate::pipeline::request_id::RequestId;
+use crate::request_id::RequestId;
 use crate::state::AppState;
 
 /// The stage, run by the request-id stage around the rest of the pipeline (one

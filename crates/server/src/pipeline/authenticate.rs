@@ -8,7 +8,7 @@
 //! the address is refused; the rate-limit stage then answers with that verdict. Other
 //! addresses are looked up at once and charged only when the credential is refused.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -19,28 +19,9 @@ use secrecy::SecretString;
 
 use crate::audit::AuditContext;
 use crate::credentials::{Identity, Rejection, Screened};
+use crate::edge::client_ip::ClientIp;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// The client's address: the socket peer, or, behind trusted proxies, the address they
-/// forwarded for (resolved by the audit stage, which runs first; see `edge::client_ip`).
-#[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub Option<IpAddr>);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientIp {
-    type Rejection = std::convert::Infallible;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        _: &S,
-    ) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<ClientIp>()
-            .copied()
-            .unwrap_or(ClientIp(None)))
-    }
-}
 
 /// Resolves the client address of `req` (once per request).
 pub fn resolve_client_ip(state: &AppState, req: &Request) -> ClientIp {

@@ -15,8 +15,9 @@ use datastack_core::scope::{Resource, Scope};
 
 use crate::audit::AuditContext;
 use crate::credentials::Identity;
+use crate::edge::client_ip::ClientIp;
 use crate::error::ApiError;
-use crate::pipeline::authenticate::{Authentication, ClientIp};
+use crate::pipeline::authenticate::Authentication;
 use crate::state::AppState;
 
 /// The header naming the scope a call acts with.
