@@ -142,6 +142,12 @@ fn client(server: &Server, token: &str, args: &[&str]) -> (i32, String, String) 
     )
 }
 
+/// The JSON a successful client command printed.
+fn json_of((code, out, err): (i32, String, String)) -> serde_json::Value {
+    assert_eq!(code, 0, "{err}");
+    serde_json::from_str(&out).expect("json")
+}
+
 #[test]
 fn first_start_prints_one_token_the_cli_works_and_no_secret_reaches_the_log() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -920,24 +926,22 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     assert_eq!(error["error"]["code"], "NOT_FOUND", "{err}");
     assert!(error["error"]["requestId"].is_string(), "{err}");
     // A 403 speaks of the scope the command needs, not of a header the user never set.
-    let (reader, _) = {
-        let (code, out, err) = client(
-            &server,
-            &admin,
-            &[
-                "tokens",
-                "create",
-                "--label",
-                "reader",
-                "--scope",
-                "read:users",
-                "--json",
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
-        let created: serde_json::Value = serde_json::from_str(&out).expect("json");
-        (created["token"].as_str().expect("token").to_owned(), ())
-    };
+    let reader = json_of(client(
+        &server,
+        &admin,
+        &[
+            "tokens",
+            "create",
+            "--label",
+            "reader",
+            "--scope",
+            "read:users",
+            "--json",
+        ],
+    ))["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
     let (code, _, err) = client(&server, &reader, &["abuse-flags", "list"]);
     assert_eq!(code, 1);
     assert!(

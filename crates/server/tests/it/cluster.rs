@@ -290,20 +290,24 @@ async fn two_nodes_enforce_one_rate_limit_through_redis() {
     b.stop().await;
 }
 
+/// One forward-auth decision for `GET /v1/jobs/42` with `token` through `node`.
+async fn verify_job_read(node: &TestApp, token: &str) -> reqwest::Response {
+    node.http
+        .get(format!("{}/auth/verify", node.base))
+        .bearer_auth(token)
+        .header("x-original-uri", "/v1/jobs/42")
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .expect("verify")
+}
+
 /// Sends forward-auth decisions for `token` through `node` until one is refused; returns
 /// how many were allowed.
 async fn verify_until_refused(node: Arc<TestApp>, token: String) -> u64 {
     let mut allowed = 0;
     for _ in 0..50_000 {
-        let r = node
-            .http
-            .get(format!("{}/auth/verify", node.base))
-            .bearer_auth(&token)
-            .header("x-original-uri", "/v1/jobs/42")
-            .header("x-original-method", "GET")
-            .send()
-            .await
-            .expect("verify");
+        let r = verify_job_read(&node, &token).await;
         match r.status() {
             StatusCode::OK => allowed += 1,
             StatusCode::TOO_MANY_REQUESTS => return allowed,
@@ -382,16 +386,10 @@ async fn leases_spare_redis_round_trips_and_hold_a_shared_limit_within_their_bou
         .await;
     let before = exact.metric("datastack_ratelimit_redis_calls_total").await;
     for _ in 0..50 {
-        let r = exact
-            .http
-            .get(format!("{}/auth/verify", exact.base))
-            .bearer_auth(&other)
-            .header("x-original-uri", "/v1/jobs/42")
-            .header("x-original-method", "GET")
-            .send()
-            .await
-            .expect("verify");
-        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            verify_job_read(&exact, &other).await.status(),
+            StatusCode::OK
+        );
     }
     let after = exact.metric("datastack_ratelimit_redis_calls_total").await;
     assert_eq!(after - before, 50.0, "one call per decision");
