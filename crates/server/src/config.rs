@@ -227,137 +227,210 @@ impl Default for Config {
     }
 }
 
-/// One layer of settings: every field optional. The TOML file, the environment and the
-/// flags each produce one; later layers win.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
-pub struct ConfigLayer {
+/// Declares [`ConfigLayer`], one line per setting: its name (the TOML key), its type, and
+/// the `DATASTACK_*` variable it is read from with how that variable's text is read (`-`:
+/// the file only). The layer struct, the environment reader and the merge come from this
+/// one table; validation is in [`ConfigLayer::build`].
+macro_rules! config_layer {
+    ($( $(#[$doc:meta])* $name:ident: $ty:ty = $env:tt $kind:ident; )*) => {
+        /// One layer of settings: every field optional. The TOML file, the environment and
+        /// the flags each produce one; later layers win.
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields, rename_all = "snake_case")]
+        pub struct ConfigLayer {
+            $( $(#[$doc])* pub $name: Option<$ty>, )*
+        }
+
+        impl ConfigLayer {
+            /// Sets the setting whose variable is `DATASTACK_<name>` from `value`; other
+            /// names (the client commands' and the tests' variables) are not settings.
+            fn set_from_env(&mut self, key: &str, name: &str, value: String) -> Result<(), ConfigError> {
+                $( config_layer!(@env self, key, name, value, $name, $env, $kind); )*
+                Ok(())
+            }
+
+            /// Lays `other` over `self`: its set fields win.
+            pub fn merge(mut self, other: ConfigLayer) -> Self {
+                $( if other.$name.is_some() { self.$name = other.$name; } )*
+                self
+            }
+        }
+    };
+    (@env $s:ident, $key:ident, $n:ident, $v:ident, $name:ident, -, $kind:ident) => {};
+    (@env $s:ident, $key:ident, $n:ident, $v:ident, $name:ident, $env:literal, $kind:ident) => {
+        if $n == $env {
+            $s.$name = Some(env_value!($kind, $key, $v)?);
+            return Ok(());
+        }
+    };
+}
+
+/// Reads a `DATASTACK_*` value (`key` names the variable in errors).
+macro_rules! env_value {
+    (text, $key:ident, $v:ident) => {
+        Ok::<String, ConfigError>($v)
+    };
+    (path, $key:ident, $v:ident) => {
+        Ok::<PathBuf, ConfigError>(PathBuf::from($v))
+    };
+    (secret, $key:ident, $v:ident) => {
+        Ok::<SecretString, ConfigError>(SecretString::from($v))
+    };
+    (number, $key:ident, $v:ident) => {
+        env_number($key, &$v)
+    };
+    (small_number, $key:ident, $v:ident) => {
+        u32::try_from(env_number($key, &$v)?)
+            .map_err(|_| ConfigError(format!("{} is too large", $key)))
+    };
+    (boolean, $key:ident, $v:ident) => {
+        match $v.trim() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(ConfigError(format!(
+                "{}={:?} is not true or false",
+                $key, $v
+            ))),
+        }
+    };
+    (list, $key:ident, $v:ident) => {
+        Ok::<Vec<String>, ConfigError>(
+            $v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+        )
+    };
+}
+
+/// A whole number from a `DATASTACK_*` value.
+fn env_number(key: &str, v: &str) -> Result<u64, ConfigError> {
+    v.trim()
+        .parse::<u64>()
+        .map_err(|_| ConfigError(format!("{key}={v:?} is not a whole number")))
+}
+
+config_layer! {
     /// `listen`.
-    pub listen: Option<String>,
+    listen: String = "LISTEN" text;
     /// `data_dir`.
-    pub data_dir: Option<PathBuf>,
+    data_dir: PathBuf = "DATA_DIR" path;
     /// `database_url`.
-    pub database_url: Option<String>,
+    database_url: String = "DATABASE_URL" text;
     /// `database_max_connections`.
-    pub database_max_connections: Option<u32>,
+    database_max_connections: u32 = "DATABASE_MAX_CONNECTIONS" small_number;
     /// `redis_url`.
-    pub redis_url: Option<String>,
+    redis_url: String = "REDIS_URL" text;
     /// `max_body_bytes`.
-    pub max_body_bytes: Option<u64>,
+    max_body_bytes: u64 = "MAX_BODY_BYTES" number;
     /// `cache_capacity`.
-    pub cache_capacity: Option<u64>,
+    cache_capacity: u64 = "CACHE_CAPACITY" number;
     /// `workspace_max_depth`.
-    pub workspace_max_depth: Option<u64>,
+    workspace_max_depth: u64 = "WORKSPACE_MAX_DEPTH" number;
     /// `cache_ttl_seconds`.
-    pub cache_ttl_seconds: Option<u64>,
+    cache_ttl_seconds: u64 = "CACHE_TTL_SECONDS" number;
     /// `usage_flush_interval_ms`.
-    pub usage_flush_interval_ms: Option<u64>,
+    usage_flush_interval_ms: u64 = "USAGE_FLUSH_INTERVAL_MS" number;
     /// `log`.
-    pub log: Option<String>,
+    log: String = "LOG" text;
     /// `audit_key` (kept secret: never printed by `Debug`).
-    pub audit_key: Option<SecretString>,
+    audit_key: SecretString = "AUDIT_KEY" secret;
     /// `audit_key_file`.
-    pub audit_key_file: Option<PathBuf>,
+    audit_key_file: PathBuf = "AUDIT_KEY_FILE" path;
     /// `audit_durability`: `batched` or `sync`.
-    pub audit_durability: Option<String>,
+    audit_durability: String = "AUDIT_DURABILITY" text;
     /// `audit_queue_capacity`.
-    pub audit_queue_capacity: Option<u64>,
+    audit_queue_capacity: u64 = "AUDIT_QUEUE_CAPACITY" number;
     /// `audit_enqueue_timeout_ms`.
-    pub audit_enqueue_timeout_ms: Option<u64>,
+    audit_enqueue_timeout_ms: u64 = "AUDIT_ENQUEUE_TIMEOUT_MS" number;
     /// `audit_successful_reads`.
-    pub audit_successful_reads: Option<bool>,
+    audit_successful_reads: bool = "AUDIT_SUCCESSFUL_READS" boolean;
     /// `fast_path`.
-    pub fast_path: Option<bool>,
+    fast_path: bool = "FAST_PATH" boolean;
     /// `audit_maintenance_interval_seconds`.
-    pub audit_maintenance_interval_seconds: Option<u64>,
+    audit_maintenance_interval_seconds: u64 = "AUDIT_MAINTENANCE_INTERVAL_SECONDS" number;
     /// `audit_heads_file`: a path, or `off`.
-    pub audit_heads_file: Option<String>,
+    audit_heads_file: String = "AUDIT_HEADS_FILE" text;
     /// `auth_failure_burst_threshold`.
-    pub auth_failure_burst_threshold: Option<u64>,
+    auth_failure_burst_threshold: u64 = "AUTH_FAILURE_BURST_THRESHOLD" number;
     /// `auth_failure_burst_window_seconds`.
-    pub auth_failure_burst_window_seconds: Option<u64>,
+    auth_failure_burst_window_seconds: u64 = "AUTH_FAILURE_BURST_WINDOW_SECONDS" number;
     /// `new_network_window_days`.
-    pub new_network_window_days: Option<u64>,
+    new_network_window_days: u64 = "NEW_NETWORK_WINDOW_DAYS" number;
     /// `auto_revoke_notice_hours`.
-    pub auto_revoke_notice_hours: Option<u64>,
+    auto_revoke_notice_hours: u64 = "AUTO_REVOKE_NOTICE_HOURS" number;
     /// `audit_min_retention_days`.
-    pub audit_min_retention_days: Option<u64>,
+    audit_min_retention_days: u64 = "AUDIT_MIN_RETENTION_DAYS" number;
     /// `trusted_proxies`.
-    pub trusted_proxies: Option<Vec<String>>,
+    trusted_proxies: Vec<String> = "TRUSTED_PROXIES" list;
     /// `client_ip_header`.
-    pub client_ip_header: Option<String>,
+    client_ip_header: String = "CLIENT_IP_HEADER" text;
     /// `rate_limit_credential_per_minute`.
-    pub rate_limit_credential_per_minute: Option<u64>,
+    rate_limit_credential_per_minute: u64 = "RATE_LIMIT_CREDENTIAL_PER_MINUTE" number;
     /// `rate_limit_workspace_per_minute`.
-    pub rate_limit_workspace_per_minute: Option<u64>,
+    rate_limit_workspace_per_minute: u64 = "RATE_LIMIT_WORKSPACE_PER_MINUTE" number;
     /// `rate_limit_ip_per_minute`.
-    pub rate_limit_ip_per_minute: Option<u64>,
+    rate_limit_ip_per_minute: u64 = "RATE_LIMIT_IP_PER_MINUTE" number;
     /// `rate_limit_lease_max`.
-    pub rate_limit_lease_max: Option<u64>,
+    rate_limit_lease_max: u64 = "RATE_LIMIT_LEASE_MAX" number;
     /// `abuse_threshold`.
-    pub abuse_threshold: Option<u64>,
+    abuse_threshold: u64 = "ABUSE_THRESHOLD" number;
     /// `abuse_penalty_seconds`.
-    pub abuse_penalty_seconds: Option<u64>,
+    abuse_penalty_seconds: u64 = "ABUSE_PENALTY_SECONDS" number;
     /// `abuse_penalty_max_seconds`.
-    pub abuse_penalty_max_seconds: Option<u64>,
+    abuse_penalty_max_seconds: u64 = "ABUSE_PENALTY_MAX_SECONDS" number;
     /// `redis_key_prefix`.
-    pub redis_key_prefix: Option<String>,
+    redis_key_prefix: String = "REDIS_KEY_PREFIX" text;
     /// `[[gateway_routes]]` tables (camelCase keys, as in the API).
-    pub gateway_routes: Option<Vec<datastack_core::edge::RouteSpec>>,
+    gateway_routes: Vec<datastack_core::edge::RouteSpec> = - none;
     /// `gateway_max_body_bytes`.
-    pub gateway_max_body_bytes: Option<u64>,
+    gateway_max_body_bytes: u64 = "GATEWAY_MAX_BODY_BYTES" number;
     /// `signing_key` (kept secret).
-    pub signing_key: Option<SecretString>,
+    signing_key: SecretString = "SIGNING_KEY" secret;
     /// `signing_key_file`.
-    pub signing_key_file: Option<PathBuf>,
+    signing_key_file: PathBuf = "SIGNING_KEY_FILE" path;
     /// `assertion_ttl_seconds`.
-    pub assertion_ttl_seconds: Option<u64>,
+    assertion_ttl_seconds: u64 = "ASSERTION_TTL_SECONDS" number;
     /// `assertion_binding`: `route` or `request`.
-    pub assertion_binding: Option<String>,
+    assertion_binding: String = "ASSERTION_BINDING" text;
     /// `public_url`.
-    pub public_url: Option<String>,
+    public_url: String = "PUBLIC_URL" text;
     /// `spend_warning_percent`.
-    pub spend_warning_percent: Option<u64>,
+    spend_warning_percent: u64 = "SPEND_WARNING_PERCENT" number;
     /// `api_key_rotation_overlap_seconds`.
-    pub api_key_rotation_overlap_seconds: Option<u64>,
+    api_key_rotation_overlap_seconds: u64 = "API_KEY_ROTATION_OVERLAP_SECONDS" number;
     /// `api_key_max_rotation_overlap_seconds`.
-    pub api_key_max_rotation_overlap_seconds: Option<u64>,
+    api_key_max_rotation_overlap_seconds: u64 = "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" number;
     /// `credential_negative_cache_ttl_ms`.
-    pub credential_negative_cache_ttl_ms: Option<u64>,
+    credential_negative_cache_ttl_ms: u64 = "CREDENTIAL_NEGATIVE_CACHE_TTL_MS" number;
     /// `max_tracked_clients`.
-    pub max_tracked_clients: Option<u64>,
+    max_tracked_clients: u64 = "MAX_TRACKED_CLIENTS" number;
     /// `audit_growth_alert_per_minute`.
-    pub audit_growth_alert_per_minute: Option<u64>,
+    audit_growth_alert_per_minute: u64 = "AUDIT_GROWTH_ALERT_PER_MINUTE" number;
     /// `audit_refusal_groups`.
-    pub audit_refusal_groups: Option<u64>,
+    audit_refusal_groups: u64 = "AUDIT_REFUSAL_GROUPS" number;
     /// `header_read_timeout_ms`.
-    pub header_read_timeout_ms: Option<u64>,
+    header_read_timeout_ms: u64 = "HEADER_READ_TIMEOUT_MS" number;
     /// `idle_timeout_ms`.
-    pub idle_timeout_ms: Option<u64>,
+    idle_timeout_ms: u64 = "IDLE_TIMEOUT_MS" number;
     /// `max_client_connections`.
-    pub max_client_connections: Option<u64>,
+    max_client_connections: u64 = "MAX_CLIENT_CONNECTIONS" number;
     /// `request_timeout_ms`.
-    pub request_timeout_ms: Option<u64>,
+    request_timeout_ms: u64 = "REQUEST_TIMEOUT_MS" number;
     /// `shutdown_drain_timeout_ms`.
-    pub shutdown_drain_timeout_ms: Option<u64>,
+    shutdown_drain_timeout_ms: u64 = "SHUTDOWN_DRAIN_TIMEOUT_MS" number;
     /// `database_statement_timeout_ms`.
-    pub database_statement_timeout_ms: Option<u64>,
+    database_statement_timeout_ms: u64 = "DATABASE_STATEMENT_TIMEOUT_MS" number;
     /// `database_lock_timeout_ms`.
-    pub database_lock_timeout_ms: Option<u64>,
+    database_lock_timeout_ms: u64 = "DATABASE_LOCK_TIMEOUT_MS" number;
     /// `gateway_body_idle_timeout_ms`.
-    pub gateway_body_idle_timeout_ms: Option<u64>,
+    gateway_body_idle_timeout_ms: u64 = "GATEWAY_BODY_IDLE_TIMEOUT_MS" number;
 }
 
 /// A configuration problem, with where it came from and how to fix it.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration error: {0}")]
 pub struct ConfigError(String);
-
-macro_rules! merge {
-    ($into:ident, $from:ident, $($field:ident),+) => {
-        $( if $from.$field.is_some() { $into.$field = $from.$field; } )+
-    };
-}
 
 impl ConfigLayer {
     /// Reads `datastack.toml` (or `path`), if it exists. A path given explicitly must exist.
@@ -387,180 +460,11 @@ impl ConfigLayer {
     pub fn from_env(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
         let mut layer = Self::default();
         for (key, value) in vars {
-            let Some(name) = key.strip_prefix("DATASTACK_") else {
-                continue;
-            };
-            let number = |v: &str| {
-                v.trim()
-                    .parse::<u64>()
-                    .map_err(|_| ConfigError(format!("{key}={v:?} is not a whole number")))
-            };
-            let boolean = |v: &str| match v.trim() {
-                "true" | "1" => Ok(true),
-                "false" | "0" => Ok(false),
-                _ => Err(ConfigError(format!("{key}={v:?} is not true or false"))),
-            };
-            match name {
-                "LISTEN" => layer.listen = Some(value),
-                "DATA_DIR" => layer.data_dir = Some(PathBuf::from(value)),
-                "DATABASE_URL" => layer.database_url = Some(value),
-                "DATABASE_MAX_CONNECTIONS" => {
-                    layer.database_max_connections = Some(
-                        u32::try_from(number(&value)?)
-                            .map_err(|_| ConfigError(format!("{key} is too large")))?,
-                    )
-                }
-                "REDIS_URL" => layer.redis_url = Some(value),
-                "MAX_BODY_BYTES" => layer.max_body_bytes = Some(number(&value)?),
-                "CACHE_CAPACITY" => layer.cache_capacity = Some(number(&value)?),
-                "WORKSPACE_MAX_DEPTH" => layer.workspace_max_depth = Some(number(&value)?),
-                "CACHE_TTL_SECONDS" => layer.cache_ttl_seconds = Some(number(&value)?),
-                "USAGE_FLUSH_INTERVAL_MS" => layer.usage_flush_interval_ms = Some(number(&value)?),
-                "LOG" => layer.log = Some(value),
-                "AUDIT_KEY" => layer.audit_key = Some(SecretString::from(value)),
-                "AUDIT_KEY_FILE" => layer.audit_key_file = Some(PathBuf::from(value)),
-                "AUDIT_HEADS_FILE" => layer.audit_heads_file = Some(value),
-                "AUDIT_DURABILITY" => layer.audit_durability = Some(value),
-                "AUDIT_QUEUE_CAPACITY" => layer.audit_queue_capacity = Some(number(&value)?),
-                "AUDIT_ENQUEUE_TIMEOUT_MS" => {
-                    layer.audit_enqueue_timeout_ms = Some(number(&value)?)
-                }
-                "AUDIT_SUCCESSFUL_READS" => layer.audit_successful_reads = Some(boolean(&value)?),
-                "FAST_PATH" => layer.fast_path = Some(boolean(&value)?),
-                "AUDIT_MAINTENANCE_INTERVAL_SECONDS" => {
-                    layer.audit_maintenance_interval_seconds = Some(number(&value)?)
-                }
-                "AUTH_FAILURE_BURST_THRESHOLD" => {
-                    layer.auth_failure_burst_threshold = Some(number(&value)?)
-                }
-                "AUTH_FAILURE_BURST_WINDOW_SECONDS" => {
-                    layer.auth_failure_burst_window_seconds = Some(number(&value)?)
-                }
-                "NEW_NETWORK_WINDOW_DAYS" => layer.new_network_window_days = Some(number(&value)?),
-                "AUTO_REVOKE_NOTICE_HOURS" => {
-                    layer.auto_revoke_notice_hours = Some(number(&value)?)
-                }
-                "AUDIT_MIN_RETENTION_DAYS" => {
-                    layer.audit_min_retention_days = Some(number(&value)?)
-                }
-                "TRUSTED_PROXIES" => {
-                    layer.trusted_proxies = Some(
-                        value
-                            .split(',')
-                            .map(|s| s.trim().to_owned())
-                            .filter(|s| !s.is_empty())
-                            .collect(),
-                    )
-                }
-                "CLIENT_IP_HEADER" => layer.client_ip_header = Some(value),
-                "RATE_LIMIT_CREDENTIAL_PER_MINUTE" => {
-                    layer.rate_limit_credential_per_minute = Some(number(&value)?)
-                }
-                "RATE_LIMIT_WORKSPACE_PER_MINUTE" => {
-                    layer.rate_limit_workspace_per_minute = Some(number(&value)?)
-                }
-                "RATE_LIMIT_IP_PER_MINUTE" => {
-                    layer.rate_limit_ip_per_minute = Some(number(&value)?)
-                }
-                "RATE_LIMIT_LEASE_MAX" => layer.rate_limit_lease_max = Some(number(&value)?),
-                "ABUSE_THRESHOLD" => layer.abuse_threshold = Some(number(&value)?),
-                "ABUSE_PENALTY_SECONDS" => layer.abuse_penalty_seconds = Some(number(&value)?),
-                "ABUSE_PENALTY_MAX_SECONDS" => {
-                    layer.abuse_penalty_max_seconds = Some(number(&value)?)
-                }
-                "REDIS_KEY_PREFIX" => layer.redis_key_prefix = Some(value),
-                "GATEWAY_MAX_BODY_BYTES" => layer.gateway_max_body_bytes = Some(number(&value)?),
-                "SIGNING_KEY" => layer.signing_key = Some(SecretString::from(value)),
-                "SIGNING_KEY_FILE" => layer.signing_key_file = Some(PathBuf::from(value)),
-                "ASSERTION_TTL_SECONDS" => layer.assertion_ttl_seconds = Some(number(&value)?),
-                "ASSERTION_BINDING" => layer.assertion_binding = Some(value),
-                "PUBLIC_URL" => layer.public_url = Some(value),
-                "SPEND_WARNING_PERCENT" => layer.spend_warning_percent = Some(number(&value)?),
-                "API_KEY_ROTATION_OVERLAP_SECONDS" => {
-                    layer.api_key_rotation_overlap_seconds = Some(number(&value)?)
-                }
-                "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" => {
-                    layer.api_key_max_rotation_overlap_seconds = Some(number(&value)?)
-                }
-                // The flood and connection settings, all whole numbers.
-                other => {
-                    if let Some(field) = floods::env_field(&mut layer, other) {
-                        *field = Some(number(&value)?);
-                    } else if let Some(field) = connections::env_field(&mut layer, other) {
-                        *field = Some(number(&value)?);
-                    }
-                    // Other variables (of the client commands, of the tests) are not
-                    // server settings.
-                }
+            if let Some(name) = key.strip_prefix("DATASTACK_") {
+                layer.set_from_env(&key, name, value)?;
             }
         }
         Ok(layer)
-    }
-
-    /// Lays `other` over `self`: its set fields win.
-    pub fn merge(mut self, other: ConfigLayer) -> Self {
-        merge!(
-            self,
-            other,
-            listen,
-            data_dir,
-            database_url,
-            database_max_connections,
-            redis_url,
-            max_body_bytes,
-            cache_capacity,
-            workspace_max_depth,
-            cache_ttl_seconds,
-            usage_flush_interval_ms,
-            log,
-            audit_key,
-            audit_key_file,
-            audit_durability,
-            audit_queue_capacity,
-            audit_enqueue_timeout_ms,
-            audit_successful_reads,
-            fast_path,
-            audit_maintenance_interval_seconds,
-            audit_heads_file,
-            auth_failure_burst_threshold,
-            auth_failure_burst_window_seconds,
-            new_network_window_days,
-            auto_revoke_notice_hours,
-            audit_min_retention_days,
-            trusted_proxies,
-            client_ip_header,
-            rate_limit_credential_per_minute,
-            rate_limit_workspace_per_minute,
-            rate_limit_ip_per_minute,
-            rate_limit_lease_max,
-            abuse_threshold,
-            abuse_penalty_seconds,
-            abuse_penalty_max_seconds,
-            redis_key_prefix,
-            gateway_routes,
-            gateway_max_body_bytes,
-            signing_key,
-            signing_key_file,
-            assertion_ttl_seconds,
-            assertion_binding,
-            public_url,
-            spend_warning_percent,
-            api_key_rotation_overlap_seconds,
-            api_key_max_rotation_overlap_seconds,
-            credential_negative_cache_ttl_ms,
-            max_tracked_clients,
-            audit_growth_alert_per_minute,
-            audit_refusal_groups,
-            header_read_timeout_ms,
-            idle_timeout_ms,
-            max_client_connections,
-            request_timeout_ms,
-            shutdown_drain_timeout_ms,
-            database_statement_timeout_ms,
-            database_lock_timeout_ms,
-            gateway_body_idle_timeout_ms
-        );
-        self
     }
 
     /// Validates the merged layers over the defaults.
@@ -932,4 +836,138 @@ pub fn parse_seed(hex_text: &str) -> Option<[u8; 32]> {
 /// The log filter type, re-exported so the binary and this validation agree.
 pub mod tracing_filter {
     pub use tracing_subscriber::filter::Targets;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// Every key the file accepts, as serde lists them for an unknown one.
+    fn file_keys() -> Vec<String> {
+        let err = toml::from_str::<ConfigLayer>("no_such_setting = 1")
+            .expect_err("an unknown key is refused")
+            .to_string();
+        let expected = err.split("expected one of").nth(1).expect("the keys");
+        expected
+            .split(',')
+            .map(|k| k.trim().trim_matches(|c| c == '`' || c == '\n').to_owned())
+            .filter(|k| !k.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_then_environment_then_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("datastack.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1111\"\nlog = \"warn\"\nrate_limit_ip_per_minute = 5\nabuse_threshold = 9\n",
+        )
+        .expect("write");
+        let file = ConfigLayer::from_file(Some(&path)).expect("the file parses");
+        let environment = ConfigLayer::from_env(env(&[
+            ("DATASTACK_LISTEN", "127.0.0.1:2222"),
+            ("DATASTACK_RATE_LIMIT_IP_PER_MINUTE", "7"),
+            // The client commands' and the tests' variables are not settings.
+            ("DATASTACK_TOKEN", "dapi_not_a_setting"),
+            ("DATASTACK_TEST_DATABASE_URL", "postgres://x"),
+            ("HOME", "/root"),
+        ]))
+        .expect("the environment parses");
+        let flags = ConfigLayer {
+            listen: Some("127.0.0.1:3333".into()),
+            ..ConfigLayer::default()
+        };
+        let c = file.merge(environment).merge(flags).build().expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3333", "flags win");
+        assert_eq!(
+            c.rate_limit_ip_per_minute, 7,
+            "the environment beats the file"
+        );
+        assert_eq!(c.log, "warn", "the file beats the defaults");
+        assert_eq!(c.abuse_threshold, 9);
+        assert_eq!(
+            c.rate_limit_credential_per_minute, 6000,
+            "the default stays"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_where_it_came_from() {
+        let err = |pairs: &[(&str, &str)]| {
+            ConfigLayer::from_env(env(pairs))
+                .expect_err("refused")
+                .to_string()
+        };
+        assert_eq!(
+            err(&[("DATASTACK_MAX_BODY_BYTES", "lots")]),
+            "configuration error: DATASTACK_MAX_BODY_BYTES=\"lots\" is not a whole number"
+        );
+        assert_eq!(
+            err(&[("DATASTACK_FAST_PATH", "maybe")]),
+            "configuration error: DATASTACK_FAST_PATH=\"maybe\" is not true or false"
+        );
+        assert_eq!(
+            err(&[("DATASTACK_DATABASE_MAX_CONNECTIONS", "99999999999")]),
+            "configuration error: DATASTACK_DATABASE_MAX_CONNECTIONS is too large"
+        );
+        // A value out of range names the setting, whichever layer set it.
+        let out_of_range = ConfigLayer::from_env(env(&[("DATASTACK_RATE_LIMIT_LEASE_MAX", "0")]))
+            .expect("a number")
+            .build()
+            .expect_err("out of range")
+            .to_string();
+        assert!(
+            out_of_range.contains("rate_limit_lease_max"),
+            "{out_of_range}"
+        );
+        // The file: its path and the key.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "rate_limit_ip_per_minute = \"many\"\n").expect("write");
+        let file = ConfigLayer::from_file(Some(&path))
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            file.contains("bad.toml") && file.contains("rate_limit_ip_per_minute"),
+            "{file}"
+        );
+        assert!(ConfigLayer::from_file(Some(&dir.path().join("missing.toml"))).is_err());
+    }
+
+    /// Each key the file accepts is documented with its variable, and that variable sets
+    /// it (the one table cannot leave a setting without its variable).
+    #[test]
+    fn every_setting_is_documented_and_read_from_its_variable() {
+        let docs = include_str!("../../../docs/configuration.md");
+        let keys = file_keys();
+        assert!(keys.len() > 50, "{keys:?}");
+        for key in keys {
+            let variable = format!("DATASTACK_{}", key.to_ascii_uppercase());
+            if key == "gateway_routes" {
+                assert!(
+                    docs.contains("| `gateway_routes` | none (TOML only)"),
+                    "{key}"
+                );
+                continue;
+            }
+            assert!(
+                docs.contains(&format!("| `{key}` | `{variable}` |")),
+                "docs/configuration.md lacks the row of {key}"
+            );
+            // "1" reads as every kind of value: text, path, number, boolean, list.
+            let layer = ConfigLayer::from_env(env(&[(&variable, "1")])).expect("parses");
+            assert!(
+                format!("{layer:?}").contains(&format!("{key}: Some(")),
+                "{variable} does not set {key}"
+            );
+        }
+    }
 }

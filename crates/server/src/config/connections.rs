@@ -82,21 +82,6 @@ impl ConnectionLimits {
     }
 }
 
-/// The layer field a `DATASTACK_<NAME>` variable of this group sets, if it is one.
-pub(super) fn env_field<'a>(layer: &'a mut ConfigLayer, name: &str) -> Option<&'a mut Option<u64>> {
-    Some(match name {
-        "HEADER_READ_TIMEOUT_MS" => &mut layer.header_read_timeout_ms,
-        "IDLE_TIMEOUT_MS" => &mut layer.idle_timeout_ms,
-        "MAX_CLIENT_CONNECTIONS" => &mut layer.max_client_connections,
-        "REQUEST_TIMEOUT_MS" => &mut layer.request_timeout_ms,
-        "SHUTDOWN_DRAIN_TIMEOUT_MS" => &mut layer.shutdown_drain_timeout_ms,
-        "DATABASE_STATEMENT_TIMEOUT_MS" => &mut layer.database_statement_timeout_ms,
-        "DATABASE_LOCK_TIMEOUT_MS" => &mut layer.database_lock_timeout_ms,
-        "GATEWAY_BODY_IDLE_TIMEOUT_MS" => &mut layer.gateway_body_idle_timeout_ms,
-        _ => return None,
-    })
-}
-
 /// One hour, the longest any of these timeouts may be.
 const HOUR_MS: u64 = 3_600_000;
 

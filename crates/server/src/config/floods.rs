@@ -39,17 +39,6 @@ impl Default for FloodLimits {
     }
 }
 
-/// The layer field a `DATASTACK_<NAME>` variable of this group sets, if it is one.
-pub(super) fn env_field<'a>(layer: &'a mut ConfigLayer, name: &str) -> Option<&'a mut Option<u64>> {
-    Some(match name {
-        "CREDENTIAL_NEGATIVE_CACHE_TTL_MS" => &mut layer.credential_negative_cache_ttl_ms,
-        "MAX_TRACKED_CLIENTS" => &mut layer.max_tracked_clients,
-        "AUDIT_GROWTH_ALERT_PER_MINUTE" => &mut layer.audit_growth_alert_per_minute,
-        "AUDIT_REFUSAL_GROUPS" => &mut layer.audit_refusal_groups,
-        _ => return None,
-    })
-}
-
 impl ConfigLayer {
     /// Validates this group over its defaults.
     pub(super) fn build_floods(&self) -> Result<FloodLimits, ConfigError> {
