@@ -261,6 +261,31 @@ pub struct RouteArgs {
 pub enum IpListsCmd {
     /// List the workspace's lists.
     List,
+    /// Show one list.
+    Get {
+        /// The list's id (`ipl_…`).
+        id: String,
+    },
+    /// Replace a list whole: label, type, addresses and state (enabled unless --disabled).
+    Replace {
+        /// The list's id (`ipl_…`).
+        id: String,
+        /// Its label.
+        #[arg(long)]
+        label: String,
+        /// ALLOW or BLOCK.
+        #[arg(long = "type")]
+        list_type: String,
+        /// An address or CIDR range (repeatable).
+        #[arg(long = "address", required = true)]
+        addresses: Vec<String>,
+        /// Disable it.
+        #[arg(long)]
+        disabled: bool,
+        /// Apply even if it refuses your own address.
+        #[arg(long)]
+        allow_lockout: bool,
+    },
     /// Create a list (enforced at once unless --disabled).
     Create {
         /// A name, unique in the workspace.
@@ -445,6 +470,12 @@ pub struct ReviewArgs {
     /// Only credentials with this flag.
     #[arg(long, value_parser = ["stale", "rotation_due", "never_expires", "over_broad"])]
     flag: Option<String>,
+    /// One page of this many credentials (1–200) instead of every page.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=200))]
+    limit: Option<u32>,
+    /// Start at this cursor (the `nextCursor` of a previous page); one page.
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 /// `datastack tokens …`
@@ -644,11 +675,26 @@ pub enum WorkspacesCmd {
         /// The email of the first admin.
         #[arg(long)]
         admin_email: Option<String>,
+        /// The first admin's name (default Administrator).
+        #[arg(long)]
+        admin_name: Option<String>,
         /// The longest lifetime a personal access token may have, in days.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         max_token_lifetime_days: Option<u32>,
+        /// How long audit entries are kept, in days (default 365).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        audit_retention_days: Option<u32>,
+        /// Revoke personal access tokens unused for this many days.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=36500))]
+        auto_revoke_unused_days: Option<u32>,
+        /// Start with the enforcement of IP access lists suspended.
+        #[arg(long)]
+        suspend_ip_access_lists: bool,
+        /// Let upstream services retain the workspace's data.
+        #[arg(long)]
+        data_retention_consent: bool,
     },
-    /// Change a workspace's name or maximum token lifetime.
+    /// Change a workspace's name or settings.
     Update {
         /// The workspace id, ws_…
         id: String,
@@ -661,6 +707,30 @@ pub enum WorkspacesCmd {
         /// Remove the maximum token lifetime.
         #[arg(long)]
         clear_max_token_lifetime: bool,
+        /// Keep audit entries this many days.
+        #[arg(long, conflicts_with = "default_audit_retention", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        audit_retention_days: Option<u32>,
+        /// Go back to the default audit retention (365 days).
+        #[arg(long)]
+        default_audit_retention: bool,
+        /// Revoke personal access tokens unused for this many days.
+        #[arg(long, conflicts_with = "no_auto_revoke", value_parser = clap::value_parser!(u32).range(1..=36500))]
+        auto_revoke_unused_days: Option<u32>,
+        /// Stop revoking unused tokens.
+        #[arg(long)]
+        no_auto_revoke: bool,
+        /// Suspend the enforcement of the workspace's IP access lists.
+        #[arg(long, conflicts_with = "resume_ip_access_lists")]
+        suspend_ip_access_lists: bool,
+        /// Enforce the workspace's IP access lists again.
+        #[arg(long)]
+        resume_ip_access_lists: bool,
+        /// Let upstream services retain the workspace's data.
+        #[arg(long, conflicts_with = "no_data_retention_consent")]
+        data_retention_consent: bool,
+        /// Withdraw that consent.
+        #[arg(long)]
+        no_data_retention_consent: bool,
     },
 }
 
@@ -917,6 +987,26 @@ async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), F
                 ip_list_table,
             );
         }
+        IpListsCmd::Get { id } => out.item(&client.get_ip_access_list(&id).await?, ip_list_table),
+        IpListsCmd::Replace {
+            id,
+            label,
+            list_type,
+            addresses,
+            disabled,
+            allow_lockout,
+        } => {
+            let list = NewIpAccessList {
+                label,
+                list_type: list_type.to_ascii_uppercase(),
+                ip_addresses: addresses,
+                enabled: disabled.then_some(false),
+            };
+            let replaced = client
+                .replace_ip_access_list(&id, &list, allow_lockout)
+                .await?;
+            out.item(&replaced, ip_list_table);
+        }
         IpListsCmd::Create {
             label,
             list_type,
@@ -1156,15 +1246,25 @@ async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<
         WorkspacesCmd::Create {
             name,
             admin_email,
+            admin_name,
             max_token_lifetime_days,
+            audit_retention_days,
+            auto_revoke_unused_days,
+            suspend_ip_access_lists,
+            data_retention_consent,
         } => {
+            let settings = WorkspaceSettings {
+                max_token_lifetime_days,
+                audit_retention_days,
+                auto_revoke_unused_days,
+                ip_access_lists_suspended: suspend_ip_access_lists.then_some(true),
+                data_retention_consent: data_retention_consent.then_some(true),
+            };
             let request = CreateWorkspace {
                 name,
                 admin_email,
-                settings: max_token_lifetime_days.map(|days| WorkspaceSettings {
-                    max_token_lifetime_days: Some(days),
-                    ..WorkspaceSettings::default()
-                }),
+                admin_name,
+                settings: (settings != WorkspaceSettings::default()).then_some(settings),
             };
             let created = client.create_workspace(request).await?;
             print_created_workspace(&created, out);
@@ -1174,24 +1274,36 @@ async fn workspaces(cmd: WorkspacesCmd, client: &Client, out: Output) -> Result<
             name,
             max_token_lifetime_days,
             clear_max_token_lifetime,
+            audit_retention_days,
+            default_audit_retention,
+            auto_revoke_unused_days,
+            no_auto_revoke,
+            suspend_ip_access_lists,
+            resume_ip_access_lists,
+            data_retention_consent,
+            no_data_retention_consent,
         } => {
-            let max_lifetime = match (max_token_lifetime_days, clear_max_token_lifetime) {
-                (Some(days), _) => Some(Some(days)),
+            // A value sets, the clearing flag sends null, neither keeps.
+            let change = |value: Option<u32>, clear: bool| match (value, clear) {
+                (Some(v), _) => Some(Some(v)),
                 (None, true) => Some(None),
                 (None, false) => None,
             };
-            if name.is_none() && max_lifetime.is_none() {
+            let switch = |on: bool, off: bool| (on || off).then_some(on);
+            let settings = WorkspaceSettingsUpdate {
+                max_token_lifetime_days: change(max_token_lifetime_days, clear_max_token_lifetime),
+                audit_retention_days: change(audit_retention_days, default_audit_retention),
+                auto_revoke_unused_days: change(auto_revoke_unused_days, no_auto_revoke),
+                ip_access_lists_suspended: switch(suspend_ip_access_lists, resume_ip_access_lists),
+                data_retention_consent: switch(data_retention_consent, no_data_retention_consent),
+            };
+            let settings = (settings != WorkspaceSettingsUpdate::default()).then_some(settings);
+            if name.is_none() && settings.is_none() {
                 return Err(nothing_to_update(
-                    "--name, --max-token-lifetime-days or --clear-max-token-lifetime",
+                    "--name or a setting (see datastack workspaces update --help)",
                 ));
             }
-            let request = UpdateWorkspace {
-                name,
-                settings: max_lifetime.is_some().then_some(WorkspaceSettingsUpdate {
-                    max_token_lifetime_days: max_lifetime,
-                    ..WorkspaceSettingsUpdate::default()
-                }),
-            };
+            let request = UpdateWorkspace { name, settings };
             let workspace = client.update_workspace(&id, request).await?;
             out.one(&workspace, workspace_fields);
         }
@@ -1298,10 +1410,12 @@ async fn access_review(
 ) -> Result<(), Failure> {
     match cmd {
         None => {
+            // Every page, unless a page size or a cursor asks for one.
+            let one_page = query.limit.is_some() || query.cursor.is_some();
             let paging = PageArgs {
                 limit: None,
-                cursor: None,
-                all_pages: true,
+                cursor: query.cursor.clone(),
+                all_pages: !one_page,
             };
             let page = collect_pages(&paging, |cursor| {
                 client.access_review(ReviewQuery {
@@ -1309,7 +1423,7 @@ async fn access_review(
                     rotation_days: query.rotation_days,
                     window_days: query.window_days,
                     flag: query.flag.clone(),
-                    limit: Some(200),
+                    limit: Some(query.limit.unwrap_or(200)),
                     cursor,
                 })
             })

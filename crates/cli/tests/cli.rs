@@ -706,6 +706,30 @@ fn the_audit_cli_queries_exports_verifies_shows_tampering_and_purges() {
         table.starts_with("CREDENTIAL") && table.contains("never_expires"),
         "{table}"
     );
+    // One page on request: a cursor to continue from.
+    let first = json_of(client(
+        &server,
+        &admin,
+        &["access-review", "--limit", "1", "--json"],
+    ));
+    assert_eq!(first["items"].as_array().map(Vec::len), Some(1), "{first}");
+    let cursor = first["nextCursor"].as_str().expect("more pages").to_owned();
+    let second = json_of(client(
+        &server,
+        &admin,
+        &[
+            "access-review",
+            "--limit",
+            "1",
+            "--cursor",
+            &cursor,
+            "--json",
+        ],
+    ));
+    assert_ne!(
+        second["items"][0]["credentialId"],
+        first["items"][0]["credentialId"]
+    );
     let (code, out, _) = client(&server, &admin, &["access-review", "--json"]);
     assert_eq!(code, 0);
     let review: serde_json::Value = serde_json::from_str(&out).expect("json");
@@ -890,6 +914,35 @@ fn the_edge_cli_manages_routes_ip_lists_and_abuse_flags() {
     let lists: serde_json::Value = serde_json::from_str(&out).expect("json");
     assert_eq!(lists["items"][0]["id"], list_id.as_str(), "{out}");
     assert_eq!(lists["enforcementSuspended"], false, "{out}");
+    let got = json_of(client(
+        &server,
+        &admin,
+        &["ip-access-lists", "get", &list_id, "--json"],
+    ));
+    assert_eq!(got["label"], "local");
+    let replaced = json_of(client(
+        &server,
+        &admin,
+        &[
+            "ip-access-lists",
+            "replace",
+            &list_id,
+            "--label",
+            "loopback",
+            "--type",
+            "allow",
+            "--address",
+            "127.0.0.1",
+            "--address",
+            "::1",
+            "--json",
+        ],
+    ));
+    assert_eq!(replaced["label"], "loopback", "{replaced}");
+    assert_eq!(
+        replaced["enabled"], true,
+        "replace enables unless --disabled: {replaced}"
+    );
     let (code, _, err) = client(&server, &admin, &["ip-access-lists", "delete", &list_id]);
     assert_eq!(code, 0, "{err}");
 
@@ -1260,6 +1313,64 @@ fn the_workspaces_cli_filters_a_subtree_and_the_depth_limit_comes_from_the_envir
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = client(&server, &c, &["whoami"]);
     assert_eq!(code, 0, "{err}");
+    // Every workspace setting the API takes is reachable from the CLI.
+    let updated = json_of(client(
+        &server,
+        &root,
+        &[
+            "workspaces",
+            "update",
+            &c_id,
+            "--audit-retention-days",
+            "400",
+            "--auto-revoke-unused-days",
+            "45",
+            "--suspend-ip-access-lists",
+            "--data-retention-consent",
+            "--json",
+        ],
+    ));
+    assert_eq!(updated["settings"]["auditRetentionDays"], 400, "{updated}");
+    assert_eq!(updated["settings"]["autoRevokeUnusedDays"], 45, "{updated}");
+    assert_eq!(
+        updated["settings"]["ipAccessListsSuspended"], true,
+        "{updated}"
+    );
+    assert_eq!(
+        updated["settings"]["dataRetentionConsent"], true,
+        "{updated}"
+    );
+    let reverted = json_of(client(
+        &server,
+        &root,
+        &[
+            "workspaces",
+            "update",
+            &c_id,
+            "--no-auto-revoke",
+            "--resume-ip-access-lists",
+            "--no-data-retention-consent",
+            "--json",
+        ],
+    ));
+    assert!(
+        reverted["settings"]["autoRevokeUnusedDays"].is_null(),
+        "{reverted}"
+    );
+    assert_eq!(
+        reverted["settings"]["ipAccessListsSuspended"], false,
+        "{reverted}"
+    );
+    assert_eq!(
+        reverted["settings"]["dataRetentionConsent"], false,
+        "{reverted}"
+    );
+    assert_eq!(
+        reverted["settings"]["auditRetentionDays"], 400,
+        "kept: {reverted}"
+    );
+    let (code, _, err) = client(&server, &root, &["workspaces", "update", &c_id]);
+    assert_eq!(code, 2, "nothing to update is a usage error: {err}");
     server.stop();
 }
 

@@ -280,6 +280,34 @@ impl Client {
         decode(response).await
     }
 
+    /// `GET /api/v1/ip-access-lists/{id}` (`read:ip-access-lists`).
+    pub async fn get_ip_access_list(&self, id: &str) -> Result<IpAccessList> {
+        let url = self.url(&["api", "v1", "ip-access-lists", id]);
+        decode(self.get(url, READ_IP_LISTS).await?).await
+    }
+
+    /// `PUT /api/v1/ip-access-lists/{id}` (`manage:ip-access-lists`): replaces the whole
+    /// list (unset `enabled`: enabled). 409 if it would refuse the caller's own address,
+    /// unless `allow_lockout`.
+    pub async fn replace_ip_access_list(
+        &self,
+        id: &str,
+        list: &NewIpAccessList,
+        allow_lockout: bool,
+    ) -> Result<IpAccessList> {
+        let mut url = self.url(&["api", "v1", "ip-access-lists", id]);
+        lockout(&mut url, allow_lockout);
+        let response = self
+            .send(
+                Method::PUT,
+                url,
+                Auth::Scoped(MANAGE_IP_LISTS),
+                Some(encode(list)?),
+            )
+            .await?;
+        decode(response).await
+    }
+
     /// `DELETE /api/v1/ip-access-lists/{id}` (`manage:ip-access-lists`).
     pub async fn delete_ip_access_list(&self, id: &str, allow_lockout: bool) -> Result<()> {
         let mut url = self.url(&["api", "v1", "ip-access-lists", id]);

@@ -175,6 +175,14 @@ pub struct WorkspaceSettings {
     /// Unused personal access tokens are revoked after this many days; `None`: never.
     #[serde(default)]
     pub auto_revoke_unused_days: Option<u32>,
+    /// Whether the enforcement of the workspace's IP access lists is suspended (in a
+    /// request, `None` keeps the server's default, false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_access_lists_suspended: Option<bool>,
+    /// Whether upstream services may retain the workspace's data (in a request, `None`
+    /// keeps the server's default, false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_retention_consent: Option<bool>,
 }
 
 /// A workspace: the unit that owns users, service principals and their credentials.
@@ -489,6 +497,9 @@ pub struct CreateWorkspace {
     /// The email of the workspace's first admin, created with it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_email: Option<String>,
+    /// The first admin's name (server default `Administrator`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_name: Option<String>,
     /// The initial settings; `None` for the defaults.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settings: Option<WorkspaceSettings>,
@@ -522,6 +533,12 @@ pub struct WorkspaceSettingsUpdate {
     /// `Some(Some(days))` sets it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_revoke_unused_days: Option<Option<u32>>,
+    /// Suspend (`true`) or resume (`false`) the enforcement of the IP access lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_access_lists_suspended: Option<bool>,
+    /// Opt in (`true`) or out (`false`) of data retention by upstream services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_retention_consent: Option<bool>,
 }
 
 /// The answer of creating a workspace: the workspace, its first admin and that admin's

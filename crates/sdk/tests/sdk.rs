@@ -174,13 +174,20 @@ async fn typed_calls_send_the_right_scope_and_decode_the_answers() {
         .create_workspace(CreateWorkspace {
             name: "staging".into(),
             admin_email: Some("ops@example.com".into()),
-            settings: None,
+            admin_name: Some("Ops Lead".into()),
+            settings: Some(datastack_sdk::WorkspaceSettings {
+                ip_access_lists_suspended: Some(true),
+                ..Default::default()
+            }),
         })
         .await
         .expect("create workspace");
+    assert_eq!(ws.workspace.settings.ip_access_lists_suspended, Some(true));
     let token = ws.admin_token.expect("admin token");
     let child = server.client(token.expose_secret());
-    assert_eq!(child.me().await.expect("me").workspace.id, ws.workspace.id);
+    let me = child.me().await.expect("me");
+    assert_eq!(me.workspace.id, ws.workspace.id);
+    assert_eq!(me.principal.name, "Ops Lead");
     let suspended = admin
         .suspend_workspace(&ws.workspace.id)
         .await
