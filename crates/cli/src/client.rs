@@ -256,6 +256,41 @@ pub struct RouteArgs {
     allow_override_headers: bool,
 }
 
+/// A whole IP access list, as `create` and `replace` take it.
+#[derive(clap::Args, Debug)]
+pub struct IpListArgs {
+    /// A name, unique in the workspace.
+    #[arg(long)]
+    label: String,
+    /// ALLOW or BLOCK.
+    #[arg(long = "type")]
+    list_type: String,
+    /// An address or CIDR range (repeatable).
+    #[arg(long = "address", required = true)]
+    addresses: Vec<String>,
+    /// Disabled (not enforced).
+    #[arg(long)]
+    disabled: bool,
+    /// Apply even if it refuses your own address.
+    #[arg(long)]
+    allow_lockout: bool,
+}
+
+impl IpListArgs {
+    /// The list to send, and whether a lockout is allowed.
+    fn into_request(self) -> (NewIpAccessList, bool) {
+        (
+            NewIpAccessList {
+                label: self.label,
+                list_type: self.list_type.to_ascii_uppercase(),
+                ip_addresses: self.addresses,
+                enabled: self.disabled.then_some(false),
+            },
+            self.allow_lockout,
+        )
+    }
+}
+
 /// `datastack ip-access-lists …`
 #[derive(clap::Subcommand, Debug)]
 pub enum IpListsCmd {
@@ -270,39 +305,13 @@ pub enum IpListsCmd {
     Replace {
         /// The list's id (`ipl_…`).
         id: String,
-        /// Its label.
-        #[arg(long)]
-        label: String,
-        /// ALLOW or BLOCK.
-        #[arg(long = "type")]
-        list_type: String,
-        /// An address or CIDR range (repeatable).
-        #[arg(long = "address", required = true)]
-        addresses: Vec<String>,
-        /// Disable it.
-        #[arg(long)]
-        disabled: bool,
-        /// Apply even if it refuses your own address.
-        #[arg(long)]
-        allow_lockout: bool,
+        #[command(flatten)]
+        list: IpListArgs,
     },
     /// Create a list (enforced at once unless --disabled).
     Create {
-        /// A name, unique in the workspace.
-        #[arg(long)]
-        label: String,
-        /// ALLOW or BLOCK.
-        #[arg(long = "type")]
-        list_type: String,
-        /// An address or CIDR range (repeatable).
-        #[arg(long = "address", required = true)]
-        addresses: Vec<String>,
-        /// Create it disabled.
-        #[arg(long)]
-        disabled: bool,
-        /// Apply even if it refuses your own address.
-        #[arg(long)]
-        allow_lockout: bool,
+        #[command(flatten)]
+        list: IpListArgs,
     },
     /// Change a list's label, type, addresses or state.
     Update {
@@ -988,38 +997,15 @@ async fn ip_lists(cmd: IpListsCmd, client: &Client, out: Output) -> Result<(), F
             );
         }
         IpListsCmd::Get { id } => out.item(&client.get_ip_access_list(&id).await?, ip_list_table),
-        IpListsCmd::Replace {
-            id,
-            label,
-            list_type,
-            addresses,
-            disabled,
-            allow_lockout,
-        } => {
-            let list = NewIpAccessList {
-                label,
-                list_type: list_type.to_ascii_uppercase(),
-                ip_addresses: addresses,
-                enabled: disabled.then_some(false),
-            };
+        IpListsCmd::Replace { id, list } => {
+            let (list, allow_lockout) = list.into_request();
             let replaced = client
                 .replace_ip_access_list(&id, &list, allow_lockout)
                 .await?;
             out.item(&replaced, ip_list_table);
         }
-        IpListsCmd::Create {
-            label,
-            list_type,
-            addresses,
-            disabled,
-            allow_lockout,
-        } => {
-            let list = NewIpAccessList {
-                label,
-                list_type: list_type.to_ascii_uppercase(),
-                ip_addresses: addresses,
-                enabled: disabled.then_some(false),
-            };
+        IpListsCmd::Create { list } => {
+            let (list, allow_lockout) = list.into_request();
             let created = client.create_ip_access_list(&list, allow_lockout).await?;
             out.item(&created, ip_list_table);
         }

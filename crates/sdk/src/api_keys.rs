@@ -6,7 +6,7 @@ use reqwest::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::client::{Auth, Client, append_query, decode, encode};
+use crate::client::{Auth, Client, append_query, decode};
 use crate::error::Result;
 use crate::types::Page;
 
@@ -302,15 +302,8 @@ impl Client {
     /// `PATCH /api/v1/auth/api-keys/{id}` (`manage:api-keys`).
     pub async fn update_api_key(&self, id: &str, update: &UpdateApiKey) -> Result<ApiKey> {
         let url = self.url(&["api", "v1", "auth", "api-keys", id]);
-        let response = self
-            .send(
-                Method::PATCH,
-                url,
-                Auth::Scoped(MANAGE_API_KEYS),
-                Some(encode(update)?),
-            )
-            .await?;
-        decode(response).await
+        self.send_json(Method::PATCH, url, MANAGE_API_KEYS, update)
+            .await
     }
 
     /// `DELETE /api/v1/auth/api-keys/{id}` (`manage:api-keys`): both secrets are refused

@@ -441,9 +441,20 @@ impl Client {
         scope: &'static str,
         body: &B,
     ) -> Result<T> {
+        self.send_json(Method::POST, url, scope, body).await
+    }
+
+    /// Sends `body` as JSON with `method` and the scope header, and decodes the answer.
+    pub(crate) async fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        scope: &'static str,
+        body: &B,
+    ) -> Result<T> {
         let body = encode(body)?;
         let response = self
-            .send(Method::POST, url, Auth::Scoped(scope), Some(body))
+            .send(method, url, Auth::Scoped(scope), Some(body))
             .await?;
         decode(response).await
     }

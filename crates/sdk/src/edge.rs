@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Auth, Client, append_query, decode, encode};
+use crate::client::{Auth, Client, append_query, decode};
 use crate::error::Result;
 
 const READ_GATEWAY: &str = "read:gateway";
@@ -222,15 +222,7 @@ impl Client {
     /// `PUT /api/v1/gateway/routes/{id}` (`manage:gateway`, root workspace).
     pub async fn replace_route(&self, id: &str, spec: &RouteSpec) -> Result<GatewayRoute> {
         let url = self.url(&["api", "v1", "gateway", "routes", id]);
-        let response = self
-            .send(
-                Method::PUT,
-                url,
-                Auth::Scoped(MANAGE_GATEWAY),
-                Some(encode(spec)?),
-            )
-            .await?;
-        decode(response).await
+        self.send_json(Method::PUT, url, MANAGE_GATEWAY, spec).await
     }
 
     /// `DELETE /api/v1/gateway/routes/{id}` (`manage:gateway`, root workspace).
@@ -269,15 +261,8 @@ impl Client {
     ) -> Result<IpAccessList> {
         let mut url = self.url(&["api", "v1", "ip-access-lists", id]);
         lockout(&mut url, allow_lockout);
-        let response = self
-            .send(
-                Method::PATCH,
-                url,
-                Auth::Scoped(MANAGE_IP_LISTS),
-                Some(encode(update)?),
-            )
-            .await?;
-        decode(response).await
+        self.send_json(Method::PATCH, url, MANAGE_IP_LISTS, update)
+            .await
     }
 
     /// `GET /api/v1/ip-access-lists/{id}` (`read:ip-access-lists`).
@@ -297,15 +282,8 @@ impl Client {
     ) -> Result<IpAccessList> {
         let mut url = self.url(&["api", "v1", "ip-access-lists", id]);
         lockout(&mut url, allow_lockout);
-        let response = self
-            .send(
-                Method::PUT,
-                url,
-                Auth::Scoped(MANAGE_IP_LISTS),
-                Some(encode(list)?),
-            )
-            .await?;
-        decode(response).await
+        self.send_json(Method::PUT, url, MANAGE_IP_LISTS, list)
+            .await
     }
 
     /// `DELETE /api/v1/ip-access-lists/{id}` (`manage:ip-access-lists`).
