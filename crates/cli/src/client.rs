@@ -7,6 +7,7 @@
 //! secret of a token just created.
 
 mod api_keys;
+mod oauth;
 mod output;
 
 use std::fmt;
@@ -82,6 +83,14 @@ pub enum ClientCommand {
         /// What to do with API keys.
         #[command(subcommand)]
         cmd: api_keys::ApiKeysCmd,
+    },
+    /// Register and manage OAuth clients; get a client_credentials access token.
+    Oauth {
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do with OAuth.
+        #[command(subcommand)]
+        cmd: oauth::OauthCmd,
     },
     /// Manage the users of the workspace.
     Users {
@@ -163,6 +172,7 @@ impl ClientCommand {
         match self {
             ClientCommand::Tokens { conn, .. }
             | ClientCommand::ApiKeys { conn, .. }
+            | ClientCommand::Oauth { conn, .. }
             | ClientCommand::Users { conn, .. }
             | ClientCommand::ServicePrincipals { conn, .. }
             | ClientCommand::Workspaces { conn, .. }
@@ -779,8 +789,17 @@ pub(crate) fn print_verify_report(report: serde_json::Value) {
 /// Runs one client command against the server `conn` names and returns the exit code.
 pub async fn run(cmd: ClientCommand) -> ExitCode {
     let conn = &cmd.conn().clone();
+    // Getting an OAuth token needs the client's secret, not a credential of one's own.
+    let needs_no_token = matches!(
+        cmd,
+        ClientCommand::Oauth {
+            cmd: oauth::OauthCmd::Token { .. },
+            ..
+        }
+    );
     let token = match conn.token.as_deref().map(str::trim) {
         Some(token) if !token.is_empty() => SecretString::from(token.to_owned()),
+        _ if needs_no_token => SecretString::from("none".to_owned()),
         _ => {
             return report(
                 &Failure::Usage(
@@ -799,6 +818,7 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
     let outcome = match cmd {
         ClientCommand::Tokens { cmd, .. } => tokens(cmd, &client, out).await,
         ClientCommand::ApiKeys { cmd, .. } => api_keys::api_keys(cmd, &client, out).await,
+        ClientCommand::Oauth { cmd, .. } => oauth::oauth(cmd, &client, out).await,
         ClientCommand::Users { cmd, .. } => users(cmd, &client, out).await,
         ClientCommand::ServicePrincipals { cmd, .. } => service_principals(cmd, &client, out).await,
         ClientCommand::Workspaces { cmd, .. } => workspaces(cmd, &client, out).await,

@@ -1977,3 +1977,155 @@ fn a_node_without_the_stores_audit_key_stops_without_writing_one() {
     assert_eq!(again.admin_token(), None);
     again.stop();
 }
+
+#[test]
+fn the_oauth_cli_registers_a_client_gets_a_token_rotates_and_deletes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data], &[]);
+    let admin = server.admin_token().expect("admin token");
+    let sp = json_of(client(
+        &server,
+        &admin,
+        &[
+            "service-principals",
+            "--json",
+            "create",
+            "--name",
+            "etl",
+            "--role",
+            "editor",
+        ],
+    ));
+    let sp_id = sp["id"].as_str().expect("sp id").to_owned();
+
+    // Create: the secret alone on stdout, details on stderr.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "clients",
+            "create",
+            "--name",
+            "nightly",
+            "--owner",
+            &sp_id,
+            "--scope",
+            "read:users",
+            "--audience",
+            "https://jobs.example",
+            "--access-token-ttl-seconds",
+            "600",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let secret = out.trim().to_owned();
+    assert!(secret.starts_with("dcsk") && secret.len() == 76, "{out}");
+    assert!(err.contains("shown only this once"), "{err}");
+    let listed = json_of(client(
+        &server,
+        &admin,
+        &["oauth", "--json", "clients", "list"],
+    ));
+    let id = listed["items"][0]["clientId"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert_eq!(listed["items"][0]["accessTokenTtlSeconds"], 600);
+    assert!(listed["nextCursor"].is_null());
+    assert!(!listed.to_string().contains(&secret[4..]));
+
+    // A token, with the secret on stdin and no credential of one's own.
+    let (code, token, err) = {
+        use std::io::Write as _;
+        let mut child = Command::new(BIN)
+            .args([
+                "oauth",
+                "token",
+                "--client-id",
+                &id,
+                "--scope",
+                "read:users",
+            ])
+            .env("DATASTACK_HOST", server.url())
+            .env_remove("DATASTACK_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(secret.as_bytes())
+            .expect("write");
+        let o = child.wait_with_output().expect("wait");
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    assert!(token.starts_with("eyJ"), "{token}");
+    let me = json_of(client(&server, &token, &["whoami", "--json"]));
+    assert_eq!(me["principal"]["id"], sp_id);
+    assert_eq!(me["credential"]["kind"], "oauth_access");
+    // A wrong secret: the RFC's error, exit code 1 like every API error, JSON on request.
+    let (code, out, err) = client_with_stdin(
+        &server,
+        &admin,
+        &["oauth", "--json", "token", "--client-id", &id],
+        &format!("dcsk{}", "0".repeat(72)),
+    );
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("invalid_client"), "{out}{err}");
+    let (code, _, err) =
+        client_with_stdin(&server, &admin, &["oauth", "token", "--client-id", &id], "");
+    assert_eq!(code, 2, "an empty stdin is a usage error: {err}");
+
+    // Update, rotate with an overlap, get, delete.
+    let updated = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "clients",
+            "update",
+            &id,
+            "--name",
+            "nightly v2",
+        ],
+    ));
+    assert_eq!(updated["name"], "nightly v2");
+    let rotated = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "clients",
+            "rotate-secret",
+            &id,
+            "--overlap-seconds",
+            "60",
+        ],
+    ));
+    assert!(
+        rotated["clientSecret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("dcsk"))
+    );
+    assert!(rotated["previousSecretExpiresAt"].is_string());
+    let (code, out, _) = client(&server, &admin, &["oauth", "clients", "get", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("previous secret until"), "{out}");
+    let (code, out, _) = client(&server, &admin, &["oauth", "clients", "delete", &id]);
+    assert_eq!((code, out.trim()), (0, format!("deleted {id}").as_str()));
+    let (code, _, _) = client(&server, &token, &["whoami"]);
+    assert_ne!(code, 0, "the deleted client's token is refused");
+}

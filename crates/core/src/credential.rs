@@ -10,21 +10,27 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
-/// The kinds of credential secrets, each with its own prefix.
+/// The kinds of bearer credentials: two of secrets with their own prefix, and OAuth
+/// access tokens, which are JWTs (RFC 9068) and are looked up by the digest of the whole
+/// token like the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CredentialKind {
     /// A personal access token, `dapi…`.
     PersonalAccessToken,
     /// A scoped API key, `dkey…`.
     ApiKey,
+    /// An OAuth 2.0 access token issued by this server (a JWT, `eyJ…`).
+    OAuthAccessToken,
 }
 
 impl CredentialKind {
-    /// The type prefix of this kind's secrets.
+    /// The type prefix of this kind's secrets (for a JWT, what every one starts with: the
+    /// encoding of `{"`).
     pub const fn prefix(self) -> &'static str {
         match self {
             Self::PersonalAccessToken => "dapi",
             Self::ApiKey => "dkey",
+            Self::OAuthAccessToken => "eyJ",
         }
     }
 
@@ -33,6 +39,7 @@ impl CredentialKind {
         match self {
             Self::PersonalAccessToken => "pat",
             Self::ApiKey => "api_key",
+            Self::OAuthAccessToken => "oauth_access",
         }
     }
 
@@ -41,6 +48,7 @@ impl CredentialKind {
         match name {
             "pat" => Some(Self::PersonalAccessToken),
             "api_key" => Some(Self::ApiKey),
+            "oauth_access" => Some(Self::OAuthAccessToken),
             _ => None,
         }
     }
@@ -109,12 +117,20 @@ pub struct NewSecret {
     pub last_four: String,
 }
 
-/// Generates a new secret of `kind` from the operating system's random source.
+/// Generates a new secret of `kind` (a personal access token or an API key; an OAuth
+/// access token is signed, not generated) from the operating system's random source.
 pub fn generate(kind: CredentialKind) -> NewSecret {
+    generate_prefixed(kind.prefix())
+}
+
+/// Generates a new secret in the same format with another four-character `prefix` (an
+/// OAuth client secret's `dcsk`).
+pub fn generate_prefixed(prefix: &str) -> NewSecret {
+    debug_assert_eq!(prefix.len(), 4);
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).expect("the operating system random source is available");
     let mut s = String::with_capacity(SECRET_LEN);
-    s.push_str(kind.prefix());
+    s.push_str(prefix);
     s.push_str(&hex::encode(random));
     let checksum = crc32fast::hash(s.as_bytes());
     s.push_str(&format!("{checksum:08x}"));
@@ -142,28 +158,58 @@ pub struct PresentedSecret {
 /// that exactly as they answer an unknown secret.
 pub fn parse_presented(secret: &SecretString) -> Option<PresentedSecret> {
     let s = secret.expose_secret();
-    if s.len() != SECRET_LEN || !s.is_ascii() {
-        return None;
+    if is_jwt_shaped(s) {
+        return Some(PresentedSecret {
+            kind: CredentialKind::OAuthAccessToken,
+            digest: digest_of(s),
+        });
     }
     let kind = CredentialKind::from_secret(s)?;
+    well_formed(s).then(|| PresentedSecret {
+        kind,
+        digest: digest_of(s),
+    })
+}
+
+/// The digest of a secret with the four-character `prefix` if its format and checksum are
+/// valid (an OAuth client secret).
+pub fn parse_prefixed(s: &str, prefix: &str) -> Option<SecretDigest> {
+    (s.starts_with(prefix) && well_formed(s)).then(|| digest_of(s))
+}
+
+/// The longest OAuth access token looked up (ours are well under 1 KiB).
+pub const MAX_JWT_LEN: usize = 4096;
+
+/// Whether `s` has the shape of a compact JWS whose header is a JSON object: three
+/// base64url parts, the first starting `eyJ`. Only the digest of the whole token is looked
+/// up, so nothing in it is decoded or trusted here.
+fn is_jwt_shaped(s: &str) -> bool {
+    (100..=MAX_JWT_LEN).contains(&s.len())
+        && s.starts_with("eyJ")
+        && s.bytes().filter(|b| *b == b'.').count() == 2
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Whether `s` is a prefixed secret with a valid checksum.
+fn well_formed(s: &str) -> bool {
+    if s.len() != SECRET_LEN || !s.is_ascii() {
+        return false;
+    }
     let (body, checksum) = s.split_at(SECRET_LEN - CHECKSUM_HEX_LEN);
     let hex_ok = |t: &str| {
         t.bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !hex_ok(&body[4..]) || !hex_ok(checksum) {
-        return None;
+        return false;
     }
     // Eight lowercase hex digits (checked above) are exactly one u32.
-    let presented = u32::from_str_radix(checksum, 16).ok()?;
+    let Ok(presented) = u32::from_str_radix(checksum, 16) else {
+        return false;
+    };
     let expected = crc32fast::hash(body.as_bytes());
-    if !bool::from(expected.ct_eq(&presented)) {
-        return None;
-    }
-    Some(PresentedSecret {
-        kind,
-        digest: digest_of(s),
-    })
+    bool::from(expected.ct_eq(&presented))
 }
 
 fn digest_of(s: &str) -> SecretDigest {

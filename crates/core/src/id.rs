@@ -1,4 +1,5 @@
-//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `key_…`, `aud_…`, `evt_…`.
+//! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `key_…`, `oat_…`, `ocl_…`, `aud_…`,
+//! `evt_…`.
 //!
 //! The part after the prefix is a UUIDv7 in lowercase hex, so ids sort by creation time and
 //! can serve as pagination cursors.
@@ -76,6 +77,10 @@ prefixed_id!(
     WorkspaceId, "ws_"
 );
 prefixed_id!(
+    /// An OAuth client id, `ocl_…` (its `client_id`).
+    OAuthClientId, "ocl_"
+);
+prefixed_id!(
     /// An audit entry id, `aud_…`.
     AuditId, "aud_"
 );
@@ -84,8 +89,9 @@ prefixed_id!(
     EventId, "evt_"
 );
 
-/// A credential id: a personal access token (`tok_…`) or an API key (`key_…`). It is
-/// public: it names a credential, it does not prove anything.
+/// A credential id: a personal access token (`tok_…`), an API key (`key_…`) or an OAuth
+/// access token (`oat_…`, its `jti`). It is public: it names a credential, it does not
+/// prove anything.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenId(String);
 
@@ -94,6 +100,8 @@ impl TokenId {
     pub const PREFIX: &'static str = "tok_";
     /// The prefix of API key ids.
     pub const API_KEY_PREFIX: &'static str = "key_";
+    /// The prefix of OAuth access token ids.
+    pub const OAUTH_ACCESS_PREFIX: &'static str = "oat_";
 
     /// A new, time-ordered personal access token id.
     pub fn generate() -> Self {
@@ -105,12 +113,20 @@ impl TokenId {
         Self(format!("key_{}", uuid::Uuid::now_v7().simple()))
     }
 
-    /// Parses a credential id of either kind.
+    /// A new, time-ordered OAuth access token id.
+    pub fn generate_oauth_access() -> Self {
+        Self(format!("oat_{}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Parses a credential id of any kind.
     pub fn parse(s: &str) -> crate::Result<Self> {
         let body = s
             .strip_prefix(Self::PREFIX)
             .or_else(|| s.strip_prefix(Self::API_KEY_PREFIX))
-            .ok_or_else(|| crate::Error::invalid("id", "must start with `tok_` or `key_`"))?;
+            .or_else(|| s.strip_prefix(Self::OAUTH_ACCESS_PREFIX))
+            .ok_or_else(|| {
+                crate::Error::invalid("id", "must start with `tok_`, `key_` or `oat_`")
+            })?;
         if body.len() != 32
             || !body
                 .bytes()

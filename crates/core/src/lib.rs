@@ -15,6 +15,7 @@ pub mod edge;
 pub mod error;
 pub mod id;
 pub mod model;
+pub mod oauth;
 pub mod route_path;
 pub mod scope;
 pub mod validate;

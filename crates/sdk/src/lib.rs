@@ -37,6 +37,7 @@ mod audit;
 mod client;
 mod edge;
 mod error;
+mod oauth;
 mod types;
 
 pub use api_keys::{
@@ -53,6 +54,10 @@ pub use edge::{
     RouteSpec,
 };
 pub use error::{Error, Result};
+pub use oauth::{
+    AccessToken, ClientCredentials, CreateOAuthClient, OAuthClient, OAuthClientWithSecret,
+    UpdateOAuthClient,
+};
 pub use types::{
     CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace, CreatedToken,
     CreatedWorkspace, Credential, ListServicePrincipals, ListTokens, ListUsers, ListWorkspaces, Me,

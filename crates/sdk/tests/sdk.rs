@@ -221,3 +221,100 @@ async fn configuration_errors_are_reported_before_any_call() {
         Err(Error::Config(_))
     ));
 }
+
+#[tokio::test]
+async fn oauth_clients_and_a_client_credentials_session() {
+    use datastack_sdk::{
+        ClientCredentials, CreateOAuthClient, CreateServicePrincipal, UpdateOAuthClient,
+    };
+    let server = start().await;
+    let admin = server.client(&server.admin);
+    let sp = admin
+        .create_service_principal(CreateServicePrincipal {
+            name: "etl".to_owned(),
+            role: Some(Role::Editor),
+        })
+        .await
+        .expect("service principal");
+    let created = admin
+        .create_oauth_client(&CreateOAuthClient {
+            name: "etl".to_owned(),
+            owner_id: Some(sp.id.clone()),
+            scopes: Some(vec!["read:users".to_owned(), "read:clusters".to_owned()]),
+            ..CreateOAuthClient::default()
+        })
+        .await
+        .expect("create client");
+    let secret = created
+        .client_secret
+        .expect("a confidential client's secret");
+    assert!(
+        !format!("{created:?}", created = created.client).contains(&secret.expose_secret()[4..])
+    );
+    let id = created.client.client_id.clone();
+    assert_eq!(created.client.owner_id.as_deref(), Some(sp.id.as_str()));
+
+    // A session as the client: token from the token endpoint, calls with it.
+    let (session, token) = Client::from_client_credentials(
+        &server.host,
+        &ClientCredentials {
+            client_id: id.clone(),
+            scopes: Some(vec!["read:users".to_owned()]),
+            audience: None,
+        },
+        &secret,
+    )
+    .await
+    .expect("client_credentials");
+    assert_eq!(token.scopes, vec!["read:users".to_owned()]);
+    assert_eq!(token.expires_in, 3600);
+    let me = session.me().await.expect("me as the client");
+    assert_eq!(me.principal.id, sp.id);
+    // A wrong secret is the RFC's invalid_client.
+    let wrong = admin
+        .client_credentials_token(
+            &ClientCredentials {
+                client_id: id.clone(),
+                ..ClientCredentials::default()
+            },
+            &SecretString::from(format!("dcsk{}", "0".repeat(72))),
+        )
+        .await
+        .expect_err("wrong secret");
+    match wrong {
+        Error::Api { status, code, .. } => {
+            assert_eq!((status, code.as_str()), (401, "invalid_client"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let listed = admin.list_oauth_clients(None, None).await.expect("list");
+    assert_eq!(listed.items.len(), 1);
+    let updated = admin
+        .update_oauth_client(
+            &id,
+            &UpdateOAuthClient {
+                name: Some("etl v2".to_owned()),
+                ..UpdateOAuthClient::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.name, "etl v2");
+    assert_eq!(
+        admin.get_oauth_client(&id).await.expect("get").name,
+        "etl v2"
+    );
+    let rotated = admin
+        .rotate_oauth_client_secret(&id, 0)
+        .await
+        .expect("rotate");
+    assert!(rotated.client_secret.is_some());
+    admin.delete_oauth_client(&id).await.expect("delete");
+    let refused = session
+        .me()
+        .await
+        .expect_err("the client's token stops with it");
+    assert_eq!(refused.status(), Some(401));
+    server.stop().await;
+}

@@ -542,9 +542,17 @@ fn describe(
     let rest = rest.strip_prefix("auth/").unwrap_or(rest);
     // The gateway's routes are a collection one level down: `gateway/routes/{id}`.
     let renamed;
-    let rest = match rest.strip_prefix("gateway/routes") {
-        Some(tail) if tail.is_empty() || tail.starts_with('/') => {
+    // So are OAuth clients: `oauth/clients/{id}`.
+    let rest = match (
+        rest.strip_prefix("gateway/routes"),
+        rest.strip_prefix("oauth/clients"),
+    ) {
+        (Some(tail), _) if tail.is_empty() || tail.starts_with('/') => {
             renamed = format!("gateway-routes{tail}");
+            renamed.as_str()
+        }
+        (_, Some(tail)) if tail.is_empty() || tail.starts_with('/') => {
+            renamed = format!("oauth-clients{tail}");
             renamed.as_str()
         }
         _ => rest,

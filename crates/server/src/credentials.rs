@@ -390,6 +390,11 @@ impl CredentialVerifier {
             }
             Invalidation::Credential(id) => self.remove_where(|i| i.token.id.as_str() == id),
             Invalidation::Principal(id) => self.remove_where(|i| i.principal.id.as_str() == id),
+            // An OAuth access token is labelled with its client's id.
+            Invalidation::OAuthClient(id) => self.remove_where(|i| {
+                i.token.kind == datastack_core::credential::CredentialKind::OAuthAccessToken
+                    && i.token.label == *id
+            }),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::WorkspaceTree(id) => self.remove_where(|i| i.in_subtree_of(id)),
             Invalidation::All => {

@@ -20,6 +20,8 @@ pub enum Invalidation {
     Credential(String),
     /// Every credential of this principal.
     Principal(String),
+    /// Every access token issued to this OAuth client (it was deleted).
+    OAuthClient(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
     Workspace(String),
     /// Every credential whose owner belongs to this workspace or to any workspace below it
@@ -42,7 +44,8 @@ impl Invalidation {
     /// every secret of the key for an API key (it may have two during a rotation).
     pub fn of_token(token: &datastack_core::model::Token) -> Self {
         match token.kind {
-            datastack_core::credential::CredentialKind::PersonalAccessToken => {
+            datastack_core::credential::CredentialKind::PersonalAccessToken
+            | datastack_core::credential::CredentialKind::OAuthAccessToken => {
                 Invalidation::Token(token.digest_hex.clone())
             }
             datastack_core::credential::CredentialKind::ApiKey => {
@@ -56,6 +59,7 @@ impl Invalidation {
             Invalidation::Token(d) => format!("token:{d}"),
             Invalidation::Credential(id) => format!("credential:{id}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
+            Invalidation::OAuthClient(c) => format!("oauth-client:{c}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::WorkspaceTree(w) => format!("subtree:{w}"),
             Invalidation::Routes => "routes".to_owned(),
@@ -77,6 +81,7 @@ impl Invalidation {
             Some(("token", d)) => Invalidation::Token(d.to_owned()),
             Some(("credential", id)) => Invalidation::Credential(id.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
+            Some(("oauth-client", c)) => Invalidation::OAuthClient(c.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
             Some(("subtree", w)) => Invalidation::WorkspaceTree(w.to_owned()),
             Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),

@@ -6,8 +6,9 @@ use std::io::Write as _;
 use chrono::{DateTime, Utc};
 use datastack_sdk::{
     AbuseFlag, ApiKey, ApiKeyUsage, AuditEntry, BulkResult, ChainReport, CreatedApiKey,
-    CreatedToken, CreatedWorkspace, GatewayRoute, IpAccessList, KeyVerdict, Me, Page, ReviewItem,
-    SecurityEvent, ServicePrincipal, Token, User, Workspace,
+    CreatedToken, CreatedWorkspace, GatewayRoute, IpAccessList, KeyVerdict, Me, OAuthClient,
+    OAuthClientWithSecret, Page, ReviewItem, SecurityEvent, ServicePrincipal, Token, User,
+    Workspace,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -109,6 +110,90 @@ pub(super) fn print_created_token(created: &CreatedToken, out: Output) {
     ]);
     text.push_str("The token above is shown only this once: store it now.\n");
     write_stderr(&text);
+}
+
+/// A created client, or one whose secret was rotated: the secret alone on stdout, details
+/// on stderr (or JSON with `clientSecret`).
+pub(super) fn print_client_with_secret(created: &OAuthClientWithSecret, out: Output) {
+    if out.json {
+        let mut value = created.client.to_json();
+        if let Value::Object(object) = &mut value {
+            object.insert(
+                "clientSecret".to_owned(),
+                created
+                    .client_secret
+                    .as_ref()
+                    .map_or(Value::Null, |s| Value::String(s.expose_secret().to_owned())),
+            );
+        }
+        print_json(&value);
+        return;
+    }
+    let mut text = render_fields(&oauth_client_fields(&created.client));
+    match &created.client_secret {
+        Some(secret) => {
+            write_stdout(&format!("{}\n", secret.expose_secret()));
+            text.push_str("The client secret above is shown only this once: store it now.\n");
+            write_stderr(&text);
+        }
+        None => write_stdout(&text),
+    }
+}
+
+/// The fields of one OAuth client.
+pub(super) fn oauth_client_fields(c: &OAuthClient) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        ("client id", c.client_id.clone()),
+        ("name", c.name.clone()),
+        ("type", c.client_type.clone()),
+        ("grants", c.grant_types.join(",")),
+        (
+            "owner",
+            c.owner_id.clone().unwrap_or_else(|| "none".to_owned()),
+        ),
+        ("scopes", c.scopes.join(",")),
+        ("audiences", c.audiences.join(",")),
+        (
+            "token lifetime",
+            format!("{} s", c.access_token_ttl_seconds),
+        ),
+        (
+            "secret",
+            c.secret_last_four
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |l| format!("dcsk…{l}")),
+        ),
+        ("created", when(&c.created_at)),
+        ("last used", when_or(c.last_used_at.as_ref(), "never")),
+    ];
+    if !c.redirect_uris.is_empty() {
+        fields.push(("redirect uris", c.redirect_uris.join(",")));
+    }
+    if let Some(until) = &c.previous_secret_expires_at {
+        fields.push(("previous secret until", when(until)));
+    }
+    fields
+}
+
+/// OAuth clients as a table.
+pub(super) fn oauth_client_table(clients: &[OAuthClient]) -> String {
+    let rows = clients
+        .iter()
+        .map(|c| {
+            vec![
+                c.client_id.clone(),
+                c.name.clone(),
+                c.client_type.clone(),
+                c.owner_id.clone().unwrap_or_else(|| "-".to_owned()),
+                c.scopes.join(","),
+                when_or(c.last_used_at.as_ref(), "never"),
+            ]
+        })
+        .collect();
+    render_table(
+        &["CLIENT ID", "NAME", "TYPE", "OWNER", "SCOPES", "LAST USED"],
+        rows,
+    )
 }
 
 /// A created or rotated key: the secret alone on stdout, details on stderr (or JSON).
@@ -635,6 +720,8 @@ impl_record!(
     Page<ApiKey>,
     ApiKeyUsage,
     KeyVerdict,
+    OAuthClient,
+    Page<OAuthClient>,
 );
 
 pub(super) fn print_json(value: &Value) {

@@ -179,6 +179,10 @@ pub async fn review(
         let ids: Vec<String> = tokens.items.iter().map(|t| t.id.to_string()).collect();
         let keys = state.store.api_key_policies(&ids).await?;
         for token in tokens.items {
+            // Short-lived OAuth access tokens are reviewed through their clients.
+            if token.kind == CredentialKind::OAuthAccessToken {
+                continue;
+            }
             let id = token.id.to_string();
             let rotated_at = keys.get(&id).map(|k| &k.policy);
             let item = reviewer.item(
@@ -304,6 +308,7 @@ impl Reviewer {
             kind: match token.kind {
                 CredentialKind::PersonalAccessToken => "personal_access_token",
                 CredentialKind::ApiKey => "api_key",
+                CredentialKind::OAuthAccessToken => "oauth_access_token",
             },
             label: token.label,
             owner: self.owners.get(token.owner_id.as_str()).cloned(),

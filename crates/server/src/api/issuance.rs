@@ -133,7 +133,8 @@ pub fn new_record(
     Token {
         id: match kind {
             CredentialKind::ApiKey => TokenId::generate_api_key(),
-            _ => TokenId::generate(),
+            CredentialKind::OAuthAccessToken => TokenId::generate_oauth_access(),
+            CredentialKind::PersonalAccessToken => TokenId::generate(),
         },
         kind,
         owner_id: owner.id.clone(),

@@ -35,7 +35,7 @@ pub struct MeResponse {
 pub struct CredentialSummary {
     /// Its id.
     pub id: String,
-    /// `pat`.
+    /// `pat`, `api_key` or `oauth_access`.
     pub kind: &'static str,
     /// Its scopes.
     pub scopes: Vec<String>,

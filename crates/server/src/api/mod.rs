@@ -11,6 +11,7 @@ pub mod health;
 pub mod ip_lists;
 pub mod issuance;
 pub mod me;
+pub mod oauth;
 pub mod principals;
 pub mod time;
 pub mod tokens;
@@ -32,6 +33,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(me::routes())
         .merge(tokens::routes())
         .merge(api_keys::routes())
+        .merge(oauth::routes())
         .merge(principals::routes())
         .merge(workspaces::routes())
         .merge(audit::routes())
@@ -45,9 +47,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
 /// other path goes to the gateway. The fast path relies on it to take gateway traffic
 /// without the router, so a route added outside these prefixes must be added here (a
 /// test checks every documented operation).
-pub const ROUTER_PREFIXES: [&str; 7] = [
+pub const ROUTER_PREFIXES: [&str; 8] = [
     "/api",
     "/auth",
+    "/oauth2",
     "/healthz",
     "/readyz",
     "/metrics",

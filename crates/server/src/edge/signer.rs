@@ -169,6 +169,14 @@ impl Signer {
         jsonwebtoken::encode(&self.header, claims, &self.key).map_err(|e| e.to_string())
     }
 
+    /// Signs an OAuth access token (RFC 9068: `typ` `at+jwt`, so that neither kind of
+    /// token signed with this key can pass for the other).
+    pub fn sign_access_token<T: Serialize>(&self, claims: &T) -> Result<String, String> {
+        let mut header = self.header.clone();
+        header.typ = Some("at+jwt".to_owned());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|e| e.to_string())
+    }
+
     /// The route-bound identity headers of `identity` through `route` with `method`:
     /// rendered by `render` at most once per half the assertion's lifetime.
     pub fn rendered<E>(

@@ -17,6 +17,8 @@ struct Tunnel {
     workspace: String,
     /// The workspace's ancestors: a status change of any of them closes the tunnel.
     ancestors: Vec<String>,
+    /// The OAuth client an access token was issued to.
+    oauth_client: Option<String>,
     close: Arc<Notify>,
 }
 
@@ -38,6 +40,9 @@ impl Tunnels {
             principal: identity.principal.id.to_string(),
             workspace: identity.workspace.id.to_string(),
             ancestors: identity.ancestors.iter().map(ToString::to_string).collect(),
+            oauth_client: (identity.token.kind
+                == datastack_core::credential::CredentialKind::OAuthAccessToken)
+                .then(|| identity.token.label.clone()),
             close: close.clone(),
         });
         close
@@ -57,6 +62,7 @@ impl Tunnels {
                 Invalidation::Token(digest) => t.digest == *digest,
                 Invalidation::Credential(id) => t.credential == *id,
                 Invalidation::Principal(id) => t.principal == *id,
+                Invalidation::OAuthClient(id) => t.oauth_client.as_ref() == Some(id),
                 Invalidation::Workspace(id) | Invalidation::IpLists(id) => t.workspace == *id,
                 Invalidation::WorkspaceTree(id) => {
                     t.workspace == *id || t.ancestors.iter().any(|a| a == id)

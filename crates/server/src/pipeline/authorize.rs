@@ -46,6 +46,8 @@ required_scopes! {
     ManageTokens = manage Tokens;
     ReadApiKeys = read ApiKeys;
     ManageApiKeys = manage ApiKeys;
+    ReadOauthClients = read OauthClients;
+    ManageOauthClients = manage OauthClients;
     ReadUsers = read Users;
     ManageUsers = manage Users;
     ReadWorkspaces = read Workspaces;

@@ -213,12 +213,19 @@ macro_rules! id_kind {
     };
 }
 
-use datastack_core::id::{AbuseFlagId, IpListId, PrincipalId, RouteId, TokenId, WorkspaceId};
+use datastack_core::id::{
+    AbuseFlagId, IpListId, OAuthClientId, PrincipalId, RouteId, TokenId, WorkspaceId,
+};
 
 id_kind!(
     /// A personal access token (`tok_…`).
     TokenPath, TokenId, "a token id (tok_…); API keys are at /api/v1/auth/api-keys/{id}",
-    |raw| TokenId::parse(raw).ok().filter(|id| !id.is_api_key())
+    |raw| TokenId::parse(raw).ok().filter(|id| id.as_str().starts_with(TokenId::PREFIX))
+);
+id_kind!(
+    /// An OAuth client (`ocl_…`).
+    OAuthClientPath, OAuthClientId, "an OAuth client id (ocl_…)",
+    |raw| OAuthClientId::parse(raw).ok()
 );
 id_kind!(
     /// An API key (`key_…`).

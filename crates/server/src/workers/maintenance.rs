@@ -1,6 +1,6 @@
 //! Periodic maintenance: audit retention (purge, with a signed checkpoint and an entry
 //! recording the purge) and the workspace policy that revokes unused tokens (an event
-//! first, the revocation after the notice period).
+//! first, the revocation after the notice period); expired OAuth access tokens deleted.
 //!
 //! Several nodes may run it at once: a purge locks its chain, a notice is recorded once per
 //! idle period, and a revocation of an already revoked token changes nothing.
@@ -60,6 +60,17 @@ async fn run_once(
 ) -> Result<(), datastack_store::Error> {
     if let Err(e) = rotation_due(store).await {
         tracing::warn!(error = %e, "the API key rotation pass failed");
+    }
+    // An OAuth access token's row is kept one day past its expiry (for the access
+    // review's "last use" and for revocation answers), then deleted: the table does not
+    // grow with every token ever issued.
+    match store
+        .purge_expired_oauth_tokens(Utc::now() - chrono::Duration::days(1))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(deleted = n, "expired OAuth access tokens deleted"),
+        Err(e) => tracing::warn!(error = %e, "deleting expired OAuth access tokens failed"),
     }
     for policy in store.workspace_policies().await? {
         // One workspace's failure does not stop the others' maintenance.

@@ -16,6 +16,7 @@ mod hostile;
 mod input;
 mod limits;
 mod nginx;
+mod oauth;
 mod principals;
 mod stalled_readers;
 mod surface;

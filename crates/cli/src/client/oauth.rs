@@ -1,0 +1,224 @@
+//! `datastack oauth …`: OAuth clients, and a `client_credentials` access token.
+
+use std::io::Read as _;
+
+use datastack_sdk::{Client, ClientCredentials, CreateOAuthClient, UpdateOAuthClient};
+use secrecy::{ExposeSecret, SecretString};
+
+use super::output::{
+    Output, oauth_client_fields, oauth_client_table, print_client_with_secret, print_json,
+    write_stdout,
+};
+use super::{Failure, PageArgs, collect_pages};
+
+/// `datastack oauth …`
+#[derive(clap::Subcommand, Debug)]
+pub enum OauthCmd {
+    /// OAuth clients.
+    Clients {
+        /// What to do with clients.
+        #[command(subcommand)]
+        cmd: ClientsCmd,
+    },
+    /// Get an access token with `client_credentials`. The client secret is read from
+    /// standard input (never from the command line, where other users could see it); the
+    /// token is printed alone on stdout. Needs no DATASTACK_TOKEN.
+    Token {
+        /// The client id, ocl_…
+        #[arg(long)]
+        client_id: String,
+        /// A scope to ask for (default: all of the client's); repeat for more.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// One of the client's audiences (default: its first).
+        #[arg(long)]
+        audience: Option<String>,
+    },
+}
+
+/// `datastack oauth clients …`
+#[derive(clap::Subcommand, Debug)]
+pub enum ClientsCmd {
+    /// Register a client. A confidential client's secret is printed once, alone on stdout;
+    /// details go to stderr.
+    Create {
+        /// A name for people (1–200 characters).
+        #[arg(long)]
+        name: String,
+        /// The service principal (sp_…) its client_credentials tokens act as.
+        #[arg(long, value_name = "ID")]
+        owner: Option<String>,
+        /// confidential (default) or public.
+        #[arg(long = "type", value_parser = ["confidential", "public"])]
+        client_type: Option<String>,
+        /// A grant it may use (default client_credentials); repeat for more.
+        #[arg(long = "grant-type", value_name = "GRANT")]
+        grant_types: Vec<String>,
+        #[command(flatten)]
+        fields: ClientFields,
+    },
+    /// List the workspace's clients (never their secrets).
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one client.
+    Get {
+        /// The client id, ocl_…
+        id: String,
+    },
+    /// Change a client's name, scopes, audiences, redirect URIs or token lifetimes.
+    Update {
+        /// The client id, ocl_…
+        id: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        fields: ClientFields,
+    },
+    /// Give a client a new secret (printed once); the old one keeps working for the
+    /// overlap.
+    RotateSecret {
+        /// The client id, ocl_…
+        id: String,
+        /// How long the old secret keeps working, in seconds (default 0: it stops now).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800))]
+        overlap_seconds: u64,
+    },
+    /// Delete a client: every token issued to it is refused on every node.
+    Delete {
+        /// The client id, ocl_…
+        id: String,
+    },
+}
+
+/// The fields a client is created or changed with.
+#[derive(clap::Args, Debug)]
+pub struct ClientFields {
+    /// A scope its tokens may carry (default on create: your credential's); repeat for more.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// An audience its tokens may be issued for (the first is the default); repeat.
+    #[arg(long = "audience", value_name = "AUD")]
+    audiences: Vec<String>,
+    /// An exact redirect URI (https, or http to a loopback address); repeat for more.
+    #[arg(long = "redirect-uri", value_name = "URI")]
+    redirect_uris: Vec<String>,
+    /// Access-token lifetime in seconds (60–86400; default 3600).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(60..=86_400))]
+    access_token_ttl_seconds: Option<i64>,
+    /// Refresh-token lifetime in seconds (300–31536000; default 2592000).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(300..=31_536_000))]
+    refresh_token_ttl_seconds: Option<i64>,
+}
+
+fn listed(values: Vec<String>) -> Option<Vec<String>> {
+    (!values.is_empty()).then_some(values)
+}
+
+/// Runs `datastack oauth …`.
+pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    let cmd = match cmd {
+        OauthCmd::Clients { cmd } => cmd,
+        OauthCmd::Token {
+            client_id,
+            scopes,
+            audience,
+        } => {
+            let mut secret = String::new();
+            std::io::stdin().read_to_string(&mut secret).map_err(|e| {
+                Failure::Usage(format!("cannot read the client secret from stdin: {e}"))
+            })?;
+            let secret = secret.trim();
+            if secret.is_empty() {
+                return Err(Failure::Usage(
+                    "no client secret on standard input: pipe it in, e.g. printf %s \"$SECRET\" | datastack oauth token --client-id ocl_…".into(),
+                ));
+            }
+            let token = client
+                .client_credentials_token(
+                    &ClientCredentials {
+                        client_id,
+                        scopes: listed(scopes),
+                        audience,
+                    },
+                    &SecretString::from(secret.to_owned()),
+                )
+                .await?;
+            if out.json {
+                print_json(&serde_json::json!({
+                    "access_token": token.access_token.expose_secret(),
+                    "token_type": "Bearer",
+                    "expires_in": token.expires_in,
+                    "scope": token.scopes.join(" "),
+                }));
+            } else {
+                write_stdout(&format!("{}\n", token.access_token.expose_secret()));
+            }
+            return Ok(());
+        }
+    };
+    match cmd {
+        ClientsCmd::Create {
+            name,
+            owner,
+            client_type,
+            grant_types,
+            fields,
+        } => {
+            let request = CreateOAuthClient {
+                name,
+                client_type,
+                grant_types: listed(grant_types),
+                redirect_uris: listed(fields.redirect_uris),
+                scopes: listed(fields.scopes),
+                audiences: listed(fields.audiences),
+                access_token_ttl_seconds: fields.access_token_ttl_seconds,
+                refresh_token_ttl_seconds: fields.refresh_token_ttl_seconds,
+                owner_id: owner,
+            };
+            let created = client.create_oauth_client(&request).await?;
+            print_client_with_secret(&created, out);
+        }
+        ClientsCmd::List { page } => {
+            let limit = page.limit;
+            let clients = collect_pages(&page, move |cursor| {
+                client.list_oauth_clients(limit, cursor)
+            })
+            .await?;
+            out.page(&clients, oauth_client_table);
+        }
+        ClientsCmd::Get { id } => {
+            out.one(&client.get_oauth_client(&id).await?, oauth_client_fields);
+        }
+        ClientsCmd::Update { id, name, fields } => {
+            let update = UpdateOAuthClient {
+                name,
+                redirect_uris: listed(fields.redirect_uris),
+                scopes: listed(fields.scopes),
+                audiences: listed(fields.audiences),
+                access_token_ttl_seconds: fields.access_token_ttl_seconds,
+                refresh_token_ttl_seconds: fields.refresh_token_ttl_seconds,
+            };
+            out.one(
+                &client.update_oauth_client(&id, &update).await?,
+                oauth_client_fields,
+            );
+        }
+        ClientsCmd::RotateSecret {
+            id,
+            overlap_seconds,
+        } => {
+            let rotated = client
+                .rotate_oauth_client_secret(&id, overlap_seconds)
+                .await?;
+            print_client_with_secret(&rotated, out);
+        }
+        ClientsCmd::Delete { id } => {
+            client.delete_oauth_client(&id).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! OAuth 2.0 clients: their kinds, the grants they may use, their secrets.
+//!
+//! A client secret has the format of the other secrets (`dcsk`, 64 hex characters of 256
+//! random bits, a CRC-32 checksum) and only its SHA-256 digest is stored. A fast digest is
+//! enough: the secret is 256 random bits, so there is nothing a slow hash would protect
+//! against guessing (a slow hash defends low-entropy passwords), and it keeps client
+//! authentication cheap enough that a flood of wrong secrets costs the server little.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::credential::{self, NewSecret, SecretDigest};
+use crate::id::{OAuthClientId, PrincipalId, WorkspaceId};
+use crate::scope::ScopeSet;
+
+/// The prefix of client secrets.
+pub const CLIENT_SECRET_PREFIX: &str = "dcsk";
+
+/// The regular expression a secret scanner can use for client secrets.
+pub const CLIENT_SECRET_SCANNER_REGEX: &str = r"\bdcsk[0-9a-f]{72}\b";
+
+/// A new client secret, shown once.
+pub fn generate_client_secret() -> NewSecret {
+    credential::generate_prefixed(CLIENT_SECRET_PREFIX)
+}
+
+/// The digest of a presented client secret whose format and checksum are valid.
+pub fn parse_client_secret(s: &str) -> Option<SecretDigest> {
+    credential::parse_prefixed(s, CLIENT_SECRET_PREFIX)
+}
+
+/// Whether a client can keep a secret (RFC 6749 §2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientType {
+    /// A server-side client with a secret.
+    Confidential,
+    /// A client that cannot keep a secret (a CLI, a native app).
+    Public,
+}
+
+impl ClientType {
+    /// The name in the API and the store.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ClientType::Confidential => "confidential",
+            ClientType::Public => "public",
+        }
+    }
+
+    /// The type a stored name stands for.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "confidential" => Some(ClientType::Confidential),
+            "public" => Some(ClientType::Public),
+            _ => None,
+        }
+    }
+}
+
+/// A grant a client may use at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GrantType {
+    /// RFC 6749 §4.4: the client acts as its own service principal.
+    ClientCredentials,
+}
+
+impl GrantType {
+    /// Every grant this server issues tokens for.
+    pub const ALL: &'static [GrantType] = &[GrantType::ClientCredentials];
+
+    /// The grant's `grant_type` value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            GrantType::ClientCredentials => "client_credentials",
+        }
+    }
+
+    /// The grant a `grant_type` value names, if this server supports it.
+    pub fn parse(s: &str) -> Option<Self> {
+        GrantType::ALL.iter().copied().find(|g| g.as_str() == s)
+    }
+}
+
+/// An OAuth client as stored (never its secret: only the digest).
+#[derive(Debug, Clone)]
+pub struct OAuthClient {
+    /// Its `client_id`.
+    pub id: OAuthClientId,
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+    /// A name for people.
+    pub name: String,
+    /// Confidential or public.
+    pub client_type: ClientType,
+    /// The grants it may use.
+    pub grant_types: Vec<GrantType>,
+    /// Where the authorization endpoint may send its users back (exact match).
+    pub redirect_uris: Vec<String>,
+    /// The most its tokens may carry.
+    pub scopes: ScopeSet,
+    /// The `aud` values its tokens may be issued for; the first is the default.
+    pub audiences: Vec<String>,
+    /// The lifetime of its access tokens.
+    pub access_token_ttl_seconds: i64,
+    /// The lifetime of its refresh tokens.
+    pub refresh_token_ttl_seconds: i64,
+    /// The service principal its `client_credentials` tokens act as.
+    pub owner_id: Option<PrincipalId>,
+    /// The digest of its current secret (confidential clients).
+    pub secret_digest: Option<String>,
+    /// The current secret's last four characters.
+    pub secret_last_four: Option<String>,
+    /// Until when the previous secret still authenticates (after a rotation with overlap).
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+    /// When the current secret was issued.
+    pub secret_rotated_at: Option<DateTime<Utc>>,
+    /// Who created it.
+    pub created_by: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// When it last got a token (updated at each issuance).
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl OAuthClient {
+    /// Whether the client may use `grant`.
+    pub fn allows(&self, grant: GrantType) -> bool {
+        self.grant_types.contains(&grant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn client_secrets_have_their_own_prefix_and_checksum() {
+        let new = generate_client_secret();
+        let s = new.secret.expose_secret();
+        assert!(s.starts_with("dcsk"));
+        assert_eq!(parse_client_secret(s), Some(new.digest.clone()));
+        // A token's prefix is not a client secret's, and the checksum covers the prefix.
+        assert!(parse_client_secret(&format!("dapi{}", &s[4..])).is_none());
+        let mut tampered = s.to_owned().into_bytes();
+        tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
+        assert!(parse_client_secret(&String::from_utf8(tampered).expect("ascii")).is_none());
+        // Not a bearer credential.
+        assert!(credential::parse_presented(&new.secret).is_none());
+    }
+
+    #[test]
+    fn only_supported_grants_parse() {
+        assert_eq!(
+            GrantType::parse("client_credentials"),
+            Some(GrantType::ClientCredentials)
+        );
+        assert_eq!(GrantType::parse("password"), None);
+        assert_eq!(GrantType::parse("CLIENT_CREDENTIALS"), None);
+    }
+}

@@ -1,0 +1,674 @@
+//! OAuth 2.0 through HTTP, driven by the `oauth2` crate (a standard client, not this
+//! project's code): clients (create, list, get, update, rotate the secret with an overlap,
+//! delete), `client_credentials` with `client_secret_basic` and `client_secret_post`, the
+//! JWT access token verified offline with the published key set and accepted as a Bearer
+//! credential under the scope contract and through forward-auth, RFC 6749 error bodies,
+//! RFC 7009 revocation, and a deleted client's tokens refused at once.
+
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AuthType, ClientId, ClientSecret, RequestTokenError, RevocationUrl, Scope,
+    StandardRevocableToken, TokenResponse as _, TokenUrl,
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{Backend, TestApp, eventually, on_both_stores};
+
+on_both_stores!(
+    oauth_client_credentials_with_a_standard_client,
+    oauth_token_endpoint_refuses_what_rfc_6749_refuses,
+    oauth_clients_rotate_revoke_and_delete,
+);
+
+/// The `oauth2` crate's HTTP client: no redirects (RFC 6749 §3.2 forbids following them).
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+}
+
+/// A service principal (editor) and a confidential client acting as it: (sp id, client
+/// id, secret, the created client's JSON).
+async fn client_for_sp(app: &TestApp, admin: &str, body: Value) -> (String, String, String, Value) {
+    let sp = app
+        .post(
+            "/api/v1/service-principals",
+            admin,
+            "manage:users",
+            json!({"name": "etl", "role": "editor"}),
+        )
+        .await;
+    assert_eq!(sp.status, StatusCode::CREATED, "{}", sp.text);
+    let sp_id = sp.body["id"].as_str().expect("sp id").to_owned();
+    let mut body = body;
+    body["ownerId"] = json!(sp_id);
+    let r = app
+        .post("/api/v1/oauth/clients", admin, "manage:oauth-clients", body)
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["clientId"].as_str().expect("client id").to_owned();
+    let secret = r.body["clientSecret"].as_str().expect("secret").to_owned();
+    (sp_id, id, secret, r.body)
+}
+
+fn oauth_client(
+    app: &TestApp,
+    id: &str,
+    secret: &str,
+) -> oauth2::Client<
+    oauth2::basic::BasicErrorResponse,
+    oauth2::basic::BasicTokenResponse,
+    oauth2::basic::BasicTokenIntrospectionResponse,
+    StandardRevocableToken,
+    oauth2::basic::BasicRevocationErrorResponse,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointNotSet,
+    oauth2::EndpointSet,
+    oauth2::EndpointSet,
+> {
+    BasicClient::new(ClientId::new(id.to_owned()))
+        .set_client_secret(ClientSecret::new(secret.to_owned()))
+        .set_token_uri(TokenUrl::new(format!("{}/oauth2/token", app.base)).expect("url"))
+        .set_revocation_url(RevocationUrl::new(format!("{}/oauth2/revoke", app.base)).expect("url"))
+}
+
+/// Verifies an access token offline with the published key set, as an upstream would.
+async fn verify_offline(app: &TestApp, token: &str, aud: &str) -> Value {
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068 typ");
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("the token's key is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[aud]);
+    validation.set_issuer(&["datastack"]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .expect("the token verifies offline")
+        .claims
+}
+
+/// A raw form POST to an OAuth endpoint.
+async fn form(
+    app: &TestApp,
+    path: &str,
+    basic: Option<(&str, &str)>,
+    body: &str,
+) -> reqwest::Response {
+    let mut req = app
+        .http
+        .post(format!("{}{path}", app.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.to_owned());
+    if let Some((id, secret)) = basic {
+        req = req.basic_auth(id, Some(secret));
+    }
+    req.send().await.expect("the request reaches the server")
+}
+
+async fn oauth_client_credentials_with_a_standard_client(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (sp, id, secret, created) = client_for_sp(
+        &app,
+        &admin,
+        json!({"name": "nightly etl", "scopes": ["read:users", "read:clusters"],
+               "audiences": ["https://api.example.com", "https://other.example.com"]}),
+    )
+    .await;
+    assert!(id.starts_with("ocl_"), "{id}");
+    assert!(secret.starts_with("dcsk") && secret.len() == 76, "{secret}");
+    assert_eq!(created["type"], "confidential");
+    assert_eq!(created["grantTypes"], json!(["client_credentials"]));
+    assert_eq!(
+        created["secretLastFour"],
+        json!(&secret[secret.len() - 4..])
+    );
+    // The secret is never listed or shown again.
+    let list = app
+        .get("/api/v1/oauth/clients", &admin, "read:oauth-clients")
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["items"][0]["clientId"], json!(id));
+    assert!(
+        !list.text.contains(&secret[4..]),
+        "the secret is not listed"
+    );
+    let one = app
+        .get(
+            &format!("/api/v1/oauth/clients/{id}"),
+            &admin,
+            "read:oauth-clients",
+        )
+        .await;
+    assert_eq!(one.status, StatusCode::OK);
+    assert!(one.body.get("clientSecret").is_none());
+
+    // client_secret_basic, the oauth2 crate's default.
+    let http = http();
+    let client = oauth_client(&app, &id, &secret);
+    let token = client
+        .exchange_client_credentials()
+        .add_scope(Scope::new("read:users".into()))
+        .request_async(&http)
+        .await
+        .expect("the standard client gets a token");
+    assert_eq!(token.token_type().as_ref(), "bearer");
+    assert_eq!(token.expires_in().map(|d| d.as_secs()), Some(3600));
+    assert_eq!(
+        token
+            .scopes()
+            .map(|s| s.iter().map(|s| s.to_string()).collect::<Vec<_>>()),
+        Some(vec!["read:users".to_owned()])
+    );
+    let access = token.access_token().secret().to_owned();
+    let claims = verify_offline(&app, &access, "https://api.example.com").await;
+    assert_eq!(claims["sub"], json!(sp));
+    assert_eq!(claims["client_id"], json!(id));
+    assert_eq!(claims["scope"], "read:users");
+    assert!(
+        claims["jti"]
+            .as_str()
+            .is_some_and(|j| j.starts_with("oat_"))
+    );
+
+    // A Bearer credential like a PAT: who it is, what it may do, what it may not.
+    let me = app.me(&access).await;
+    assert_eq!(me.status, StatusCode::OK, "{}", me.text);
+    assert_eq!(me.body["principal"]["id"], json!(sp));
+    assert_eq!(me.body["credential"]["kind"], "oauth_access");
+    assert_eq!(me.body["credential"]["id"], claims["jti"]);
+    let users = app.get("/api/v1/users", &access, "read:users").await;
+    assert_eq!(users.status, StatusCode::OK, "{}", users.text);
+    let beyond = app.get("/api/v1/auth/tokens", &access, "read:tokens").await;
+    beyond.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    // A changed signature is another credential: unknown.
+    let mut tampered = access.clone().into_bytes();
+    let last = tampered.len() - 2;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).expect("ascii");
+    app.me(&tampered)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+
+    // Through forward-auth, as a reverse proxy asks.
+    let upstream = crate::edge::upstream().await;
+    let route = app
+        .post(
+            "/api/v1/gateway/routes",
+            &admin,
+            "manage:gateway",
+            json!({"pathPrefix": "/v1/clusters", "upstream": format!("http://{upstream}"), "resource": "clusters"}),
+        )
+        .await;
+    assert_eq!(route.status, StatusCode::CREATED, "{}", route.text);
+    let wide = client
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("a token with every allowed scope");
+    let verify = app
+        .http
+        .get(format!("{}/auth/verify", app.base))
+        .bearer_auth(wide.access_token().secret())
+        .header("x-original-uri", "/v1/clusters/c-1")
+        .header("x-original-method", "GET")
+        .send()
+        .await
+        .expect("verify");
+    assert_eq!(verify.status(), StatusCode::OK);
+    assert_eq!(
+        verify.headers()["x-datastack-principal"]
+            .to_str()
+            .expect("ascii"),
+        sp
+    );
+
+    // client_secret_post, and the second audience on request.
+    let post = BasicClient::new(ClientId::new(id.clone()))
+        .set_client_secret(ClientSecret::new(secret.clone()))
+        .set_auth_type(AuthType::RequestBody)
+        .set_token_uri(TokenUrl::new(format!("{}/oauth2/token", app.base)).expect("url"));
+    let other = post
+        .exchange_client_credentials()
+        .add_extra_param("audience", "https://other.example.com")
+        .request_async(&http)
+        .await
+        .expect("client_secret_post works");
+    verify_offline(
+        &app,
+        other.access_token().secret(),
+        "https://other.example.com",
+    )
+    .await;
+
+    // More than the client may have: invalid_scope, from the standard client's parser.
+    let err = client
+        .exchange_client_credentials()
+        .add_scope(Scope::new("manage:users".into()))
+        .request_async(&http)
+        .await
+        .expect_err("beyond the client's scopes");
+    match err {
+        RequestTokenError::ServerResponse(e) => {
+            assert_eq!(*e.error(), BasicErrorResponseType::InvalidScope);
+        }
+        other => panic!("expected invalid_scope, got {other:?}"),
+    }
+
+    // Issuance is audited in the client's workspace, naming client and token, never the
+    // token itself.
+    let issued = eventually(std::time::Duration::from_secs(5), || async {
+        let r = app
+            .get(
+                "/api/v1/audit/events?action=oauth.token",
+                &admin,
+                "read:audit",
+            )
+            .await;
+        r.body["items"].as_array().is_some_and(|a| a.len() >= 3)
+    })
+    .await;
+    assert!(issued, "each issuance has its entry");
+    let export = app.get("/api/v1/audit/export", &admin, "read:audit").await;
+    assert!(
+        !export.text.contains(&access),
+        "no token in the audit trail"
+    );
+    assert!(
+        !export.text.contains(&secret[4..]),
+        "no client secret in the audit trail"
+    );
+    app.stop().await;
+}
+
+async fn oauth_token_endpoint_refuses_what_rfc_6749_refuses(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (_, id, secret, _) = client_for_sp(
+        &app,
+        &admin,
+        json!({"name": "svc", "scopes": ["read:users"]}),
+    )
+    .await;
+    let http = http();
+
+    // A wrong secret, through the standard client: invalid_client.
+    let wrong = oauth_client(&app, &id, &format!("dcsk{}", "0".repeat(72)));
+    match wrong
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect_err("wrong secret")
+    {
+        RequestTokenError::ServerResponse(e) => {
+            assert_eq!(*e.error(), BasicErrorResponseType::InvalidClient);
+        }
+        other => panic!("expected invalid_client, got {other:?}"),
+    }
+    // And as raw HTTP: 401, WWW-Authenticate, no-store, the RFC body.
+    let r = form(
+        &app,
+        "/oauth2/token",
+        Some((&id, "not-a-secret")),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("Basic")
+    );
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"], "invalid_client");
+    // An unknown client looks exactly like a wrong secret.
+    let r = form(
+        &app,
+        "/oauth2/token",
+        Some(("ocl_00000000000000000000000000000000", &secret)),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"],
+        "invalid_client"
+    );
+
+    // Each with valid Basic credentials.
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        (
+            "grant_type=password&username=a&password=b",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+        ),
+        (
+            "scope=read:users",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "grant_type=client_credentials&grant_type=client_credentials",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "{\"grant_type\":\"client_credentials\"}",
+            "application/json",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            "grant_type=client_credentials&scope=read:nothing",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+        ),
+        (
+            "grant_type=client_credentials&audience=https://evil.example",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+        ),
+        (
+            "grant_type=client_credentials&client_secret=x",
+            "application/x-www-form-urlencoded",
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+    ];
+    for (body, content_type, status, error) in cases {
+        let r = app
+            .http
+            .post(format!("{}/oauth2/token", app.base))
+            .header("content-type", *content_type)
+            .body((*body).to_owned())
+            .basic_auth(&id, Some(&secret))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status(), *status, "{body}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{body}");
+        let v: Value = r.json().await.expect("json");
+        assert_eq!(v["error"], *error, "{body}: {v}");
+        assert!(
+            v["error_description"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty())
+        );
+    }
+    // A form far beyond what the endpoint reads is refused without being parsed.
+    let huge = format!(
+        "grant_type=client_credentials&pad={}",
+        "a".repeat(64 * 1024)
+    );
+    let r = form(&app, "/oauth2/token", Some((&id, &secret)), &huge).await;
+    assert!(r.status().is_client_error(), "{}", r.status());
+    // Nothing was issued by any of these.
+    let issued = app
+        .get(
+            "/api/v1/audit/events?action=oauth.token&outcome=allowed",
+            &admin,
+            "read:audit",
+        )
+        .await;
+    assert_eq!(issued.body["items"], json!([]), "{}", issued.text);
+    // A public client cannot use client_credentials; a confidential one needs its owner.
+    let r = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "cli", "type": "public"}),
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    let r = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "x"}),
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    assert!(r.text.contains("ownerId"), "{}", r.text);
+    for bad in [
+        json!({"name": "x", "grantTypes": ["password"]}),
+        json!({"name": "x", "redirectUris": ["http://example.com/cb"]}),
+        json!({"name": "x", "redirectUris": ["https://example.com/cb#frag"]}),
+        json!({"name": "x", "accessTokenTtlSeconds": 5}),
+        json!({"name": "x", "scopes": ["read:nothing"]}),
+        json!({"name": "", "ownerId": "sp_00000000000000000000000000000000"}),
+        json!({"name": "x", "unknown": 1}),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/oauth/clients",
+                &admin,
+                "manage:oauth-clients",
+                bad.clone(),
+            )
+            .await;
+        r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    }
+    // A credential cannot make a client with more than it holds, nor without the scope.
+    let (narrow, _) = app
+        .create_token(
+            &admin,
+            json!({"label": "n", "scopes": ["manage:oauth-clients", "manage:users"]}),
+        )
+        .await;
+    let (_, _, _, _) = client_for_sp(
+        &app,
+        &narrow,
+        json!({"name": "ok", "scopes": ["read:users"]}),
+    )
+    .await;
+    let sp = app
+        .post(
+            "/api/v1/service-principals",
+            &admin,
+            "manage:users",
+            json!({"name": "b", "role": "editor"}),
+        )
+        .await;
+    let r = app
+        .post(
+            "/api/v1/oauth/clients",
+            &narrow,
+            "manage:oauth-clients",
+            json!({"name": "wide", "ownerId": sp.body["id"], "scopes": ["manage:gateway"]}),
+        )
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    let r = app
+        .get("/api/v1/oauth/clients", &narrow, "read:gateway")
+        .await;
+    r.assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    app.stop().await;
+}
+
+async fn oauth_clients_rotate_revoke_and_delete(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (_, id, secret, _) = client_for_sp(
+        &app,
+        &admin,
+        json!({"name": "svc", "scopes": ["read:users"]}),
+    )
+    .await;
+    let http = http();
+    let get = |secret: String| {
+        let client = oauth_client(&app, &id, &secret);
+        let http = http.clone();
+        async move {
+            client
+                .exchange_client_credentials()
+                .request_async(&http)
+                .await
+                .map(|t| t.access_token().secret().to_owned())
+        }
+    };
+
+    // RFC 7009 revocation: refused from the next request. (The oauth2 crate revokes only
+    // over https, which this test server does not speak: the request is the RFC's form.)
+    let access = get(secret.clone()).await.expect("token");
+    assert_eq!(app.me(&access).await.status, StatusCode::OK);
+    let err = oauth_client(&app, &id, &secret)
+        .revoke_token(StandardRevocableToken::AccessToken(
+            oauth2::AccessToken::new(access.clone()),
+        ))
+        .expect_err("the library insists on https");
+    assert!(format!("{err:?}").contains("InsecureUrl"), "{err:?}");
+    let r = form(
+        &app,
+        "/oauth2/revoke",
+        Some((&id, &secret)),
+        &format!("token={access}&token_type_hint=access_token"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    app.me(&access)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    // Revoking an unknown token answers 200 too (RFC 7009 §2.2); a wrong secret is 401.
+    let r = form(
+        &app,
+        "/oauth2/revoke",
+        Some((&id, &secret)),
+        "token=nothing",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = form(
+        &app,
+        "/oauth2/revoke",
+        Some((&id, "wrong")),
+        "token=nothing",
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+
+    // Rotation with an overlap: both secrets work until it ends; without, the old stops.
+    let rotated = app
+        .post(
+            &format!("/api/v1/oauth/clients/{id}/rotate-secret"),
+            &admin,
+            "manage:oauth-clients",
+            json!({"overlapSeconds": 600}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let second = rotated.body["clientSecret"]
+        .as_str()
+        .expect("new secret")
+        .to_owned();
+    assert_ne!(second, secret);
+    assert!(rotated.body["previousSecretExpiresAt"].is_string());
+    get(secret.clone())
+        .await
+        .expect("the old secret within the overlap");
+    get(second.clone()).await.expect("the new secret");
+    let rotated = app
+        .post(
+            &format!("/api/v1/oauth/clients/{id}/rotate-secret"),
+            &admin,
+            "manage:oauth-clients",
+            json!({}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let third = rotated.body["clientSecret"]
+        .as_str()
+        .expect("new secret")
+        .to_owned();
+    assert!(
+        get(second).await.is_err(),
+        "no overlap: the old secret stops at once"
+    );
+    assert!(get(secret).await.is_err());
+    let r = app
+        .post(
+            &format!("/api/v1/oauth/clients/{id}/rotate-secret"),
+            &admin,
+            "manage:oauth-clients",
+            json!({"overlapSeconds": 99999999}),
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+
+    // PATCH: a new name and a shorter lifetime for the next tokens.
+    let patched = app
+        .patch(
+            &format!("/api/v1/oauth/clients/{id}"),
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "renamed", "accessTokenTtlSeconds": 120}),
+        )
+        .await;
+    assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
+    assert_eq!(patched.body["name"], "renamed");
+    let short = oauth_client(&app, &id, &third)
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("token");
+    assert_eq!(short.expires_in().map(|d| d.as_secs()), Some(120));
+
+    // Deleting the client: its tokens are refused at once, and it gets no more.
+    let live = short.access_token().secret().to_owned();
+    assert_eq!(app.me(&live).await.status, StatusCode::OK);
+    let r = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/oauth/clients/{id}"),
+            Some(&admin),
+            Some("manage:oauth-clients"),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    app.me(&live)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    assert!(get(third).await.is_err());
+    let r = app
+        .get(
+            &format!("/api/v1/oauth/clients/{id}"),
+            &admin,
+            "read:oauth-clients",
+        )
+        .await;
+    r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    let r = app
+        .get(
+            "/api/v1/oauth/clients/ocl_nope",
+            &admin,
+            "read:oauth-clients",
+        )
+        .await;
+    r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    app.stop().await;
+}
