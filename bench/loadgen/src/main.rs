@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use http_body_util::{BodyExt as _, Empty, Full};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::http1::SendRequest;
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
@@ -73,6 +73,12 @@ struct LoadArgs {
     /// Load applied before the measured window; nothing in it is counted.
     #[arg(long, default_value_t = 0.0)]
     warmup_secs: f64,
+    /// The request method (GET, or POST with `--body`).
+    #[arg(long, default_value = "GET")]
+    method: Method,
+    /// A request body sent with every request (set its `content-type` with `-H`).
+    #[arg(long)]
+    body: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -257,6 +263,8 @@ impl Histogram {
 struct Target {
     addr: SocketAddr,
     path: Uri,
+    method: Method,
+    body: Bytes,
     headers: HeaderMap,
     tokens: Vec<HeaderValue>,
     next_token: AtomicUsize,
@@ -374,6 +382,8 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     let target = Arc::new(Target {
         addr,
         path,
+        method: args.method.clone(),
+        body: Bytes::from(args.body.clone().unwrap_or_default()),
         headers,
         tokens,
         next_token: AtomicUsize::new(0),
@@ -429,7 +439,7 @@ async fn load(args: LoadArgs) -> Result<(), String> {
     Ok(())
 }
 
-async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> {
+async fn connect(addr: SocketAddr) -> Result<SendRequest<Full<Bytes>>, String> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
@@ -443,9 +453,9 @@ async fn connect(addr: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, String> 
     Ok(sender)
 }
 
-fn build_request(target: &Target) -> Request<Empty<Bytes>> {
-    let mut req = Request::new(Empty::new());
-    *req.method_mut() = Method::GET;
+fn build_request(target: &Target) -> Request<Full<Bytes>> {
+    let mut req = Request::new(Full::new(target.body.clone()));
+    *req.method_mut() = target.method.clone();
     *req.uri_mut() = target.path.clone();
     *req.headers_mut() = target.headers.clone();
     if !target.tokens.is_empty() {
@@ -459,8 +469,8 @@ fn build_request(target: &Target) -> Request<Empty<Bytes>> {
 /// Outcome of one request: `Ok(true)` 2xx, `Ok(false)` other status (connection reusable),
 /// `Err` transport failure (connection dropped).
 async fn one_request(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    req: Request<Empty<Bytes>>,
+    sender: &mut SendRequest<Full<Bytes>>,
+    req: Request<Full<Bytes>>,
 ) -> Result<bool, String> {
     let resp = sender
         .send_request(req)
@@ -482,7 +492,7 @@ async fn run_connection(
     schedule: Option<(Instant, Duration)>,
 ) -> ConnStats {
     let mut stats = ConnStats::new();
-    let mut sender: Option<SendRequest<Empty<Bytes>>> = None;
+    let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     let mut next_at = schedule.map(|(first, _)| first);
     // Open loop: completion time of the previous request on a virtual timeline in which
     // every request is sent exactly at its scheduled time (see `latency` below).
@@ -501,7 +511,7 @@ async fn run_connection(
 
         // (Re)connect, and wait until the connection can take a request.
         let ready = async {
-            let mut s: SendRequest<Empty<Bytes>> = match sender.take() {
+            let mut s: SendRequest<Full<Bytes>> = match sender.take() {
                 Some(s) => s,
                 None => connect(target.addr).await?,
             };

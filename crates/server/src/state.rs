@@ -29,6 +29,8 @@ pub struct NodeState {
     pub audit: Arc<AuditLog>,
     /// Edge enforcement: routes, IP lists, rate limits, the assertion signer.
     pub edge: Arc<crate::edge::Edge>,
+    /// OAuth access tokens' group commits.
+    pub oauth: Arc<crate::api::oauth::Issuer>,
 }
 
 impl AppState {

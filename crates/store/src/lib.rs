@@ -248,6 +248,10 @@ impl Store {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .min_connections(1)
+            // An embedded connection cannot be lost the way a network one can, so the
+            // ping sqlx sends before lending each connection (a round trip to the
+            // connection's worker thread, on every query) buys nothing.
+            .test_before_acquire(false)
             .connect_with(options)
             .await?;
         Ok(Self {

@@ -10,8 +10,14 @@ use datastack_core::scope::ScopeSet;
 use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
 use crate::rows::scopes_text;
-use crate::tokens::{INSERT_TOKEN, bind_token, caller_valid, owner_gone_is_not_found};
+use crate::tokens::{bind_token, caller_valid, owner_gone_is_not_found};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
+
+/// Inserts one token (bound with [`bind_token!`]) only while its owner is active.
+const INSERT_TOKEN_IF_OWNER_ACTIVE: &str = "INSERT INTO tokens \
+     (id, workspace_id, owner_id, label, digest, last_four, scopes, created_at, expires_at, kind) \
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10 \
+     WHERE EXISTS (SELECT 1 FROM principals WHERE id = $3 AND status = 'active')";
 
 const CLIENT_COLUMNS: &str = "id, workspace_id, name, client_type, grant_types, redirect_uris, scopes, \
      audiences, access_token_ttl_seconds, refresh_token_ttl_seconds, owner_id, secret_digest, \
@@ -353,38 +359,58 @@ impl Store {
         })
     }
 
-    /// Stores an issued access token (a row of `tokens` linked to its client), with its
-    /// audit trail, and notes the client's use. Refused (not found) when the client was
-    /// deleted meanwhile.
-    pub async fn insert_oauth_access_token(
+    /// Stores issued access tokens (rows of `tokens` linked to their clients), each with
+    /// its audit trail, in one transaction: the token endpoint's group commit, so that
+    /// issuance does not pay one commit (on SQLite one `fsync`) per token. Notes each
+    /// client's use. A token whose client was deleted meanwhile is not stored: its place in
+    /// the answer is `false`.
+    pub async fn insert_oauth_access_tokens(
         &self,
-        token: &Token,
-        client: &OAuthClientId,
-        trail: &Trail,
-    ) -> Result<()> {
+        items: &[(Token, OAuthClientId, Trail)],
+    ) -> Result<Vec<bool>> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let client_exists = sqlx::query("UPDATE oauth_clients SET last_used_at = $2 WHERE id = $1")
-                .bind(client.as_str())
-                .bind(token.created_at)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if client_exists == 0 {
-                return Err(Error::NotFound);
+            let mut stored = Vec::with_capacity(items.len());
+            let mut records = Vec::new();
+            for (token, client, trail) in items {
+                // A write first: on SQLite it takes the write lock the way every writer
+                // does, and it proves the client still exists.
+                let client_exists = sqlx::query("UPDATE oauth_clients SET last_used_at = $2 WHERE id = $1")
+                    .bind(client.as_str())
+                    .bind(token.created_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if client_exists == 0 {
+                    stored.push(false);
+                    continue;
+                }
+                // Only while the owner exists and is active (checked in the statement: a
+                // failed statement would abort a PostgreSQL transaction, and with it the
+                // other tokens of the batch).
+                let inserted = bind_token!(sqlx::query(INSERT_TOKEN_IF_OWNER_ACTIVE), token)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if inserted == 0 {
+                    stored.push(false);
+                    continue;
+                }
+                sqlx::query("INSERT INTO oauth_tokens (token_id, client_id) VALUES ($1, $2)")
+                    .bind(token.id.as_str())
+                    .bind(client.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                records.extend(trail.records.iter());
+                stored.push(true);
             }
-            bind_token!(sqlx::query(INSERT_TOKEN), token)
-                .execute(&mut *tx)
-                .await
-                .map_err(owner_gone_is_not_found)?;
-            sqlx::query("INSERT INTO oauth_tokens (token_id, client_id) VALUES ($1, $2)")
-                .bind(token.id.as_str())
-                .bind(client.as_str())
-                .execute(&mut *tx)
-                .await?;
-            write_trail!(self, tx, trail);
+            let key = self.audit_key()?;
+            crate::audit::append_audit!(tx, key, records.into_iter());
+            for (_, _, trail) in items {
+                crate::audit::insert_events!(tx, trail.events.iter());
+            }
             tx.commit().await?;
-            Ok(())
+            Ok(stored)
         })
     }
 
@@ -399,25 +425,24 @@ impl Store {
         let channel = self.announce_channel();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let id: Option<(String,)> = sqlx::query_as(
-                "SELECT t.id FROM tokens t JOIN oauth_tokens o ON o.token_id = t.id \
-                 WHERE t.digest = $1 AND o.client_id = $2 AND t.kind = 'oauth_access' \
-                   AND t.revoked_at IS NULL",
+            // The write comes first: on SQLite it waits for the write lock like every
+            // writer, where a read first would fail at once if another writer held it.
+            let revoked = sqlx::query(
+                "UPDATE tokens SET revoked_at = $3 WHERE digest = $1 AND kind = 'oauth_access' \
+                 AND revoked_at IS NULL \
+                 AND id IN (SELECT token_id FROM oauth_tokens WHERE client_id = $2)",
             )
             .bind(digest_hex)
             .bind(client.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((id,)) = id else {
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if revoked == 0 {
                 return Ok(None);
-            };
-            sqlx::query("UPDATE tokens SET revoked_at = $2 WHERE id = $1")
-                .bind(&id)
-                .bind(Utc::now())
-                .execute(&mut *tx)
-                .await?;
-            let select = format!("SELECT {} FROM tokens t WHERE t.id = $1", crate::tokens::TOKEN_COLUMNS);
-            let row: crate::rows::TokenRow = sqlx::query_as(&select).bind(&id).fetch_one(&mut *tx).await?;
+            }
+            let select = format!("SELECT {} FROM tokens t WHERE t.digest = $1", crate::tokens::TOKEN_COLUMNS);
+            let row: crate::rows::TokenRow = sqlx::query_as(&select).bind(digest_hex).fetch_one(&mut *tx).await?;
             let token = row.into_domain()?;
             announce!(tx, channel, Invalidation::of_token(&token));
             write_trail!(self, tx, trail);

@@ -47,6 +47,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_oauth_client_secret))
         .routes(routes!(token))
         .routes(routes!(revoke))
+        .routes(routes!(introspect))
+        .routes(routes!(metadata))
 }
 
 /// Default lifetime of access tokens: one hour.
@@ -607,6 +609,79 @@ pub async fn rotate_oauth_client_secret(
 }
 
 // ---------------------------------------------------------------------------------------
+// Issuance in group commits.
+
+/// The most tokens one commit stores.
+const ISSUE_BATCH_MAX: usize = 256;
+
+type Issued = (Token, OAuthClientId, datastack_store::Trail);
+type IssueReply = tokio::sync::oneshot::Sender<Result<bool, String>>;
+
+/// Stores issued access tokens in group commits: the token endpoint hands each token to
+/// one task, which writes every token waiting (up to [`ISSUE_BATCH_MAX`]) in one
+/// transaction while the previous commit runs, and answers each request once its token is
+/// committed. Nothing is answered before its commit, so a token in an answer is never lost.
+pub struct Issuer {
+    tx: tokio::sync::mpsc::Sender<(Issued, IssueReply)>,
+}
+
+impl Issuer {
+    /// An issuer writing to `store`; its task ends when the issuer is dropped.
+    pub fn new(store: datastack_store::Store) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Issued, IssueReply)>(4 * ISSUE_BATCH_MAX);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ISSUE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<Issued>, Vec<IssueReply>) = batch.into_iter().unzip();
+                match store.insert_oauth_access_tokens(&items).await {
+                    Ok(stored) => {
+                        for (reply, ok) in replies.into_iter().zip(stored) {
+                            let _ = reply.send(Ok(ok));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    /// Stores one token with its trail; `Ok(false)` when its client or owner is gone.
+    async fn store(&self, item: Issued) -> Result<bool, OAuthError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unavailable = || {
+            OAuthError::new(
+                "temporarily_unavailable",
+                "the server cannot answer now; try again",
+            )
+        };
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| unavailable())?;
+        match answer.await {
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storing issued OAuth access tokens failed");
+                Err(unavailable())
+            }
+            Err(_) => Err(unavailable()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // The token endpoint and revocation: form-encoded, RFC error bodies.
 
 /// An RFC 6749 §5.2 error.
@@ -614,6 +689,7 @@ pub struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
+    retry_after: Option<u64>,
 }
 
 impl OAuthError {
@@ -628,6 +704,7 @@ impl OAuthError {
             status,
             error,
             description: description.into(),
+            retry_after: None,
         }
     }
 }
@@ -673,6 +750,11 @@ impl IntoResponse for OAuthError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"datastack\", charset=\"UTF-8\""),
             );
+        }
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
         }
         no_store(&mut response);
         response
@@ -791,18 +873,50 @@ async fn authenticate_client(
             "a public client cannot use this grant",
         ));
     }
-    let digest = secret
+    // From here on, every failure is counted against the client, whatever the secret was.
+    let Some(digest) = secret
         .as_ref()
         .and_then(|s| oauth::parse_client_secret(s.expose_secret()))
-        .ok_or_else(failed)?;
+    else {
+        return Err(client_failure(state, &client.id).await);
+    };
     match state
         .store
         .match_oauth_client_secret(&client.id, &digest.to_hex(), Utc::now())
         .await?
     {
-        SecretMatch::None => Err(failed()),
+        SecretMatch::None => Err(client_failure(state, &client.id).await),
         SecretMatch::Current | SecretMatch::Previous => Ok(client),
     }
+}
+
+/// Failed authentications of one client allowed per minute, from all addresses together
+/// (each address is limited on its own besides, as every request without a credential).
+pub const CLIENT_FAILURES_PER_MINUTE: u32 = 30;
+
+/// The answer to a failed authentication of a known client: counted in the client's
+/// bucket of failures, and once that is empty answered 429 (with `Retry-After`) instead
+/// of 401, so a guesser learns to stop; a client presenting its right secret is never
+/// refused by it. The bucket's owner keeps sending: an abuse flag, as for a credential.
+async fn client_failure(state: &AppState, client: &OAuthClientId) -> OAuthError {
+    let verdict = state
+        .edge
+        .limiter
+        .check(&[crate::edge::ratelimit::Bucket {
+            subject: crate::edge::ratelimit::Subject::Credential(client.to_string()),
+            per_minute: CLIENT_FAILURES_PER_MINUTE,
+        }])
+        .await;
+    if verdict.allowed() {
+        return OAuthError::new("invalid_client", "unknown client or wrong secret");
+    }
+    let mut refused = OAuthError::new(
+        "invalid_client",
+        "too many failed authentications of this client; wait before trying again",
+    );
+    refused.status = StatusCode::TOO_MANY_REQUESTS;
+    refused.retry_after = Some(verdict.retry_after.map_or(60, |d| d.as_secs()));
+    refused
 }
 
 /// The form of a token request (RFC 6749 §4.4.2). The client authenticates with HTTP
@@ -1017,25 +1131,18 @@ async fn issue(
         "expiresAt": expires_at,
     }));
     let trail = audit.change_in(StatusCode::OK, &client.workspace_id);
-    match state
-        .store
-        .insert_oauth_access_token(&token, &client.id, &trail)
-        .await
-    {
-        Ok(()) => {}
-        Err(datastack_store::Error::NotFound) => {
-            return Err(OAuthError::new(
-                "invalid_client",
-                "unknown client or wrong secret",
-            ));
-        }
-        Err(e) => return Err(e.into()),
+    let expires_in = client.access_token_ttl_seconds;
+    if !state.oauth.store((token, client.id, trail)).await? {
+        return Err(OAuthError::new(
+            "invalid_client",
+            "unknown client or wrong secret",
+        ));
     }
     audit.mark_recorded();
     Ok(TokenResponse {
         access_token: jwt,
         token_type: "Bearer",
-        expires_in: client.access_token_ttl_seconds,
+        expires_in,
         scope: scope_text,
     })
 }
@@ -1091,6 +1198,219 @@ pub async fn revoke(
         }
         Err(e) => e.into_response(),
     }
+}
+
+/// The form of an introspection request (RFC 7662 §2.1).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct IntrospectForm {
+    /// The token to describe.
+    token: String,
+    /// `access_token`.
+    token_type_hint: Option<String>,
+    /// `client_secret_post`: the client id.
+    client_id: Option<String>,
+    /// `client_secret_post`: the client secret.
+    client_secret: Option<String>,
+}
+
+/// An introspection answer (RFC 7662 §2.2): `{"active": false}` alone for a token that is
+/// not active, else the token's claims.
+#[derive(Serialize, ToSchema)]
+pub struct Introspection {
+    /// Whether the token is valid now.
+    pub active: bool,
+    /// Its scopes, space-separated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The client it was issued to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// `Bearer`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_type: Option<&'static str>,
+    /// Expiry (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    /// Issue time (Unix seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iat: Option<i64>,
+    /// The subject: the principal it acts as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// The audience.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
+    /// The issuer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    /// The token's id, `oat_…`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+}
+
+impl Introspection {
+    fn inactive() -> Self {
+        Self {
+            active: false,
+            scope: None,
+            client_id: None,
+            token_type: None,
+            exp: None,
+            iat: None,
+            sub: None,
+            aud: None,
+            iss: None,
+            jti: None,
+        }
+    }
+}
+
+/// Token introspection (RFC 7662). Form-encoded `token`, client-authenticated like the
+/// token endpoint. Active only for an unexpired, unrevoked OAuth access token of this
+/// server whose subject is in the introspecting client's workspace (or below it); every
+/// other token, including another workspace's, answers `{"active": false}`.
+#[utoipa::path(post, operation_id = "oauthIntrospect", path = "/oauth2/introspect", tag = "oauth",
+    request_body(content_type = "application/x-www-form-urlencoded", content = IntrospectForm),
+    responses((status = 200, body = Introspection), (status = 400, body = OAuthErrorBody),
+        (status = 401, body = OAuthErrorBody, description = "invalid_client, with WWW-Authenticate")))]
+#[tracing::instrument(skip_all)]
+pub async fn introspect(
+    State(state): State<AppState>,
+    audit: AuditContext,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    audit.set_action("oauth.introspect", "oauth-clients");
+    let result = async {
+        let form = Form::parse(&headers, &body)?;
+        let presented = form
+            .get("token")
+            .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
+            .to_owned();
+        let client = authenticate_client(&state, &headers, &form, &audit).await?;
+        let secret = SecretString::from(presented);
+        if credential::parse_presented(&secret)
+            .is_none_or(|p| p.kind != CredentialKind::OAuthAccessToken)
+        {
+            return Ok(Introspection::inactive());
+        }
+        let identity = match state.credentials.check(&secret).await {
+            Ok(Ok(identity)) => identity,
+            Ok(Err(_)) => return Ok(Introspection::inactive()),
+            Err(e) => return Err(OAuthError::from(e.0)),
+        };
+        if !identity.in_subtree_of(client.workspace_id.as_str()) {
+            return Ok(Introspection::inactive());
+        }
+        // The token is one this server issued (its digest is stored), so its payload is
+        // read without checking the signature again: only `aud` is not stored elsewhere.
+        let aud = secret
+            .expose_secret()
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v.get("aud").and_then(|a| a.as_str()).map(str::to_owned));
+        let token = &identity.token;
+        Ok(Introspection {
+            active: true,
+            scope: Some(token.scopes.to_strings().join(" ")),
+            client_id: Some(token.label.clone()),
+            token_type: Some("Bearer"),
+            exp: token.expires_at.map(|e| e.timestamp()),
+            iat: Some(token.created_at.timestamp()),
+            sub: Some(identity.principal.id.to_string()),
+            aud,
+            iss: Some(state.edge.signer.issuer.clone()),
+            jti: Some(token.id.to_string()),
+        })
+    }
+    .await;
+    match result {
+        Ok(answer) => {
+            let mut response = axum::Json(answer).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Authorization server metadata (RFC 8414).
+#[derive(Serialize, ToSchema)]
+pub struct ServerMetadata {
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// `/oauth2/token`.
+    pub token_endpoint: String,
+    /// `/oauth2/revoke`.
+    pub revocation_endpoint: String,
+    /// `/oauth2/introspect`.
+    pub introspection_endpoint: String,
+    /// `/.well-known/jwks.json`.
+    pub jwks_uri: String,
+    /// The grants this server issues tokens for.
+    pub grant_types_supported: Vec<&'static str>,
+    /// `client_secret_basic`, `client_secret_post`.
+    pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// The same, for revocation.
+    pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// The same, for introspection.
+    pub introspection_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// Every scope a client may be given.
+    pub scopes_supported: Vec<String>,
+    /// None yet: the authorization endpoint is not served.
+    pub response_types_supported: Vec<&'static str>,
+}
+
+/// RFC 8414 metadata: exactly what this server supports. The URLs start with
+/// `public_url` when it is set, else with the address the request was sent to.
+#[utoipa::path(get, operation_id = "oauthServerMetadata", path = "/.well-known/oauth-authorization-server", tag = "oauth",
+    responses((status = 200, body = ServerMetadata)))]
+pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let base = match state.config.public_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => {
+            // Only a well-formed authority is echoed back.
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| state.config.listen.to_string());
+            format!("http://{host}")
+        }
+    };
+    let methods = vec!["client_secret_basic", "client_secret_post"];
+    let body = ServerMetadata {
+        issuer: state.edge.signer.issuer.clone(),
+        token_endpoint: format!("{base}/oauth2/token"),
+        revocation_endpoint: format!("{base}/oauth2/revoke"),
+        introspection_endpoint: format!("{base}/oauth2/introspect"),
+        jwks_uri: format!("{base}/.well-known/jwks.json"),
+        grant_types_supported: GrantType::ALL.iter().map(|g| g.as_str()).collect(),
+        token_endpoint_auth_methods_supported: methods.clone(),
+        revocation_endpoint_auth_methods_supported: methods.clone(),
+        introspection_endpoint_auth_methods_supported: methods,
+        scopes_supported: std::iter::once("all-apis".to_owned())
+            .chain(
+                datastack_core::scope::Resource::ALL
+                    .iter()
+                    .flat_map(|r| [Scope::read(*r).to_string(), Scope::manage(*r).to_string()]),
+            )
+            .collect(),
+        response_types_supported: Vec::new(),
+    };
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(body),
+    )
+        .into_response()
 }
 
 /// A value a client sent, quoted and cut short for an error message.

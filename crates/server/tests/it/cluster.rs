@@ -709,3 +709,100 @@ async fn suspending_a_workspace_on_one_node_refuses_its_grandchild_on_the_other_
     one.stop().await;
     two.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
+async fn oauth_tokens_revoked_or_of_a_deleted_client_are_refused_by_the_other_node_within_a_second()
+{
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let a = TestApp::spawn_on(store.clone(), |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let b = TestApp::spawn_on(store, |c| c.cache_ttl = Duration::from_secs(3600)).await;
+    let admin = a.admin().to_owned();
+    let sp = a
+        .post(
+            "/api/v1/service-principals",
+            &admin,
+            "manage:users",
+            json!({"name": "svc", "role": "viewer"}),
+        )
+        .await;
+    let client = a
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "svc", "ownerId": sp.body["id"], "scopes": ["read:users"]}),
+        )
+        .await;
+    assert_eq!(client.status, StatusCode::CREATED, "{}", client.text);
+    let id = client.body["clientId"].as_str().expect("id").to_owned();
+    let secret = client.body["clientSecret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let token = |node: &TestApp| {
+        let req = node
+            .http
+            .post(format!("{}/oauth2/token", node.base))
+            .basic_auth(&id, Some(&secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials");
+        async move {
+            let r = req.send().await.expect("token");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<serde_json::Value>().await.expect("json")["access_token"]
+                .as_str()
+                .expect("token")
+                .to_owned()
+        }
+    };
+    // Revoked through node A (RFC 7009), while node B has it cached.
+    let first = token(&a).await;
+    for _ in 0..3 {
+        assert_eq!(b.me(&first).await.status, StatusCode::OK);
+    }
+    let r = a
+        .http
+        .post(format!("{}/oauth2/revoke", a.base))
+        .basic_auth(&id, Some(&secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={first}"))
+        .send()
+        .await
+        .expect("revoke");
+    assert_eq!(r.status(), StatusCode::OK);
+    refused_within_a_second(&b, first).await;
+
+    // Every token of a client deleted through node A, issued by node B and cached there.
+    let second = token(&b).await;
+    assert_eq!(b.me(&second).await.status, StatusCode::OK);
+    let r = a
+        .delete(
+            &format!("/api/v1/oauth/clients/{id}"),
+            &admin,
+            "manage:oauth-clients",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    refused_within_a_second(&b, second).await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Waits until `node` refuses `token` (401), failing after one second.
+async fn refused_within_a_second(node: &TestApp, token: String) {
+    let started = Instant::now();
+    loop {
+        if node.me(&token).await.status == StatusCode::UNAUTHORIZED {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "node B still accepts the token after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -19,6 +19,7 @@ on_both_stores!(
     oauth_client_credentials_with_a_standard_client,
     oauth_token_endpoint_refuses_what_rfc_6749_refuses,
     oauth_clients_rotate_revoke_and_delete,
+    oauth_introspection_metadata_and_failed_authentications,
 );
 
 /// The `oauth2` crate's HTTP client: no redirects (RFC 6749 §3.2 forbids following them).
@@ -670,5 +671,157 @@ async fn oauth_clients_rotate_revoke_and_delete(backend: Backend) {
         )
         .await;
     r.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    app.stop().await;
+}
+
+async fn oauth_introspection_metadata_and_failed_authentications(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (sp, id, secret, _) = client_for_sp(
+        &app,
+        &admin,
+        json!({"name": "svc", "scopes": ["read:users"], "audiences": ["https://svc.example"]}),
+    )
+    .await;
+    let http = http();
+    let token = oauth_client(&app, &id, &secret)
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("token");
+    let access = token.access_token().secret().to_owned();
+
+    // RFC 7662: the token's claims while it is active.
+    let r = form(
+        &app,
+        "/oauth2/introspect",
+        Some((&id, &secret)),
+        &format!("token={access}"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["client_id"], json!(id));
+    assert_eq!(v["sub"], json!(sp));
+    assert_eq!(v["scope"], "read:users");
+    assert_eq!(v["aud"], "https://svc.example");
+    assert_eq!(v["iss"], "datastack");
+    assert_eq!(v["token_type"], "Bearer");
+    assert!(v["exp"].as_i64().expect("exp") > v["iat"].as_i64().expect("iat"));
+    // Not a token of this server, not an OAuth token, or revoked: `{"active": false}` alone.
+    let pat = app.admin().to_owned();
+    for other in [
+        "garbage".to_owned(),
+        pat,
+        format!("{}x", &access[..access.len() - 1]),
+    ] {
+        let r = form(
+            &app,
+            "/oauth2/introspect",
+            Some((&id, &secret)),
+            &format!("token={other}"),
+        )
+        .await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(
+            r.json::<Value>().await.expect("json"),
+            json!({"active": false})
+        );
+    }
+    let r = form(
+        &app,
+        "/oauth2/introspect",
+        Some((&id, "wrong")),
+        &format!("token={access}"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let r = form(
+        &app,
+        "/oauth2/revoke",
+        Some((&id, &secret)),
+        &format!("token={access}"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = form(
+        &app,
+        "/oauth2/introspect",
+        Some((&id, &secret)),
+        &format!("token={access}"),
+    )
+    .await;
+    assert_eq!(
+        r.json::<Value>().await.expect("json"),
+        json!({"active": false})
+    );
+
+    // RFC 8414 metadata: exactly what is supported.
+    let m: Value = app
+        .http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            app.base
+        ))
+        .send()
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(m["issuer"], "datastack");
+    assert_eq!(
+        m["token_endpoint"],
+        json!(format!("{}/oauth2/token", app.base))
+    );
+    assert_eq!(
+        m["jwks_uri"],
+        json!(format!("{}/.well-known/jwks.json", app.base))
+    );
+    assert_eq!(m["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        m["token_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post"])
+    );
+    assert!(
+        m["scopes_supported"]
+            .as_array()
+            .expect("scopes")
+            .contains(&json!("read:users"))
+    );
+
+    // Failed authentications of one client are limited: after the bucket empties, 429 with
+    // Retry-After instead of 401; the right secret still works meanwhile.
+    let mut limited = None;
+    for i in 0..40 {
+        let r = form(
+            &app,
+            "/oauth2/token",
+            Some((&id, &format!("dcsk{}", "1".repeat(72)))),
+            "grant_type=client_credentials",
+        )
+        .await;
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(r.headers().contains_key("retry-after"));
+            assert_eq!(
+                r.json::<Value>().await.expect("json")["error"],
+                "invalid_client"
+            );
+            limited = Some(i);
+            break;
+        }
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    }
+    let limited = limited.expect("the client's failures are limited");
+    // The bucket holds 30; the wrong secret sent to the introspection endpoint above was
+    // the first failure.
+    assert_eq!(limited, 29, "after the bucket's 30 failures, not before");
+    oauth_client(&app, &id, &secret)
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("the right secret is never refused by the failure bucket");
     app.stop().await;
 }
