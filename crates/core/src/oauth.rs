@@ -111,6 +111,8 @@ pub struct OAuthClient {
     pub secret_digest: Option<String>,
     /// The current secret's last four characters.
     pub secret_last_four: Option<String>,
+    /// The digest of the previous secret, during a rotation's overlap.
+    pub previous_secret_digest: Option<String>,
     /// Until when the previous secret still authenticates (after a rotation with overlap).
     pub previous_secret_expires_at: Option<DateTime<Utc>>,
     /// When the current secret was issued.
@@ -129,6 +131,23 @@ impl OAuthClient {
     /// Whether the client may use `grant`.
     pub fn allows(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)
+    }
+
+    /// Whether `presented` (a digest) is the client's secret at `now`: the current one, or
+    /// the previous one before its overlap ends. Compared in constant time.
+    pub fn secret_matches(&self, presented: &SecretDigest, now: DateTime<Utc>) -> bool {
+        let current = self
+            .secret_digest
+            .as_deref()
+            .is_some_and(|d| presented.ct_eq(d));
+        let previous = self
+            .previous_secret_expires_at
+            .is_some_and(|until| until > now)
+            && self
+                .previous_secret_digest
+                .as_deref()
+                .is_some_and(|d| presented.ct_eq(d));
+        current | previous
     }
 }
 

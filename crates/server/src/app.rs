@@ -264,7 +264,10 @@ impl Application {
             config: config.clone(),
             audit: audit.clone(),
             edge: Arc::new(edge),
-            oauth: Arc::new(crate::api::oauth::Issuer::new(store.clone())),
+            oauth: Arc::new(crate::api::oauth::Issuer::new(
+                store.clone(),
+                config.cache_ttl,
+            )),
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);

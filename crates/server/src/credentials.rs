@@ -401,8 +401,9 @@ impl CredentialVerifier {
                 self.cache.clear();
                 self.unknown.cache.clear();
             }
-            // Edge rules, not credentials.
-            Invalidation::Routes
+            // Edge rules, and the token endpoint's copy of a client: not credentials.
+            Invalidation::OAuthClientChanged(_)
+            | Invalidation::Routes
             | Invalidation::IpLists(_)
             | Invalidation::Penalty(_)
             | Invalidation::Heartbeat => {}

@@ -22,6 +22,9 @@ pub enum Invalidation {
     Principal(String),
     /// Every access token issued to this OAuth client (it was deleted).
     OAuthClient(String),
+    /// This OAuth client's record (its secret, scopes or lifetimes changed): only the copy
+    /// a node keeps for its token endpoint, not the tokens already issued.
+    OAuthClientChanged(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
     Workspace(String),
     /// Every credential whose owner belongs to this workspace or to any workspace below it
@@ -60,6 +63,7 @@ impl Invalidation {
             Invalidation::Credential(id) => format!("credential:{id}"),
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::OAuthClient(c) => format!("oauth-client:{c}"),
+            Invalidation::OAuthClientChanged(c) => format!("oauth-client-changed:{c}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::WorkspaceTree(w) => format!("subtree:{w}"),
             Invalidation::Routes => "routes".to_owned(),
@@ -82,6 +86,7 @@ impl Invalidation {
             Some(("credential", id)) => Invalidation::Credential(id.to_owned()),
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
             Some(("oauth-client", c)) => Invalidation::OAuthClient(c.to_owned()),
+            Some(("oauth-client-changed", c)) => Invalidation::OAuthClientChanged(c.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
             Some(("subtree", w)) => Invalidation::WorkspaceTree(w.to_owned()),
             Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),

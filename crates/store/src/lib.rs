@@ -34,7 +34,7 @@ pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, Work
 pub use audit_heads::{HeadCheck, HeadDiscrepancy};
 pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};
-pub use oauth::{OAuthClientPatch, SecretMatch};
+pub use oauth::OAuthClientPatch;
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
 pub use workspaces::{MAX_CHAIN, WorkspaceFilter, WorkspacePatch};

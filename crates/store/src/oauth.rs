@@ -22,7 +22,7 @@ const INSERT_TOKEN_IF_OWNER_ACTIVE: &str = "INSERT INTO tokens \
 const CLIENT_COLUMNS: &str = "id, workspace_id, name, client_type, grant_types, redirect_uris, scopes, \
      audiences, access_token_ttl_seconds, refresh_token_ttl_seconds, owner_id, secret_digest, \
      secret_last_four, previous_secret_expires_at, secret_rotated_at, created_by, created_at, \
-     updated_at, last_used_at";
+     updated_at, last_used_at, previous_secret_digest";
 
 #[derive(sqlx::FromRow)]
 struct ClientRow {
@@ -45,6 +45,7 @@ struct ClientRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
+    previous_secret_digest: Option<String>,
 }
 
 fn json_list(text: &str) -> Result<Vec<String>> {
@@ -79,6 +80,7 @@ impl ClientRow {
             owner_id: self.owner_id.map(PrincipalId::from_trusted),
             secret_digest: self.secret_digest,
             secret_last_four: self.secret_last_four,
+            previous_secret_digest: self.previous_secret_digest,
             previous_secret_expires_at: self.previous_secret_expires_at,
             secret_rotated_at: self.secret_rotated_at,
             created_by: self.created_by,
@@ -106,28 +108,16 @@ pub struct OAuthClientPatch {
     pub refresh_token_ttl_seconds: Option<i64>,
 }
 
-/// How a presented client secret matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretMatch {
-    /// The current secret.
-    Current,
-    /// The previous secret, within its overlap.
-    Previous,
-    /// Neither.
-    None,
-}
-
 impl Store {
     /// Stores a new client, only if the calling credential `creator` is still valid.
     pub async fn insert_oauth_client(
         &self,
         client: &OAuthClient,
-        previous_digest: Option<&str>,
         creator: &TokenId,
         trail: &Trail,
     ) -> Result<()> {
         let sql = format!(
-            "INSERT INTO oauth_clients ({CLIENT_COLUMNS}, previous_secret_digest) \
+            "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20 \
              WHERE {}",
             caller_valid!("$21")
@@ -154,7 +144,7 @@ impl Store {
                 .bind(client.created_at)
                 .bind(client.updated_at)
                 .bind(client.last_used_at)
-                .bind(previous_digest)
+                .bind(client.previous_secret_digest.as_deref())
                 .bind(creator.as_str())
                 .execute(&mut *tx)
                 .await
@@ -215,34 +205,6 @@ impl Store {
         row.ok_or(Error::NotFound)?.into_domain()
     }
 
-    /// Which of the client's secrets has `digest_hex` (the previous one only until its
-    /// overlap ends at `now`). The digests are compared by the database's index lookup:
-    /// they are digests of 256-bit secrets, so their comparison reveals nothing usable.
-    pub async fn match_oauth_client_secret(
-        &self,
-        id: &OAuthClientId,
-        digest_hex: &str,
-        now: DateTime<Utc>,
-    ) -> Result<SecretMatch> {
-        let found: Option<(i64,)> = with_pool!(self, pool => {
-            sqlx::query_as(
-                "SELECT CAST(CASE WHEN secret_digest = $2 THEN 1 ELSE 2 END AS BIGINT) FROM oauth_clients \
-                 WHERE id = $1 AND (secret_digest = $2 OR (previous_secret_digest = $2 \
-                   AND previous_secret_expires_at IS NOT NULL AND previous_secret_expires_at > $3))",
-            )
-            .bind(id.as_str())
-            .bind(digest_hex)
-            .bind(now)
-            .fetch_optional(pool)
-            .await?
-        });
-        Ok(match found {
-            Some((1,)) => SecretMatch::Current,
-            Some(_) => SecretMatch::Previous,
-            None => SecretMatch::None,
-        })
-    }
-
     /// Applies a PATCH, with its audit trail; returns the client as changed.
     pub async fn update_oauth_client(
         &self,
@@ -251,6 +213,7 @@ impl Store {
         patch: &OAuthClientPatch,
         trail: &Trail,
     ) -> Result<OAuthClient> {
+        let channel = self.announce_channel();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -277,6 +240,9 @@ impl Store {
             if affected == 0 {
                 return Err(Error::NotFound);
             }
+            // Every node forgets the client it cached for its token endpoint. (Tokens
+            // already issued keep their scopes until they expire.)
+            announce!(tx, channel, Invalidation::OAuthClientChanged(id.to_string()));
             write_trail!(self, tx, trail);
             tx.commit().await?;
             Ok::<(), Error>(())
@@ -296,6 +262,7 @@ impl Store {
         trail: &Trail,
     ) -> Result<OAuthClient> {
         let now = Utc::now();
+        let channel = self.announce_channel();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let affected = sqlx::query(
@@ -317,6 +284,7 @@ impl Store {
             if affected == 0 {
                 return Err(Error::NotFound);
             }
+            announce!(tx, channel, Invalidation::OAuthClientChanged(id.to_string()));
             write_trail!(self, tx, trail);
             tx.commit().await?;
             Ok::<(), Error>(())

@@ -21,7 +21,7 @@ use datastack_core::model::{Status, Token};
 use datastack_core::oauth::{self, ClientType, GrantType, OAuthClient};
 use datastack_core::scope::{Scope, ScopeSet};
 use datastack_core::validate;
-use datastack_store::{Invalidation, OAuthClientPatch, SecretMatch};
+use datastack_store::{Invalidation, OAuthClientPatch};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -371,6 +371,7 @@ pub async fn create_oauth_client(
         owner_id: owner.map(|o| o.id),
         secret_digest: secret.as_ref().map(|s| s.digest.to_hex()),
         secret_last_four: secret.as_ref().map(|s| s.last_four.clone()),
+        previous_secret_digest: None,
         previous_secret_expires_at: None,
         secret_rotated_at: secret.as_ref().map(|_| now),
         created_by: Some(me.id.to_string()),
@@ -398,7 +399,7 @@ pub async fn create_oauth_client(
     ));
     state
         .store
-        .insert_oauth_client(&client, None, &caller.identity.token.id, &trail)
+        .insert_oauth_client(&client, &caller.identity.token.id, &trail)
         .await?;
     audit.mark_recorded();
     tracing::info!(client_id = %client.id, "oauth client created");
@@ -519,6 +520,8 @@ pub async fn update_oauth_client(
         .await
         .map_err(client_not_found)?;
     audit.mark_recorded();
+    crate::edge::apply_invalidation(&state, &Invalidation::OAuthClientChanged(id.to_string()))
+        .await;
     Ok(Json(client.into()))
 }
 
@@ -602,6 +605,8 @@ pub async fn rotate_oauth_client_secret(
             other => other.into(),
         })?;
     audit.mark_recorded();
+    crate::edge::apply_invalidation(&state, &Invalidation::OAuthClientChanged(id.to_string()))
+        .await;
     Ok(Json(OAuthClientWithSecret {
         client_secret: Some(secret.secret.expose_secret().to_owned()),
         client: client.into(),
@@ -623,11 +628,65 @@ type IssueReply = tokio::sync::oneshot::Sender<Result<bool, String>>;
 /// committed. Nothing is answered before its commit, so a token in an answer is never lost.
 pub struct Issuer {
     tx: tokio::sync::mpsc::Sender<(Issued, IssueReply)>,
+    /// The clients the token endpoint authenticated lately, with their subject's state, so
+    /// that a client asking again costs no store query (dropped by the announcements of a
+    /// change to the client, its owner or its workspace, and after the credential cache's
+    /// TTL).
+    clients: quick_cache::sync::Cache<String, std::sync::Arc<ClientEntry>>,
+    ttl: std::time::Duration,
 }
 
+/// A client as the token endpoint last read it.
+pub struct ClientEntry {
+    client: OAuthClient,
+    /// The service principal its tokens act as, if it exists and it and its workspace are
+    /// active; else why not.
+    subject: Result<PrincipalId, &'static str>,
+    fetched: std::time::Instant,
+}
+
+/// How many clients a node keeps for its token endpoint.
+const CLIENT_CACHE_CAPACITY: usize = 10_000;
+
 impl Issuer {
-    /// An issuer writing to `store`; its task ends when the issuer is dropped.
-    pub fn new(store: datastack_store::Store) -> Self {
+    /// Forgets what `inv` names.
+    pub fn invalidate(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::OAuthClient(id) | Invalidation::OAuthClientChanged(id) => {
+                self.clients.remove(id);
+            }
+            Invalidation::Principal(p) => {
+                let victims: Vec<String> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, e)| e.client.owner_id.as_ref().is_some_and(|o| o.as_str() == p))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in victims {
+                    self.clients.remove(&k);
+                }
+            }
+            Invalidation::Workspace(_) | Invalidation::WorkspaceTree(_) | Invalidation::All => {
+                self.clients.clear();
+            }
+            Invalidation::Token(_)
+            | Invalidation::Credential(_)
+            | Invalidation::Routes
+            | Invalidation::IpLists(_)
+            | Invalidation::Penalty(_)
+            | Invalidation::Heartbeat => {}
+        }
+    }
+
+    fn cached(&self, id: &OAuthClientId) -> Option<std::sync::Arc<ClientEntry>> {
+        self.clients
+            .get(id.as_str())
+            .filter(|e| e.fetched.elapsed() < self.ttl)
+    }
+
+    /// An issuer writing to `store`; its task ends when the issuer is dropped. Clients are
+    /// kept for at most `ttl`.
+    pub fn new(store: datastack_store::Store, ttl: std::time::Duration) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(Issued, IssueReply)>(4 * ISSUE_BATCH_MAX);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -654,7 +713,11 @@ impl Issuer {
                 }
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            clients: quick_cache::sync::Cache::new(CLIENT_CACHE_CAPACITY),
+            ttl,
+        }
     }
 
     /// Stores one token with its trail; `Ok(false)` when its client or owner is gone.
@@ -812,7 +875,7 @@ async fn authenticate_client(
     headers: &HeaderMap,
     form: &Form,
     audit: &AuditContext,
-) -> Result<OAuthClient, OAuthError> {
+) -> Result<std::sync::Arc<ClientEntry>, OAuthError> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -860,12 +923,14 @@ async fn authenticate_client(
     let failed = || OAuthError::new("invalid_client", "unknown client or wrong secret");
     let id = OAuthClientId::parse(&client_id).map_err(|_| failed())?;
     audit.set_resource_id(id.as_str());
-    let client = match state.store.get_oauth_client(None, &id).await {
-        Ok(c) => c,
-        Err(datastack_store::Error::NotFound) => return Err(failed()),
-        Err(e) => return Err(e.into()),
+    let (entry, from_cache) = match state.oauth.cached(&id) {
+        Some(entry) => (entry, true),
+        None => match load_client(state, &id).await? {
+            Some(entry) => (entry, false),
+            None => return Err(failed()),
+        },
     };
-    if client.client_type == ClientType::Public {
+    if entry.client.client_type == ClientType::Public {
         // A public client has no secret to prove; it may not use the grants this
         // endpoint issues today.
         return Err(OAuthError::new(
@@ -878,16 +943,68 @@ async fn authenticate_client(
         .as_ref()
         .and_then(|s| oauth::parse_client_secret(s.expose_secret()))
     else {
-        return Err(client_failure(state, &client.id).await);
+        return Err(client_failure(state, &id).await);
     };
-    match state
-        .store
-        .match_oauth_client_secret(&client.id, &digest.to_hex(), Utc::now())
-        .await?
-    {
-        SecretMatch::None => Err(client_failure(state, &client.id).await),
-        SecretMatch::Current | SecretMatch::Previous => Ok(client),
+    let now = Utc::now();
+    if entry.client.secret_matches(&digest, now) {
+        return Ok(entry);
     }
+    // A cached copy may predate a rotation on another node whose announcement is still on
+    // its way: a mismatch is checked against the store before it counts.
+    if from_cache
+        && let Some(fresh) = load_client(state, &id).await?
+        && fresh.client.secret_matches(&digest, now)
+    {
+        return Ok(fresh);
+    }
+    Err(client_failure(state, &id).await)
+}
+
+/// Reads a client and its subject's state from the store and keeps them for the token
+/// endpoint; `None` if there is no such client.
+async fn load_client(
+    state: &AppState,
+    id: &OAuthClientId,
+) -> Result<Option<std::sync::Arc<ClientEntry>>, OAuthError> {
+    let client = match state.store.get_oauth_client(None, id).await {
+        Ok(c) => c,
+        Err(datastack_store::Error::NotFound) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let subject = match &client.owner_id {
+        None => Err("the client has no service principal"),
+        Some(owner_id) => {
+            match state
+                .store
+                .get_principal(
+                    &client.workspace_id,
+                    datastack_core::model::PrincipalKind::ServicePrincipal,
+                    owner_id,
+                )
+                .await
+            {
+                Ok(owner) => {
+                    let workspace = state.store.get_workspace(&client.workspace_id).await?;
+                    if owner.status == Status::Active && workspace.status == Status::Active {
+                        Ok(owner.id)
+                    } else {
+                        Err("the client's service principal or its workspace is suspended")
+                    }
+                }
+                Err(datastack_store::Error::NotFound) => {
+                    Err("the client's service principal no longer exists")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let entry = std::sync::Arc::new(ClientEntry {
+        client,
+        subject,
+        fetched: std::time::Instant::now(),
+    });
+    state.oauth.clients.insert(id.to_string(), entry.clone());
+    Ok(Some(entry))
 }
 
 /// Failed authentications of one client allowed per minute, from all addresses together
@@ -1013,7 +1130,8 @@ async fn issue(
     let grant_type = form
         .get("grant_type")
         .ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
-    let client = authenticate_client(state, headers, &form, audit).await?;
+    let entry = authenticate_client(state, headers, &form, audit).await?;
+    let client = &entry.client;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
         OAuthError::new(
             "unsupported_grant_type",
@@ -1057,34 +1175,10 @@ async fn issue(
         }
     };
     // The subject: the client's service principal, active in an active workspace.
-    let owner_id: PrincipalId = client.owner_id.clone().ok_or_else(|| {
-        OAuthError::new("unauthorized_client", "the client has no service principal")
-    })?;
-    let owner = match state
-        .store
-        .get_principal(
-            &client.workspace_id,
-            datastack_core::model::PrincipalKind::ServicePrincipal,
-            &owner_id,
-        )
-        .await
-    {
-        Ok(p) => p,
-        Err(datastack_store::Error::NotFound) => {
-            return Err(OAuthError::new(
-                "unauthorized_client",
-                "the client's service principal no longer exists",
-            ));
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let workspace = state.store.get_workspace(&client.workspace_id).await?;
-    if owner.status != Status::Active || workspace.status != Status::Active {
-        return Err(OAuthError::new(
-            "unauthorized_client",
-            "the client's service principal or its workspace is suspended",
-        ));
-    }
+    let owner_id = entry
+        .subject
+        .clone()
+        .map_err(|why| OAuthError::new("unauthorized_client", why))?;
     let now = Utc::now();
     let expires_at = now + Duration::seconds(client.access_token_ttl_seconds);
     let id = TokenId::generate_oauth_access();
@@ -1093,7 +1187,7 @@ async fn issue(
     let jwt = signer
         .sign_access_token(&AccessClaims {
             iss: &signer.issuer,
-            sub: owner.id.as_str(),
+            sub: owner_id.as_str(),
             aud: &audience,
             exp: expires_at.timestamp(),
             iat: now.timestamp(),
@@ -1109,7 +1203,7 @@ async fn issue(
     let token = Token {
         id,
         kind: CredentialKind::OAuthAccessToken,
-        owner_id: owner.id.clone(),
+        owner_id: owner_id.clone(),
         workspace_id: client.workspace_id.clone(),
         label: client.id.to_string(),
         digest_hex: presented.digest.to_hex(),
@@ -1125,14 +1219,14 @@ async fn issue(
         "grantType": grant.as_str(),
         "clientId": client.id,
         "tokenId": token.id,
-        "subject": owner.id,
+        "subject": owner_id,
         "scopes": token.scopes,
         "audience": audience,
         "expiresAt": expires_at,
     }));
     let trail = audit.change_in(StatusCode::OK, &client.workspace_id);
     let expires_in = client.access_token_ttl_seconds;
-    if !state.oauth.store((token, client.id, trail)).await? {
+    if !state.oauth.store((token, client.id.clone(), trail)).await? {
         return Err(OAuthError::new(
             "invalid_client",
             "unknown client or wrong secret",
@@ -1169,7 +1263,8 @@ pub async fn revoke(
             .get("token")
             .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
             .to_owned();
-        let client = authenticate_client(&state, &headers, &form, &audit).await?;
+        let entry = authenticate_client(&state, &headers, &form, &audit).await?;
+        let client = &entry.client;
         let Some(p) = credential::parse_presented(&SecretString::from(presented))
             .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
         else {
@@ -1288,7 +1383,8 @@ pub async fn introspect(
             .get("token")
             .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
             .to_owned();
-        let client = authenticate_client(&state, &headers, &form, &audit).await?;
+        let entry = authenticate_client(&state, &headers, &form, &audit).await?;
+        let client = &entry.client;
         let secret = SecretString::from(presented);
         if credential::parse_presented(&secret)
             .is_none_or(|p| p.kind != CredentialKind::OAuthAccessToken)

@@ -142,6 +142,7 @@ impl Edge {
 /// and penalties.
 pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
     state.credentials.invalidate(inv);
+    state.oauth.invalidate(inv);
     state.edge.tunnels.close_matching(inv);
     if state.edge.invalidate(inv)
         && let Err(e) = state.edge.routes.reload().await

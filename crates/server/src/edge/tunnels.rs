@@ -68,7 +68,10 @@ impl Tunnels {
                     t.workspace == *id || t.ancestors.iter().any(|a| a == id)
                 }
                 Invalidation::All => true,
-                Invalidation::Routes | Invalidation::Penalty(_) | Invalidation::Heartbeat => false,
+                Invalidation::Routes
+                | Invalidation::Penalty(_)
+                | Invalidation::Heartbeat
+                | Invalidation::OAuthClientChanged(_) => false,
             };
             if hit {
                 t.close.notify_one();

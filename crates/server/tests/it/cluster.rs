@@ -743,11 +743,11 @@ async fn oauth_tokens_revoked_or_of_a_deleted_client_are_refused_by_the_other_no
         .as_str()
         .expect("secret")
         .to_owned();
-    let token = |node: &TestApp| {
+    let token = |node: &TestApp, secret: &str| {
         let req = node
             .http
             .post(format!("{}/oauth2/token", node.base))
-            .basic_auth(&id, Some(&secret))
+            .basic_auth(&id, Some(secret))
             .header("content-type", "application/x-www-form-urlencoded")
             .body("grant_type=client_credentials");
         async move {
@@ -760,7 +760,7 @@ async fn oauth_tokens_revoked_or_of_a_deleted_client_are_refused_by_the_other_no
         }
     };
     // Revoked through node A (RFC 7009), while node B has it cached.
-    let first = token(&a).await;
+    let first = token(&a, &secret).await;
     for _ in 0..3 {
         assert_eq!(b.me(&first).await.status, StatusCode::OK);
     }
@@ -776,8 +776,44 @@ async fn oauth_tokens_revoked_or_of_a_deleted_client_are_refused_by_the_other_no
     assert_eq!(r.status(), StatusCode::OK);
     refused_within_a_second(&b, first).await;
 
+    // A secret rotated through node A without overlap: node B, which authenticated the
+    // client with it, refuses it within a second.
+    let rotated = a
+        .post(
+            &format!("/api/v1/oauth/clients/{id}/rotate-secret"),
+            &admin,
+            "manage:oauth-clients",
+            json!({}),
+        )
+        .await;
+    assert_eq!(rotated.status, StatusCode::OK, "{}", rotated.text);
+    let started = Instant::now();
+    loop {
+        let r = b
+            .http
+            .post(format!("{}/oauth2/token", b.base))
+            .basic_auth(&id, Some(&secret))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+            .await
+            .expect("token");
+        if r.status() == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "node B still accepts the old secret after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secret = rotated.body["clientSecret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+
     // Every token of a client deleted through node A, issued by node B and cached there.
-    let second = token(&b).await;
+    let second = token(&b, &secret).await;
     assert_eq!(b.me(&second).await.status, StatusCode::OK);
     let r = a
         .delete(

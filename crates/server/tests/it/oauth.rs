@@ -513,7 +513,7 @@ async fn oauth_token_endpoint_refuses_what_rfc_6749_refuses(backend: Backend) {
 async fn oauth_clients_rotate_revoke_and_delete(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let admin = app.admin().to_owned();
-    let (_, id, secret, _) = client_for_sp(
+    let (sp, id, secret, _) = client_for_sp(
         &app,
         &admin,
         json!({"name": "svc", "scopes": ["read:users"]}),
@@ -637,6 +637,47 @@ async fn oauth_clients_rotate_revoke_and_delete(backend: Backend) {
         .await
         .expect("token");
     assert_eq!(short.expires_in().map(|d| d.as_secs()), Some(120));
+
+    // Suspending the client's service principal: its tokens are refused and it gets no
+    // more (the token endpoint's copy of the client is dropped with the principal's
+    // announcement), until it is activated again.
+    let before = oauth_client(&app, &id, &third)
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect("token");
+    let r = app
+        .post(
+            &format!("/api/v1/service-principals/{sp}/suspend"),
+            &admin,
+            "manage:users",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    app.me(before.access_token().secret())
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    match oauth_client(&app, &id, &third)
+        .exchange_client_credentials()
+        .request_async(&http)
+        .await
+        .expect_err("a suspended subject gets no token")
+    {
+        RequestTokenError::ServerResponse(e) => {
+            assert_eq!(*e.error(), BasicErrorResponseType::UnauthorizedClient);
+        }
+        other => panic!("expected unauthorized_client, got {other:?}"),
+    }
+    let r = app
+        .post(
+            &format!("/api/v1/service-principals/{sp}/activate"),
+            &admin,
+            "manage:users",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
 
     // Deleting the client: its tokens are refused at once, and it gets no more.
     let live = short.access_token().secret().to_owned();
