@@ -63,16 +63,20 @@ impl ClientType {
 pub enum GrantType {
     /// RFC 6749 §4.4: the client acts as its own service principal.
     ClientCredentials,
+    /// RFC 8693: a token of another subject (a datastack credential) exchanged for a
+    /// narrower access token that the client uses on the subject's behalf.
+    TokenExchange,
 }
 
 impl GrantType {
     /// Every grant this server issues tokens for.
-    pub const ALL: &'static [GrantType] = &[GrantType::ClientCredentials];
+    pub const ALL: &'static [GrantType] = &[GrantType::ClientCredentials, GrantType::TokenExchange];
 
     /// The grant's `grant_type` value.
     pub const fn as_str(self) -> &'static str {
         match self {
             GrantType::ClientCredentials => "client_credentials",
+            GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
         }
     }
 

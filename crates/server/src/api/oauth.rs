@@ -308,7 +308,7 @@ pub async fn create_oauth_client(
             for g in list {
                 let grant = GrantType::parse(g).ok_or_else(|| {
                     ApiError::InvalidRequest(format!(
-                        "grantTypes: {} is not a grant this server issues tokens for (client_credentials)",
+                        "grantTypes: {} is not a grant this server issues tokens for (client_credentials, urn:ietf:params:oauth:grant-type:token-exchange)",
                         shown(g)
                     ))
                 })?;
@@ -326,6 +326,11 @@ pub async fn create_oauth_client(
                 .await?,
         ),
     };
+    if grant_types.contains(&GrantType::TokenExchange) && client_type != ClientType::Confidential {
+        return Err(ApiError::InvalidRequest(
+            "grantTypes: token exchange needs a confidential client (one with a secret)".into(),
+        ));
+    }
     if grant_types.contains(&GrantType::ClientCredentials) {
         if client_type != ClientType::Confidential {
             return Err(ApiError::InvalidRequest(
@@ -1041,8 +1046,14 @@ async fn client_failure(state: &AppState, client: &OAuthClientId) -> OAuthError 
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TokenForm {
-    /// `client_credentials`.
+    /// `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`.
     grant_type: String,
+    /// Token exchange: the subject's token (a datastack credential).
+    subject_token: Option<String>,
+    /// Token exchange: `urn:ietf:params:oauth:token-type:access_token`.
+    subject_token_type: Option<String>,
+    /// Token exchange: `urn:ietf:params:oauth:token-type:access_token` (the only type issued).
+    requested_token_type: Option<String>,
     /// Space-separated scopes, each allowed for the client; default: all of them.
     scope: Option<String>,
     /// One of the client's audiences; default: its first.
@@ -1078,6 +1089,9 @@ pub struct TokenResponse {
     pub expires_in: i64,
     /// The scopes it carries, space-separated.
     pub scope: String,
+    /// For a token exchange (RFC 8693): `urn:ietf:params:oauth:token-type:access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// The claims of an access token (RFC 9068 §2.2).
@@ -1093,7 +1107,19 @@ struct AccessClaims<'a> {
     scope: &'a str,
     /// The subject's workspace.
     ws: &'a str,
+    /// RFC 8693 §4.1: the party acting on the subject's behalf (an exchanged token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<Actor<'a>>,
 }
+
+/// The `act` claim.
+#[derive(Serialize)]
+struct Actor<'a> {
+    sub: &'a str,
+}
+
+/// RFC 8693's name of an access token.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The token endpoint (RFC 6749 §3.2). Form-encoded; the client authenticates with HTTP
 /// Basic (`client_secret_basic`) or in the body (`client_secret_post`). Grants:
@@ -1144,9 +1170,103 @@ async fn issue(
             format!("the client may not use {}", grant.as_str()),
         ));
     }
-    // Scopes: what was asked (space-separated), each within the client's; or all of them.
+    // The subject, and what bounds the token's scopes: for client_credentials the client's
+    // service principal and the client's scopes; for a token exchange the subject token's
+    // principal and what both the subject token and the client hold.
+    let (subject, subject_workspace, bound, subject_expires) = match grant {
+        GrantType::ClientCredentials => {
+            let owner = entry
+                .subject
+                .clone()
+                .map_err(|why| OAuthError::new("unauthorized_client", why))?;
+            (
+                owner,
+                client.workspace_id.clone(),
+                client.scopes.clone(),
+                None,
+            )
+        }
+        GrantType::TokenExchange => {
+            if form.get("subject_token_type") != Some(ACCESS_TOKEN_TYPE) {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    format!("subject_token_type must be {ACCESS_TOKEN_TYPE}"),
+                ));
+            }
+            if form
+                .get("requested_token_type")
+                .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+            {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    format!("requested_token_type: only {ACCESS_TOKEN_TYPE} is issued"),
+                ));
+            }
+            if form.get("actor_token").is_some() {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "actor_token is not supported: the authenticated client is the actor",
+                ));
+            }
+            let subject_token = form
+                .get("subject_token")
+                .ok_or_else(|| OAuthError::new("invalid_request", "subject_token is missing"))?;
+            let identity = match state
+                .credentials
+                .check(&SecretString::from(subject_token.to_owned()))
+                .await
+            {
+                Ok(Ok(identity)) => identity,
+                Ok(Err(_)) => {
+                    return Err(OAuthError::new(
+                        "invalid_grant",
+                        "the subject token is not a valid credential of this server",
+                    ));
+                }
+                Err(e) => return Err(OAuthError::from(e.0)),
+            };
+            // A client exchanges only tokens of its own workspace (or below it).
+            if !identity.in_subtree_of(client.workspace_id.as_str()) {
+                return Err(OAuthError::new(
+                    "invalid_grant",
+                    "the subject token is not a valid credential of this server",
+                ));
+            }
+            let both: Vec<Scope> = identity
+                .token
+                .scopes
+                .as_slice()
+                .iter()
+                .copied()
+                .filter(|s| client.scopes.covers(*s))
+                .chain(
+                    client
+                        .scopes
+                        .as_slice()
+                        .iter()
+                        .copied()
+                        .filter(|s| identity.token.scopes.covers(*s)),
+                )
+                .collect();
+            let names: Vec<String> = both.iter().map(ToString::to_string).collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let bound = ScopeSet::parse(&names).map_err(|_| {
+                OAuthError::new(
+                    "invalid_scope",
+                    "the subject token and the client share no scope",
+                )
+            })?;
+            (
+                identity.principal.id.clone(),
+                identity.workspace.id.clone(),
+                bound,
+                identity.token.expires_at,
+            )
+        }
+    };
+    // Scopes: what was asked (space-separated), each within the bound; or all of it.
     let scopes = match form.get("scope") {
-        None => client.scopes.clone(),
+        None => bound.clone(),
         Some(asked) => {
             let list: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
             let parsed = ScopeSet::parse(&list)
@@ -1154,11 +1274,11 @@ async fn issue(
             if let Some(beyond) = parsed
                 .as_slice()
                 .iter()
-                .find(|s: &&Scope| !client.scopes.covers(**s))
+                .find(|s: &&Scope| !bound.covers(**s))
             {
                 return Err(OAuthError::new(
                     "invalid_scope",
-                    format!("the scope {beyond} is not allowed for this client"),
+                    format!("the scope {beyond} is beyond what this grant may give"),
                 ));
             }
             parsed
@@ -1174,13 +1294,13 @@ async fn issue(
             ));
         }
     };
-    // The subject: the client's service principal, active in an active workspace.
-    let owner_id = entry
-        .subject
-        .clone()
-        .map_err(|why| OAuthError::new("unauthorized_client", why))?;
+    let owner_id = subject;
     let now = Utc::now();
-    let expires_at = now + Duration::seconds(client.access_token_ttl_seconds);
+    // An exchanged token never outlives the token it came from.
+    let expires_at = subject_expires.map_or(
+        now + Duration::seconds(client.access_token_ttl_seconds),
+        |e| e.min(now + Duration::seconds(client.access_token_ttl_seconds)),
+    );
     let id = TokenId::generate_oauth_access();
     let scope_text = scopes.to_strings().join(" ");
     let signer = &state.edge.signer;
@@ -1194,7 +1314,10 @@ async fn issue(
             jti: id.as_str(),
             client_id: client.id.as_str(),
             scope: &scope_text,
-            ws: client.workspace_id.as_str(),
+            ws: subject_workspace.as_str(),
+            act: (grant == GrantType::TokenExchange).then(|| Actor {
+                sub: client.id.as_str(),
+            }),
         })
         .map_err(|e| OAuthError::new("server_error", format!("cannot sign the token: {e}")))?;
     let presented = credential::parse_presented(&SecretString::from(jwt.clone()))
@@ -1204,7 +1327,7 @@ async fn issue(
         id,
         kind: CredentialKind::OAuthAccessToken,
         owner_id: owner_id.clone(),
-        workspace_id: client.workspace_id.clone(),
+        workspace_id: subject_workspace.clone(),
         label: client.id.to_string(),
         digest_hex: presented.digest.to_hex(),
         last_four: jwt[jwt.len() - 4..].to_owned(),
@@ -1225,7 +1348,7 @@ async fn issue(
         "expiresAt": expires_at,
     }));
     let trail = audit.change_in(StatusCode::OK, &client.workspace_id);
-    let expires_in = client.access_token_ttl_seconds;
+    let expires_in = (expires_at - now).num_seconds().max(0);
     if !state.oauth.store((token, client.id.clone(), trail)).await? {
         return Err(OAuthError::new(
             "invalid_client",
@@ -1238,6 +1361,7 @@ async fn issue(
         token_type: "Bearer",
         expires_in,
         scope: scope_text,
+        issued_token_type: (grant == GrantType::TokenExchange).then_some(ACCESS_TOKEN_TYPE),
     })
 }
 

@@ -20,6 +20,7 @@ on_both_stores!(
     oauth_token_endpoint_refuses_what_rfc_6749_refuses,
     oauth_clients_rotate_revoke_and_delete,
     oauth_introspection_metadata_and_failed_authentications,
+    oauth_token_exchange_narrows_a_callers_credential,
 );
 
 /// The `oauth2` crate's HTTP client: no redirects (RFC 6749 §3.2 forbids following them).
@@ -821,7 +822,13 @@ async fn oauth_introspection_metadata_and_failed_authentications(backend: Backen
         m["jwks_uri"],
         json!(format!("{}/.well-known/jwks.json", app.base))
     );
-    assert_eq!(m["grant_types_supported"], json!(["client_credentials"]));
+    assert_eq!(
+        m["grant_types_supported"],
+        json!([
+            "client_credentials",
+            "urn:ietf:params:oauth:grant-type:token-exchange"
+        ])
+    );
     assert_eq!(
         m["token_endpoint_auth_methods_supported"],
         json!(["client_secret_basic", "client_secret_post"])
@@ -864,5 +871,144 @@ async fn oauth_introspection_metadata_and_failed_authentications(backend: Backen
         .request_async(&http)
         .await
         .expect("the right secret is never refused by the failure bucket");
+    app.stop().await;
+}
+
+const EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+async fn oauth_token_exchange_narrows_a_callers_credential(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    // A service's client allowed to exchange, with read scopes only.
+    let r = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "svc", "grantTypes": [EXCHANGE], "scopes": ["read:users", "read:clusters"],
+                   "audiences": ["https://next.example"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let id = r.body["clientId"].as_str().expect("id").to_owned();
+    let secret = r.body["clientSecret"].as_str().expect("secret").to_owned();
+    // A caller: a user with a token holding manage:users and read:gateway.
+    let (user, user_token) = app.user_with_token("caller@example.com", "editor").await;
+    let (narrow, _) = app
+        .create_token(
+            &user_token,
+            json!({"label": "c", "scopes": ["manage:users", "read:gateway"]}),
+        )
+        .await;
+    let exchange = |subject: String, extra: &'static str| {
+        let (id, secret) = (id.clone(), secret.clone());
+        let app = &app;
+        async move {
+            let body = format!(
+                "grant_type={EXCHANGE}&subject_token={subject}&subject_token_type={ACCESS_TOKEN}{extra}"
+            );
+            let r = form(app, "/oauth2/token", Some((&id, &secret)), &body).await;
+            let status = r.status();
+            (status, r.json::<Value>().await.expect("json"))
+        }
+    };
+
+    // Default: what both hold (read:users, covered by manage:users; not read:clusters, which
+    // the caller lacks; not read:gateway, which the client lacks).
+    let (status, v) = exchange(narrow.clone(), "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["scope"], "read:users");
+    assert_eq!(v["issued_token_type"], ACCESS_TOKEN);
+    let exchanged = v["access_token"].as_str().expect("token").to_owned();
+    let claims = verify_offline(&app, &exchanged, "https://next.example").await;
+    assert_eq!(claims["sub"], json!(user));
+    assert_eq!(claims["act"], json!({"sub": id}));
+    let me = app.me(&exchanged).await;
+    assert_eq!(me.body["principal"]["id"], json!(user));
+    assert_eq!(
+        app.get("/api/v1/users", &exchanged, "read:users")
+            .await
+            .status,
+        StatusCode::OK
+    );
+    app.get("/api/v1/users", &exchanged, "manage:users")
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "FORBIDDEN");
+
+    // Never broader than the subject token, nor than the client.
+    let (status, v) = exchange(narrow.clone(), "&scope=read:clusters").await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let (status, v) = exchange(narrow.clone(), "&scope=manage:users").await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    // A subject that is not a valid credential, or revoked: invalid_grant.
+    let (status, v) = exchange("dapi-not-a-token".to_owned(), "").await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+    // Wrong or missing token types, and actor tokens, are invalid requests.
+    for extra in [
+        "&requested_token_type=urn:ietf:params:oauth:token-type:refresh_token",
+        "&actor_token=x",
+    ] {
+        let (status, v) = exchange(narrow.clone(), extra).await;
+        assert_eq!(
+            (status, v["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("invalid_request")),
+            "{extra}"
+        );
+    }
+    let body = format!("grant_type={EXCHANGE}&subject_token={narrow}&subject_token_type=urn:x");
+    let r = form(&app, "/oauth2/token", Some((&id, &secret)), &body).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    // Exchanged tokens chain: an exchanged token exchanged again is still bounded by it.
+    let (status, v) = exchange(exchanged.clone(), "").await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["scope"], "read:users");
+    // The exchange grant is the client's to have: client_credentials is not.
+    let r = form(
+        &app,
+        "/oauth2/token",
+        Some((&id, &secret)),
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(
+        r.json::<Value>().await.expect("json")["error"],
+        "unauthorized_client"
+    );
+    // Revoking the subject token (the caller's PAT) stops new exchanges of it.
+    let tokens = app
+        .get("/api/v1/auth/tokens", &user_token, "read:tokens")
+        .await;
+    let narrow_id = tokens.body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|t| t["label"] == "c")
+        .expect("the narrow token")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let r = app
+        .delete(
+            &format!("/api/v1/auth/tokens/{narrow_id}"),
+            &user_token,
+            "manage:tokens",
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    let (status, v) = exchange(narrow, "").await;
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
     app.stop().await;
 }
