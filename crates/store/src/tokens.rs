@@ -300,8 +300,10 @@ impl Store {
         }))
     }
 
-    /// Unrevoked tokens of `workspace` matching `filter`, ordered by id. Expired tokens are
-    /// listed (with their `expiresAt`) until revoked, so owners can see what lapsed.
+    /// Unrevoked tokens of `workspace` matching `filter`, of `kind` (`None`: every kind
+    /// but short-lived OAuth access tokens, which are reviewed through their clients),
+    /// ordered by id. Expired tokens are listed (with their `expiresAt`) until revoked, so
+    /// owners can see what lapsed.
     pub async fn list_tokens(
         &self,
         workspace: &WorkspaceId,
@@ -316,7 +318,8 @@ impl Store {
         let sql = format!(
             "SELECT {TOKEN_COLUMNS} FROM tokens t \
              WHERE t.workspace_id = $1 AND ($2 IS NULL OR t.owner_id = $2) AND t.revoked_at IS NULL \
-               AND ($5 IS NULL OR t.kind = $5) AND t.id > $3 ORDER BY t.id LIMIT $4"
+               AND (t.kind = $5 OR ($5 IS NULL AND t.kind <> 'oauth_access')) \
+               AND t.id > $3 ORDER BY t.id LIMIT $4"
         );
         let rows: Vec<TokenRow> = with_pool!(self, pool => {
             sqlx::query_as(&sql)

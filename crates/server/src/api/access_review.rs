@@ -72,7 +72,7 @@ pub struct ReviewOwner {
 pub struct ReviewItem {
     /// The credential's id.
     pub credential_id: String,
-    /// `personal_access_token` or `api_key` (OAuth clients join as they land).
+    /// `personal_access_token`, `api_key` or `oauth_client`.
     pub kind: &'static str,
     /// Its label.
     pub label: String,
@@ -175,29 +175,58 @@ pub async fn review(
             .store
             .list_tokens(ws, &TokenFilter::Workspace, None, &request)
             .await?;
+        // OAuth clients join the same id-ordered stream (`key_…` < `ocl_…` < `tok_…`), so
+        // one cursor pages through both.
+        let clients = state.store.list_oauth_clients(ws, &request).await?;
         let usage = reviewer.usage(&state, ws, &tokens.items).await?;
         let ids: Vec<String> = tokens.items.iter().map(|t| t.id.to_string()).collect();
         let keys = state.store.api_key_policies(&ids).await?;
+        let mut merged: Vec<ReviewItem> = Vec::new();
         for token in tokens.items {
-            // Short-lived OAuth access tokens are reviewed through their clients.
-            if token.kind == CredentialKind::OAuthAccessToken {
-                continue;
-            }
             let id = token.id.to_string();
             let rotated_at = keys.get(&id).map(|k| &k.policy);
-            let item = reviewer.item(
+            merged.push(reviewer.item(
                 token,
                 rotated_at,
                 usage.get(&id),
                 now,
                 stale_days,
                 rotation_days,
-            );
+            ));
+        }
+        merged.extend(
+            clients
+                .items
+                .into_iter()
+                .map(|c| reviewer.client_item(c, now, stale_days, rotation_days)),
+        );
+        merged.sort_by(|a, b| a.credential_id.cmp(&b.credential_id));
+        // Each list held at most a page after the cursor: the merged page ends where the
+        // first of them that was cut short ends, so nothing is skipped.
+        let cut = [
+            tokens.next_cursor.as_deref(),
+            clients.next_cursor.as_deref(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(str::to_owned);
+        if let Some(cut) = &cut {
+            merged.retain(|i| i.credential_id.as_str() <= cut.as_str());
+        }
+        let more = cut.is_some() || merged.len() > request.limit as usize;
+        merged.truncate(request.limit as usize);
+        let next = if more {
+            merged.last().map(|i| i.credential_id.clone())
+        } else {
+            None
+        };
+        for item in merged {
             if flag.as_deref().is_none_or(|f| item.flags.contains(&f)) {
                 items.push(item);
             }
         }
-        match tokens.next_cursor {
+        match next {
             Some(c) if flag.is_some() && items.len() < page.limit as usize => {
                 request = PageRequest {
                     after: Some(c),
@@ -320,6 +349,48 @@ impl Reviewer {
             flags,
             used_scopes: used,
             suggested_scopes: suggested.map(|s| s.to_strings()),
+        }
+    }
+}
+
+impl Reviewer {
+    /// An OAuth client as a review item: `stale` when it got no token for `stale_days`,
+    /// `rotation_due` when its secret is older than `rotation_days`. (What its tokens used
+    /// is not attributed to it yet, so it is never `over_broad`.)
+    fn client_item(
+        &self,
+        client: datastack_core::oauth::OAuthClient,
+        now: DateTime<Utc>,
+        stale_days: i64,
+        rotation_days: i64,
+    ) -> ReviewItem {
+        let mut flags = Vec::new();
+        let idle_since = client.last_used_at.unwrap_or(client.created_at);
+        if now - idle_since >= Duration::days(stale_days) {
+            flags.push("stale");
+        }
+        if client
+            .secret_rotated_at
+            .is_some_and(|at| now - at >= Duration::days(rotation_days))
+        {
+            flags.push("rotation_due");
+        }
+        ReviewItem {
+            credential_id: client.id.to_string(),
+            kind: "oauth_client",
+            label: client.name,
+            owner: client
+                .owner_id
+                .as_ref()
+                .and_then(|o| self.owners.get(o.as_str()).cloned()),
+            scopes: client.scopes.to_strings(),
+            created_at: client.created_at,
+            expires_at: None,
+            last_used_at: client.last_used_at,
+            age_days: (now - client.created_at).num_days(),
+            flags,
+            used_scopes: HashMap::new(),
+            suggested_scopes: None,
         }
     }
 }

@@ -1136,14 +1136,7 @@ pub async fn token(
     body: Bytes,
 ) -> Response {
     audit.set_action("oauth.token", "oauth-clients");
-    match issue(&state, &audit, &headers, &body).await {
-        Ok(ok) => {
-            let mut response = axum::Json(ok).into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+    oauth_answer(issue(&state, &audit, &headers, &body).await)
 }
 
 async fn issue(
@@ -1365,6 +1358,35 @@ async fn issue(
     })
 }
 
+/// The common start of revocation and introspection: the form, its `token`, and the
+/// client authenticated like at the token endpoint.
+async fn token_and_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    audit: &AuditContext,
+) -> Result<(SecretString, std::sync::Arc<ClientEntry>), OAuthError> {
+    let form = Form::parse(headers, body)?;
+    let presented = form
+        .get("token")
+        .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
+        .to_owned();
+    let entry = authenticate_client(state, headers, &form, audit).await?;
+    Ok((SecretString::from(presented), entry))
+}
+
+/// A JSON answer of an OAuth endpoint (with `Cache-Control: no-store`), or its RFC error.
+fn oauth_answer<T: Serialize>(result: Result<T, OAuthError>) -> Response {
+    match result {
+        Ok(body) => {
+            let mut response = axum::Json(body).into_response();
+            no_store(&mut response);
+            response
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
 /// Token revocation (RFC 7009). Form-encoded `token` (and an optional
 /// `token_type_hint`), client-authenticated like the token endpoint; a client revokes
 /// only tokens issued to it. Answers 200 whether or not the token was known.
@@ -1382,14 +1404,9 @@ pub async fn revoke(
 ) -> Response {
     audit.set_action("oauth.revoke", "oauth-clients");
     let result = async {
-        let form = Form::parse(&headers, &body)?;
-        let presented = form
-            .get("token")
-            .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
-            .to_owned();
-        let entry = authenticate_client(&state, &headers, &form, &audit).await?;
+        let (presented, entry) = token_and_client(&state, &headers, &body, &audit).await?;
         let client = &entry.client;
-        let Some(p) = credential::parse_presented(&SecretString::from(presented))
+        let Some(p) = credential::parse_presented(&presented)
             .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
         else {
             return Ok(None);
@@ -1502,14 +1519,8 @@ pub async fn introspect(
 ) -> Response {
     audit.set_action("oauth.introspect", "oauth-clients");
     let result = async {
-        let form = Form::parse(&headers, &body)?;
-        let presented = form
-            .get("token")
-            .ok_or_else(|| OAuthError::new("invalid_request", "token is missing"))?
-            .to_owned();
-        let entry = authenticate_client(&state, &headers, &form, &audit).await?;
+        let (secret, entry) = token_and_client(&state, &headers, &body, &audit).await?;
         let client = &entry.client;
-        let secret = SecretString::from(presented);
         if credential::parse_presented(&secret)
             .is_none_or(|p| p.kind != CredentialKind::OAuthAccessToken)
         {
@@ -1551,14 +1562,7 @@ pub async fn introspect(
         })
     }
     .await;
-    match result {
-        Ok(answer) => {
-            let mut response = axum::Json(answer).into_response();
-            no_store(&mut response);
-            response
-        }
-        Err(e) => e.into_response(),
-    }
+    oauth_answer(result)
 }
 
 /// Authorization server metadata (RFC 8414).

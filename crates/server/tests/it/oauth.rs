@@ -272,6 +272,52 @@ async fn oauth_client_credentials_with_a_standard_client(backend: Backend) {
         other => panic!("expected invalid_scope, got {other:?}"),
     }
 
+    // The access review lists the client (owner, scopes, last use; a secret older than
+    // the rotation threshold is due), never its short-lived tokens, and pages through
+    // tokens and clients with one cursor.
+    let review = app.get("/api/v1/access-review", &admin, "read:audit").await;
+    assert_eq!(review.status, StatusCode::OK, "{}", review.text);
+    let items = review.body["items"].as_array().expect("items");
+    let listed = items
+        .iter()
+        .find(|i| i["credentialId"] == json!(id))
+        .expect("the client is reviewed");
+    assert_eq!(listed["kind"], "oauth_client");
+    assert_eq!(listed["owner"]["id"], json!(sp));
+    assert!(listed["lastUsedAt"].is_string());
+    assert!(
+        !listed["flags"]
+            .as_array()
+            .expect("flags")
+            .contains(&json!("stale"))
+    );
+    assert!(items.iter().all(|i| i["kind"] != "oauth_access_token"));
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            None => "/api/v1/access-review?limit=1".to_owned(),
+            Some(c) => format!("/api/v1/access-review?limit=1&cursor={c}"),
+        };
+        let page = app.get(&path, &admin, "read:audit").await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text);
+        for i in page.body["items"].as_array().expect("items") {
+            seen.push(i["credentialId"].as_str().expect("id").to_owned());
+        }
+        match page.body["nextCursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    let all: Vec<String> = items
+        .iter()
+        .map(|i| i["credentialId"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        seen, all,
+        "pages of one cover the same items in the same order"
+    );
+
     // Issuance is audited in the client's workspace, naming client and token, never the
     // token itself.
     let issued = eventually(std::time::Duration::from_secs(5), || async {
