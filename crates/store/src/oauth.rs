@@ -383,10 +383,11 @@ impl Store {
     }
 
     /// Revokes the access token with `digest_hex` if `client` was issued it (RFC 7009: a
-    /// client revokes only its own tokens). Returns the token when one was revoked now.
+    /// client revokes only its own tokens), or whichever client it was issued to when
+    /// `client` is `None` (its holder revokes it). Returns the token when one was revoked now.
     pub async fn revoke_oauth_access_token(
         &self,
-        client: &OAuthClientId,
+        client: Option<&OAuthClientId>,
         digest_hex: &str,
         trail: &Trail,
     ) -> Result<Option<Token>> {
@@ -398,10 +399,10 @@ impl Store {
             let revoked = sqlx::query(
                 "UPDATE tokens SET revoked_at = $3 WHERE digest = $1 AND kind = 'oauth_access' \
                  AND revoked_at IS NULL \
-                 AND id IN (SELECT token_id FROM oauth_tokens WHERE client_id = $2)",
+                 AND ($2 IS NULL OR id IN (SELECT token_id FROM oauth_tokens WHERE client_id = $2))",
             )
             .bind(digest_hex)
-            .bind(client.as_str())
+            .bind(client.map(OAuthClientId::as_str))
             .bind(Utc::now())
             .execute(&mut *tx)
             .await?

@@ -49,6 +49,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke))
         .routes(routes!(introspect))
         .routes(routes!(metadata))
+        .routes(routes!(json_token))
+        .routes(routes!(json_revoke))
 }
 
 /// Default lifetime of access tokens: one hour.
@@ -1146,10 +1148,21 @@ async fn issue(
     body: &[u8],
 ) -> Result<TokenResponse, OAuthError> {
     let form = Form::parse(headers, body)?;
+    issue_from(state, audit, headers, &form).await
+}
+
+/// Issues a token for a request's parameters (`headers` may carry HTTP Basic client
+/// authentication).
+async fn issue_from(
+    state: &AppState,
+    audit: &AuditContext,
+    headers: &HeaderMap,
+    form: &Form,
+) -> Result<TokenResponse, OAuthError> {
     let grant_type = form
         .get("grant_type")
         .ok_or_else(|| OAuthError::new("invalid_request", "grant_type is missing"))?;
-    let entry = authenticate_client(state, headers, &form, audit).await?;
+    let entry = authenticate_client(state, headers, form, audit).await?;
     let client = &entry.client;
     let grant = GrantType::parse(grant_type).ok_or_else(|| {
         OAuthError::new(
@@ -1414,7 +1427,7 @@ pub async fn revoke(
         let trail = audit.change_in(StatusCode::OK, &client.workspace_id);
         let revoked = state
             .store
-            .revoke_oauth_access_token(&client.id, &p.digest.to_hex(), &trail)
+            .revoke_oauth_access_token(Some(&client.id), &p.digest.to_hex(), &trail)
             .await?;
         if revoked.is_some() {
             audit.mark_recorded();
@@ -1635,6 +1648,164 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Resp
         axum::Json(body),
     )
         .into_response()
+}
+
+// ---------------------------------------------------------------------------------------
+// The JSON forms of the token and revocation endpoints, for API clients that speak JSON.
+
+/// A token request as JSON: the parameters of `/oauth2/token`, camelCase, with the client
+/// authenticating in the body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonTokenRequest {
+    /// `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`.
+    pub grant_type: String,
+    /// The client id, `ocl_…`.
+    pub client_id: String,
+    /// The client secret, `dcsk…`.
+    pub client_secret: String,
+    /// Scopes to ask for (default: all the grant may give).
+    pub scopes: Option<Vec<String>>,
+    /// One of the client's audiences.
+    pub audience: Option<String>,
+    /// Token exchange: the subject's token.
+    pub subject_token: Option<String>,
+    /// Token exchange: `urn:ietf:params:oauth:token-type:access_token`.
+    pub subject_token_type: Option<String>,
+    /// Not supported by any grant this server issues yet: refused.
+    pub refresh_token: Option<String>,
+}
+
+/// The token, as JSON.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JsonTokenResponse {
+    /// The access token (a JWT): send it as `Authorization: Bearer …`.
+    pub access_token: String,
+    /// `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until it expires.
+    pub expires_in: i64,
+    /// The scopes it carries.
+    pub scopes: Vec<String>,
+    /// For a token exchange: `urn:ietf:params:oauth:token-type:access_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issued_token_type: Option<&'static str>,
+}
+
+/// A token to revoke, as JSON.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JsonRevokeRequest {
+    /// The access token.
+    pub token: String,
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(e: OAuthError) -> Self {
+        let message = format!("{}: {}", e.error, e.description);
+        match e.status {
+            StatusCode::UNAUTHORIZED => ApiError::Forbidden(message),
+            StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited(message),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable,
+            StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal(message),
+            _ => ApiError::InvalidRequest(message),
+        }
+    }
+}
+
+/// `POST /oauth2/token` as JSON: the same grants and checks, the client authenticating
+/// with `clientId` and `clientSecret`. Errors have the API's shape; their message starts
+/// with the RFC 6749 error code (`invalid_client: …`), and a failed client authentication
+/// is a 403 (the API's 401 is for the `Authorization` header).
+#[utoipa::path(post, operation_id = "issueToken", path = "/api/v1/auth/token", tag = "oauth",
+    request_body = JsonTokenRequest,
+    responses((status = 200, body = JsonTokenResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn json_token(
+    State(state): State<AppState>,
+    audit: AuditContext,
+    Json(body): Json<JsonTokenRequest>,
+) -> ApiResult<Response> {
+    audit.set_action("oauth.token", "oauth-clients");
+    if body.refresh_token.is_some() {
+        return Err(ApiError::InvalidRequest(
+            "refreshToken: no grant this server issues yet gives refresh tokens".into(),
+        ));
+    }
+    let mut pairs = vec![
+        ("grant_type".to_owned(), body.grant_type),
+        ("client_id".to_owned(), body.client_id),
+        ("client_secret".to_owned(), body.client_secret),
+    ];
+    let optional = [
+        ("scope", body.scopes.map(|s| s.join(" "))),
+        ("audience", body.audience),
+        ("subject_token", body.subject_token),
+        ("subject_token_type", body.subject_token_type),
+    ];
+    pairs.extend(
+        optional
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v))),
+    );
+    // No HTTP Basic here: the body authenticates the client.
+    let issued = issue_from(&state, &audit, &HeaderMap::new(), &Form(pairs)).await?;
+    let mut response = axum::Json(JsonTokenResponse {
+        access_token: issued.access_token,
+        token_type: "Bearer",
+        expires_in: issued.expires_in,
+        scopes: issued
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        issued_token_type: issued.issued_token_type,
+    })
+    .into_response();
+    no_store(&mut response);
+    Ok(response)
+}
+
+/// Revokes an OAuth access token its holder presents: possessing a token is enough to
+/// give it up. 204 whether or not it was a live token of this server (as RFC 7009), so the
+/// answer tells nothing about other tokens; refused on every node within a second.
+#[utoipa::path(post, operation_id = "revokeAccessToken", path = "/api/v1/auth/revoke", tag = "oauth",
+    request_body = JsonRevokeRequest,
+    responses((status = 204), (status = 400, body = ErrorBody)))]
+#[tracing::instrument(skip_all)]
+pub async fn json_revoke(
+    State(state): State<AppState>,
+    audit: AuditContext,
+    Json(body): Json<JsonRevokeRequest>,
+) -> ApiResult<StatusCode> {
+    audit.set_action("oauth.revoke", "oauth-clients");
+    let presented = SecretString::from(body.token);
+    let Some(p) = credential::parse_presented(&presented)
+        .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
+    else {
+        return Ok(StatusCode::NO_CONTENT);
+    };
+    // The entry goes to the token's workspace: found as any credential is (a token that
+    // is not live has nothing left to revoke).
+    let workspace = match state.credentials.check(&presented).await {
+        Ok(Ok(identity)) => identity.workspace.id.clone(),
+        Ok(Err(_)) => return Ok(StatusCode::NO_CONTENT),
+        Err(e) => return Err(e.0.into()),
+    };
+    let trail = audit.change_in(StatusCode::NO_CONTENT, &workspace);
+    if let Some(token) = state
+        .store
+        .revoke_oauth_access_token(None, &p.digest.to_hex(), &trail)
+        .await?
+    {
+        audit.mark_recorded();
+        crate::edge::apply_invalidation(&state, &Invalidation::of_token(&token)).await;
+        tracing::info!(token_id = %token.id, "oauth access token revoked by its holder");
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A value a client sent, quoted and cut short for an error message.

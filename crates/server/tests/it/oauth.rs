@@ -21,6 +21,7 @@ on_both_stores!(
     oauth_clients_rotate_revoke_and_delete,
     oauth_introspection_metadata_and_failed_authentications,
     oauth_token_exchange_narrows_a_callers_credential,
+    oauth_json_token_and_revoke_endpoints,
 );
 
 /// The `oauth2` crate's HTTP client: no redirects (RFC 6749 §3.2 forbids following them).
@@ -1056,5 +1057,102 @@ async fn oauth_token_exchange_narrows_a_callers_credential(backend: Backend) {
         (status, v["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_grant"))
     );
+    app.stop().await;
+}
+
+async fn oauth_json_token_and_revoke_endpoints(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let (sp, id, secret, _) = client_for_sp(
+        &app,
+        &admin,
+        json!({"name": "svc", "scopes": ["read:users"]}),
+    )
+    .await;
+    let post = |path: &'static str, body: Value| {
+        let app = &app;
+        async move {
+            let r = app
+                .http
+                .post(format!("{}{path}", app.base))
+                .json(&body)
+                .send()
+                .await
+                .expect("send");
+            let status = r.status();
+            let cache = r
+                .headers()
+                .get("cache-control")
+                .map(|v| v.to_str().expect("ascii").to_owned());
+            let text = r.text().await.expect("body");
+            (
+                status,
+                cache,
+                serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (status, cache, v) = post(
+        "/api/v1/auth/token",
+        json!({"grantType": "client_credentials", "clientId": id, "clientSecret": secret,
+               "scopes": ["read:users"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(cache.as_deref(), Some("no-store"));
+    assert_eq!(v["tokenType"], "Bearer");
+    assert_eq!(v["scopes"], json!(["read:users"]));
+    assert_eq!(v["expiresIn"], 3600);
+    let access = v["accessToken"].as_str().expect("token").to_owned();
+    assert_eq!(app.me(&access).await.body["principal"]["id"], json!(sp));
+
+    // Errors in the API's shape, their message naming the RFC error.
+    let (status, _, v) = post(
+        "/api/v1/auth/token",
+        json!({"grantType": "client_credentials", "clientId": id, "clientSecret": "wrong"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("message")
+            .starts_with("invalid_client")
+    );
+    let (status, _, v) = post(
+        "/api/v1/auth/token",
+        json!({"grantType": "password", "clientId": id, "clientSecret": secret}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(v["error"]["code"], "INVALID_REQUEST");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .expect("m")
+            .starts_with("unsupported_grant_type")
+    );
+    let (status, _, v) = post(
+        "/api/v1/auth/token",
+        json!({"grantType": "client_credentials", "clientId": id, "clientSecret": secret, "extra": 1}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("INVALID_REQUEST"))
+    );
+
+    // Its holder revokes it: refused from the next request; unknown tokens answer 204 too.
+    let (status, _, _) = post("/api/v1/auth/revoke", json!({"token": access})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    app.me(&access)
+        .await
+        .assert_error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    let (status, _, _) = post("/api/v1/auth/revoke", json!({"token": "nothing"})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // A personal access token is not revoked by this endpoint.
+    let (status, _, _) = post("/api/v1/auth/revoke", json!({"token": admin})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.me(&admin).await.status, StatusCode::OK);
     app.stop().await;
 }
