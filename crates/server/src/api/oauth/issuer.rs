@@ -1,0 +1,315 @@
+//! Client authentication at the OAuth endpoints, the clients kept in memory for it, and
+//! issued tokens stored in group commits.
+
+use axum::http::{HeaderMap, StatusCode, header};
+use base64::Engine as _;
+use chrono::Utc;
+use datastack_core::id::{OAuthClientId, PrincipalId};
+use datastack_core::model::{Status, Token};
+use datastack_core::oauth::{self, ClientType, OAuthClient};
+use datastack_store::Invalidation;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::audit::AuditContext;
+use crate::state::AppState;
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------
+// Issuance in group commits.
+
+/// The most tokens one commit stores.
+const ISSUE_BATCH_MAX: usize = 256;
+
+type Issued = (Token, OAuthClientId, datastack_store::Trail);
+type IssueReply = tokio::sync::oneshot::Sender<Result<bool, String>>;
+
+/// Stores issued access tokens in group commits: the token endpoint hands each token to
+/// one task, which writes every token waiting (up to [`ISSUE_BATCH_MAX`]) in one
+/// transaction while the previous commit runs, and answers each request once its token is
+/// committed. Nothing is answered before its commit, so a token in an answer is never lost.
+pub struct Issuer {
+    tx: tokio::sync::mpsc::Sender<(Issued, IssueReply)>,
+    /// The clients the token endpoint authenticated lately, with their subject's state, so
+    /// that a client asking again costs no store query (dropped by the announcements of a
+    /// change to the client, its owner or its workspace, and after the credential cache's
+    /// TTL).
+    clients: quick_cache::sync::Cache<String, std::sync::Arc<ClientEntry>>,
+    ttl: std::time::Duration,
+}
+
+/// A client as the token endpoint last read it.
+pub struct ClientEntry {
+    pub(super) client: OAuthClient,
+    /// The service principal its tokens act as, if it exists and it and its workspace are
+    /// active; else why not.
+    pub(super) subject: Result<PrincipalId, &'static str>,
+    fetched: std::time::Instant,
+}
+
+/// How many clients a node keeps for its token endpoint.
+const CLIENT_CACHE_CAPACITY: usize = 10_000;
+
+impl Issuer {
+    /// Forgets what `inv` names.
+    pub fn invalidate(&self, inv: &Invalidation) {
+        match inv {
+            Invalidation::OAuthClient(id) | Invalidation::OAuthClientChanged(id) => {
+                self.clients.remove(id);
+            }
+            Invalidation::Principal(p) => {
+                let victims: Vec<String> = self
+                    .clients
+                    .iter()
+                    .filter(|(_, e)| e.client.owner_id.as_ref().is_some_and(|o| o.as_str() == p))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in victims {
+                    self.clients.remove(&k);
+                }
+            }
+            Invalidation::Workspace(_) | Invalidation::WorkspaceTree(_) | Invalidation::All => {
+                self.clients.clear();
+            }
+            Invalidation::Token(_)
+            | Invalidation::Credential(_)
+            | Invalidation::Routes
+            | Invalidation::IpLists(_)
+            | Invalidation::Penalty(_)
+            | Invalidation::Heartbeat => {}
+        }
+    }
+
+    fn cached(&self, id: &OAuthClientId) -> Option<std::sync::Arc<ClientEntry>> {
+        self.clients
+            .get(id.as_str())
+            .filter(|e| e.fetched.elapsed() < self.ttl)
+    }
+
+    /// An issuer writing to `store`; its task ends when the issuer is dropped. Clients are
+    /// kept for at most `ttl`.
+    pub fn new(store: datastack_store::Store, ttl: std::time::Duration) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Issued, IssueReply)>(4 * ISSUE_BATCH_MAX);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < ISSUE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (items, replies): (Vec<Issued>, Vec<IssueReply>) = batch.into_iter().unzip();
+                match store.insert_oauth_access_tokens(&items).await {
+                    Ok(stored) => {
+                        for (reply, ok) in replies.into_iter().zip(stored) {
+                            let _ = reply.send(Ok(ok));
+                        }
+                    }
+                    Err(e) => {
+                        let message = e.to_string();
+                        for reply in replies {
+                            let _ = reply.send(Err(message.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Self {
+            tx,
+            clients: quick_cache::sync::Cache::new(CLIENT_CACHE_CAPACITY),
+            ttl,
+        }
+    }
+
+    /// Stores one token with its trail; `Ok(false)` when its client or owner is gone.
+    pub(super) async fn store(&self, item: Issued) -> Result<bool, OAuthError> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let unavailable = || {
+            OAuthError::new(
+                "temporarily_unavailable",
+                "the server cannot answer now; try again",
+            )
+        };
+        self.tx
+            .send((item, reply))
+            .await
+            .map_err(|_| unavailable())?;
+        match answer.await {
+            Ok(Ok(stored)) => Ok(stored),
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "storing issued OAuth access tokens failed");
+                Err(unavailable())
+            }
+            Err(_) => Err(unavailable()),
+        }
+    }
+}
+
+/// Authenticates the client of a token-endpoint request: `client_secret_basic` or
+/// `client_secret_post`, never both. Every failure is the same `invalid_client`.
+pub(super) async fn authenticate_client(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    audit: &AuditContext,
+) -> Result<std::sync::Arc<ClientEntry>, OAuthError> {
+    let basic = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"));
+    let (client_id, secret): (String, Option<SecretString>) = match basic {
+        Some((_, encoded)) => {
+            if form.get("client_secret").is_some() {
+                return Err(OAuthError::new(
+                    "invalid_request",
+                    "the client authenticated twice (Authorization: Basic and client_secret)",
+                ));
+            }
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(encoded.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| {
+                    OAuthError::new(
+                        "invalid_client",
+                        "the Basic credentials are not base64 of id:secret",
+                    )
+                })?;
+            let (id, secret) = decoded.split_once(':').ok_or_else(|| {
+                OAuthError::new(
+                    "invalid_client",
+                    "the Basic credentials are not base64 of id:secret",
+                )
+            })?;
+            // RFC 6749 §2.3.1: both halves are form-urlencoded first.
+            let unescape = |s: &str| -> String {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (unescape(id), Some(SecretString::from(unescape(secret))))
+        }
+        None => (
+            form.get("client_id").unwrap_or_default().to_owned(),
+            form.get("client_secret")
+                .map(|s| SecretString::from(s.to_owned())),
+        ),
+    };
+    let failed = || OAuthError::new("invalid_client", "unknown client or wrong secret");
+    let id = OAuthClientId::parse(&client_id).map_err(|_| failed())?;
+    audit.set_resource_id(id.as_str());
+    let (entry, from_cache) = match state.oauth.cached(&id) {
+        Some(entry) => (entry, true),
+        None => match load_client(state, &id).await? {
+            Some(entry) => (entry, false),
+            None => return Err(failed()),
+        },
+    };
+    if entry.client.client_type == ClientType::Public {
+        // A public client has no secret to prove; it may not use the grants this
+        // endpoint issues today.
+        return Err(OAuthError::new(
+            "unauthorized_client",
+            "a public client cannot use this grant",
+        ));
+    }
+    // From here on, every failure is counted against the client, whatever the secret was.
+    let Some(digest) = secret
+        .as_ref()
+        .and_then(|s| oauth::parse_client_secret(s.expose_secret()))
+    else {
+        return Err(client_failure(state, &id).await);
+    };
+    let now = Utc::now();
+    if entry.client.secret_matches(&digest, now) {
+        return Ok(entry);
+    }
+    // A cached copy may predate a rotation on another node whose announcement is still on
+    // its way: a mismatch is checked against the store before it counts.
+    if from_cache
+        && let Some(fresh) = load_client(state, &id).await?
+        && fresh.client.secret_matches(&digest, now)
+    {
+        return Ok(fresh);
+    }
+    Err(client_failure(state, &id).await)
+}
+
+/// Reads a client and its subject's state from the store and keeps them for the token
+/// endpoint; `None` if there is no such client.
+async fn load_client(
+    state: &AppState,
+    id: &OAuthClientId,
+) -> Result<Option<std::sync::Arc<ClientEntry>>, OAuthError> {
+    let client = match state.store.get_oauth_client(None, id).await {
+        Ok(c) => c,
+        Err(datastack_store::Error::NotFound) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let subject = match &client.owner_id {
+        None => Err("the client has no service principal"),
+        Some(owner_id) => {
+            match state
+                .store
+                .get_principal(
+                    &client.workspace_id,
+                    datastack_core::model::PrincipalKind::ServicePrincipal,
+                    owner_id,
+                )
+                .await
+            {
+                Ok(owner) => {
+                    let workspace = state.store.get_workspace(&client.workspace_id).await?;
+                    if owner.status == Status::Active && workspace.status == Status::Active {
+                        Ok(owner.id)
+                    } else {
+                        Err("the client's service principal or its workspace is suspended")
+                    }
+                }
+                Err(datastack_store::Error::NotFound) => {
+                    Err("the client's service principal no longer exists")
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    let entry = std::sync::Arc::new(ClientEntry {
+        client,
+        subject,
+        fetched: std::time::Instant::now(),
+    });
+    state.oauth.clients.insert(id.to_string(), entry.clone());
+    Ok(Some(entry))
+}
+
+/// Failed authentications of one client allowed per minute, from all addresses together
+/// (each address is limited on its own besides, as every request without a credential).
+pub const CLIENT_FAILURES_PER_MINUTE: u32 = 30;
+
+/// The answer to a failed authentication of a known client: counted in the client's
+/// bucket of failures, and once that is empty answered 429 (with `Retry-After`) instead
+/// of 401, so a guesser learns to stop; a client presenting its right secret is never
+/// refused by it. The bucket's owner keeps sending: an abuse flag, as for a credential.
+async fn client_failure(state: &AppState, client: &OAuthClientId) -> OAuthError {
+    let verdict = state
+        .edge
+        .limiter
+        .check(&[crate::edge::ratelimit::Bucket {
+            subject: crate::edge::ratelimit::Subject::Credential(client.to_string()),
+            per_minute: CLIENT_FAILURES_PER_MINUTE,
+        }])
+        .await;
+    if verdict.allowed() {
+        return OAuthError::new("invalid_client", "unknown client or wrong secret");
+    }
+    let mut refused = OAuthError::new(
+        "invalid_client",
+        "too many failed authentications of this client; wait before trying again",
+    );
+    refused.status = StatusCode::TOO_MANY_REQUESTS;
+    refused.retry_after = Some(verdict.retry_after.map_or(60, |d| d.as_secs()));
+    refused
+}
