@@ -107,28 +107,11 @@ pub async fn send(
     app.call(method, path, token, None, None).await
 }
 
-/// Fetches the JWKS and checks an assertion against it, for audience `aud`.
+/// Checks an assertion against the published JWKS, for audience `aud`.
 async fn verify_assertion(app: &TestApp, assertion: &str, aud: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = app
-        .http
-        .get(format!("{}/.well-known/jwks.json", app.base))
-        .send()
+    crate::helpers::verify_with_jwks(app, assertion, aud)
         .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("jwks json");
-    let header = jsonwebtoken::decode_header(assertion).expect("header");
-    let jwk = jwks
-        .find(header.kid.as_deref().expect("kid"))
-        .expect("the assertion's key is published");
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    validation.set_audience(&[aud]);
-    validation.set_issuer(&["datastack"]);
-    jsonwebtoken::decode::<Value>(assertion, &key, &validation)
-        .expect("the assertion verifies")
-        .claims
+        .1
 }
 
 async fn gateway_proxies_with_signed_identity(backend: Backend) {

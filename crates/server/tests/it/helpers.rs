@@ -516,3 +516,35 @@ macro_rules! on_both_stores {
     };
 }
 pub(crate) use on_both_stores;
+
+/// Fetches the node's JWKS and verifies `token` (EdDSA, issuer `datastack`, audience `aud`,
+/// with `exp`, `iat`, `iss`, `aud` and `sub` required) as a service behind datastack would:
+/// its header and claims.
+pub async fn verify_with_jwks(
+    app: &TestApp,
+    token: &str,
+    aud: &str,
+) -> (jsonwebtoken::Header, serde_json::Value) {
+    let jwks: jsonwebtoken::jwk::JwkSet = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("jwks json");
+    let header = jsonwebtoken::decode_header(token).expect("header");
+    let jwk = jwks
+        .find(header.kid.as_deref().expect("kid"))
+        .expect("the token's key is published");
+    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_audience(&[aud]);
+    validation.set_issuer(&["datastack"]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .expect("the token verifies with the published key")
+        .claims;
+    (header, claims)
+}

@@ -80,29 +80,10 @@ fn oauth_client(
 
 /// Verifies an access token offline with the published key set, as an upstream would.
 async fn verify_offline(app: &TestApp, token: &str, aud: &str) -> Value {
-    let jwks: jsonwebtoken::jwk::JwkSet = app
-        .http
-        .get(format!("{}/.well-known/jwks.json", app.base))
-        .send()
-        .await
-        .expect("jwks")
-        .json()
-        .await
-        .expect("jwks json");
-    let header = jsonwebtoken::decode_header(token).expect("header");
+    let (header, claims) = crate::helpers::verify_with_jwks(app, token, aud).await;
     assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068 typ");
     assert_eq!(header.alg, jsonwebtoken::Algorithm::EdDSA);
-    let jwk = jwks
-        .find(header.kid.as_deref().expect("kid"))
-        .expect("the token's key is published");
-    let key = jsonwebtoken::DecodingKey::from_jwk(jwk).expect("key");
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
-    validation.set_audience(&[aud]);
-    validation.set_issuer(&["datastack"]);
-    validation.set_required_spec_claims(&["exp", "iat", "iss", "aud", "sub"]);
-    jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .expect("the token verifies offline")
-        .claims
+    claims
 }
 
 /// A raw form POST to an OAuth endpoint.
