@@ -2129,3 +2129,92 @@ fn the_oauth_cli_registers_a_client_gets_a_token_rotates_and_deletes() {
     let (code, _, _) = client(&server, &token, &["whoami"]);
     assert_ne!(code, 0, "the deleted client's token is refused");
 }
+
+#[test]
+fn the_oauth_cli_approves_and_denies_a_devices_user_code() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data], &[]);
+    let admin = server.admin_token().expect("admin token");
+    let device_grant = "urn:ietf:params:oauth:grant-type:device_code";
+    let created = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "clients",
+            "create",
+            "--name",
+            "notebook cli",
+            "--type",
+            "public",
+            "--grant-type",
+            device_grant,
+            "--scope",
+            "read:users",
+        ],
+    ));
+    assert!(created["clientSecret"].is_null(), "{created}");
+    let id = created["clientId"].as_str().expect("id").to_owned();
+    let http = reqwest::blocking::Client::new();
+    let start = || -> serde_json::Value {
+        http.post(format!("{}/oauth2/device_authorization", server.url()))
+            .form(&[("client_id", id.as_str())])
+            .send()
+            .expect("device authorization")
+            .json()
+            .expect("json")
+    };
+    let poll = |code: &str| -> serde_json::Value {
+        http.post(format!("{}/oauth2/token", server.url()))
+            .form(&[
+                ("grant_type", device_grant),
+                ("device_code", code),
+                ("client_id", id.as_str()),
+            ])
+            .send()
+            .expect("token endpoint")
+            .json()
+            .expect("json")
+    };
+    // Approve: the device's next poll gets a token acting as the approver.
+    let asked = start();
+    let user_code = asked["user_code"].as_str().expect("user code");
+    let (code, out, err) = client(&server, &admin, &["oauth", "device", "approve", user_code]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("approved notebook cli"), "{out}");
+    assert!(out.contains("read:users"), "{out}");
+    let token = poll(asked["device_code"].as_str().expect("device code"));
+    let access = token["access_token"].as_str().expect("a token").to_owned();
+    let me = json_of(client(&server, &access, &["whoami", "--json"]));
+    let admin_me = json_of(client(&server, &admin, &["whoami", "--json"]));
+    assert_eq!(me["principal"]["id"], admin_me["principal"]["id"]);
+    // Deny, in JSON: the device's poll says access_denied.
+    let asked = start();
+    let denied = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "device",
+            "deny",
+            asked["user_code"].as_str().expect("user code"),
+        ],
+    ));
+    assert_eq!(denied["decision"], "denied");
+    assert_eq!(
+        poll(asked["device_code"].as_str().expect("device code"))["error"],
+        "access_denied"
+    );
+    // An unknown code: not found, exit code 1 like every API error.
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &["oauth", "device", "approve", "BCDF-GHJK"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    server.stop();
+}

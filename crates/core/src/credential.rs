@@ -126,15 +126,22 @@ pub fn generate(kind: CredentialKind) -> NewSecret {
 /// Generates a new secret in the same format with another four-character `prefix` (an
 /// OAuth client secret's `dcsk`).
 pub fn generate_prefixed(prefix: &str) -> NewSecret {
-    debug_assert_eq!(prefix.len(), 4);
     let mut random = [0u8; 32];
     getrandom::fill(&mut random).expect("the operating system random source is available");
+    let secret = prefixed_from_bytes(prefix, &random);
+    zeroize::Zeroize::zeroize(&mut random);
+    secret
+}
+
+/// A secret in the prefixed format whose 256 bits are `bytes` (random, or derived with a
+/// MAC from another secret).
+pub fn prefixed_from_bytes(prefix: &str, bytes: &[u8; 32]) -> NewSecret {
+    debug_assert_eq!(prefix.len(), 4);
     let mut s = String::with_capacity(SECRET_LEN);
     s.push_str(prefix);
-    s.push_str(&hex::encode(random));
+    s.push_str(&hex::encode(bytes));
     let checksum = crc32fast::hash(s.as_bytes());
     s.push_str(&format!("{checksum:08x}"));
-    zeroize::Zeroize::zeroize(&mut random);
     let digest = digest_of(&s);
     let last_four = s[s.len() - 4..].to_owned();
     NewSecret {
@@ -210,7 +217,8 @@ fn well_formed(s: &str) -> bool {
     bool::from(expected.ct_eq(&presented))
 }
 
-fn digest_of(s: &str) -> SecretDigest {
+/// The SHA-256 digest of `s`, as stored for every secret.
+pub fn digest_of(s: &str) -> SecretDigest {
     SecretDigest(Sha256::digest(s.as_bytes()).into())
 }
 

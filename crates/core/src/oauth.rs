@@ -29,6 +29,94 @@ pub fn parse_client_secret(s: &str) -> Option<SecretDigest> {
     credential::parse_prefixed(s, CLIENT_SECRET_PREFIX)
 }
 
+/// The prefix of refresh tokens.
+pub const REFRESH_TOKEN_PREFIX: &str = "dsrt";
+
+/// The prefix of device codes (RFC 8628: the secret a device polls the token endpoint with).
+pub const DEVICE_CODE_PREFIX: &str = "dsdc";
+
+/// The regular expression a secret scanner can use for refresh tokens.
+pub const REFRESH_TOKEN_SCANNER_REGEX: &str = r"\bdsrt[0-9a-f]{72}\b";
+
+/// A new refresh token (the first of its family), shown once.
+pub fn generate_refresh_token() -> NewSecret {
+    credential::generate_prefixed(REFRESH_TOKEN_PREFIX)
+}
+
+/// The successor of the refresh token `parent` once it is used: derived with HMAC-SHA256
+/// keyed by the parent secret over the successor's id (random, stored with the parent).
+/// Only someone holding the parent secret *and* reading the store could compute it, and
+/// the server can hand the same successor to a client's concurrent refresh (the grace
+/// period) without ever storing a refresh secret.
+pub fn refresh_successor(parent: &str, successor_id: &str) -> NewSecret {
+    use hmac::{Hmac, Mac};
+    let mut mac = <Hmac<sha2::Sha256> as Mac>::new_from_slice(parent.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(b"datastack refresh-token successor v1\0");
+    mac.update(successor_id.as_bytes());
+    let bytes: [u8; 32] = mac.finalize().into_bytes().into();
+    credential::prefixed_from_bytes(REFRESH_TOKEN_PREFIX, &bytes)
+}
+
+/// The digest of a presented refresh token whose format and checksum are valid.
+pub fn parse_refresh_token(s: &str) -> Option<SecretDigest> {
+    credential::parse_prefixed(s, REFRESH_TOKEN_PREFIX)
+}
+
+/// A new device code, shown once (to the device).
+pub fn generate_device_code() -> NewSecret {
+    credential::generate_prefixed(DEVICE_CODE_PREFIX)
+}
+
+/// The digest of a presented device code whose format and checksum are valid.
+pub fn parse_device_code(s: &str) -> Option<SecretDigest> {
+    credential::parse_prefixed(s, DEVICE_CODE_PREFIX)
+}
+
+/// The letters of user codes: consonants only (RFC 8628 §6.1: no vowels, so no words;
+/// no digits, so nothing to confuse with letters), 20 of them.
+const USER_CODE_ALPHABET: &[u8] = b"BCDFGHJKLMNPQRSTVWXZ";
+
+/// How many letters a user code has: 20^8 ≈ 2^34.6 codes, with at most a few thousand
+/// pending at once and the number of wrong entries limited per user.
+const USER_CODE_LEN: usize = 8;
+
+/// A new user code, as shown to people: `BDFG-HJKL`.
+pub fn generate_user_code() -> String {
+    let mut out = String::with_capacity(USER_CODE_LEN + 1);
+    let mut random = [0u8; USER_CODE_LEN];
+    // Rejection sampling: a byte is used only below the largest multiple of 20 (240), so
+    // every letter is equally likely.
+    while out.len() < USER_CODE_LEN + 1 {
+        getrandom::fill(&mut random).expect("the operating system random source is available");
+        for b in random {
+            if b < 240 && out.len() < USER_CODE_LEN + 1 {
+                if out.len() == USER_CODE_LEN / 2 {
+                    out.push('-');
+                }
+                out.push(char::from(USER_CODE_ALPHABET[usize::from(b % 20)]));
+            }
+        }
+    }
+    out
+}
+
+/// The digest a user code is stored and looked up by, if `entered` is one: case, spaces
+/// and dashes do not matter (people type them).
+pub fn user_code_digest(entered: &str) -> Option<SecretDigest> {
+    if entered.len() > 32 {
+        return None;
+    }
+    let normal: String = entered
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' '))
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    let valid =
+        normal.len() == USER_CODE_LEN && normal.bytes().all(|b| USER_CODE_ALPHABET.contains(&b));
+    valid.then(|| credential::digest_of(&format!("user-code:{normal}")))
+}
+
 /// Whether a client can keep a secret (RFC 6749 §2.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -66,17 +154,30 @@ pub enum GrantType {
     /// RFC 8693: a token of another subject (a datastack credential) exchanged for a
     /// narrower access token that the client uses on the subject's behalf.
     TokenExchange,
+    /// RFC 6749 §6: a refresh token exchanged for a new access token and a new refresh
+    /// token (rotation).
+    RefreshToken,
+    /// RFC 8628: a device without a browser gets a token once a signed-in user approves
+    /// its user code.
+    DeviceCode,
 }
 
 impl GrantType {
     /// Every grant this server issues tokens for.
-    pub const ALL: &'static [GrantType] = &[GrantType::ClientCredentials, GrantType::TokenExchange];
+    pub const ALL: &'static [GrantType] = &[
+        GrantType::ClientCredentials,
+        GrantType::TokenExchange,
+        GrantType::RefreshToken,
+        GrantType::DeviceCode,
+    ];
 
     /// The grant's `grant_type` value.
     pub const fn as_str(self) -> &'static str {
         match self {
             GrantType::ClientCredentials => "client_credentials",
             GrantType::TokenExchange => "urn:ietf:params:oauth:grant-type:token-exchange",
+            GrantType::RefreshToken => "refresh_token",
+            GrantType::DeviceCode => "urn:ietf:params:oauth:grant-type:device_code",
         }
     }
 
@@ -174,6 +275,41 @@ mod tests {
         assert!(parse_client_secret(&String::from_utf8(tampered).expect("ascii")).is_none());
         // Not a bearer credential.
         assert!(credential::parse_presented(&new.secret).is_none());
+    }
+
+    #[test]
+    fn a_refresh_successor_depends_on_its_parent_and_its_id() {
+        let parent = generate_refresh_token();
+        let p = parent.secret.expose_secret();
+        let a = refresh_successor(p, "ort_1");
+        assert_eq!(a.digest, refresh_successor(p, "ort_1").digest);
+        assert_ne!(a.digest, refresh_successor(p, "ort_2").digest);
+        let other = generate_refresh_token();
+        assert_ne!(
+            a.digest,
+            refresh_successor(other.secret.expose_secret(), "ort_1").digest
+        );
+        assert_eq!(
+            parse_refresh_token(a.secret.expose_secret()),
+            Some(a.digest.clone())
+        );
+        assert!(parse_device_code(a.secret.expose_secret()).is_none());
+    }
+
+    #[test]
+    fn user_codes_are_typed_loosely_and_checked_strictly() {
+        for _ in 0..100 {
+            let code = generate_user_code();
+            assert_eq!(code.len(), 9, "{code}");
+            assert_eq!(&code[4..5], "-");
+            let d = user_code_digest(&code).expect("valid");
+            assert_eq!(user_code_digest(&code.to_lowercase()), Some(d.clone()));
+            assert_eq!(user_code_digest(&code.replace('-', " ")), Some(d));
+        }
+        assert!(user_code_digest("BCDF-GHJA").is_none(), "a vowel");
+        assert!(user_code_digest("BCDF-GHJ").is_none(), "too short");
+        assert!(user_code_digest("BCDF-GHJK-L").is_none(), "too long");
+        assert!(user_code_digest(&"B".repeat(1000)).is_none());
     }
 
     #[test]

@@ -55,8 +55,8 @@ pub use edge::{
 };
 pub use error::{Error, Result};
 pub use oauth::{
-    AccessToken, ClientCredentials, CreateOAuthClient, OAuthClient, OAuthClientWithSecret,
-    UpdateOAuthClient,
+    AccessToken, ClientCredentials, CreateOAuthClient, DeviceDecision, OAuthClient,
+    OAuthClientWithSecret, UpdateOAuthClient,
 };
 pub use types::{
     CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace, CreatedToken,

@@ -146,6 +146,23 @@ pub struct AccessToken {
     pub expires_in: i64,
     /// The scopes it carries.
     pub scopes: Vec<String>,
+    /// The refresh token to use next (device and refresh grants, when the client may
+    /// refresh): each works once, see [`Client::refresh_access_token`].
+    pub refresh_token: Option<SecretString>,
+}
+
+/// A user's decision on a device's user code.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceDecision {
+    /// `approved` or `denied`.
+    pub decision: String,
+    /// The client the device authenticated as.
+    pub client_id: String,
+    /// Its name.
+    pub client_name: String,
+    /// The scopes the device's token carries (approved) or asked for (denied).
+    pub scopes: Vec<String>,
 }
 
 /// What to ask the token endpoint for.
@@ -234,7 +251,6 @@ impl Client {
         request: &ClientCredentials,
         client_secret: &SecretString,
     ) -> Result<AccessToken> {
-        let url = self.url(&["oauth2", "token"]);
         let mut form = vec![("grant_type", "client_credentials".to_owned())];
         if let Some(scopes) = &request.scopes {
             form.push(("scope", scopes.join(" ")));
@@ -242,15 +258,68 @@ impl Client {
         if let Some(audience) = &request.audience {
             form.push(("audience", audience.clone()));
         }
+        self.token_request(&request.client_id, Some(client_secret), &form)
+            .await
+    }
+
+    /// `POST /oauth2/token` with `grant_type=refresh_token`: a new access token and the
+    /// next refresh token (the one presented stops working; presenting it again after the
+    /// server's grace period revokes every token descending from it). A public client
+    /// passes no secret.
+    pub async fn refresh_access_token(
+        &self,
+        client_id: &str,
+        client_secret: Option<&SecretString>,
+        refresh_token: &SecretString,
+    ) -> Result<AccessToken> {
+        let form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("refresh_token", refresh_token.expose_secret().to_owned()),
+        ];
+        self.token_request(client_id, client_secret, &form).await
+    }
+
+    /// `POST /api/v1/oauth/device/approve` (`manage:tokens`): approves (or, with
+    /// `approve` false, denies) a device's user code as this client's user; `scopes`
+    /// narrows what the device asked for.
+    pub async fn decide_device(
+        &self,
+        user_code: &str,
+        approve: bool,
+        scopes: Option<Vec<String>>,
+    ) -> Result<DeviceDecision> {
+        let url = self.url(&["api", "v1", "oauth", "device", "approve"]);
+        let mut body = serde_json::json!({
+            "userCode": user_code,
+            "decision": if approve { "approve" } else { "deny" },
+        });
+        if let Some(scopes) = scopes {
+            body["scopes"] = serde_json::json!(scopes);
+        }
+        self.post_json(url, "manage:tokens", &body).await
+    }
+
+    /// A request to the token endpoint: the client authenticates with HTTP Basic, or
+    /// names itself in the form when it is public (no secret).
+    async fn token_request(
+        &self,
+        client_id: &str,
+        client_secret: Option<&SecretString>,
+        form: &[(&str, String)],
+    ) -> Result<AccessToken> {
+        let url = self.url(&["oauth2", "token"]);
+        let mut form = form.to_vec();
+        let request = self.http.post(url);
         // RFC 6749 §2.3.1 form-encodes id and secret before Basic joins them; datastack's
         // ids and secrets are letters, digits and `_`, which that leaves as they are.
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&request.client_id, Some(client_secret.expose_secret()))
-            .form(&form)
-            .send()
-            .await?;
+        let request = match client_secret {
+            Some(secret) => request.basic_auth(client_id, Some(secret.expose_secret())),
+            None => {
+                form.push(("client_id", client_id.to_owned()));
+                request
+            }
+        };
+        let response = request.form(&form).send().await?;
         let status = response.status();
         let request_id = response
             .headers()
@@ -283,6 +352,7 @@ impl Client {
             expires_in: i64,
             #[serde(default)]
             scope: String,
+            refresh_token: Option<String>,
         }
         let wire: Wire = serde_json::from_str(&text).map_err(|e| Error::Decode(e.to_string()))?;
         Ok(AccessToken {
@@ -294,6 +364,7 @@ impl Client {
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned)
                 .collect(),
+            refresh_token: wire.refresh_token.map(SecretString::from),
         })
     }
 

@@ -133,6 +133,15 @@ pub struct Config {
     pub api_key_rotation_overlap: Duration,
     /// The longest `overlapSeconds` a rotation may ask for. Default 30 days.
     pub api_key_max_rotation_overlap: Duration,
+    /// How long after a refresh token's use the same client may present it again and get
+    /// the same successor (a retried or concurrent refresh) instead of its family being
+    /// revoked for reuse. Default 10 s; 0 turns it off.
+    pub oauth_refresh_grace: Duration,
+    /// The least time a device waits between two polls of the token endpoint (RFC 8628
+    /// `interval`). Default 5 s.
+    pub oauth_device_poll_interval: Duration,
+    /// How long a device authorization waits for its user. Default 10 minutes.
+    pub oauth_device_code_ttl: Duration,
     /// Bounds on what a flood of bad or limited requests costs (see `docs/operations.md`,
     /// "Floods of bad credentials").
     pub floods: FloodLimits,
@@ -221,6 +230,9 @@ impl Default for Config {
             spend_warning_percent: 80,
             api_key_rotation_overlap: Duration::from_secs(24 * 3600),
             api_key_max_rotation_overlap: Duration::from_secs(30 * 24 * 3600),
+            oauth_refresh_grace: Duration::from_secs(10),
+            oauth_device_poll_interval: Duration::from_secs(5),
+            oauth_device_code_ttl: Duration::from_secs(600),
             floods: FloodLimits::default(),
             connections: ConnectionLimits::default(),
         }
@@ -401,6 +413,12 @@ config_layer! {
     api_key_rotation_overlap_seconds: u64 = "API_KEY_ROTATION_OVERLAP_SECONDS" number;
     /// `api_key_max_rotation_overlap_seconds`.
     api_key_max_rotation_overlap_seconds: u64 = "API_KEY_MAX_ROTATION_OVERLAP_SECONDS" number;
+    /// `oauth_refresh_grace_seconds`.
+    oauth_refresh_grace_seconds: u64 = "OAUTH_REFRESH_GRACE_SECONDS" number;
+    /// `oauth_device_poll_interval_seconds`.
+    oauth_device_poll_interval_seconds: u64 = "OAUTH_DEVICE_POLL_INTERVAL_SECONDS" number;
+    /// `oauth_device_code_ttl_seconds`.
+    oauth_device_code_ttl_seconds: u64 = "OAUTH_DEVICE_CODE_TTL_SECONDS" number;
     /// `credential_negative_cache_ttl_ms`.
     credential_negative_cache_ttl_ms: u64 = "CREDENTIAL_NEGATIVE_CACHE_TTL_MS" number;
     /// `max_tracked_clients`.
@@ -707,6 +725,18 @@ impl ConfigLayer {
             return Err(ConfigError(
                 "api_key_rotation_overlap_seconds must not exceed api_key_max_rotation_overlap_seconds".into(),
             ));
+        }
+        if let Some(s) = self.oauth_refresh_grace_seconds {
+            c.oauth_refresh_grace =
+                Duration::from_secs(within("oauth_refresh_grace_seconds", s, 0, 300)?);
+        }
+        if let Some(s) = self.oauth_device_poll_interval_seconds {
+            c.oauth_device_poll_interval =
+                Duration::from_secs(within("oauth_device_poll_interval_seconds", s, 1, 60)?);
+        }
+        if let Some(s) = self.oauth_device_code_ttl_seconds {
+            c.oauth_device_code_ttl =
+                Duration::from_secs(within("oauth_device_code_ttl_seconds", s, 60, 3600)?);
         }
         if let Some(s) = self.assertion_ttl_seconds {
             c.assertion_ttl = Duration::from_secs(within("assertion_ttl_seconds", s, 5, 3600)?);

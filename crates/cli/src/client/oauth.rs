@@ -1,4 +1,5 @@
-//! `datastack oauth …`: OAuth clients, and a `client_credentials` access token.
+//! `datastack oauth …`: OAuth clients, device approvals, and a `client_credentials`
+//! access token.
 
 use std::io::Read as _;
 
@@ -20,6 +21,13 @@ pub enum OauthCmd {
         #[command(subcommand)]
         cmd: ClientsCmd,
     },
+    /// Approve or deny a device's user code (the device grant): the device's token acts
+    /// as you.
+    Device {
+        /// approve or deny.
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
     /// Get an access token with `client_credentials`. The client secret is read from
     /// standard input (never from the command line, where other users could see it); the
     /// token is printed alone on stdout. Needs no DATASTACK_TOKEN.
@@ -33,6 +41,25 @@ pub enum OauthCmd {
         /// One of the client's audiences (default: its first).
         #[arg(long)]
         audience: Option<String>,
+    },
+}
+
+/// `datastack oauth device …`
+#[derive(clap::Subcommand, Debug)]
+pub enum DeviceCmd {
+    /// Approve the code a device shows: it gets a token acting as you, with the scopes it
+    /// asked for that your credential holds (needs manage:tokens).
+    Approve {
+        /// The user code, e.g. BDFG-HJKL (case and dashes do not matter).
+        user_code: String,
+        /// Approve only these of the scopes the device asked for; repeat for more.
+        #[arg(long = "scope", value_name = "SCOPE")]
+        scopes: Vec<String>,
+    },
+    /// Deny the code a device shows: its next poll is refused (access_denied).
+    Deny {
+        /// The user code.
+        user_code: String,
     },
 }
 
@@ -121,6 +148,35 @@ fn listed(values: Vec<String>) -> Option<Vec<String>> {
 pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result<(), Failure> {
     let cmd = match cmd {
         OauthCmd::Clients { cmd } => cmd,
+        OauthCmd::Device { cmd } => {
+            let decided = match cmd {
+                DeviceCmd::Approve { user_code, scopes } => {
+                    client
+                        .decide_device(&user_code, true, listed(scopes))
+                        .await?
+                }
+                DeviceCmd::Deny { user_code } => {
+                    client.decide_device(&user_code, false, None).await?
+                }
+            };
+            if out.json {
+                print_json(&serde_json::json!({
+                    "decision": decided.decision,
+                    "clientId": decided.client_id,
+                    "clientName": decided.client_name,
+                    "scopes": decided.scopes,
+                }));
+            } else {
+                write_stdout(&format!(
+                    "{} {} ({}): {}\n",
+                    decided.decision,
+                    decided.client_name,
+                    decided.client_id,
+                    decided.scopes.join(" ")
+                ));
+            }
+            return Ok(());
+        }
         OauthCmd::Token {
             client_id,
             scopes,

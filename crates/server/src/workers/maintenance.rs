@@ -72,6 +72,21 @@ async fn run_once(
         Ok(n) => tracing::info!(deleted = n, "expired OAuth access tokens deleted"),
         Err(e) => tracing::warn!(error = %e, "deleting expired OAuth access tokens failed"),
     }
+    // Refresh tokens (used ones are kept until they expire, to detect their reuse) and
+    // device authorizations, likewise.
+    match store
+        .purge_expired_oauth_grants(Utc::now() - chrono::Duration::days(1))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            deleted = n,
+            "expired refresh tokens and device codes deleted"
+        ),
+        Err(e) => {
+            tracing::warn!(error = %e, "deleting expired refresh tokens and device codes failed")
+        }
+    }
     for policy in store.workspace_policies().await? {
         // One workspace's failure does not stop the others' maintenance.
         if let Err(e) = maintain(store, credentials, config, &policy, reported).await {

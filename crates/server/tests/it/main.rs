@@ -17,6 +17,7 @@ mod input;
 mod limits;
 mod nginx;
 mod oauth;
+mod oauth_flows;
 mod principals;
 mod stalled_readers;
 mod surface;

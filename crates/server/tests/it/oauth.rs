@@ -854,12 +854,18 @@ async fn oauth_introspection_metadata_and_failed_authentications(backend: Backen
         m["grant_types_supported"],
         json!([
             "client_credentials",
-            "urn:ietf:params:oauth:grant-type:token-exchange"
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+            "refresh_token",
+            "urn:ietf:params:oauth:grant-type:device_code"
         ])
     );
     assert_eq!(
         m["token_endpoint_auth_methods_supported"],
-        json!(["client_secret_basic", "client_secret_post"])
+        json!(["client_secret_basic", "client_secret_post", "none"])
+    );
+    assert_eq!(
+        m["revocation_endpoint_auth_methods_supported"],
+        json!(["client_secret_basic", "client_secret_post", "none"])
     );
     assert!(
         m["scopes_supported"]

@@ -46,8 +46,10 @@ pub struct CreateOAuthClientRequest {
     #[serde(rename = "type")]
     #[schema(value_type = Option<String>)]
     pub client_type: Option<ClientType>,
-    /// The grants it may use; default `["client_credentials"]`. This server issues tokens
-    /// for `client_credentials`.
+    /// The grants it may use; default `["client_credentials"]`. One or more of
+    /// `client_credentials` and `urn:ietf:params:oauth:grant-type:token-exchange`
+    /// (confidential clients only), `urn:ietf:params:oauth:grant-type:device_code`, and
+    /// `refresh_token` (its device-grant tokens then come with refresh tokens).
     pub grant_types: Option<Vec<String>>,
     /// Exact redirect URIs (https, or http on a loopback address), at most 20.
     pub redirect_uris: Option<Vec<String>>,
@@ -276,7 +278,7 @@ pub async fn create_oauth_client(
             for g in list {
                 let grant = GrantType::parse(g).ok_or_else(|| {
                     ApiError::InvalidRequest(format!(
-                        "grantTypes: {} is not a grant this server issues tokens for (client_credentials, urn:ietf:params:oauth:grant-type:token-exchange)",
+                        "grantTypes: {} is not a grant this server issues tokens for (client_credentials, urn:ietf:params:oauth:grant-type:token-exchange, urn:ietf:params:oauth:grant-type:device_code, refresh_token)",
                         shown(g)
                     ))
                 })?;

@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use datastack_core::credential::{self, CredentialKind};
-use datastack_core::oauth::GrantType;
+use datastack_core::oauth::{self, GrantType};
 use datastack_core::scope::Scope;
 use datastack_store::Invalidation;
 use secrecy::ExposeSecret;
@@ -22,9 +22,10 @@ use super::*;
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct RevokeForm {
-    /// The access token to revoke.
+    /// The access token or refresh token to revoke (a refresh token takes the access
+    /// tokens issued from its grant with it).
     token: String,
-    /// `access_token`.
+    /// `access_token` or `refresh_token` (not needed: the token's form tells).
     token_type_hint: Option<String>,
     /// `client_secret_post`: the client id.
     client_id: Option<String>,
@@ -51,6 +52,11 @@ pub async fn revoke(
     let result = async {
         let (presented, entry) = token_and_client(&state, &headers, &body, &audit).await?;
         let client = &entry.client;
+        // A refresh token: its whole family goes, with the access tokens issued from it.
+        if let Some(digest) = oauth::parse_refresh_token(presented.expose_secret()) {
+            super::refresh::revoke_family(&state, &audit, client, &digest.to_hex()).await?;
+            return Ok(None);
+        }
         let Some(p) = credential::parse_presented(&presented)
             .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
         else {
@@ -166,6 +172,9 @@ pub async fn introspect(
     let result = async {
         let (secret, entry) = token_and_client(&state, &headers, &body, &audit).await?;
         let client = &entry.client;
+        if let Some(digest) = oauth::parse_refresh_token(secret.expose_secret()) {
+            return refresh_introspection(&state, client, &digest.to_hex()).await;
+        }
         if credential::parse_presented(&secret)
             .is_none_or(|p| p.kind != CredentialKind::OAuthAccessToken)
         {
@@ -176,7 +185,10 @@ pub async fn introspect(
             Ok(Err(_)) => return Ok(Introspection::inactive()),
             Err(e) => return Err(OAuthError::from(e.0)),
         };
-        if !identity.in_subtree_of(client.workspace_id.as_str()) {
+        // A public client proves nothing but its id: it learns only about its own tokens.
+        let foreign_to_public = client.client_type == datastack_core::oauth::ClientType::Public
+            && identity.token.label != client.id.as_str();
+        if !identity.in_subtree_of(client.workspace_id.as_str()) || foreign_to_public {
             return Ok(Introspection::inactive());
         }
         // The token is one this server issued (its digest is stored), so its payload is
@@ -210,6 +222,37 @@ pub async fn introspect(
     oauth_answer(result)
 }
 
+/// A refresh token described to the client it was issued to: active until it is used,
+/// revoked or expired.
+async fn refresh_introspection(
+    state: &AppState,
+    client: &datastack_core::oauth::OAuthClient,
+    digest_hex: &str,
+) -> Result<Introspection, OAuthError> {
+    let Some(r) = state.store.get_refresh_token(digest_hex).await? else {
+        return Ok(Introspection::inactive());
+    };
+    let live = r.client_id == client.id
+        && r.used_at.is_none()
+        && r.revoked_at.is_none()
+        && r.expires_at > chrono::Utc::now();
+    if !live {
+        return Ok(Introspection::inactive());
+    }
+    Ok(Introspection {
+        active: true,
+        scope: Some(r.scopes.to_strings().join(" ")),
+        client_id: Some(r.client_id.to_string()),
+        token_type: None,
+        exp: Some(r.expires_at.timestamp()),
+        iat: Some(r.created_at.timestamp()),
+        sub: Some(r.subject_id.to_string()),
+        aud: Some(r.audience),
+        iss: Some(state.edge.signer.issuer.clone()),
+        jti: Some(r.id),
+    })
+}
+
 /// Authorization server metadata (RFC 8414).
 #[derive(Serialize, ToSchema)]
 pub struct ServerMetadata {
@@ -217,6 +260,8 @@ pub struct ServerMetadata {
     pub issuer: String,
     /// `/oauth2/token`.
     pub token_endpoint: String,
+    /// `/oauth2/device_authorization` (RFC 8628).
+    pub device_authorization_endpoint: String,
     /// `/oauth2/revoke`.
     pub revocation_endpoint: String,
     /// `/oauth2/introspect`.
@@ -225,7 +270,7 @@ pub struct ServerMetadata {
     pub jwks_uri: String,
     /// The grants this server issues tokens for.
     pub grant_types_supported: Vec<&'static str>,
-    /// `client_secret_basic`, `client_secret_post`.
+    /// `client_secret_basic`, `client_secret_post`, `none` (public clients).
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
     /// The same, for revocation.
     pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
@@ -242,30 +287,33 @@ pub struct ServerMetadata {
 #[utoipa::path(get, operation_id = "oauthServerMetadata", path = "/.well-known/oauth-authorization-server", tag = "oauth",
     responses((status = 200, body = ServerMetadata)))]
 pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let base = match state.config.public_url.as_deref().map(str::trim) {
-        Some(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
-        _ => {
-            // Only a well-formed authority is echoed back.
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
-                .map(|a| a.to_string())
-                .unwrap_or_else(|| state.config.listen.to_string());
-            format!("http://{host}")
-        }
-    };
-    let methods = vec!["client_secret_basic", "client_secret_post"];
+    let base = public_base(&state, &headers);
     let body = ServerMetadata {
         issuer: state.edge.signer.issuer.clone(),
         token_endpoint: format!("{base}/oauth2/token"),
+        device_authorization_endpoint: format!("{base}/oauth2/device_authorization"),
         revocation_endpoint: format!("{base}/oauth2/revoke"),
         introspection_endpoint: format!("{base}/oauth2/introspect"),
         jwks_uri: format!("{base}/.well-known/jwks.json"),
         grant_types_supported: GrantType::ALL.iter().map(|g| g.as_str()).collect(),
-        token_endpoint_auth_methods_supported: methods.clone(),
-        revocation_endpoint_auth_methods_supported: methods.clone(),
-        introspection_endpoint_auth_methods_supported: methods,
+        // `none`: a public client, which names itself and proves nothing (the device
+        // grant and refresh tokens).
+        token_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        // A public client revokes and introspects only its own tokens.
+        revocation_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
+        introspection_endpoint_auth_methods_supported: vec![
+            "client_secret_basic",
+            "client_secret_post",
+            "none",
+        ],
         scopes_supported: std::iter::once("all-apis".to_owned())
             .chain(
                 datastack_core::scope::Resource::ALL

@@ -147,7 +147,8 @@ impl Issuer {
 }
 
 /// Authenticates the client of a token-endpoint request: `client_secret_basic` or
-/// `client_secret_post`, never both. Every failure is the same `invalid_client`.
+/// `client_secret_post`, never both; a public client by its `client_id` alone. Every
+/// failure is the same `invalid_client`.
 pub(super) async fn authenticate_client(
     state: &AppState,
     headers: &HeaderMap,
@@ -209,12 +210,17 @@ pub(super) async fn authenticate_client(
         },
     };
     if entry.client.client_type == ClientType::Public {
-        // A public client has no secret to prove; it may not use the grants this
-        // endpoint issues today.
-        return Err(OAuthError::new(
-            "unauthorized_client",
-            "a public client cannot use this grant",
-        ));
+        // A public client (RFC 6749 §2.1) has no secret: it names itself and proves
+        // nothing, so it may only use the grants that rest on something else (a user's
+        // approval, a refresh token); its creation allowed no others. One that sends a
+        // secret is confused, and told so.
+        if secret.is_some_and(|s| !s.expose_secret().is_empty()) {
+            return Err(OAuthError::new(
+                "invalid_client",
+                "a public client has no secret; send only client_id",
+            ));
+        }
+        return Ok(entry);
     }
     // From here on, every failure is counted against the client, whatever the secret was.
     let Some(digest) = secret

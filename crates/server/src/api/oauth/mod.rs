@@ -14,8 +14,10 @@
 //! JSON form), `endpoints` (revocation, introspection, metadata); what they share is here.
 
 mod clients;
+mod device;
 mod endpoints;
 mod issuer;
+mod refresh;
 mod token;
 
 pub use issuer::Issuer;
@@ -50,6 +52,9 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(endpoints::metadata))
         .routes(routes!(token::json_token))
         .routes(routes!(token::json_revoke))
+        .routes(routes!(device::device_authorization))
+        .routes(routes!(device::decide))
+        .route("/oauth2/device", axum::routing::get(device::device_page))
 }
 
 /// The largest form body the OAuth endpoints read.
@@ -205,6 +210,23 @@ fn oauth_answer<T: Serialize>(result: Result<T, OAuthError>) -> Response {
             response
         }
         Err(e) => e.into_response(),
+    }
+}
+
+/// The base of this server's URLs: `public_url` when it is set, else the address the
+/// request was sent to (only a well-formed authority is echoed back).
+fn public_base(state: &AppState, headers: &HeaderMap) -> String {
+    match state.config.public_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+        _ => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse::<axum::http::uri::Authority>().ok())
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| state.config.listen.to_string());
+            format!("http://{host}")
+        }
     }
 }
 

@@ -28,8 +28,13 @@ use super::*;
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct TokenForm {
-    /// `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`.
+    /// `client_credentials`, `urn:ietf:params:oauth:grant-type:token-exchange`,
+    /// `refresh_token` or `urn:ietf:params:oauth:grant-type:device_code`.
     grant_type: String,
+    /// Refresh: the refresh token (it works once; the answer carries its successor).
+    refresh_token: Option<String>,
+    /// Device grant: the device code from `/oauth2/device_authorization`.
+    device_code: Option<String>,
     /// Token exchange: the subject's token (a datastack credential).
     subject_token: Option<String>,
     /// Token exchange: `urn:ietf:params:oauth:token-type:access_token`.
@@ -57,6 +62,11 @@ pub struct TokenResponse {
     pub expires_in: i64,
     /// The scopes it carries, space-separated.
     pub scope: String,
+    /// A refresh token (device grant and refresh grant, when the client may refresh):
+    /// exchange it at this endpoint for a new access token and a new refresh token. Each
+    /// works once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// For a token exchange (RFC 8693): `urn:ietf:params:oauth:token-type:access_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
@@ -90,8 +100,9 @@ struct Actor<'a> {
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 
 /// The token endpoint (RFC 6749 §3.2). Form-encoded; the client authenticates with HTTP
-/// Basic (`client_secret_basic`) or in the body (`client_secret_post`). Grants:
-/// `client_credentials`.
+/// Basic (`client_secret_basic`) or in the body (`client_secret_post`); a public client
+/// sends only `client_id`. Grants: `client_credentials`, token exchange (RFC 8693),
+/// `refresh_token` (rotated at each use) and the device grant (RFC 8628).
 #[utoipa::path(post, operation_id = "oauthToken", path = "/oauth2/token", tag = "oauth",
     request_body(content_type = "application/x-www-form-urlencoded", content = TokenForm),
     responses((status = 200, body = TokenResponse), (status = 400, body = OAuthErrorBody),
@@ -146,6 +157,10 @@ async fn issue_from(
     // service principal and the client's scopes; for a token exchange the subject token's
     // principal and what both the subject token and the client hold.
     let (subject, subject_workspace, bound, subject_expires) = match grant {
+        GrantType::RefreshToken => {
+            return super::refresh::refresh(state, audit, form, &entry).await;
+        }
+        GrantType::DeviceCode => return super::device::redeem(state, audit, form, &entry).await,
         GrantType::ClientCredentials => {
             let owner = entry
                 .subject
@@ -236,91 +251,38 @@ async fn issue_from(
             )
         }
     };
-    // Scopes: what was asked (space-separated), each within the bound; or all of it.
-    let scopes = match form.get("scope") {
-        None => bound.clone(),
-        Some(asked) => {
-            let list: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
-            let parsed = ScopeSet::parse(&list)
-                .map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
-            if let Some(beyond) = parsed
-                .as_slice()
-                .iter()
-                .find(|s: &&Scope| !bound.covers(**s))
-            {
-                return Err(OAuthError::new(
-                    "invalid_scope",
-                    format!("the scope {beyond} is beyond what this grant may give"),
-                ));
-            }
-            parsed
-        }
-    };
-    let audience = match form.get("audience") {
-        None => client.audiences.first().cloned().unwrap_or_default(),
-        Some(a) if client.audiences.iter().any(|x| x == a) => a.to_owned(),
-        Some(_) => {
-            return Err(OAuthError::new(
-                "invalid_target",
-                "the audience is not one this client may get tokens for",
-            ));
-        }
-    };
-    let owner_id = subject;
+    let scopes = asked_scopes(form, &bound)?;
+    let audience = asked_audience(form, client)?;
     let now = Utc::now();
     // An exchanged token never outlives the token it came from.
     let expires_at = subject_expires.map_or(
         now + Duration::seconds(client.access_token_ttl_seconds),
         |e| e.min(now + Duration::seconds(client.access_token_ttl_seconds)),
     );
-    let id = TokenId::generate_oauth_access();
-    let scope_text = scopes.to_strings().join(" ");
-    let signer = &state.edge.signer;
-    let jwt = signer
-        .sign_access_token(&AccessClaims {
-            iss: &signer.issuer,
-            sub: owner_id.as_str(),
-            aud: &audience,
-            exp: expires_at.timestamp(),
-            iat: now.timestamp(),
-            jti: id.as_str(),
-            client_id: client.id.as_str(),
-            scope: &scope_text,
-            ws: subject_workspace.as_str(),
-            act: (grant == GrantType::TokenExchange).then(|| Actor {
-                sub: client.id.as_str(),
-            }),
-        })
-        .map_err(|e| OAuthError::new("server_error", format!("cannot sign the token: {e}")))?;
-    let presented = credential::parse_presented(&SecretString::from(jwt.clone()))
-        .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
-        .ok_or_else(|| OAuthError::new("server_error", "the signed token is not well-formed"))?;
-    let token = Token {
-        id,
-        kind: CredentialKind::OAuthAccessToken,
-        owner_id: owner_id.clone(),
-        workspace_id: subject_workspace.clone(),
-        label: client.id.to_string(),
-        digest_hex: presented.digest.to_hex(),
-        last_four: jwt[jwt.len() - 4..].to_owned(),
-        scopes,
-        created_at: now,
-        expires_at: Some(expires_at),
-        revoked_at: None,
-        last_used_at: None,
-        last_used_ip: None,
-    };
+    let (jwt, token) = mint(
+        state,
+        client,
+        Minted {
+            subject: &subject,
+            workspace: &subject_workspace,
+            scopes,
+            audience: &audience,
+            now,
+            expires_at,
+            acting_client: grant == GrantType::TokenExchange,
+        },
+    )?;
     audit.set_detail(serde_json::json!({
         "grantType": grant.as_str(),
         "clientId": client.id,
         "tokenId": token.id,
-        "subject": owner_id,
+        "subject": subject,
         "scopes": token.scopes,
         "audience": audience,
         "expiresAt": expires_at,
     }));
     let trail = audit.change_in(StatusCode::OK, &client.workspace_id);
-    let expires_in = (expires_at - now).num_seconds().max(0);
+    let scope_text = token.scopes.to_strings().join(" ");
     if !state.oauth.store((token, client.id.clone(), trail)).await? {
         return Err(OAuthError::new(
             "invalid_client",
@@ -331,10 +293,106 @@ async fn issue_from(
     Ok(TokenResponse {
         access_token: jwt,
         token_type: "Bearer",
-        expires_in,
+        expires_in: (expires_at - now).num_seconds().max(0),
         scope: scope_text,
+        refresh_token: None,
         issued_token_type: (grant == GrantType::TokenExchange).then_some(ACCESS_TOKEN_TYPE),
     })
+}
+
+/// The scopes a request asks for (`scope`, space-separated), each within `bound`; all of
+/// `bound` when it names none.
+pub(super) fn asked_scopes(form: &Form, bound: &ScopeSet) -> Result<ScopeSet, OAuthError> {
+    let Some(asked) = form.get("scope") else {
+        return Ok(bound.clone());
+    };
+    let list: Vec<&str> = asked.split(' ').filter(|s| !s.is_empty()).collect();
+    let parsed =
+        ScopeSet::parse(&list).map_err(|e| OAuthError::new("invalid_scope", e.to_string()))?;
+    if let Some(beyond) = parsed
+        .as_slice()
+        .iter()
+        .find(|s: &&Scope| !bound.covers(**s))
+    {
+        return Err(OAuthError::new(
+            "invalid_scope",
+            format!("the scope {beyond} is beyond what this grant may give"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// The audience a request asks for: one of the client's; its first when it names none.
+pub(super) fn asked_audience(
+    form: &Form,
+    client: &datastack_core::oauth::OAuthClient,
+) -> Result<String, OAuthError> {
+    match form.get("audience") {
+        None => Ok(client.audiences.first().cloned().unwrap_or_default()),
+        Some(a) if client.audiences.iter().any(|x| x == a) => Ok(a.to_owned()),
+        Some(_) => Err(OAuthError::new(
+            "invalid_target",
+            "the audience is not one this client may get tokens for",
+        )),
+    }
+}
+
+/// What an access token is issued for.
+pub(super) struct Minted<'a> {
+    pub subject: &'a datastack_core::id::PrincipalId,
+    pub workspace: &'a datastack_core::id::WorkspaceId,
+    pub scopes: ScopeSet,
+    pub audience: &'a str,
+    pub now: chrono::DateTime<Utc>,
+    pub expires_at: chrono::DateTime<Utc>,
+    /// Whether the client acts on the subject's behalf (the `act` claim).
+    pub acting_client: bool,
+}
+
+/// Signs an access token for `client` and builds its row (not stored yet).
+pub(super) fn mint(
+    state: &AppState,
+    client: &datastack_core::oauth::OAuthClient,
+    m: Minted<'_>,
+) -> Result<(String, Token), OAuthError> {
+    let id = TokenId::generate_oauth_access();
+    let scope_text = m.scopes.to_strings().join(" ");
+    let signer = &state.edge.signer;
+    let jwt = signer
+        .sign_access_token(&AccessClaims {
+            iss: &signer.issuer,
+            sub: m.subject.as_str(),
+            aud: m.audience,
+            exp: m.expires_at.timestamp(),
+            iat: m.now.timestamp(),
+            jti: id.as_str(),
+            client_id: client.id.as_str(),
+            scope: &scope_text,
+            ws: m.workspace.as_str(),
+            act: m.acting_client.then(|| Actor {
+                sub: client.id.as_str(),
+            }),
+        })
+        .map_err(|e| OAuthError::new("server_error", format!("cannot sign the token: {e}")))?;
+    let presented = credential::parse_presented(&SecretString::from(jwt.clone()))
+        .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
+        .ok_or_else(|| OAuthError::new("server_error", "the signed token is not well-formed"))?;
+    let token = Token {
+        id,
+        kind: CredentialKind::OAuthAccessToken,
+        owner_id: m.subject.clone(),
+        workspace_id: m.workspace.clone(),
+        label: client.id.to_string(),
+        digest_hex: presented.digest.to_hex(),
+        last_four: jwt[jwt.len() - 4..].to_owned(),
+        scopes: m.scopes,
+        created_at: m.now,
+        expires_at: Some(m.expires_at),
+        revoked_at: None,
+        last_used_at: None,
+        last_used_ip: None,
+    };
+    Ok((jwt, token))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -345,12 +403,13 @@ async fn issue_from(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JsonTokenRequest {
-    /// `client_credentials` or `urn:ietf:params:oauth:grant-type:token-exchange`.
+    /// `client_credentials`, `urn:ietf:params:oauth:grant-type:token-exchange`,
+    /// `refresh_token` or `urn:ietf:params:oauth:grant-type:device_code`.
     pub grant_type: String,
     /// The client id, `ocl_…`.
     pub client_id: String,
-    /// The client secret, `dcsk…`.
-    pub client_secret: String,
+    /// The client secret, `dcsk…` (none for a public client).
+    pub client_secret: Option<String>,
     /// Scopes to ask for (default: all the grant may give).
     pub scopes: Option<Vec<String>>,
     /// One of the client's audiences.
@@ -359,8 +418,10 @@ pub struct JsonTokenRequest {
     pub subject_token: Option<String>,
     /// Token exchange: `urn:ietf:params:oauth:token-type:access_token`.
     pub subject_token_type: Option<String>,
-    /// Not supported by any grant this server issues yet: refused.
+    /// Refresh: the refresh token.
     pub refresh_token: Option<String>,
+    /// Device grant: the device code.
+    pub device_code: Option<String>,
 }
 
 /// The token, as JSON.
@@ -375,6 +436,10 @@ pub struct JsonTokenResponse {
     pub expires_in: i64,
     /// The scopes it carries.
     pub scopes: Vec<String>,
+    /// The refresh token to use next (device and refresh grants, when the client may
+    /// refresh); each works once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
     /// For a token exchange: `urn:ietf:params:oauth:token-type:access_token`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub issued_token_type: Option<&'static str>,
@@ -416,17 +481,14 @@ pub async fn json_token(
     Json(body): Json<JsonTokenRequest>,
 ) -> ApiResult<Response> {
     audit.set_action("oauth.token", "oauth-clients");
-    if body.refresh_token.is_some() {
-        return Err(ApiError::InvalidRequest(
-            "refreshToken: no grant this server issues yet gives refresh tokens".into(),
-        ));
-    }
     let mut pairs = vec![
         ("grant_type".to_owned(), body.grant_type),
         ("client_id".to_owned(), body.client_id),
-        ("client_secret".to_owned(), body.client_secret),
     ];
     let optional = [
+        ("client_secret", body.client_secret),
+        ("refresh_token", body.refresh_token),
+        ("device_code", body.device_code),
         ("scope", body.scopes.map(|s| s.join(" "))),
         ("audience", body.audience),
         ("subject_token", body.subject_token),
@@ -449,6 +511,7 @@ pub async fn json_token(
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
+        refresh_token: issued.refresh_token,
         issued_token_type: issued.issued_token_type,
     })
     .into_response();
