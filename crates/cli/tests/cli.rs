@@ -2218,3 +2218,99 @@ fn the_oauth_cli_approves_and_denies_a_devices_user_code() {
     assert!(err.contains("NOT_FOUND"), "{err}");
     server.stop();
 }
+
+#[test]
+fn the_oauth_cli_manages_trusted_issuers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let server = Server::start(&["--data-dir", data], &[]);
+    let admin = server.admin_token().expect("admin token");
+    let sp = json_of(client(
+        &server,
+        &admin,
+        &[
+            "service-principals",
+            "--json",
+            "create",
+            "--name",
+            "okta-app",
+            "--role",
+            "viewer",
+        ],
+    ));
+    let sp_id = sp["id"].as_str().expect("sp id").to_owned();
+    let link = format!("0oa-etl={sp_id}");
+    let created = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "issuers",
+            "create",
+            "--issuer",
+            "http://127.0.0.1:1/oauth2/default",
+            "--audience",
+            "api://datastack",
+            "--algorithm",
+            "RS256",
+            "--scope-claim",
+            "scp",
+            "--scope",
+            "read:clusters",
+            "--subject",
+            &link,
+        ],
+    ));
+    let id = created["id"].as_str().expect("id").to_owned();
+    assert!(id.starts_with("oti_"), "{created}");
+    assert_eq!(created["scopeClaim"], "scp");
+    assert_eq!(created["subjectClaim"], "sub");
+    let (code, out, err) = client(&server, &admin, &["oauth", "issuers", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&id) && out.contains("http://127.0.0.1:1/oauth2/default"),
+        "{out}"
+    );
+    let updated = json_of(client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "--json",
+            "issuers",
+            "update",
+            &id,
+            "--provisioning",
+            "jit",
+        ],
+    ));
+    assert_eq!(updated["provisioning"], "jit");
+    let (code, out, _) = client(&server, &admin, &["oauth", "issuers", "get", &id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("by discovery") && out.contains("jit"), "{out}");
+    // A malformed link is a usage error; HMAC is refused by the server.
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "oauth",
+            "issuers",
+            "update",
+            &id,
+            "--subject",
+            "no-equals-sign",
+        ],
+    );
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &["oauth", "issuers", "update", &id, "--algorithm", "HS256"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("INVALID_REQUEST"), "{err}");
+    let (code, out, _) = client(&server, &admin, &["oauth", "issuers", "delete", &id]);
+    assert_eq!((code, out.trim()), (0, format!("deleted {id}").as_str()));
+    server.stop();
+}

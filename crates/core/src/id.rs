@@ -81,6 +81,10 @@ prefixed_id!(
     OAuthClientId, "ocl_"
 );
 prefixed_id!(
+    /// A trusted external token issuer, `oti_…`.
+    TrustedIssuerId, "oti_"
+);
+prefixed_id!(
     /// An audit entry id, `aud_…`.
     AuditId, "aud_"
 );

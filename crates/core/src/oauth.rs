@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::credential::{self, NewSecret, SecretDigest};
-use crate::id::{OAuthClientId, PrincipalId, WorkspaceId};
+use crate::id::{OAuthClientId, PrincipalId, TrustedIssuerId, WorkspaceId};
 use crate::scope::ScopeSet;
 
 /// The prefix of client secrets.
@@ -254,6 +254,103 @@ impl OAuthClient {
                 .is_some_and(|d| presented.ct_eq(d));
         current | previous
     }
+}
+
+/// Which claim of an external token names its principal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubjectClaim {
+    /// `sub`: mapped to a principal through the issuer's subject links.
+    Sub,
+    /// `email`: a user of the issuer's workspace with that email.
+    Email,
+}
+
+impl SubjectClaim {
+    /// The claim's name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SubjectClaim::Sub => "sub",
+            SubjectClaim::Email => "email",
+        }
+    }
+
+    /// The claim a stored name stands for.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "sub" => Some(SubjectClaim::Sub),
+            "email" => Some(SubjectClaim::Email),
+            _ => None,
+        }
+    }
+}
+
+/// What happens to a subject no principal stands for yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Provisioning {
+    /// The token is refused: only existing (or linked) principals.
+    Existing,
+    /// A principal is created just in time with the `viewer` role: a user for an `email`
+    /// subject, a service principal for a `sub` one.
+    Jit,
+}
+
+impl Provisioning {
+    /// The name in the API and the store.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Provisioning::Existing => "existing",
+            Provisioning::Jit => "jit",
+        }
+    }
+
+    /// The value a stored name stands for.
+    pub fn from_name(s: &str) -> Option<Self> {
+        match s {
+            "existing" => Some(Provisioning::Existing),
+            "jit" => Some(Provisioning::Jit),
+            _ => None,
+        }
+    }
+}
+
+/// The signature algorithms an external issuer may be trusted with: asymmetric only (an
+/// HMAC algorithm would make the published key a signing key).
+pub const FEDERATION_ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+/// A trusted external issuer of access tokens (federation).
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// `oti_…`.
+    pub id: TrustedIssuerId,
+    /// The workspace its principals belong to.
+    pub workspace_id: WorkspaceId,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Where its keys are; `None`: found by OIDC discovery under `issuer`.
+    pub jwks_uri: Option<String>,
+    /// The `aud` values accepted (a token must carry one of them).
+    pub audiences: Vec<String>,
+    /// The signature algorithms accepted (from [`FEDERATION_ALGORITHMS`]).
+    pub algorithms: Vec<String>,
+    /// The claim that names the principal.
+    pub subject_claim: SubjectClaim,
+    /// Whether unknown subjects are provisioned.
+    pub provisioning: Provisioning,
+    /// The claim holding the token's scopes: `scope` (space-separated) or `scp` (a list or
+    /// a space-separated string).
+    pub scope_claim: String,
+    /// The most its tokens may ever carry; what a token claims beyond is ignored.
+    pub scopes: ScopeSet,
+    /// Who registered it.
+    pub created_by: Option<String>,
+    /// When.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
 }
 
 #[cfg(test)]

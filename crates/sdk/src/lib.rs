@@ -56,7 +56,7 @@ pub use edge::{
 pub use error::{Error, Result};
 pub use oauth::{
     AccessToken, ClientCredentials, CreateOAuthClient, DeviceDecision, OAuthClient,
-    OAuthClientWithSecret, UpdateOAuthClient,
+    OAuthClientWithSecret, SubjectLink, TrustedIssuer, TrustedIssuerRequest, UpdateOAuthClient,
 };
 pub use types::{
     CreateServicePrincipal, CreateToken, CreateUser, CreateWorkspace, CreatedToken,

@@ -385,3 +385,134 @@ impl Client {
         Ok((client, token))
     }
 }
+
+/// A trusted external issuer (federation): its tokens are accepted as credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuer {
+    /// `oti_…`.
+    pub id: String,
+    /// The exact `iss` of its tokens.
+    pub issuer: String,
+    /// Its key set URL; `None`: found by OIDC discovery.
+    pub jwks_uri: Option<String>,
+    /// The accepted audiences.
+    pub audiences: Vec<String>,
+    /// The accepted signature algorithms.
+    pub algorithms: Vec<String>,
+    /// `sub` or `email`.
+    pub subject_claim: String,
+    /// `existing` or `jit`.
+    pub provisioning: String,
+    /// `scope` or `scp`.
+    pub scope_claim: String,
+    /// The most its tokens may carry.
+    pub scopes: Vec<String>,
+    /// Who registered it.
+    pub created_by: Option<String>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Which principal an issuer's `sub` is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectLink {
+    /// The `sub` claim's value.
+    pub subject: String,
+    /// The principal, `usr_…` or `sp_…`.
+    pub principal_id: String,
+}
+
+/// A trusted issuer to register, or (with [`Client::update_trusted_issuer`]) what to
+/// change: `None` leaves a field as it is (or takes the server's default on creation).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TrustedIssuerRequest {
+    /// The exact `iss` (creation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The key set URL (default: discovery; an empty string in an update: discovery).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// The accepted audiences (required on creation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audiences: Option<Vec<String>>,
+    /// The accepted algorithms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<String>>,
+    /// `sub` or `email` (creation only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject_claim: Option<String>,
+    /// `existing` or `jit`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<String>,
+    /// `scope` or `scp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope_claim: Option<String>,
+    /// The most its tokens may carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<String>>,
+    /// Subject links to set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subjects: Option<Vec<SubjectLink>>,
+}
+
+impl Client {
+    /// `POST /api/v1/oauth/issuers` (`manage:oauth-clients`): trusts an external issuer.
+    pub async fn create_trusted_issuer(
+        &self,
+        request: &TrustedIssuerRequest,
+    ) -> Result<TrustedIssuer> {
+        let url = self.url(&["api", "v1", "oauth", "issuers"]);
+        self.post_json(url, MANAGE_OAUTH_CLIENTS, request).await
+    }
+
+    /// `GET /api/v1/oauth/issuers` (`read:oauth-clients`): one page of trusted issuers.
+    pub async fn list_trusted_issuers(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<Page<TrustedIssuer>> {
+        let mut url = self.url(&["api", "v1", "oauth", "issuers"]);
+        append_query(
+            &mut url,
+            &[("limit", limit.map(|l| l.to_string())), ("cursor", cursor)],
+        );
+        decode(self.get(url, READ_OAUTH_CLIENTS).await?).await
+    }
+
+    /// `GET /api/v1/oauth/issuers/{id}` (`read:oauth-clients`).
+    pub async fn get_trusted_issuer(&self, id: &str) -> Result<TrustedIssuer> {
+        let url = self.url(&["api", "v1", "oauth", "issuers", id]);
+        decode(self.get(url, READ_OAUTH_CLIENTS).await?).await
+    }
+
+    /// `PATCH /api/v1/oauth/issuers/{id}` (`manage:oauth-clients`); `issuer` and
+    /// `subject_claim` must be `None`.
+    pub async fn update_trusted_issuer(
+        &self,
+        id: &str,
+        update: &TrustedIssuerRequest,
+    ) -> Result<TrustedIssuer> {
+        let url = self.url(&["api", "v1", "oauth", "issuers", id]);
+        self.send_json(Method::PATCH, url, MANAGE_OAUTH_CLIENTS, update)
+            .await
+    }
+
+    /// `DELETE /api/v1/oauth/issuers/{id}` (`manage:oauth-clients`): its tokens are
+    /// refused on every node.
+    pub async fn delete_trusted_issuer(&self, id: &str) -> Result<()> {
+        let url = self.url(&["api", "v1", "oauth", "issuers", id]);
+        self.send(
+            Method::DELETE,
+            url,
+            Auth::Scoped(MANAGE_OAUTH_CLIENTS),
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -245,6 +245,8 @@ impl Application {
             ))
         })?;
         edge.set_root_workspace(root.clone());
+        let federation = Arc::new(crate::federation::Federation::new(store.clone()));
+        federation.reload().await?;
         let credentials = Arc::new(
             CredentialVerifier::new(
                 store.clone(),
@@ -252,7 +254,8 @@ impl Application {
                 config.cache_ttl,
                 metrics.clone(),
             )
-            .with_negative_cache(config.floods.negative_cache_ttl),
+            .with_negative_cache(config.floods.negative_cache_ttl)
+            .with_federation(federation.clone()),
         );
         let (audit, audit_rx) = AuditLog::new(&config, root);
         let audit = Arc::new(audit);
@@ -268,6 +271,7 @@ impl Application {
                 store.clone(),
                 config.cache_ttl,
             )),
+            federation,
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);

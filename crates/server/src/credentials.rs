@@ -153,6 +153,8 @@ pub struct CredentialVerifier {
     metrics: Arc<Metrics>,
     /// Digests of well-formed credentials the store did not know (see [`NegativeCache`]).
     unknown: NegativeCache,
+    /// Trusted external issuers, whose JWTs are verified when the store does not know them.
+    federation: Option<Arc<crate::federation::Federation>>,
 }
 
 /// What a node remembers about credentials the store did not know: their digests (never
@@ -198,7 +200,14 @@ impl CredentialVerifier {
                 cache: quick_cache::sync::Cache::new(NEGATIVE_CAPACITY),
                 ttl: Duration::ZERO,
             },
+            federation: None,
         }
+    }
+
+    /// Accepts the JWTs of the trusted issuers `federation` keeps.
+    pub fn with_federation(mut self, federation: Arc<crate::federation::Federation>) -> Self {
+        self.federation = Some(federation);
+        self
     }
 
     /// Remembers unknown digests for `ttl` (zero: not at all).
@@ -289,7 +298,7 @@ impl CredentialVerifier {
                 self.metrics.cache_miss();
                 // Boxed: the store queries make this future large, and a cached
                 // credential (the common case) should not carry it.
-                match Box::pin(self.load(&presented)).await? {
+                match Box::pin(self.load(secret, &presented)).await? {
                     Some(entry) => entry,
                     None => return Ok(Err((Rejection::Unknown, None))),
                 }
@@ -310,18 +319,29 @@ impl CredentialVerifier {
     /// does not know it.
     async fn load(
         &self,
+        secret: &SecretString,
         presented: &credential::PresentedSecret,
     ) -> Result<Option<Arc<CachedCredential>>, VerifyError> {
         let generation = self.generation.load(Ordering::SeqCst);
+        let found = self
+            .store
+            .find_token_by_digest(presented.kind, &presented.digest.to_hex())
+            .await?;
+        // A JWT this server did not issue may be a trusted issuer's.
+        let found = match (found, &self.federation) {
+            (None, Some(federation))
+                if presented.kind == CredentialKind::OAuthAccessToken && !federation.is_empty() =>
+            {
+                self.federated(federation, secret, presented).await?
+            }
+            (found, _) => found,
+        };
         let Some(CredentialRecord {
             token,
             api_key,
             owner,
             workspace,
-        }) = self
-            .store
-            .find_token_by_digest(presented.kind, &presented.digest.to_hex())
-            .await?
+        }) = found
         else {
             if !self.unknown.ttl.is_zero() {
                 self.unknown
@@ -370,6 +390,49 @@ impl CredentialVerifier {
         Ok(Some(entry))
     }
 
+    /// The record of a trusted issuer's token: verified, its subject mapped to a principal.
+    /// It is never stored: its id (`xjt_…`, from its digest) names it in audit entries, and
+    /// its label is its issuer's id, which drops it from every cache when the issuer
+    /// changes.
+    async fn federated(
+        &self,
+        federation: &crate::federation::Federation,
+        secret: &SecretString,
+        presented: &credential::PresentedSecret,
+    ) -> Result<Option<CredentialRecord>, VerifyError> {
+        let Some(verified) = federation.verify(secret).await? else {
+            return Ok(None);
+        };
+        let config = &verified.issuer.config;
+        let Some(owner) = self.store.get_principal_by_id(&verified.principal).await? else {
+            return Ok(None);
+        };
+        let workspace = self.store.get_workspace(&config.workspace_id).await?;
+        let digest_hex = presented.digest.to_hex();
+        let jwt = secrecy::ExposeSecret::expose_secret(secret);
+        let token = datastack_core::model::Token {
+            id: TokenId::from_trusted(format!("xjt_{}", &digest_hex[..32])),
+            kind: CredentialKind::OAuthAccessToken,
+            owner_id: owner.id.clone(),
+            workspace_id: config.workspace_id.clone(),
+            label: config.id.to_string(),
+            digest_hex,
+            last_four: jwt[jwt.len().saturating_sub(4)..].to_owned(),
+            scopes: verified.scopes,
+            created_at: verified.issued_at,
+            expires_at: Some(verified.expires_at),
+            revoked_at: None,
+            last_used_at: None,
+            last_used_ip: None,
+        };
+        Ok(Some(CredentialRecord {
+            token,
+            api_key: None,
+            owner,
+            workspace,
+        }))
+    }
+
     fn note_use(&self, id: &TokenId, at: DateTime<Utc>, ip: Option<IpAddr>) {
         let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
         uses.insert(id.clone(), (at, ip));
@@ -395,6 +458,8 @@ impl CredentialVerifier {
                 i.token.kind == datastack_core::credential::CredentialKind::OAuthAccessToken
                     && i.token.label == *id
             }),
+            // A trusted issuer's tokens are labelled with its id.
+            Invalidation::Issuer(id) => self.remove_where(|i| i.token.label == *id),
             Invalidation::Workspace(id) => self.remove_where(|i| i.workspace.id.as_str() == id),
             Invalidation::WorkspaceTree(id) => self.remove_where(|i| i.in_subtree_of(id)),
             Invalidation::All => {

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod edge;
 pub mod error;
 pub(crate) mod fast;
+pub mod federation;
 pub mod metrics;
 pub mod offline;
 pub mod openapi;

@@ -31,6 +31,8 @@ pub struct NodeState {
     pub edge: Arc<crate::edge::Edge>,
     /// OAuth access tokens' group commits.
     pub oauth: Arc<crate::api::oauth::Issuer>,
+    /// Trusted external issuers and their keys.
+    pub federation: Arc<crate::federation::Federation>,
 }
 
 impl AppState {

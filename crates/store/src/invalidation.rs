@@ -25,6 +25,9 @@ pub enum Invalidation {
     /// This OAuth client's record (its secret, scopes or lifetimes changed): only the copy
     /// a node keeps for its token endpoint, not the tokens already issued.
     OAuthClientChanged(String),
+    /// This trusted issuer changed or was deleted: every node reloads the issuers and drops
+    /// the verified tokens of this one.
+    Issuer(String),
     /// Every credential whose owner belongs to this workspace (its settings changed).
     Workspace(String),
     /// Every credential whose owner belongs to this workspace or to any workspace below it
@@ -64,6 +67,7 @@ impl Invalidation {
             Invalidation::Principal(p) => format!("principal:{p}"),
             Invalidation::OAuthClient(c) => format!("oauth-client:{c}"),
             Invalidation::OAuthClientChanged(c) => format!("oauth-client-changed:{c}"),
+            Invalidation::Issuer(i) => format!("issuer:{i}"),
             Invalidation::Workspace(w) => format!("workspace:{w}"),
             Invalidation::WorkspaceTree(w) => format!("subtree:{w}"),
             Invalidation::Routes => "routes".to_owned(),
@@ -87,6 +91,7 @@ impl Invalidation {
             Some(("principal", p)) => Invalidation::Principal(p.to_owned()),
             Some(("oauth-client", c)) => Invalidation::OAuthClient(c.to_owned()),
             Some(("oauth-client-changed", c)) => Invalidation::OAuthClientChanged(c.to_owned()),
+            Some(("issuer", i)) => Invalidation::Issuer(i.to_owned()),
             Some(("workspace", w)) => Invalidation::Workspace(w.to_owned()),
             Some(("subtree", w)) => Invalidation::WorkspaceTree(w.to_owned()),
             Some(("iplists", w)) => Invalidation::IpLists(w.to_owned()),

@@ -12,6 +12,7 @@ mod audit;
 mod audit_heads;
 mod edge;
 mod invalidation;
+mod issuers;
 mod oauth;
 mod oauth_flows;
 mod principals;
@@ -35,6 +36,7 @@ pub use audit::{AuditFilter, ChainReport, Purge, ScopeUse, Sighting, Trail, Work
 pub use audit_heads::{HeadCheck, HeadDiscrepancy};
 pub use edge::{AbuseFlag, IpAccessList, StoredRoute};
 pub use invalidation::{Invalidation, InvalidationListener};
+pub use issuers::IssuerPatch;
 pub use oauth::OAuthClientPatch;
 pub use oauth_flows::{DeviceAuthorization, DevicePoll, DeviceStatus, RefreshToken, Rotation};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};

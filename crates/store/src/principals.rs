@@ -193,6 +193,34 @@ impl Store {
         row.ok_or(Error::NotFound)?.into_domain()
     }
 
+    /// The user of `workspace` with `email`, if there is one.
+    pub async fn find_user_by_email(
+        &self,
+        workspace: &WorkspaceId,
+        email: &Email,
+    ) -> Result<Option<Principal>> {
+        let sql = format!(
+            "SELECT {PRINCIPAL_COLUMNS} FROM principals              WHERE workspace_id = $1 AND kind = 'user' AND email = $2"
+        );
+        let row: Option<PrincipalRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql)
+                .bind(workspace.as_str())
+                .bind(email.as_str())
+                .fetch_optional(pool)
+                .await?
+        });
+        row.map(PrincipalRow::into_domain).transpose()
+    }
+
+    /// The principal with `id` in any workspace.
+    pub async fn get_principal_by_id(&self, id: &PrincipalId) -> Result<Option<Principal>> {
+        let sql = format!("SELECT {PRINCIPAL_COLUMNS} FROM principals WHERE id = $1");
+        let row: Option<PrincipalRow> = with_pool!(self, pool => {
+            sqlx::query_as(&sql).bind(id.as_str()).fetch_optional(pool).await?
+        });
+        row.map(PrincipalRow::into_domain).transpose()
+    }
+
     /// The principals of `workspace` matching `filter`, ordered by id.
     pub async fn list_principals(
         &self,

@@ -3,12 +3,15 @@
 
 use std::io::Read as _;
 
-use datastack_sdk::{Client, ClientCredentials, CreateOAuthClient, UpdateOAuthClient};
+use datastack_sdk::{
+    Client, ClientCredentials, CreateOAuthClient, SubjectLink, TrustedIssuerRequest,
+    UpdateOAuthClient,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use super::output::{
-    Output, oauth_client_fields, oauth_client_table, print_client_with_secret, print_json,
-    write_stdout,
+    Output, issuer_fields, issuer_table, oauth_client_fields, oauth_client_table,
+    print_client_with_secret, print_json, write_stdout,
 };
 use super::{Failure, PageArgs, collect_pages};
 
@@ -20,6 +23,12 @@ pub enum OauthCmd {
         /// What to do with clients.
         #[command(subcommand)]
         cmd: ClientsCmd,
+    },
+    /// Trusted external issuers (federation): your IdP's tokens accepted as credentials.
+    Issuers {
+        /// What to do with trusted issuers.
+        #[command(subcommand)]
+        cmd: IssuersCmd,
     },
     /// Approve or deny a device's user code (the device grant): the device's token acts
     /// as you.
@@ -42,6 +51,104 @@ pub enum OauthCmd {
         #[arg(long)]
         audience: Option<String>,
     },
+}
+
+/// `datastack oauth issuers …`
+#[derive(clap::Subcommand, Debug)]
+pub enum IssuersCmd {
+    /// Trust an issuer: its access tokens become credentials of this workspace.
+    Create {
+        /// The exact `iss` of its tokens (https, or http to a loopback address).
+        #[arg(long)]
+        issuer: String,
+        /// sub (default) or email: the claim that names the principal.
+        #[arg(long, value_parser = ["sub", "email"])]
+        subject_claim: Option<String>,
+        #[command(flatten)]
+        fields: IssuerFields,
+    },
+    /// List the workspace's trusted issuers.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Show one trusted issuer.
+    Get {
+        /// Its id, oti_…
+        id: String,
+    },
+    /// Change a trusted issuer (its issuer and subject claim never change).
+    Update {
+        /// Its id, oti_…
+        id: String,
+        #[command(flatten)]
+        fields: IssuerFields,
+    },
+    /// Stop trusting an issuer: its tokens are refused on every node.
+    Delete {
+        /// Its id, oti_…
+        id: String,
+    },
+}
+
+/// The fields a trusted issuer is created or changed with.
+#[derive(clap::Args, Debug)]
+pub struct IssuerFields {
+    /// Its key set URL (default on create: OIDC discovery; "" on update: discovery).
+    #[arg(long)]
+    jwks_uri: Option<String>,
+    /// An accepted `aud` (required on create); repeat for more.
+    #[arg(long = "audience", value_name = "AUD")]
+    audiences: Vec<String>,
+    /// An accepted algorithm (default RS256, ES256, EdDSA); repeat for more.
+    #[arg(long = "algorithm", value_name = "ALG")]
+    algorithms: Vec<String>,
+    /// existing (unknown subjects refused) or jit (provisioned as viewers).
+    #[arg(long, value_parser = ["existing", "jit"])]
+    provisioning: Option<String>,
+    /// scope or scp: the claim with the token's scopes.
+    #[arg(long, value_parser = ["scope", "scp"])]
+    scope_claim: Option<String>,
+    /// The most its tokens may carry (default on create: your credential's); repeat.
+    #[arg(long = "scope", value_name = "SCOPE")]
+    scopes: Vec<String>,
+    /// A link SUBJECT=PRINCIPAL_ID (a `sub` and the usr_… or sp_… it is); repeat.
+    #[arg(long = "subject", value_name = "SUB=ID")]
+    subjects: Vec<String>,
+}
+
+impl IssuerFields {
+    fn request(
+        self,
+        issuer: Option<String>,
+        subject_claim: Option<String>,
+    ) -> Result<TrustedIssuerRequest, Failure> {
+        let subjects = self
+            .subjects
+            .iter()
+            .map(|s| {
+                s.rsplit_once('=')
+                    .map(|(subject, id)| SubjectLink {
+                        subject: subject.to_owned(),
+                        principal_id: id.to_owned(),
+                    })
+                    .ok_or_else(|| {
+                        Failure::Usage(format!("--subject {s}: expected SUBJECT=PRINCIPAL_ID"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedIssuerRequest {
+            issuer,
+            jwks_uri: self.jwks_uri,
+            audiences: listed(self.audiences),
+            algorithms: listed(self.algorithms),
+            subject_claim,
+            provisioning: self.provisioning,
+            scope_claim: self.scope_claim,
+            scopes: listed(self.scopes),
+            subjects: (!subjects.is_empty()).then_some(subjects),
+        })
+    }
 }
 
 /// `datastack oauth device …`
@@ -148,6 +255,7 @@ fn listed(values: Vec<String>) -> Option<Vec<String>> {
 pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result<(), Failure> {
     let cmd = match cmd {
         OauthCmd::Clients { cmd } => cmd,
+        OauthCmd::Issuers { cmd } => return issuers(cmd, client, out).await,
         OauthCmd::Device { cmd } => {
             let decided = match cmd {
                 DeviceCmd::Approve { user_code, scopes } => {
@@ -273,6 +381,46 @@ pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result
         }
         ClientsCmd::Delete { id } => {
             client.delete_oauth_client(&id).await?;
+            out.done(&id, "deleted");
+        }
+    }
+    Ok(())
+}
+
+/// Runs `datastack oauth issuers …`.
+async fn issuers(cmd: IssuersCmd, client: &Client, out: Output) -> Result<(), Failure> {
+    match cmd {
+        IssuersCmd::Create {
+            issuer,
+            subject_claim,
+            fields,
+        } => {
+            let request = fields.request(Some(issuer), subject_claim)?;
+            out.one(
+                &client.create_trusted_issuer(&request).await?,
+                issuer_fields,
+            );
+        }
+        IssuersCmd::List { page } => {
+            let limit = page.limit;
+            let issuers = collect_pages(&page, move |cursor| {
+                client.list_trusted_issuers(limit, cursor)
+            })
+            .await?;
+            out.page(&issuers, issuer_table);
+        }
+        IssuersCmd::Get { id } => {
+            out.one(&client.get_trusted_issuer(&id).await?, issuer_fields);
+        }
+        IssuersCmd::Update { id, fields } => {
+            let request = fields.request(None, None)?;
+            out.one(
+                &client.update_trusted_issuer(&id, &request).await?,
+                issuer_fields,
+            );
+        }
+        IssuersCmd::Delete { id } => {
+            client.delete_trusted_issuer(&id).await?;
             out.done(&id, "deleted");
         }
     }

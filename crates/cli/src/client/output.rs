@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use datastack_sdk::{
     AbuseFlag, ApiKey, ApiKeyUsage, AuditEntry, BulkResult, ChainReport, CreatedApiKey,
     CreatedToken, CreatedWorkspace, GatewayRoute, IpAccessList, KeyVerdict, Me, OAuthClient,
-    OAuthClientWithSecret, Page, ReviewItem, SecurityEvent, ServicePrincipal, Token, User,
-    Workspace,
+    OAuthClientWithSecret, Page, ReviewItem, SecurityEvent, ServicePrincipal, Token, TrustedIssuer,
+    User, Workspace,
 };
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -722,7 +722,45 @@ impl_record!(
     KeyVerdict,
     OAuthClient,
     Page<OAuthClient>,
+    TrustedIssuer,
+    Page<TrustedIssuer>,
 );
+
+pub(super) fn issuer_fields(i: &TrustedIssuer) -> Vec<(&'static str, String)> {
+    vec![
+        ("id", i.id.clone()),
+        ("issuer", i.issuer.clone()),
+        (
+            "keys",
+            i.jwks_uri
+                .clone()
+                .unwrap_or_else(|| "by discovery".to_owned()),
+        ),
+        ("audiences", i.audiences.join(", ")),
+        ("algorithms", i.algorithms.join(", ")),
+        ("subject claim", i.subject_claim.clone()),
+        ("provisioning", i.provisioning.clone()),
+        ("scope claim", i.scope_claim.clone()),
+        ("scopes", i.scopes.join(" ")),
+        ("created", i.created_at.to_rfc3339()),
+    ]
+}
+
+pub(super) fn issuer_table(issuers: &[TrustedIssuer]) -> String {
+    let rows = issuers
+        .iter()
+        .map(|i| {
+            vec![
+                i.id.clone(),
+                i.issuer.clone(),
+                i.subject_claim.clone(),
+                i.provisioning.clone(),
+                i.scopes.join(","),
+            ]
+        })
+        .collect();
+    render_table(&["ID", "ISSUER", "SUBJECT", "PROVISIONING", "SCOPES"], rows)
+}
 
 pub(super) fn print_json(value: &Value) {
     let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| "null".to_owned());

@@ -152,6 +152,11 @@ pub async fn apply_invalidation(state: &AppState, inv: &Invalidation) {
     if let Invalidation::Penalty(key) = inv {
         state.edge.limiter.clear(key).await;
     }
+    if matches!(inv, Invalidation::Issuer(_) | Invalidation::All)
+        && let Err(e) = state.federation.reload().await
+    {
+        tracing::warn!(error = %e, "cannot reload the trusted issuers");
+    }
 }
 
 /// The refusal of an address outside an API key's ranges.

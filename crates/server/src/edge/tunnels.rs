@@ -62,7 +62,10 @@ impl Tunnels {
                 Invalidation::Token(digest) => t.digest == *digest,
                 Invalidation::Credential(id) => t.credential == *id,
                 Invalidation::Principal(id) => t.principal == *id,
-                Invalidation::OAuthClient(id) => t.oauth_client.as_ref() == Some(id),
+                // An OAuth token's label: its client's id, or its trusted issuer's.
+                Invalidation::OAuthClient(id) | Invalidation::Issuer(id) => {
+                    t.oauth_client.as_ref() == Some(id)
+                }
                 Invalidation::Workspace(id) | Invalidation::IpLists(id) => t.workspace == *id,
                 Invalidation::WorkspaceTree(id) => {
                     t.workspace == *id || t.ancestors.iter().any(|a| a == id)

@@ -214,7 +214,8 @@ macro_rules! id_kind {
 }
 
 use datastack_core::id::{
-    AbuseFlagId, IpListId, OAuthClientId, PrincipalId, RouteId, TokenId, WorkspaceId,
+    AbuseFlagId, IpListId, OAuthClientId, PrincipalId, RouteId, TokenId, TrustedIssuerId,
+    WorkspaceId,
 };
 
 id_kind!(
@@ -226,6 +227,11 @@ id_kind!(
     /// An OAuth client (`ocl_…`).
     OAuthClientPath, OAuthClientId, "an OAuth client id (ocl_…)",
     |raw| OAuthClientId::parse(raw).ok()
+);
+id_kind!(
+    /// A trusted issuer (`oti_…`).
+    IssuerPath, TrustedIssuerId, "a trusted issuer id (oti_…)",
+    |raw| TrustedIssuerId::parse(raw).ok()
 );
 id_kind!(
     /// An API key (`key_…`).

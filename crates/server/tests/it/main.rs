@@ -11,6 +11,7 @@ mod contract;
 mod edge;
 mod edge_rules;
 mod fast_path;
+mod federation;
 mod floods;
 mod hostile;
 mod input;

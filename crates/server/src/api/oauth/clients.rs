@@ -198,6 +198,28 @@ fn ttl(
 
 /// An exact redirect URI: https, or http to a loopback address (RFC 8252 §7.3), no
 /// fragment (RFC 6749 §3.1.2).
+/// Whether `uri` is an https URI, or http to a loopback address, without a fragment and
+/// at most [`MAX_URI_LEN`] long.
+pub(super) fn https_or_loopback(uri: &str) -> bool {
+    let parsed: Option<axum::http::Uri> = uri.parse().ok();
+    uri.len() <= MAX_URI_LEN
+        && !uri.contains('#')
+        && parsed.as_ref().is_some_and(|u| {
+            let host = u.host().unwrap_or_default();
+            let loopback = host == "localhost"
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            match u.scheme_str() {
+                Some("https") => !host.is_empty(),
+                Some("http") => loopback,
+                _ => false,
+            }
+        })
+}
+
 fn redirect_uris(list: Option<Vec<String>>) -> ApiResult<Vec<String>> {
     let list = list.unwrap_or_default();
     if list.len() > MAX_LIST {
@@ -206,24 +228,7 @@ fn redirect_uris(list: Option<Vec<String>>) -> ApiResult<Vec<String>> {
         )));
     }
     for uri in &list {
-        let parsed: Option<axum::http::Uri> = uri.parse().ok();
-        let ok = uri.len() <= MAX_URI_LEN
-            && !uri.contains('#')
-            && parsed.as_ref().is_some_and(|u| {
-                let host = u.host().unwrap_or_default();
-                let loopback = host == "localhost"
-                    || host
-                        .trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback());
-                match u.scheme_str() {
-                    Some("https") => !host.is_empty(),
-                    Some("http") => loopback,
-                    _ => false,
-                }
-            });
-        if !ok {
+        if !https_or_loopback(uri) {
             return Err(ApiError::InvalidRequest(format!(
                 "redirectUris: {} is not an https URI (or http to a loopback address) without a fragment",
                 shown(uri)

@@ -188,7 +188,9 @@ pub async fn introspect(
         // A public client proves nothing but its id: it learns only about its own tokens.
         let foreign_to_public = client.client_type == datastack_core::oauth::ClientType::Public
             && identity.token.label != client.id.as_str();
-        if !identity.in_subtree_of(client.workspace_id.as_str()) || foreign_to_public {
+        // A trusted issuer's token is that issuer's to describe.
+        let external = identity.token.id.as_str().starts_with("xjt_");
+        if !identity.in_subtree_of(client.workspace_id.as_str()) || foreign_to_public || external {
             return Ok(Introspection::inactive());
         }
         // The token is one this server issued (its digest is stored), so its payload is

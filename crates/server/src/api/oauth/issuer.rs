@@ -73,6 +73,7 @@ impl Issuer {
             }
             Invalidation::Token(_)
             | Invalidation::Credential(_)
+            | Invalidation::Issuer(_)
             | Invalidation::Routes
             | Invalidation::IpLists(_)
             | Invalidation::Penalty(_)

@@ -17,6 +17,7 @@ mod clients;
 mod device;
 mod endpoints;
 mod issuer;
+mod issuers;
 mod refresh;
 mod token;
 
@@ -54,6 +55,12 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(token::json_revoke))
         .routes(routes!(device::device_authorization))
         .routes(routes!(device::decide))
+        .routes(routes!(issuers::list_issuers, issuers::create_issuer))
+        .routes(routes!(
+            issuers::get_issuer,
+            issuers::update_issuer,
+            issuers::delete_issuer
+        ))
         .route("/oauth2/device", axum::routing::get(device::device_page))
 }
 
