@@ -230,9 +230,19 @@ pub struct OAuthClient {
     pub updated_at: DateTime<Utc>,
     /// When it last got a token (updated at each issuance).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Its public keys, a JWK set as JSON, for `private_key_jwt` (RFC 7523).
+    pub jwks: Option<String>,
+    /// Where it publishes its JWK set, for `private_key_jwt`.
+    pub jwks_uri: Option<String>,
 }
 
 impl OAuthClient {
+    /// Whether the client authenticates with a signed assertion (`private_key_jwt`)
+    /// rather than a secret.
+    pub fn uses_private_key_jwt(&self) -> bool {
+        self.jwks.is_some() || self.jwks_uri.is_some()
+    }
+
     /// Whether the client may use `grant`.
     pub fn allows(&self, grant: GrantType) -> bool {
         self.grant_types.contains(&grant)

@@ -53,6 +53,15 @@ pub struct OAuthClient {
     pub updated_at: DateTime<Utc>,
     /// When it last got a token.
     pub last_used_at: Option<DateTime<Utc>>,
+    /// `client_secret_basic`, `private_key_jwt` or `none`.
+    #[serde(default)]
+    pub token_endpoint_auth_method: Option<String>,
+    /// Its public keys for `private_key_jwt`.
+    #[serde(default)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes them.
+    #[serde(default)]
+    pub jwks_uri: Option<String>,
 }
 
 /// A created client, or one whose secret was rotated, with the secret (shown once).
@@ -111,6 +120,13 @@ pub struct CreateOAuthClient {
     /// The service principal (`sp_…`) its `client_credentials` tokens act as.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub owner_id: Option<String>,
+    /// Its public keys (a JWK set): it then authenticates with `private_key_jwt` and gets
+    /// no secret.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes its JWK set (likewise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 /// Changes to a client; `None` leaves a field as it is.
@@ -135,6 +151,12 @@ pub struct UpdateOAuthClient {
     /// New refresh-token lifetime.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh_token_ttl_seconds: Option<i64>,
+    /// A new JWK set for `private_key_jwt` (how a client rotates its keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<serde_json::Value>,
+    /// A new JWK set URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
 }
 
 /// An access token from the token endpoint.

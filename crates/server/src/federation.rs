@@ -107,6 +107,8 @@ pub struct Federation {
     store: Store,
     http: reqwest::Client,
     by_iss: RwLock<Arc<HashMap<String, Arc<Trusted>>>>,
+    /// The key sets of OAuth clients that publish theirs (`jwks_uri`), by URL.
+    client_keys: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<KeyState>>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -127,6 +129,7 @@ impl Federation {
             store,
             http,
             by_iss: RwLock::new(Arc::new(HashMap::new())),
+            client_keys: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -248,8 +251,18 @@ impl Federation {
         if !issuer.config.algorithms.contains(&alg_name) {
             return Err("an algorithm the issuer is not trusted with");
         }
+        let source = match &issuer.config.jwks_uri {
+            Some(uri) => KeySource::Uri(uri),
+            None => KeySource::Discovery(&issuer.config.issuer),
+        };
         let key = self
-            .key_for(issuer, header.kid.as_deref(), header.alg, family)
+            .key_for(
+                &issuer.keys,
+                source,
+                header.kid.as_deref(),
+                header.alg,
+                family,
+            )
             .await
             .ok_or("no key of the issuer matches")?;
         let mut validation = Validation::new(header.alg);
@@ -267,29 +280,14 @@ impl Federation {
     /// do not have it (at a bounded rate).
     async fn key_for(
         &self,
-        issuer: &Trusted,
+        keys: &tokio::sync::Mutex<KeyState>,
+        source: KeySource<'_>,
         kid: Option<&str>,
         alg: Algorithm,
         family: Family,
     ) -> Option<Arc<DecodingKey>> {
-        let mut state = issuer.keys.lock().await;
-        let find = |state: &KeyState| {
-            let candidates: Vec<_> = state
-                .keys
-                .iter()
-                .filter(|(k, a, _, f)| {
-                    *f == family
-                        && a.is_none_or(|a| a == alg)
-                        && (kid.is_none() || k.as_deref() == kid)
-                })
-                .collect();
-            // Without a `kid`, only an unambiguous key is used.
-            match (kid, candidates.as_slice()) {
-                (None, [one]) => Some(one.2.clone()),
-                (Some(_), [first, ..]) => Some(first.2.clone()),
-                _ => None,
-            }
-        };
+        let mut state = keys.lock().await;
+        let find = |state: &KeyState| find_key(&state.keys, kid, alg, family);
         let stale = state.fetched.is_none_or(|f| f.elapsed() > KEYS_MAX_AGE);
         let known = find(&state);
         if !stale && known.is_some() {
@@ -303,16 +301,16 @@ impl Federation {
             if !stale {
                 state.unknown_kid_fetch = Some(Instant::now());
             }
-            match self.fetch_keys(&issuer.config).await {
+            match self.fetch_keys(source).await {
                 Ok(keys) => {
                     state.keys = keys;
                     state.fetched = Some(Instant::now());
                     state.failed = None;
                 }
-                // The keys fetched before keep serving while the IdP is unreachable.
+                // The keys fetched before keep serving while the source is unreachable.
                 Err(e) => {
                     state.failed = Some(Instant::now());
-                    tracing::warn!(issuer = %issuer.config.id, error = %e, "cannot fetch the issuer's keys; the last ones keep serving")
+                    tracing::warn!(error = %e, "cannot fetch a key set; the last keys keep serving")
                 }
             }
         }
@@ -320,16 +318,16 @@ impl Federation {
     }
 
     /// Fetches an issuer's key set (its `jwks_uri`, or the one its discovery document names).
-    async fn fetch_keys(&self, config: &TrustedIssuer) -> Result<Vec<PublishedKey>, String> {
-        let uri = match &config.jwks_uri {
-            Some(uri) => uri.clone(),
-            None => {
+    async fn fetch_keys(&self, source: KeySource<'_>) -> Result<Vec<PublishedKey>, String> {
+        let uri = match source {
+            KeySource::Uri(uri) => uri.to_owned(),
+            KeySource::Discovery(issuer) => {
                 let url = format!(
                     "{}/.well-known/openid-configuration",
-                    config.issuer.trim_end_matches('/')
+                    issuer.trim_end_matches('/')
                 );
                 let doc: serde_json::Value = self.get_json(&url).await?;
-                if doc.get("issuer").and_then(|v| v.as_str()) != Some(config.issuer.as_str()) {
+                if doc.get("issuer").and_then(|v| v.as_str()) != Some(issuer) {
                     return Err("the discovery document names another issuer".into());
                 }
                 doc.get("jwks_uri")
@@ -488,6 +486,132 @@ impl Federation {
             .values()
             .find(|t| t.config.id == *id)
             .cloned()
+    }
+}
+
+/// Where a key set comes from.
+#[derive(Debug, Clone, Copy)]
+enum KeySource<'a> {
+    /// OIDC discovery under this issuer.
+    Discovery(&'a str),
+    /// This URL.
+    Uri(&'a str),
+}
+
+/// The key among `keys` that a token's `kid` and `alg` name: of the algorithm's family and
+/// (when the key declares one) its algorithm; without a `kid`, only an unambiguous key.
+fn find_key(
+    keys: &[PublishedKey],
+    kid: Option<&str>,
+    alg: Algorithm,
+    family: Family,
+) -> Option<Arc<DecodingKey>> {
+    let candidates: Vec<_> = keys
+        .iter()
+        .filter(|(k, a, _, f)| {
+            *f == family && a.is_none_or(|a| a == alg) && (kid.is_none() || k.as_deref() == kid)
+        })
+        .collect();
+    match (kid, candidates.as_slice()) {
+        (None, [one]) => Some(one.2.clone()),
+        (Some(_), [first, ..]) => Some(first.2.clone()),
+        _ => None,
+    }
+}
+
+/// Checks a JWK set given as JSON (a client's registered `jwks`): how many keys it has, or
+/// why it cannot be used.
+pub fn check_jwks(text: &str) -> Result<usize, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
+    if set.keys.iter().any(|k| usable(k).is_none()) {
+        return Err(
+            "every key must be an RSA, EC or OKP public signing key (no symmetric key)".into(),
+        );
+    }
+    Ok(set.keys.len())
+}
+
+/// What a verified client assertion (RFC 7523) says.
+pub struct ClientAssertion {
+    /// Its `jti`, to be used once.
+    pub jti: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The longest lifetime a client assertion may have.
+const MAX_ASSERTION_SECONDS: i64 = 3600;
+
+/// The key sets of clients' `jwks_uri` kept at most (beyond, they are all forgotten).
+const CLIENT_KEY_SOURCES: usize = 10_000;
+
+impl Federation {
+    /// Verifies a client's signed assertion (`private_key_jwt`): a header naming no key of
+    /// its own and an asymmetric algorithm, a signature by one of the client's keys (its
+    /// registered `jwks`, or its `jwks_uri`), `iss` and `sub` both the client id, an `aud`
+    /// among `audiences`, `exp` within the hour, and a `jti`.
+    pub async fn verify_client_assertion(
+        &self,
+        client: &datastack_core::oauth::OAuthClient,
+        assertion: &str,
+        audiences: &[String],
+    ) -> Result<ClientAssertion, &'static str> {
+        let header = jsonwebtoken::decode_header(assertion).map_err(|_| "a malformed header")?;
+        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
+            return Err("the header names its own key (jku, x5u or jwk)");
+        }
+        let family = family_of(header.alg).ok_or("an HMAC algorithm")?;
+        let kid = header.kid.as_deref();
+        let key = match (&client.jwks, &client.jwks_uri) {
+            (Some(text), _) => {
+                let set: JwkSet =
+                    serde_json::from_str(text).map_err(|_| "the client's keys are unreadable")?;
+                let keys: Vec<PublishedKey> = set.keys.iter().filter_map(usable).collect();
+                find_key(&keys, kid, header.alg, family)
+            }
+            (None, Some(uri)) => {
+                let keys = {
+                    let mut sources = self.client_keys.lock().unwrap_or_else(|p| p.into_inner());
+                    if sources.len() >= CLIENT_KEY_SOURCES && !sources.contains_key(uri) {
+                        sources.clear();
+                    }
+                    sources.entry(uri.clone()).or_default().clone()
+                };
+                self.key_for(&keys, KeySource::Uri(uri), kid, header.alg, family)
+                    .await
+            }
+            (None, None) => None,
+        }
+        .ok_or("no key of the client matches")?;
+        let mut validation = Validation::new(header.alg);
+        validation.leeway = LEEWAY_SECONDS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[client.id.as_str()]);
+        validation.sub = Some(client.id.to_string());
+        validation.set_audience(audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            assertion,
+            &key,
+            &validation,
+        )
+        .map_err(|_| "the signature or a claim (iss, sub, aud, exp, nbf) is invalid")?
+        .claims;
+        let jti = claims
+            .get("jti")
+            .and_then(|v| v.as_str())
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or("no jti")?
+            .to_owned();
+        let expires_at = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|t| Utc.timestamp_opt(t, 0).single())
+            .ok_or("no exp")?;
+        if expires_at > Utc::now() + chrono::Duration::seconds(MAX_ASSERTION_SECONDS) {
+            return Err("the assertion lives longer than an hour");
+        }
+        Ok(ClientAssertion { jti, expires_at })
     }
 }
 

@@ -22,7 +22,7 @@ const INSERT_TOKEN_IF_OWNER_ACTIVE: &str = "INSERT INTO tokens \
 const CLIENT_COLUMNS: &str = "id, workspace_id, name, client_type, grant_types, redirect_uris, scopes, \
      audiences, access_token_ttl_seconds, refresh_token_ttl_seconds, owner_id, secret_digest, \
      secret_last_four, previous_secret_expires_at, secret_rotated_at, created_by, created_at, \
-     updated_at, last_used_at, previous_secret_digest";
+     updated_at, last_used_at, previous_secret_digest, jwks, jwks_uri";
 
 #[derive(sqlx::FromRow)]
 struct ClientRow {
@@ -46,6 +46,8 @@ struct ClientRow {
     updated_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
     previous_secret_digest: Option<String>,
+    jwks: Option<String>,
+    jwks_uri: Option<String>,
 }
 
 fn json_list(text: &str) -> Result<Vec<String>> {
@@ -87,6 +89,8 @@ impl ClientRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             last_used_at: self.last_used_at,
+            jwks: self.jwks,
+            jwks_uri: self.jwks_uri,
         })
     }
 }
@@ -106,6 +110,10 @@ pub struct OAuthClientPatch {
     pub access_token_ttl_seconds: Option<i64>,
     /// New refresh-token lifetime.
     pub refresh_token_ttl_seconds: Option<i64>,
+    /// A new JWK set (for a client that authenticates with `private_key_jwt`).
+    pub jwks: Option<String>,
+    /// A new JWK set URL (likewise).
+    pub jwks_uri: Option<String>,
 }
 
 impl Store {
@@ -118,9 +126,9 @@ impl Store {
     ) -> Result<()> {
         let sql = format!(
             "INSERT INTO oauth_clients ({CLIENT_COLUMNS}) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20 \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22 \
              WHERE {}",
-            caller_valid!("$21")
+            caller_valid!("$23")
         );
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
@@ -145,6 +153,8 @@ impl Store {
                 .bind(client.updated_at)
                 .bind(client.last_used_at)
                 .bind(client.previous_secret_digest.as_deref())
+                .bind(client.jwks.as_deref())
+                .bind(client.jwks_uri.as_deref())
                 .bind(creator.as_str())
                 .execute(&mut *tx)
                 .await
@@ -222,7 +232,9 @@ impl Store {
                    audiences = COALESCE($6, audiences), \
                    access_token_ttl_seconds = COALESCE($7, access_token_ttl_seconds), \
                    refresh_token_ttl_seconds = COALESCE($8, refresh_token_ttl_seconds), \
-                   updated_at = $9 \
+                   updated_at = $9, \
+                   jwks = CASE WHEN $10 IS NOT NULL THEN $10 WHEN $11 IS NOT NULL THEN NULL ELSE jwks END, \
+                   jwks_uri = CASE WHEN $11 IS NOT NULL THEN $11 WHEN $10 IS NOT NULL THEN NULL ELSE jwks_uri END \
                  WHERE id = $1 AND workspace_id = $2",
             )
             .bind(id.as_str())
@@ -234,6 +246,8 @@ impl Store {
             .bind(patch.access_token_ttl_seconds)
             .bind(patch.refresh_token_ttl_seconds)
             .bind(Utc::now())
+            .bind(patch.jwks.as_deref())
+            .bind(patch.jwks_uri.as_deref())
             .execute(&mut *tx)
             .await?
             .rows_affected();
@@ -422,6 +436,29 @@ impl Store {
 }
 
 impl Store {
+    /// Records the use of a client assertion's `jti` until it expires: `false` when it was
+    /// used before (a replay).
+    pub async fn use_assertion_jti(
+        &self,
+        client: &OAuthClientId,
+        jti: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query(
+                "INSERT INTO oauth_assertion_jtis (client_id, jti, expires_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (client_id, jti) DO NOTHING",
+            )
+            .bind(client.as_str())
+            .bind(jti)
+            .bind(expires_at)
+            .execute(pool)
+            .await?
+            .rows_affected()
+                == 1)
+        })
+    }
+
     /// Deletes OAuth access tokens that expired before `before` (in batches of 10 000 per
     /// call, so one pass never holds the write lock long). Returns how many.
     pub async fn purge_expired_oauth_tokens(&self, before: DateTime<Utc>) -> Result<u64> {

@@ -600,7 +600,8 @@ impl Store {
         })
     }
 
-    /// Deletes refresh tokens and device authorizations that expired before `before`
+    /// Deletes refresh tokens, device authorizations and used client-assertion ids that
+    /// expired before `before`
     /// (in batches, like the access tokens). Returns how many.
     pub async fn purge_expired_oauth_grants(&self, before: DateTime<Utc>) -> Result<u64> {
         with_pool!(self, pool => {
@@ -620,7 +621,14 @@ impl Store {
             .execute(pool)
             .await?
             .rows_affected();
-            Ok(refresh + devices)
+            let jtis = sqlx::query(
+                "DELETE FROM oauth_assertion_jtis WHERE expires_at < $1",
+            )
+            .bind(before)
+            .execute(pool)
+            .await?
+            .rows_affected();
+            Ok(refresh + devices + jtis)
         })
     }
 }

@@ -245,6 +245,27 @@ pub struct ClientFields {
     /// Refresh-token lifetime in seconds (300–31536000; default 2592000).
     #[arg(long, value_parser = clap::value_parser!(i64).range(300..=31_536_000))]
     refresh_token_ttl_seconds: Option<i64>,
+    /// A file with the client's public keys (a JWK set): it authenticates with
+    /// private_key_jwt and gets no secret.
+    #[arg(long, value_name = "PATH", conflicts_with = "jwks_uri")]
+    jwks_file: Option<std::path::PathBuf>,
+    /// Where the client publishes its JWK set (likewise).
+    #[arg(long, value_name = "URL")]
+    jwks_uri: Option<String>,
+}
+
+impl ClientFields {
+    /// The JWK set of `--jwks-file`, if given.
+    fn jwks(&self) -> Result<Option<serde_json::Value>, Failure> {
+        let Some(path) = &self.jwks_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Failure::Usage(format!("--jwks-file {}: {e}", path.display())))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Failure::Usage(format!("--jwks-file {}: not JSON: {e}", path.display())))
+    }
 }
 
 fn listed(values: Vec<String>) -> Option<Vec<String>> {
@@ -331,7 +352,10 @@ pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result
             grant_types,
             fields,
         } => {
+            let jwks = fields.jwks()?;
             let request = CreateOAuthClient {
+                jwks,
+                jwks_uri: fields.jwks_uri,
                 name,
                 client_type,
                 grant_types: listed(grant_types),
@@ -357,7 +381,10 @@ pub(super) async fn oauth(cmd: OauthCmd, client: &Client, out: Output) -> Result
             out.one(&client.get_oauth_client(&id).await?, oauth_client_fields);
         }
         ClientsCmd::Update { id, name, fields } => {
+            let jwks = fields.jwks()?;
             let update = UpdateOAuthClient {
+                jwks,
+                jwks_uri: fields.jwks_uri,
                 name,
                 redirect_uris: listed(fields.redirect_uris),
                 scopes: listed(fields.scopes),

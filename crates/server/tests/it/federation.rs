@@ -24,6 +24,7 @@ use crate::helpers::{Backend, TestApp, on_both_stores};
 on_both_stores!(
     federation_accepts_a_trusted_issuers_tokens_and_refuses_the_rest,
     federation_maps_subjects_to_linked_principals,
+    oauth_private_key_jwt_client_authentication,
 );
 
 const AUD: &str = "api://datastack";
@@ -494,5 +495,221 @@ async fn federation_maps_subjects_to_linked_principals(backend: Backend) {
         list.text
     );
     assert_eq!(list.body["items"][0]["scopeClaim"], "scp");
+    app.stop().await;
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// A client assertion (RFC 7523) for `client` signed with `key`, claims merged over the
+/// defaults.
+fn assertion(app: &TestApp, client: &str, key: &IdpKey, claims: Value) -> String {
+    let now = chrono::Utc::now().timestamp();
+    let mut all = json!({"iss": client, "sub": client, "aud": format!("{}/oauth2/token", app.base),
+                         "iat": now, "exp": now + 300, "jti": uuid::Uuid::new_v4().to_string()});
+    for (k, v) in claims.as_object().expect("object") {
+        all[k] = v.clone();
+    }
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, &all, &key.encoding).expect("sign")
+}
+
+/// `client_credentials` with a client assertion, through the `oauth2` crate.
+async fn with_assertion(app: &TestApp, client: &str, jwt: &str) -> Result<String, String> {
+    use oauth2::TokenResponse as _;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    oauth2::basic::BasicClient::new(oauth2::ClientId::new(client.to_owned()))
+        .set_auth_type(oauth2::AuthType::RequestBody)
+        .set_token_uri(oauth2::TokenUrl::new(format!("{}/oauth2/token", app.base)).expect("url"))
+        .exchange_client_credentials()
+        .add_extra_param("client_assertion_type", JWT_BEARER)
+        .add_extra_param("client_assertion", jwt)
+        .request_async(&http)
+        .await
+        .map(|t| t.access_token().secret().clone())
+        .map_err(|e| match e {
+            oauth2::RequestTokenError::ServerResponse(r) => r.error().to_string(),
+            other => format!("{other:?}"),
+        })
+}
+
+async fn oauth_private_key_jwt_client_authentication(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let admin = app.admin().to_owned();
+    let k1 = idp_key("client-k1", 11);
+    let sp = app
+        .post(
+            "/api/v1/service-principals",
+            &admin,
+            "manage:users",
+            json!({"name": "signer", "role": "editor"}),
+        )
+        .await;
+    let sp_id = sp.body["id"].as_str().expect("sp").to_owned();
+    // Keys that cannot prove anything are refused: a symmetric key, both forms at once.
+    for body in [
+        json!({"name": "x", "ownerId": sp_id, "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0"}]}}),
+        json!({"name": "x", "ownerId": sp_id, "jwks": {"keys": [k1.jwk]}, "jwksUri": "https://keys.example.com"}),
+        json!({"name": "x", "type": "public", "grantTypes": ["urn:ietf:params:oauth:grant-type:device_code"], "jwks": {"keys": [k1.jwk]}}),
+    ] {
+        app.post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            body,
+        )
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
+    }
+    let created = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "signed", "ownerId": sp_id, "scopes": ["read:users"],
+                   "jwks": {"keys": [k1.jwk]}}),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert!(
+        created.body["clientSecret"].is_null(),
+        "no secret for a client with keys"
+    );
+    assert_eq!(created.body["tokenEndpointAuthMethod"], "private_key_jwt");
+    let id = created.body["clientId"].as_str().expect("id").to_owned();
+
+    // A signed assertion gets a token acting as the client's service principal.
+    let first = assertion(&app, &id, &k1, json!({}));
+    let token = with_assertion(&app, &id, &first).await.expect("a token");
+    assert_eq!(app.me(&token).await.body["principal"]["id"], sp_id.as_str());
+    // The issuer as audience works too.
+    let by_issuer = assertion(&app, &id, &k1, json!({"aud": "datastack"}));
+    assert!(with_assertion(&app, &id, &by_issuer).await.is_ok());
+
+    // Refused: a replay, a wrong audience, expired, too long-lived, another key, another
+    // client's name, alg none, HMAC keyed with the public key.
+    let now = chrono::Utc::now().timestamp();
+    let other_key = idp_key("client-k1", 12);
+    let mut hs = Header::new(Algorithm::HS256);
+    hs.kid = Some("client-k1".into());
+    let hs_claims = json!({"iss": id, "sub": id, "aud": format!("{}/oauth2/token", app.base),
+                           "exp": now + 300, "jti": "hs"});
+    let refused = [
+        ("replayed", first.clone()),
+        (
+            "wrong aud",
+            assertion(&app, &id, &k1, json!({"aud": "https://elsewhere.example"})),
+        ),
+        (
+            "expired",
+            assertion(&app, &id, &k1, json!({"exp": now - 600})),
+        ),
+        (
+            "too long-lived",
+            assertion(&app, &id, &k1, json!({"exp": now + 7200})),
+        ),
+        ("another key", assertion(&app, &id, &other_key, json!({}))),
+        (
+            "iss not the client",
+            assertion(&app, &id, &k1, json!({"iss": "ocl_someoneelse"})),
+        ),
+        ("no jti", {
+            let mut t = assertion(&app, &id, &k1, json!({"jti": null}));
+            t.push_str("");
+            t
+        }),
+        (
+            "alg none",
+            format!("{}.{}.", b64(&json!({"alg": "none"})), b64(&hs_claims)),
+        ),
+        (
+            "HMAC with the public key",
+            jsonwebtoken::encode(&hs, &hs_claims, &EncodingKey::from_secret(&k1.public))
+                .expect("hs"),
+        ),
+    ];
+    for (why, jwt) in refused {
+        let err = with_assertion(&app, &id, &jwt).await.expect_err(why);
+        assert_eq!(err, "invalid_client", "{why}");
+    }
+    // An assertion and a secret at once is a malformed request.
+    let r = app
+        .http
+        .post(format!("{}/oauth2/token", app.base))
+        .basic_auth(&id, Some("dcsk-anything"))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_assertion_type", JWT_BEARER),
+            (
+                "client_assertion",
+                assertion(&app, &id, &k1, json!({})).as_str(),
+            ),
+        ])
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+
+    // The client rotates its keys: the new one works, the old one no longer does.
+    let k2 = idp_key("client-k2", 13);
+    let r = app
+        .patch(
+            &format!("/api/v1/oauth/clients/{id}"),
+            &admin,
+            "manage:oauth-clients",
+            json!({"jwks": {"keys": [k2.jwk]}}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    assert!(
+        with_assertion(&app, &id, &assertion(&app, &id, &k2, json!({})))
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        with_assertion(&app, &id, &assertion(&app, &id, &k1, json!({}))).await,
+        Err("invalid_client".to_owned())
+    );
+
+    // Keys published at a URL (the test IdP's key set).
+    let idp = Idp::start(&k1).await;
+    let published = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "published", "ownerId": sp_id, "scopes": ["read:users"],
+                   "jwksUri": format!("{}/keys", idp.base)}),
+        )
+        .await;
+    assert_eq!(published.status, StatusCode::CREATED, "{}", published.text);
+    let pid = published.body["clientId"].as_str().expect("id").to_owned();
+    assert!(
+        with_assertion(&app, &pid, &assertion(&app, &pid, &k1, json!({})))
+            .await
+            .is_ok()
+    );
+    // The metadata says so.
+    let meta: Value = app
+        .http
+        .get(format!(
+            "{}/.well-known/oauth-authorization-server",
+            app.base
+        ))
+        .send()
+        .await
+        .expect("metadata")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        meta["token_endpoint_auth_methods_supported"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|x| x == "private_key_jwt")),
+        "{meta}"
+    );
     app.stop().await;
 }

@@ -66,6 +66,12 @@ pub struct CreateOAuthClientRequest {
     /// The service principal (`sp_…`) its `client_credentials` tokens act as; required for
     /// that grant. Its role still limits what the tokens may do.
     pub owner_id: Option<String>,
+    /// Its public keys, a JWK set (`{"keys": [...]}`, at most 10 keys, 16 KiB): the client
+    /// then authenticates with `private_key_jwt` (RFC 7523) and gets no secret.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes its JWK set (https, or http to a loopback address): likewise.
+    pub jwks_uri: Option<String>,
 }
 
 /// A change to a client; absent fields stay as they are.
@@ -85,6 +91,12 @@ pub struct UpdateOAuthClientRequest {
     pub access_token_ttl_seconds: Option<i64>,
     /// New refresh-token lifetime.
     pub refresh_token_ttl_seconds: Option<i64>,
+    /// A new JWK set for `private_key_jwt` (replaces `jwksUri`): how a client rotates its
+    /// keys (publish the new key beside the old one, switch, then drop the old one).
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// A new JWK set URL (replaces `jwks`).
+    pub jwks_uri: Option<String>,
 }
 
 /// A secret rotation.
@@ -139,10 +151,25 @@ pub struct OAuthClientResponse {
     /// When it last got a token.
     #[serde(serialize_with = "crate::api::time::rfc3339_opt")]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// How it authenticates at the token endpoint: `client_secret_basic` (or
+    /// `client_secret_post`), `private_key_jwt`, or `none` (a public client).
+    pub token_endpoint_auth_method: &'static str,
+    /// Its public keys for `private_key_jwt`.
+    #[schema(value_type = Option<Object>)]
+    pub jwks: Option<serde_json::Value>,
+    /// Where it publishes them.
+    pub jwks_uri: Option<String>,
 }
 
 impl From<OAuthClient> for OAuthClientResponse {
     fn from(c: OAuthClient) -> Self {
+        let token_endpoint_auth_method = if c.client_type == ClientType::Public {
+            "none"
+        } else if c.uses_private_key_jwt() {
+            "private_key_jwt"
+        } else {
+            "client_secret_basic"
+        };
         Self {
             client_id: c.id.to_string(),
             name: c.name,
@@ -161,7 +188,53 @@ impl From<OAuthClient> for OAuthClientResponse {
             created_at: c.created_at,
             updated_at: c.updated_at,
             last_used_at: c.last_used_at,
+            token_endpoint_auth_method,
+            jwks: c.jwks.as_deref().and_then(|j| serde_json::from_str(j).ok()),
+            jwks_uri: c.jwks_uri,
         }
+    }
+}
+
+/// The most bytes of a client's JWK set.
+const MAX_JWKS_BYTES: usize = 16 * 1024;
+/// The most keys in a client's JWK set.
+const MAX_JWKS_KEYS: usize = 10;
+
+/// A client's keys for `private_key_jwt`: `(jwks, jwks_uri)`, at most one of them.
+fn client_keys(
+    jwks: Option<serde_json::Value>,
+    jwks_uri: Option<String>,
+) -> ApiResult<(Option<String>, Option<String>)> {
+    match (jwks, jwks_uri) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+            "jwks and jwksUri: give one of them".into(),
+        )),
+        (Some(set), None) => {
+            let text = set.to_string();
+            if text.len() > MAX_JWKS_BYTES {
+                return Err(ApiError::InvalidRequest(format!(
+                    "jwks: at most {MAX_JWKS_BYTES} bytes"
+                )));
+            }
+            match crate::federation::check_jwks(&text) {
+                Ok(n) if (1..=MAX_JWKS_KEYS).contains(&n) => Ok((Some(text), None)),
+                Ok(_) => Err(ApiError::InvalidRequest(format!(
+                    "jwks: between 1 and {MAX_JWKS_KEYS} keys"
+                ))),
+                Err(why) => Err(ApiError::InvalidRequest(format!("jwks: {why}"))),
+            }
+        }
+        (None, Some(uri)) => {
+            if https_or_loopback(&uri) {
+                Ok((None, Some(uri)))
+            } else {
+                Err(ApiError::InvalidRequest(format!(
+                    "jwksUri: {} is not an https URL (or http to a loopback address)",
+                    shown(&uri)
+                )))
+            }
+        }
+        (None, None) => Ok((None, None)),
     }
 }
 
@@ -325,8 +398,17 @@ pub async fn create_oauth_client(
         None => granted.clone(),
         Some(list) => issuance::within_granted(granted, ScopeSet::parse(list)?, "client")?,
     };
+    let (jwks, jwks_uri) = client_keys(body.jwks, body.jwks_uri)?;
+    let uses_keys = jwks.is_some() || jwks_uri.is_some();
+    if uses_keys && client_type != ClientType::Confidential {
+        return Err(ApiError::InvalidRequest(
+            "jwks: a public client has no keys to prove itself with".into(),
+        ));
+    }
     let now = Utc::now();
-    let secret = (client_type == ClientType::Confidential).then(oauth::generate_client_secret);
+    // A client with keys proves itself with signed assertions: it gets no secret.
+    let secret =
+        (client_type == ClientType::Confidential && !uses_keys).then(oauth::generate_client_secret);
     let client = OAuthClient {
         id: OAuthClientId::generate(),
         workspace_id: me.workspace_id.clone(),
@@ -358,6 +440,8 @@ pub async fn create_oauth_client(
         created_at: now,
         updated_at: now,
         last_used_at: None,
+        jwks,
+        jwks_uri,
     };
     audit.set_resource_id(client.id.as_str());
     audit.set_detail(serde_json::json!({
@@ -458,7 +542,10 @@ pub async fn update_oauth_client(
     Json(body): Json<UpdateOAuthClientRequest>,
 ) -> ApiResult<Json<OAuthClientResponse>> {
     let me = &caller.identity.principal;
+    let (jwks, jwks_uri) = client_keys(body.jwks, body.jwks_uri)?;
     let patch = OAuthClientPatch {
+        jwks,
+        jwks_uri,
         name: body
             .name
             .as_deref()

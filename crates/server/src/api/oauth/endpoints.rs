@@ -272,8 +272,11 @@ pub struct ServerMetadata {
     pub jwks_uri: String,
     /// The grants this server issues tokens for.
     pub grant_types_supported: Vec<&'static str>,
-    /// `client_secret_basic`, `client_secret_post`, `none` (public clients).
+    /// `client_secret_basic`, `client_secret_post`, `private_key_jwt`, `none` (public
+    /// clients).
     pub token_endpoint_auth_methods_supported: Vec<&'static str>,
+    /// The algorithms a `private_key_jwt` assertion may be signed with.
+    pub token_endpoint_auth_signing_alg_values_supported: Vec<&'static str>,
     /// The same, for revocation.
     pub revocation_endpoint_auth_methods_supported: Vec<&'static str>,
     /// The same, for introspection.
@@ -303,17 +306,22 @@ pub async fn metadata(State(state): State<AppState>, headers: HeaderMap) -> Resp
         token_endpoint_auth_methods_supported: vec![
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
             "none",
         ],
+        token_endpoint_auth_signing_alg_values_supported:
+            datastack_core::oauth::FEDERATION_ALGORITHMS.to_vec(),
         // A public client revokes and introspects only its own tokens.
         revocation_endpoint_auth_methods_supported: vec![
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
             "none",
         ],
         introspection_endpoint_auth_methods_supported: vec![
             "client_secret_basic",
             "client_secret_post",
+            "private_key_jwt",
             "none",
         ],
         scopes_supported: std::iter::once("all-apis".to_owned())

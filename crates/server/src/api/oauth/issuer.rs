@@ -147,15 +147,18 @@ impl Issuer {
     }
 }
 
-/// Authenticates the client of a token-endpoint request: `client_secret_basic` or
-/// `client_secret_post`, never both; a public client by its `client_id` alone. Every
-/// failure is the same `invalid_client`.
+/// Authenticates the client of a token-endpoint request: `client_secret_basic`,
+/// `client_secret_post` or `private_key_jwt`, never two; a public client by its
+/// `client_id` alone. Every failure is the same `invalid_client`.
 pub(super) async fn authenticate_client(
     state: &AppState,
     headers: &HeaderMap,
     form: &Form,
     audit: &AuditContext,
 ) -> Result<std::sync::Arc<ClientEntry>, OAuthError> {
+    if let Some(kind) = form.get("client_assertion_type") {
+        return authenticate_assertion(state, headers, form, audit, kind).await;
+    }
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -243,6 +246,103 @@ pub(super) async fn authenticate_client(
         return Ok(fresh);
     }
     Err(client_failure(state, &id).await)
+}
+
+/// RFC 7523's client assertion type.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The longest client assertion read.
+const MAX_ASSERTION_LEN: usize = 8192;
+
+/// `private_key_jwt` (RFC 7523 §2.2): the client proves itself with a JWT signed by one of
+/// its registered keys, each assertion used once.
+async fn authenticate_assertion(
+    state: &AppState,
+    headers: &HeaderMap,
+    form: &Form,
+    audit: &AuditContext,
+    kind: &str,
+) -> Result<std::sync::Arc<ClientEntry>, OAuthError> {
+    let failed = || OAuthError::new("invalid_client", "unknown client or invalid assertion");
+    if kind != JWT_BEARER {
+        return Err(OAuthError::new(
+            "invalid_client",
+            format!("client_assertion_type must be {JWT_BEARER}"),
+        ));
+    }
+    if headers.contains_key(header::AUTHORIZATION) || form.get("client_secret").is_some() {
+        return Err(OAuthError::new(
+            "invalid_request",
+            "the client authenticated twice (an assertion and a secret)",
+        ));
+    }
+    let assertion = form
+        .get("client_assertion")
+        .ok_or_else(|| OAuthError::new("invalid_request", "client_assertion is missing"))?;
+    if assertion.len() > MAX_ASSERTION_LEN {
+        return Err(failed());
+    }
+    // The client: `client_id` when sent, else the assertion's `sub`, read unverified only
+    // to find whose keys to verify it with.
+    let claimed = form.get("client_id").map(str::to_owned).or_else(|| {
+        let payload = assertion.split('.').nth(1)?;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        v.get("sub")?.as_str().map(str::to_owned)
+    });
+    let id = claimed
+        .and_then(|c| OAuthClientId::parse(&c).ok())
+        .ok_or_else(failed)?;
+    audit.set_resource_id(id.as_str());
+    let (mut entry, from_cache) = match state.oauth.cached(&id) {
+        Some(entry) => (entry, true),
+        None => match load_client(state, &id).await? {
+            Some(entry) => (entry, false),
+            None => return Err(failed()),
+        },
+    };
+    let base = public_base(state, headers);
+    let audiences: Vec<String> = std::iter::once(state.edge.signer.issuer.clone())
+        .chain(
+            ["token", "revoke", "introspect", "device_authorization"]
+                .iter()
+                .map(|e| format!("{base}/oauth2/{e}")),
+        )
+        .collect();
+    let mut verified = state
+        .federation
+        .verify_client_assertion(&entry.client, assertion, &audiences)
+        .await;
+    // A kept copy may predate a change of the client's keys on another node.
+    if verified.is_err()
+        && from_cache
+        && let Some(fresh) = load_client(state, &id).await?
+    {
+        verified = state
+            .federation
+            .verify_client_assertion(&fresh.client, assertion, &audiences)
+            .await;
+        entry = fresh;
+    }
+    let assertion = match verified {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::debug!(client_id = %id, why, "a client assertion was refused");
+            return Err(client_failure(state, &id).await);
+        }
+    };
+    // Each assertion works once (RFC 7523 §3: the jti), on every node.
+    if !state
+        .store
+        .use_assertion_jti(&id, &assertion.jti, assertion.expires_at)
+        .await?
+    {
+        tracing::debug!(client_id = %id, "a client assertion was replayed");
+        return Err(client_failure(state, &id).await);
+    }
+    Ok(entry)
 }
 
 /// Reads a client and its subject's state from the store and keeps them for the token
