@@ -270,6 +270,17 @@ impl AuditKey {
         hex::encode(&h.finalize()[..8])
     }
 
+    /// A key for another purpose, derived from this one with HKDF-SHA256 (`purpose` is the
+    /// info): the audit key is the one secret every node holds outside the database, so
+    /// keys the database keeps sealed are sealed with keys derived from it.
+    pub fn derive(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        hkdf::Hkdf::<Sha256>::new(Some(b"datastack key derivation v1"), self.0.as_ref())
+            .expand(purpose.as_bytes(), out.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        out
+    }
+
     fn mac(&self, domain: &[u8]) -> HmacSha256 {
         let mut mac =
             HmacSha256::new_from_slice(self.0.as_ref()).expect("HMAC accepts keys of any length");

@@ -264,6 +264,7 @@ impl Client {
     ) -> Result<u64> {
         let mut url = self.url(&["api", "v1", "audit", "export"]);
         append_query(&mut url, &[("since", time(since)), ("until", time(until))]);
+        self.renew_if_due().await?;
         let mut request = self.build(Method::GET, url, Auth::Scoped(READ_AUDIT), None)?;
         *request.timeout_mut() = Some(EXPORT_TIMEOUT);
         let mut response = self.http.execute(request).await?;

@@ -65,7 +65,10 @@ pub(crate) enum Auth {
 pub struct Client {
     pub(crate) http: reqwest::Client,
     base: Url,
-    token: SecretString,
+    /// The credential sent; replaced when the client renews its own access token.
+    token: std::sync::Arc<std::sync::RwLock<SecretString>>,
+    /// How the client renews its access token, when it got it from the token endpoint.
+    pub(crate) renewal: Option<std::sync::Arc<crate::oauth::Renewal>>,
 }
 
 impl fmt::Debug for Client {
@@ -99,7 +102,17 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()?;
-        Ok(Self { http, base, token })
+        Ok(Self {
+            http,
+            base,
+            token: std::sync::Arc::new(std::sync::RwLock::new(token)),
+            renewal: None,
+        })
+    }
+
+    /// Replaces the credential sent from now on.
+    pub(crate) fn set_token(&self, token: SecretString) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
     }
 
     /// A client configured from the environment: `DATASTACK_HOST` (default
@@ -469,6 +482,9 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Response> {
         let idempotent = method == Method::GET || method == Method::DELETE;
+        if !matches!(auth, Auth::Anonymous) {
+            self.renew_if_due().await?;
+        }
         let request = self.build(method, url, auth, body)?;
         let mut retries = 0;
         loop {
@@ -531,7 +547,8 @@ impl Client {
 
     /// The `Authorization` header, marked sensitive so that HTTP-level debug output hides it.
     fn authorization(&self) -> Result<HeaderValue> {
-        let mut value = HeaderValue::from_str(&format!("Bearer {}", self.token.expose_secret()))
+        let token = self.token.read().unwrap_or_else(|p| p.into_inner());
+        let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose_secret()))
             .map_err(|_| Error::Config("the token cannot be sent in an HTTP header".to_owned()))?;
         value.set_sensitive(true);
         Ok(value)

@@ -391,20 +391,105 @@ impl Client {
     }
 
     /// A client of the server at `host` acting with a fresh `client_credentials` access
-    /// token of the OAuth client `request.client_id`; the token is returned too, for its
-    /// expiry (get a new one with [`Client::client_credentials_token`] before then).
+    /// token of the OAuth client `request.client_id`, which it renews by itself before the
+    /// token expires (the first token is returned too).
     pub async fn from_client_credentials(
         host: &str,
         request: &ClientCredentials,
         client_secret: &SecretString,
     ) -> Result<(Self, AccessToken)> {
         // Any well-formed placeholder: the token request sends Basic, not this.
-        let bootstrap = Self::new(host, SecretString::from("oauth".to_owned()))?;
-        let token = bootstrap
+        let mut client = Self::new(host, SecretString::from("oauth".to_owned()))?;
+        let token = client
             .client_credentials_token(request, client_secret)
             .await?;
-        let client = Self::new(host, token.access_token.clone())?;
+        client.set_token(token.access_token.clone());
+        client.renewal = Some(std::sync::Arc::new(Renewal::new(
+            Grant::ClientCredentials {
+                request: request.clone(),
+                secret: client_secret.clone(),
+            },
+            token.expires_in,
+        )));
         Ok((client, token))
+    }
+
+    /// A client of the server at `host` acting with access tokens it gets from
+    /// `refresh_token` (of a device grant): it refreshes at once, and again by itself
+    /// before each access token expires. Every refresh rotates the refresh token: keep
+    /// [`Client::current_refresh_token`] (the one given here stops working), or the next
+    /// start presents a used one, which revokes them all.
+    pub async fn from_refresh_token(
+        host: &str,
+        client_id: &str,
+        client_secret: Option<&SecretString>,
+        refresh_token: &SecretString,
+    ) -> Result<Self> {
+        let mut client = Self::new(host, SecretString::from("oauth".to_owned()))?;
+        client.renewal = Some(std::sync::Arc::new(Renewal::new(
+            Grant::Refresh {
+                client_id: client_id.to_owned(),
+                secret: client_secret.cloned(),
+                refresh: refresh_token.clone(),
+            },
+            0,
+        )));
+        client.renew_now().await?;
+        Ok(client)
+    }
+
+    /// The refresh token to use next, for a client made by [`Client::from_refresh_token`]
+    /// (it changes at every renewal).
+    pub async fn current_refresh_token(&self) -> Option<SecretString> {
+        let renewal = self.renewal.as_ref()?;
+        let state = renewal.state.lock().await;
+        match &state.grant {
+            Grant::Refresh { refresh, .. } => Some(refresh.clone()),
+            Grant::ClientCredentials { .. } => None,
+        }
+    }
+
+    /// Renews the access token now (for a client made by [`Client::from_client_credentials`]
+    /// or [`Client::from_refresh_token`]; otherwise nothing to do), e.g. after a 401.
+    pub async fn renew_now(&self) -> Result<()> {
+        self.renew(true).await
+    }
+
+    /// Renews the access token if it is due (four fifths of its lifetime have passed).
+    pub(crate) async fn renew_if_due(&self) -> Result<()> {
+        self.renew(false).await
+    }
+
+    async fn renew(&self, now: bool) -> Result<()> {
+        let Some(renewal) = &self.renewal else {
+            return Ok(());
+        };
+        // One renewal at a time; a caller that waited finds it done.
+        let mut state = renewal.state.lock().await;
+        if !now && std::time::Instant::now() < state.due {
+            return Ok(());
+        }
+        let token = match &state.grant {
+            Grant::ClientCredentials { request, secret } => {
+                self.client_credentials_token(request, secret).await?
+            }
+            Grant::Refresh {
+                client_id,
+                secret,
+                refresh,
+            } => {
+                self.refresh_access_token(client_id, secret.as_ref(), refresh)
+                    .await?
+            }
+        };
+        if let (Grant::Refresh { refresh, .. }, Some(next)) =
+            (&mut state.grant, token.refresh_token.clone())
+        {
+            *refresh = next;
+        }
+        state.due = Renewal::due_after(token.expires_in);
+        self.set_token(token.access_token);
+        Ok(())
     }
 }
 
@@ -536,5 +621,55 @@ impl Client {
         )
         .await?;
         Ok(())
+    }
+}
+
+/// How a client renews its access token by itself.
+pub(crate) enum Grant {
+    /// `client_credentials` with the client's secret.
+    ClientCredentials {
+        request: ClientCredentials,
+        secret: SecretString,
+    },
+    /// `refresh_token`, with the refresh token to use next.
+    Refresh {
+        client_id: String,
+        secret: Option<SecretString>,
+        refresh: SecretString,
+    },
+}
+
+/// What a self-renewing client keeps.
+pub(crate) struct RenewalState {
+    grant: Grant,
+    /// When the access token is renewed.
+    due: std::time::Instant,
+}
+
+/// The renewal of a client's access token (shared by its clones).
+pub struct Renewal {
+    state: tokio::sync::Mutex<RenewalState>,
+}
+
+impl Renewal {
+    fn new(grant: Grant, expires_in: i64) -> Self {
+        Self {
+            state: tokio::sync::Mutex::new(RenewalState {
+                grant,
+                due: Self::due_after(expires_in),
+            }),
+        }
+    }
+
+    /// Four fifths into a lifetime of `expires_in` seconds (at once for none).
+    fn due_after(expires_in: i64) -> std::time::Instant {
+        let seconds = u64::try_from(expires_in.max(0)).unwrap_or(0) * 4 / 5;
+        std::time::Instant::now() + std::time::Duration::from_secs(seconds)
+    }
+}
+
+impl std::fmt::Debug for Renewal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Renewal([redacted])")
     }
 }

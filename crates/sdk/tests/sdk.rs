@@ -318,3 +318,100 @@ async fn oauth_clients_and_a_client_credentials_session() {
     assert_eq!(refused.status(), Some(401));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_renews_its_access_token_by_itself_and_approves_devices() {
+    use datastack_sdk::CreateOAuthClient;
+    let server = start().await;
+    let admin = server.client(&server.admin);
+    let created = admin
+        .create_oauth_client(&CreateOAuthClient {
+            name: "notebook".to_owned(),
+            client_type: Some("public".to_owned()),
+            grant_types: Some(vec![
+                "urn:ietf:params:oauth:grant-type:device_code".to_owned(),
+                "refresh_token".to_owned(),
+            ]),
+            scopes: Some(vec!["read:users".to_owned()]),
+            ..CreateOAuthClient::default()
+        })
+        .await
+        .expect("public client");
+    assert!(created.client_secret.is_none());
+    let id = created.client.client_id.clone();
+    // A device flow by hand (the device's side is not the SDK's), approved with the SDK.
+    let http = reqwest::Client::new();
+    let asked: serde_json::Value = http
+        .post(format!("{}/oauth2/device_authorization", server.host))
+        .form(&[("client_id", id.as_str())])
+        .send()
+        .await
+        .expect("device authorization")
+        .json()
+        .await
+        .expect("json");
+    let decided = admin
+        .decide_device(asked["user_code"].as_str().expect("code"), true, None)
+        .await
+        .expect("approved");
+    assert_eq!(decided.decision, "approved");
+    assert_eq!(decided.scopes, vec!["read:users".to_owned()]);
+    let token: serde_json::Value = http
+        .post(format!("{}/oauth2/token", server.host))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:device_code"),
+            (
+                "device_code",
+                asked["device_code"].as_str().expect("device code"),
+            ),
+            ("client_id", id.as_str()),
+        ])
+        .send()
+        .await
+        .expect("token")
+        .json()
+        .await
+        .expect("json");
+    let first = SecretString::from(token["refresh_token"].as_str().expect("refresh").to_owned());
+
+    // A session from the refresh token: it refreshes at once (the refresh token rotates),
+    // and again whenever asked or due.
+    let session = Client::from_refresh_token(&server.host, &id, None, &first)
+        .await
+        .expect("session");
+    let me = session.me().await.expect("me");
+    let admin_me = admin.me().await.expect("admin");
+    assert_eq!(me.principal.id, admin_me.principal.id);
+    let second = session.current_refresh_token().await.expect("rotated");
+    assert_ne!(second.expose_secret(), first.expose_secret());
+    session.renew_now().await.expect("renewed");
+    let again = session.me().await.expect("me again");
+    assert_ne!(again.credential.id, me.credential.id, "a new access token");
+    let third = session
+        .current_refresh_token()
+        .await
+        .expect("rotated again");
+    assert_ne!(third.expose_secret(), second.expose_secret());
+    // A clone shares the renewal.
+    let clone = session.clone();
+    clone.renew_now().await.expect("renewed through the clone");
+    assert_ne!(
+        session
+            .current_refresh_token()
+            .await
+            .expect("shared")
+            .expose_secret(),
+        third.expose_secret()
+    );
+    // A refresh token that does not exist cannot start a session.
+    let bad = Client::from_refresh_token(
+        &server.host,
+        &id,
+        None,
+        &SecretString::from(format!("dsrt{}", "0".repeat(72))),
+    )
+    .await
+    .expect_err("unknown refresh token");
+    assert_eq!(bad.status(), Some(400));
+    server.stop().await;
+}

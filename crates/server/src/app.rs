@@ -227,6 +227,11 @@ impl Application {
         let store = Store::open(&store_config(&config)).await?;
         store.migrate().await?;
         let key = audit_key_for(&config, &store).await?;
+        let oauth_keys = Arc::new(crate::oauth_keys::KeyRing::new(
+            config.oauth_signing_key_rotation,
+            config.oauth_signing_key_publish_ahead,
+            &key,
+        ));
         let store = store.with_audit_key(Arc::new(key));
         store.check_audit_key().await?;
         // Everything that can still fail comes before the bootstrap: a first start that
@@ -247,6 +252,7 @@ impl Application {
         edge.set_root_workspace(root.clone());
         let federation = Arc::new(crate::federation::Federation::new(store.clone()));
         federation.reload().await?;
+        oauth_keys.refresh(&store, edge.signer.jwks()).await?;
         let credentials = Arc::new(
             CredentialVerifier::new(
                 store.clone(),
@@ -272,6 +278,7 @@ impl Application {
                 config.cache_ttl,
             )),
             federation,
+            oauth_keys: oauth_keys.clone(),
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);
@@ -305,6 +312,7 @@ impl Application {
                 state.edge.clone(),
                 shutdown_rx.clone(),
             )),
+            tokio::spawn(signing_keys(state.clone(), shutdown_rx.clone())),
         ];
         if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(
@@ -703,4 +711,27 @@ async fn bootstrap(store: &Store) -> Result<Option<SecretString>, datastack_stor
     ));
     let created = store.bootstrap(&ws, &admin, &token, &trail).await?;
     Ok(created.then_some(secret.secret))
+}
+
+/// Keeps the OAuth signing keys current (created ahead, loaded, retired) on the key
+/// ring's tick, until `stop`.
+async fn signing_keys(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(tick) = state.oauth_keys.tick() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state
+            .oauth_keys
+            .refresh(&state.store, state.edge.signer.jwks())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot refresh the OAuth signing keys; the loaded ones keep signing");
+        }
+    }
 }

@@ -142,6 +142,11 @@ pub struct Config {
     pub oauth_device_poll_interval: Duration,
     /// How long a device authorization waits for its user. Default 10 minutes.
     pub oauth_device_code_ttl: Duration,
+    /// How often the key that signs OAuth access tokens changes; `None`: never (the
+    /// assertion key signs them). Default 30 days.
+    pub oauth_signing_key_rotation: Option<Duration>,
+    /// How long a new signing key is published before it signs. Default 1 day.
+    pub oauth_signing_key_publish_ahead: Duration,
     /// Bounds on what a flood of bad or limited requests costs (see `docs/operations.md`,
     /// "Floods of bad credentials").
     pub floods: FloodLimits,
@@ -233,6 +238,8 @@ impl Default for Config {
             oauth_refresh_grace: Duration::from_secs(10),
             oauth_device_poll_interval: Duration::from_secs(5),
             oauth_device_code_ttl: Duration::from_secs(600),
+            oauth_signing_key_rotation: Some(Duration::from_secs(30 * 86_400)),
+            oauth_signing_key_publish_ahead: Duration::from_secs(86_400),
             floods: FloodLimits::default(),
             connections: ConnectionLimits::default(),
         }
@@ -419,6 +426,10 @@ config_layer! {
     oauth_device_poll_interval_seconds: u64 = "OAUTH_DEVICE_POLL_INTERVAL_SECONDS" number;
     /// `oauth_device_code_ttl_seconds`.
     oauth_device_code_ttl_seconds: u64 = "OAUTH_DEVICE_CODE_TTL_SECONDS" number;
+    /// `oauth_signing_key_rotation_seconds`: 0 turns rotation off.
+    oauth_signing_key_rotation_seconds: u64 = "OAUTH_SIGNING_KEY_ROTATION_SECONDS" number;
+    /// `oauth_signing_key_publish_ahead_seconds`.
+    oauth_signing_key_publish_ahead_seconds: u64 = "OAUTH_SIGNING_KEY_PUBLISH_AHEAD_SECONDS" number;
     /// `credential_negative_cache_ttl_ms`.
     credential_negative_cache_ttl_ms: u64 = "CREDENTIAL_NEGATIVE_CACHE_TTL_MS" number;
     /// `max_tracked_clients`.
@@ -737,6 +748,32 @@ impl ConfigLayer {
         if let Some(s) = self.oauth_device_code_ttl_seconds {
             c.oauth_device_code_ttl =
                 Duration::from_secs(within("oauth_device_code_ttl_seconds", s, 60, 3600)?);
+        }
+        if let Some(s) = self.oauth_signing_key_rotation_seconds {
+            c.oauth_signing_key_rotation = match s {
+                0 => None,
+                s => Some(Duration::from_secs(within(
+                    "oauth_signing_key_rotation_seconds",
+                    s,
+                    3600,
+                    365 * 86_400,
+                )?)),
+            };
+        }
+        if let Some(s) = self.oauth_signing_key_publish_ahead_seconds {
+            c.oauth_signing_key_publish_ahead = Duration::from_secs(within(
+                "oauth_signing_key_publish_ahead_seconds",
+                s,
+                60,
+                30 * 86_400,
+            )?);
+        }
+        if c.oauth_signing_key_rotation
+            .is_some_and(|r| c.oauth_signing_key_publish_ahead >= r)
+        {
+            return Err(ConfigError(
+                "oauth_signing_key_publish_ahead_seconds must be shorter than oauth_signing_key_rotation_seconds".into(),
+            ));
         }
         if let Some(s) = self.assertion_ttl_seconds {
             c.assertion_ttl = Duration::from_secs(within("assertion_ttl_seconds", s, 5, 3600)?);

@@ -16,6 +16,7 @@ pub mod error;
 pub(crate) mod fast;
 pub mod federation;
 pub mod metrics;
+pub mod oauth_keys;
 pub mod offline;
 pub mod openapi;
 pub mod pipeline;

@@ -33,6 +33,8 @@ pub struct NodeState {
     pub oauth: Arc<crate::api::oauth::Issuer>,
     /// Trusted external issuers and their keys.
     pub federation: Arc<crate::federation::Federation>,
+    /// The rotating keys that sign OAuth access tokens.
+    pub oauth_keys: Arc<crate::oauth_keys::KeyRing>,
 }
 
 impl AppState {

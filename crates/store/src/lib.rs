@@ -17,6 +17,7 @@ mod oauth;
 mod oauth_flows;
 mod principals;
 mod rows;
+mod signing_keys;
 mod tokens;
 mod workspaces;
 
@@ -40,6 +41,7 @@ pub use issuers::IssuerPatch;
 pub use oauth::OAuthClientPatch;
 pub use oauth_flows::{DeviceAuthorization, DevicePoll, DeviceStatus, RefreshToken, Rotation};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
+pub use signing_keys::StoredSigningKey;
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
 pub use workspaces::{MAX_CHAIN, WorkspaceFilter, WorkspacePatch};
 

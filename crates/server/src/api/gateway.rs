@@ -567,7 +567,9 @@ pub(crate) async fn decision(
     }
 }
 
-/// The public key that signs `x-datastack-assertion`, as a JWK set.
+/// The public keys that sign `x-datastack-assertion` and OAuth access tokens, as a JWK
+/// set (the rotating access-token keys are published before they sign and until their
+/// last token has expired).
 #[utoipa::path(get, operation_id = "getJwks", path = "/.well-known/jwks.json", tag = "gateway",
     responses((status = 200, content_type = "application/json", body = crate::openapi::JwkSet,
         description = "the key set; cached for five minutes (`Cache-Control: public, max-age=300`)")))]
@@ -577,7 +579,10 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
             (header::CONTENT_TYPE, "application/json"),
             (header::CACHE_CONTROL, "public, max-age=300"),
         ],
-        state.edge.signer.jwks().to_owned(),
+        state
+            .oauth_keys
+            .jwks()
+            .unwrap_or_else(|| state.edge.signer.jwks().to_owned()),
     )
         .into_response()
 }

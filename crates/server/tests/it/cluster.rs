@@ -842,3 +842,98 @@ async fn refused_within_a_second(node: &TestApp, token: String) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
+async fn a_refresh_token_reused_on_one_node_revokes_its_family_on_the_other_within_a_second() {
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let setup = |c: &mut datastack_server::config::Config| {
+        c.cache_ttl = Duration::from_secs(3600);
+        c.oauth_refresh_grace = Duration::ZERO;
+    };
+    let a = TestApp::spawn_on(store.clone(), setup).await;
+    let b = TestApp::spawn_on(store, setup).await;
+    let admin = a.admin().to_owned();
+    let client = a
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "cli", "type": "public", "scopes": ["read:users"],
+                   "grantTypes": ["urn:ietf:params:oauth:grant-type:device_code", "refresh_token"]}),
+        )
+        .await;
+    assert_eq!(client.status, StatusCode::CREATED, "{}", client.text);
+    let id = client.body["clientId"].as_str().expect("id").to_owned();
+    let form = |node: &TestApp, path: &str, pairs: Vec<(&str, String)>| {
+        let req = node.http.post(format!("{}{path}", node.base)).form(&pairs);
+        async move {
+            req.send()
+                .await
+                .expect("answer")
+                .json::<serde_json::Value>()
+                .await
+                .expect("json")
+        }
+    };
+    // The device asks node A; the user approves on node A; the device polls node B.
+    let asked = form(
+        &a,
+        "/oauth2/device_authorization",
+        vec![("client_id", id.clone())],
+    )
+    .await;
+    let approved = a
+        .post(
+            "/api/v1/oauth/device/approve",
+            &admin,
+            "manage:tokens",
+            json!({"userCode": asked["user_code"]}),
+        )
+        .await;
+    assert_eq!(approved.status, StatusCode::OK, "{}", approved.text);
+    let first = form(
+        &b,
+        "/oauth2/token",
+        vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:device_code".into(),
+            ),
+            (
+                "device_code",
+                asked["device_code"].as_str().expect("code").into(),
+            ),
+            ("client_id", id.clone()),
+        ],
+    )
+    .await;
+    let refresh = |node: &TestApp, token: String| {
+        form(
+            node,
+            "/oauth2/token",
+            vec![
+                ("grant_type", "refresh_token".into()),
+                ("refresh_token", token),
+                ("client_id", id.clone()),
+            ],
+        )
+    };
+    let stolen = first["refresh_token"].as_str().expect("refresh").to_owned();
+    // Node B rotates it and caches the new access token.
+    let second = refresh(&b, stolen.clone()).await;
+    let access = second["access_token"].as_str().expect("access").to_owned();
+    for _ in 0..3 {
+        assert_eq!(b.me(&access).await.status, StatusCode::OK);
+    }
+    // The used token replayed through node A: the family is revoked, and node B refuses
+    // the access token it had cached within a second.
+    let replay = refresh(&a, stolen).await;
+    assert_eq!(replay["error"], "invalid_grant", "{replay}");
+    refused_within_a_second(&b, access).await;
+    a.stop().await;
+    b.stop().await;
+}

@@ -21,6 +21,7 @@ on_both_stores!(
     oauth_device_grant_approved_by_a_user_then_refreshed,
     oauth_refresh_reuse_revokes_the_whole_family,
     oauth_device_grant_refuses_what_it_must,
+    oauth_signing_keys_rotate_and_are_published_before_they_sign,
 );
 
 /// The `oauth2` crate's HTTP client: no redirects (RFC 6749 §3.2).
@@ -708,5 +709,136 @@ async fn oauth_device_grant_refuses_what_it_must(backend: Backend) {
     approve(&app, &other_user, &"B".repeat(10_000), json!({}))
         .await
         .assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    app.stop().await;
+}
+
+/// The key set a node publishes.
+async fn jwks(app: &TestApp) -> Vec<String> {
+    let set: Value = app
+        .http
+        .get(format!("{}/.well-known/jwks.json", app.base))
+        .send()
+        .await
+        .expect("jwks")
+        .json()
+        .await
+        .expect("json");
+    set["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn oauth_signing_keys_rotate_and_are_published_before_they_sign(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.oauth_signing_key_rotation = Some(Duration::from_secs(6));
+        c.oauth_signing_key_publish_ahead = Duration::from_secs(3);
+    })
+    .await;
+    let admin = app.admin().to_owned();
+    let sp = app
+        .post(
+            "/api/v1/service-principals",
+            &admin,
+            "manage:users",
+            json!({"name": "etl", "role": "viewer"}),
+        )
+        .await;
+    let client = app
+        .post(
+            "/api/v1/oauth/clients",
+            &admin,
+            "manage:oauth-clients",
+            json!({"name": "etl", "ownerId": sp.body["id"], "scopes": ["read:users"]}),
+        )
+        .await;
+    let (id, secret) = (
+        client.body["clientId"].as_str().expect("id").to_owned(),
+        client.body["clientSecret"]
+            .as_str()
+            .expect("secret")
+            .to_owned(),
+    );
+    let token = || {
+        let req = app
+            .http
+            .post(format!("{}/oauth2/token", app.base))
+            .basic_auth(&id, Some(&secret))
+            .form(&[("grant_type", "client_credentials")]);
+        async move {
+            let body: Value = req.send().await.expect("token").json().await.expect("json");
+            let jwt = body["access_token"].as_str().expect("a token").to_owned();
+            let kid = jsonwebtoken::decode_header(&jwt)
+                .expect("header")
+                .kid
+                .expect("kid");
+            (jwt, kid)
+        }
+    };
+    // Access tokens are signed by a rotating key of their own, published beside the
+    // assertion key.
+    let (first, first_kid) = token().await;
+    assert!(first_kid.starts_with("oauth-"), "{first_kid}");
+    let published = jwks(&app).await;
+    assert!(published.contains(&first_kid), "{published:?}");
+    assert!(
+        published.iter().any(|k| !k.starts_with("oauth-")),
+        "the assertion key"
+    );
+    // The next key is published before it signs: a token asked for as soon as it appears
+    // is still signed by the current key.
+    let started = std::time::Instant::now();
+    let next = loop {
+        if let Some(k) = jwks(&app)
+            .await
+            .into_iter()
+            .find(|k| k.starts_with("oauth-") && *k != first_kid)
+        {
+            break k;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no next key published"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (_, kid) = token().await;
+    assert_eq!(
+        kid, first_kid,
+        "the next key does not sign before it was published long enough"
+    );
+    // Then it signs, and the tokens of the previous key still verify offline with the
+    // published set (the previous key stays published until they have expired).
+    let started = std::time::Instant::now();
+    loop {
+        let (_, kid) = token().await;
+        if kid == next {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the next key never signs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::helpers::verify_with_jwks(&app, &first, "datastack").await;
+    assert_eq!(app.me(&first).await.status, StatusCode::OK);
+    // The private halves are sealed in the store: 12 bytes of nonce, the 32-byte key
+    // encrypted, a 16-byte tag; never the key itself.
+    let sealed = app
+        .store()
+        .strings("SELECT sealed_private FROM oauth_signing_keys")
+        .await;
+    assert!(sealed.len() >= 2, "{sealed:?}");
+    for s in &sealed {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .expect("base64");
+        assert_eq!(bytes.len(), 12 + 32 + 16, "sealed with AES-256-GCM");
+    }
     app.stop().await;
 }

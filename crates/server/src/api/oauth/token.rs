@@ -358,21 +358,25 @@ pub(super) fn mint(
     let id = TokenId::generate_oauth_access();
     let scope_text = m.scopes.to_strings().join(" ");
     let signer = &state.edge.signer;
-    let jwt = signer
-        .sign_access_token(&AccessClaims {
-            iss: &signer.issuer,
-            sub: m.subject.as_str(),
-            aud: m.audience,
-            exp: m.expires_at.timestamp(),
-            iat: m.now.timestamp(),
-            jti: id.as_str(),
-            client_id: client.id.as_str(),
-            scope: &scope_text,
-            ws: m.workspace.as_str(),
-            act: m.acting_client.then(|| Actor {
-                sub: client.id.as_str(),
-            }),
-        })
+    let claims = AccessClaims {
+        iss: &signer.issuer,
+        sub: m.subject.as_str(),
+        aud: m.audience,
+        exp: m.expires_at.timestamp(),
+        iat: m.now.timestamp(),
+        jti: id.as_str(),
+        client_id: client.id.as_str(),
+        scope: &scope_text,
+        ws: m.workspace.as_str(),
+        act: m.acting_client.then(|| Actor {
+            sub: client.id.as_str(),
+        }),
+    };
+    // The rotating access-token keys sign it; with rotation off, the assertion key.
+    let jwt = state
+        .oauth_keys
+        .sign(&claims)
+        .unwrap_or_else(|| signer.sign_access_token(&claims))
         .map_err(|e| OAuthError::new("server_error", format!("cannot sign the token: {e}")))?;
     let presented = credential::parse_presented(&SecretString::from(jwt.clone()))
         .filter(|p| p.kind == CredentialKind::OAuthAccessToken)
