@@ -404,9 +404,7 @@ impl CredentialVerifier {
             return Ok(None);
         };
         let config = &verified.issuer.config;
-        let Some(owner) = self.store.get_principal_by_id(&verified.principal).await? else {
-            return Ok(None);
-        };
+        let owner = verified.principal;
         let workspace = self.store.get_workspace(&config.workspace_id).await?;
         let digest_hex = presented.digest.to_hex();
         let jwt = secrecy::ExposeSecret::expose_secret(secret);

@@ -22,8 +22,8 @@ use base64::Engine as _;
 use chrono::{DateTime, TimeZone as _, Utc};
 use datastack_core::audit::{AuditRecord, SecurityEvent};
 use datastack_core::authz::Role;
-use datastack_core::id::{PrincipalId, TrustedIssuerId};
-use datastack_core::model::{PrincipalKind, Status};
+use datastack_core::id::PrincipalId;
+use datastack_core::model::PrincipalKind;
 use datastack_core::oauth::{Provisioning, SubjectClaim, TrustedIssuer};
 use datastack_core::scope::{Scope, ScopeSet};
 use datastack_core::validate::Email;
@@ -86,14 +86,21 @@ pub struct Trusted {
     /// Its configuration.
     pub config: TrustedIssuer,
     keys: Arc<tokio::sync::Mutex<KeyState>>,
+    /// Which principal each subject was found to be (its id only: the principal itself is
+    /// read again for every new token, so a suspension or deletion counts at once). Dropped
+    /// with the issuer's configuration on any change to it.
+    subjects: quick_cache::sync::Cache<String, PrincipalId>,
 }
+
+/// The subjects of one issuer whose principal a node keeps.
+const SUBJECTS_KEPT: usize = 10_000;
 
 /// A token whose signature and claims were verified.
 pub struct Verified {
     /// Its issuer.
     pub issuer: Arc<Trusted>,
-    /// The principal it maps to.
-    pub principal: PrincipalId,
+    /// The principal it maps to, as of the verification.
+    pub principal: datastack_core::model::Principal,
     /// What it may do: what it claims that the issuer may give.
     pub scopes: ScopeSet,
     /// When it was issued.
@@ -145,7 +152,14 @@ impl Federation {
                 .filter(|t| t.config.id == config.id && t.config.jwks_uri == config.jwks_uri)
                 .map(|t| t.keys.clone())
                 .unwrap_or_default();
-            next.insert(config.issuer.clone(), Arc::new(Trusted { config, keys }));
+            next.insert(
+                config.issuer.clone(),
+                Arc::new(Trusted {
+                    config,
+                    keys,
+                    subjects: quick_cache::sync::Cache::new(SUBJECTS_KEPT),
+                }),
+            );
         }
         *self.by_iss.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
         Ok(())
@@ -370,7 +384,7 @@ impl Federation {
         &self,
         issuer: &Trusted,
         claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Option<PrincipalId>, datastack_store::Error> {
+    ) -> Result<Option<datastack_core::model::Principal>, datastack_store::Error> {
         let config = &issuer.config;
         let Some(subject) = claims
             .get(config.subject_claim.as_str())
@@ -379,13 +393,47 @@ impl Federation {
         else {
             return Ok(None);
         };
-        let found = match config.subject_claim {
+        if config.subject_claim == SubjectClaim::Email
+            && claims.get("email_verified") == Some(&serde_json::Value::Bool(false))
+        {
+            // An address the IdP says it did not verify names nobody.
+            return Ok(None);
+        }
+        let id = match issuer.subjects.get(subject) {
+            Some(id) => Some(id),
+            None => self.find_subject(issuer, subject).await?,
+        };
+        let id = match id {
+            Some(id) => id,
+            None if config.provisioning == Provisioning::Jit => {
+                self.provision(config, subject).await?
+            }
+            None => return Ok(None),
+        };
+        // A link or an address in another workspace names nobody here.
+        let principal = self
+            .store
+            .get_principal_by_id(&id)
+            .await?
+            .filter(|p| p.workspace_id == config.workspace_id);
+        if principal.is_some() {
+            issuer.subjects.insert(subject.to_owned(), id);
+        } else {
+            issuer.subjects.remove(subject);
+        }
+        Ok(principal)
+    }
+
+    /// The principal a subject is linked to (`sub`) or the user with that address (`email`).
+    async fn find_subject(
+        &self,
+        issuer: &Trusted,
+        subject: &str,
+    ) -> Result<Option<PrincipalId>, datastack_store::Error> {
+        let config = &issuer.config;
+        Ok(match config.subject_claim {
             SubjectClaim::Sub => self.store.issuer_subject(&config.id, subject).await?,
             SubjectClaim::Email => {
-                // An address the IdP says it did not verify names nobody.
-                if claims.get("email_verified") == Some(&serde_json::Value::Bool(false)) {
-                    return Ok(None);
-                }
                 let Ok(email) = Email::parse(subject) else {
                     return Ok(None);
                 };
@@ -394,18 +442,7 @@ impl Federation {
                     .await?
                     .map(|p| p.id)
             }
-        };
-        if let Some(id) = found {
-            // A link or an address in another workspace names nobody here.
-            let principal = self.store.get_principal_by_id(&id).await?;
-            return Ok(principal
-                .filter(|p| p.workspace_id == config.workspace_id)
-                .map(|p| p.id));
-        }
-        if config.provisioning != Provisioning::Jit {
-            return Ok(None);
-        }
-        self.provision(config, subject).await.map(Some)
+        })
     }
 
     /// Creates a viewer for a subject just in time (audited as `principals.provisioned`
@@ -469,23 +506,6 @@ impl Federation {
             }
             SubjectClaim::Email => Ok(created),
         }
-    }
-
-    /// Whether the principal behind `id` is active (used when a link is set).
-    pub async fn principal_active(&self, id: &PrincipalId) -> Result<bool, datastack_store::Error> {
-        Ok(self
-            .store
-            .get_principal_by_id(id)
-            .await?
-            .is_some_and(|p| p.status == Status::Active))
-    }
-
-    /// The trusted issuer with `id`, if this node knows it.
-    pub fn by_id(&self, id: &TrustedIssuerId) -> Option<Arc<Trusted>> {
-        self.snapshot()
-            .values()
-            .find(|t| t.config.id == *id)
-            .cloned()
     }
 }
 
