@@ -8,7 +8,7 @@ use datastack_core::scope::ScopeSet;
 
 use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
-use crate::rows::scopes_text;
+use crate::rows::{json_list, json_text, scopes_of, scopes_text};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
 const ISSUER_COLUMNS: &str = "id, workspace_id, issuer, jwks_uri, audiences, algorithms, \
@@ -31,30 +31,21 @@ struct IssuerRow {
     updated_at: DateTime<Utc>,
 }
 
-fn json_list(text: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("issuer list: {e}")))
-}
-
-fn json_text(list: &[String]) -> String {
-    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
-}
-
 impl IssuerRow {
     fn into_domain(self) -> Result<TrustedIssuer> {
-        let scopes: Vec<&str> = self.scopes.split(' ').filter(|s| !s.is_empty()).collect();
         Ok(TrustedIssuer {
             id: TrustedIssuerId::from_trusted(self.id),
             workspace_id: WorkspaceId::from_trusted(self.workspace_id),
             issuer: self.issuer,
             jwks_uri: self.jwks_uri,
-            audiences: json_list(&self.audiences)?,
-            algorithms: json_list(&self.algorithms)?,
+            audiences: json_list(&self.audiences, "issuer list")?,
+            algorithms: json_list(&self.algorithms, "issuer list")?,
             subject_claim: SubjectClaim::from_name(&self.subject_claim)
                 .ok_or_else(|| Error::Corrupt(format!("subject claim {}", self.subject_claim)))?,
             provisioning: Provisioning::from_name(&self.provisioning)
                 .ok_or_else(|| Error::Corrupt(format!("provisioning {}", self.provisioning)))?,
             scope_claim: self.scope_claim,
-            scopes: ScopeSet::parse(&scopes).map_err(|e| Error::Corrupt(e.to_string()))?,
+            scopes: scopes_of(&self.scopes)?,
             created_by: self.created_by,
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -9,7 +9,7 @@ use datastack_core::scope::ScopeSet;
 
 use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
-use crate::rows::scopes_text;
+use crate::rows::{json_list, json_text, scopes_of, scopes_text};
 use crate::tokens::{bind_token, caller_valid, owner_gone_is_not_found};
 use crate::{Error, Page, PageRequest, Result, Store, announce, with_pool};
 
@@ -50,17 +50,8 @@ struct ClientRow {
     jwks_uri: Option<String>,
 }
 
-fn json_list(text: &str) -> Result<Vec<String>> {
-    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("oauth client list: {e}")))
-}
-
-fn json_text(list: &[String]) -> String {
-    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
-}
-
 impl ClientRow {
     fn into_domain(self) -> Result<OAuthClient> {
-        let scopes: Vec<&str> = self.scopes.split(' ').filter(|s| !s.is_empty()).collect();
         let grant_types = self
             .grant_types
             .split(' ')
@@ -74,9 +65,9 @@ impl ClientRow {
             client_type: ClientType::from_name(&self.client_type)
                 .ok_or_else(|| Error::Corrupt(format!("client type {}", self.client_type)))?,
             grant_types,
-            redirect_uris: json_list(&self.redirect_uris)?,
-            scopes: ScopeSet::parse(&scopes).map_err(|e| Error::Corrupt(e.to_string()))?,
-            audiences: json_list(&self.audiences)?,
+            redirect_uris: json_list(&self.redirect_uris, "oauth client list")?,
+            scopes: scopes_of(&self.scopes)?,
+            audiences: json_list(&self.audiences, "oauth client list")?,
             access_token_ttl_seconds: self.access_token_ttl_seconds,
             refresh_token_ttl_seconds: self.refresh_token_ttl_seconds,
             owner_id: self.owner_id.map(PrincipalId::from_trusted),

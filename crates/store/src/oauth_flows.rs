@@ -8,7 +8,7 @@ use datastack_core::scope::ScopeSet;
 
 use crate::audit::{Trail, write_trail};
 use crate::invalidation::Invalidation;
-use crate::rows::scopes_text;
+use crate::rows::{scopes_of, scopes_text};
 use crate::tokens::bind_token;
 use crate::{Error, Result, Store, announce, with_pool};
 
@@ -61,11 +61,6 @@ struct RefreshRow {
     used_at: Option<DateTime<Utc>>,
     successor_id: Option<String>,
     revoked_at: Option<DateTime<Utc>>,
-}
-
-fn scopes_of(text: &str) -> Result<ScopeSet> {
-    let list: Vec<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
-    ScopeSet::parse(&list).map_err(|e| Error::Corrupt(e.to_string()))
 }
 
 impl RefreshRow {

@@ -107,7 +107,6 @@ pub(crate) struct TokenRow {
 
 impl TokenRow {
     pub fn into_domain(self) -> Result<Token> {
-        let scopes: Vec<&str> = self.scopes.split(' ').filter(|s| !s.is_empty()).collect();
         Ok(Token {
             id: TokenId::from_trusted(self.id),
             kind: datastack_core::credential::CredentialKind::from_name(&self.kind)
@@ -117,7 +116,7 @@ impl TokenRow {
             label: self.label,
             digest_hex: self.digest,
             last_four: self.last_four,
-            scopes: ScopeSet::parse(&scopes).map_err(|e| Error::Corrupt(e.to_string()))?,
+            scopes: scopes_of(&self.scopes)?,
             created_at: self.created_at,
             expires_at: self.expires_at,
             revoked_at: self.revoked_at,
@@ -130,4 +129,20 @@ impl TokenRow {
 /// Scopes are stored as one space-separated string.
 pub(crate) fn scopes_text(scopes: &ScopeSet) -> String {
     scopes.to_strings().join(" ")
+}
+
+/// The scopes of a stored space-separated string.
+pub(crate) fn scopes_of(text: &str) -> Result<ScopeSet> {
+    let list: Vec<&str> = text.split(' ').filter(|s| !s.is_empty()).collect();
+    ScopeSet::parse(&list).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+/// A list of strings stored as a JSON array (`what` names it in a corruption error).
+pub(crate) fn json_list(text: &str, what: &str) -> Result<Vec<String>> {
+    serde_json::from_str(text).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+/// A list of strings as the JSON array it is stored as.
+pub(crate) fn json_text(list: &[String]) -> String {
+    serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned())
 }
