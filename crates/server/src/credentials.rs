@@ -323,18 +323,18 @@ impl CredentialVerifier {
         presented: &credential::PresentedSecret,
     ) -> Result<Option<Arc<CachedCredential>>, VerifyError> {
         let generation = self.generation.load(Ordering::SeqCst);
-        let found = self
-            .store
-            .find_token_by_digest(presented.kind, &presented.digest.to_hex())
-            .await?;
-        // A JWT this server did not issue may be a trusted issuer's.
-        let found = match (found, &self.federation) {
-            (None, Some(federation))
-                if presented.kind == CredentialKind::OAuthAccessToken && !federation.is_empty() =>
-            {
-                self.federated(federation, secret, presented).await?
+        // A JWT whose `iss` is a trusted issuer's is never one of this server's (its own
+        // issuer cannot be trusted), so it skips the store lookup by digest.
+        let federation = self.federation.as_deref().filter(|f| {
+            presented.kind == CredentialKind::OAuthAccessToken && f.names_trusted_issuer(secret)
+        });
+        let found = match federation {
+            Some(federation) => self.federated(federation, secret, presented).await?,
+            None => {
+                self.store
+                    .find_token_by_digest(presented.kind, &presented.digest.to_hex())
+                    .await?
             }
-            (found, _) => found,
         };
         let Some(CredentialRecord {
             token,

@@ -172,9 +172,9 @@ impl Federation {
             .clone()
     }
 
-    /// Whether any issuer is trusted (else no JWT is worth a look).
-    pub fn is_empty(&self) -> bool {
-        self.snapshot().is_empty()
+    /// Whether `token`'s `iss` (read unverified) is a trusted issuer's.
+    pub fn names_trusted_issuer(&self, token: &SecretString) -> bool {
+        self.issuer_of(token.expose_secret()).is_some()
     }
 
     /// Verifies `token` if its `iss` is a trusted issuer's; `Ok(None)` when it is not

@@ -438,8 +438,21 @@ async fn federation_accepts_a_trusted_issuers_tokens_and_refuses_the_rest(backen
 }
 
 async fn federation_maps_subjects_to_linked_principals(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    let store = std::sync::Arc::new(crate::helpers::StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        c.public_url = Some("http://127.0.0.1:9/datastack".to_owned());
+    })
+    .await;
     let admin = app.admin().to_owned();
+    // The server's own issuer is never a trusted one: its tokens are known by digest.
+    app.post(
+        "/api/v1/oauth/issuers",
+        &admin,
+        "manage:oauth-clients",
+        json!({"issuer": "http://127.0.0.1:9/datastack", "audiences": [AUD]}),
+    )
+    .await
+    .assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     let key = idp_key("only", 3);
     let idp = Idp::start(&key).await;
     let sp = app

@@ -288,6 +288,11 @@ pub async fn create_issuer(
         created_at: now,
         updated_at: now,
     };
+    if issuer.issuer == state.edge.signer.issuer {
+        return Err(ApiError::InvalidRequest(
+            "issuer: this is the server's own issuer; its tokens need no trust".into(),
+        ));
+    }
     let links = links(&state, &me.workspace_id, body.subjects).await?;
     audit.set_resource_id(issuer.id.as_str());
     let detail = serde_json::json!({
