@@ -256,11 +256,7 @@ impl Federation {
         issuer: &Trusted,
         token: &str,
     ) -> Result<serde_json::Map<String, serde_json::Value>, &'static str> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "a malformed header")?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
-            return Err("the header names its own key (jku, x5u or jwk)");
-        }
-        let family = family_of(header.alg).ok_or("an HMAC algorithm")?;
+        let (header, family) = checked_header(token)?;
         let alg_name = format!("{:?}", header.alg);
         if !issuer.config.algorithms.contains(&alg_name) {
             return Err("an algorithm the issuer is not trusted with");
@@ -279,12 +275,12 @@ impl Federation {
             )
             .await
             .ok_or("no key of the issuer matches")?;
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[issuer.config.issuer.as_str()]);
-        validation.set_audience(&issuer.config.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        let validation = validation(
+            header.alg,
+            &issuer.config.issuer,
+            &issuer.config.audiences,
+            &["exp", "iss", "aud"],
+        );
         jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|_| "the signature or a claim (iss, aud, exp, nbf) is invalid")
@@ -509,6 +505,29 @@ impl Federation {
     }
 }
 
+/// The header of a JWT from outside, if this server may verify it at all: it names no key
+/// of its own (`jku`, `x5u`, `jwk`) and an asymmetric algorithm (never HMAC or `none`).
+fn checked_header(token: &str) -> Result<(jsonwebtoken::Header, Family), &'static str> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| "a malformed header")?;
+    if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
+        return Err("the header names its own key (jku, x5u or jwk)");
+    }
+    let family = family_of(header.alg).ok_or("an HMAC algorithm")?;
+    Ok((header, family))
+}
+
+/// The claim checks for a JWT from outside: `alg`, `iss`, one of `audiences`, `exp` and
+/// `nbf` with the clock-skew allowance, and the `required` claims present.
+fn validation(alg: Algorithm, iss: &str, audiences: &[String], required: &[&str]) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = LEEWAY_SECONDS;
+    v.validate_nbf = true;
+    v.set_issuer(&[iss]);
+    v.set_audience(audiences);
+    v.set_required_spec_claims(required);
+    v
+}
+
 /// Where a key set comes from.
 #[derive(Debug, Clone, Copy)]
 enum KeySource<'a> {
@@ -576,11 +595,7 @@ impl Federation {
         assertion: &str,
         audiences: &[String],
     ) -> Result<ClientAssertion, &'static str> {
-        let header = jsonwebtoken::decode_header(assertion).map_err(|_| "a malformed header")?;
-        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
-            return Err("the header names its own key (jku, x5u or jwk)");
-        }
-        let family = family_of(header.alg).ok_or("an HMAC algorithm")?;
+        let (header, family) = checked_header(assertion)?;
         let kid = header.kid.as_deref();
         let key = match (&client.jwks, &client.jwks_uri) {
             (Some(text), _) => {
@@ -603,13 +618,13 @@ impl Federation {
             (None, None) => None,
         }
         .ok_or("no key of the client matches")?;
-        let mut validation = Validation::new(header.alg);
-        validation.leeway = LEEWAY_SECONDS;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[client.id.as_str()]);
+        let mut validation = validation(
+            header.alg,
+            client.id.as_str(),
+            audiences,
+            &["exp", "iss", "sub", "aud"],
+        );
         validation.sub = Some(client.id.to_string());
-        validation.set_audience(audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
         let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             assertion,
             &key,

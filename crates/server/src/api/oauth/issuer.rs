@@ -206,12 +206,8 @@ pub(super) async fn authenticate_client(
     let failed = || OAuthError::new("invalid_client", "unknown client or wrong secret");
     let id = OAuthClientId::parse(&client_id).map_err(|_| failed())?;
     audit.set_resource_id(id.as_str());
-    let (entry, from_cache) = match state.oauth.cached(&id) {
-        Some(entry) => (entry, true),
-        None => match load_client(state, &id).await? {
-            Some(entry) => (entry, false),
-            None => return Err(failed()),
-        },
+    let Some((entry, from_cache)) = kept_or_loaded(state, &id).await? else {
+        return Err(failed());
     };
     if entry.client.client_type == ClientType::Public {
         // A public client (RFC 6749 §2.1) has no secret: it names itself and proves
@@ -296,12 +292,8 @@ async fn authenticate_assertion(
         .and_then(|c| OAuthClientId::parse(&c).ok())
         .ok_or_else(failed)?;
     audit.set_resource_id(id.as_str());
-    let (mut entry, from_cache) = match state.oauth.cached(&id) {
-        Some(entry) => (entry, true),
-        None => match load_client(state, &id).await? {
-            Some(entry) => (entry, false),
-            None => return Err(failed()),
-        },
+    let Some((mut entry, from_cache)) = kept_or_loaded(state, &id).await? else {
+        return Err(failed());
     };
     let base = public_base(state, headers);
     let audiences: Vec<String> = std::iter::once(state.edge.signer.issuer.clone())
@@ -343,6 +335,18 @@ async fn authenticate_assertion(
         return Err(client_failure(state, &id).await);
     }
     Ok(entry)
+}
+
+/// The client as this node keeps it (`true`), or read from the store (`false`); `None` if
+/// there is no such client.
+async fn kept_or_loaded(
+    state: &AppState,
+    id: &OAuthClientId,
+) -> Result<Option<(std::sync::Arc<ClientEntry>, bool)>, OAuthError> {
+    if let Some(entry) = state.oauth.cached(id) {
+        return Ok(Some((entry, true)));
+    }
+    Ok(load_client(state, id).await?.map(|entry| (entry, false)))
 }
 
 /// Reads a client and its subject's state from the store and keeps them for the token
