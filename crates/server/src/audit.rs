@@ -35,7 +35,10 @@ use crate::error::ApiError;
 
 mod groups;
 
-pub use groups::{Counters as AggregationCounters, DecisionKey, MAX_GROUPS, OVERFLOW_ACTION, Pins};
+pub use groups::{
+    Counters as AggregationCounters, DecisionKey, MAX_GROUPS, OVERFLOW_ACTION, Pins,
+    READ_GROUP_MAX, READS_AGGREGATED,
+};
 
 /// An entry on its way to the writer; `ack` is answered once it is committed.
 pub struct Queued {
@@ -59,6 +62,13 @@ pub struct AuditLog {
     /// Allowed forward-auth decisions and refusals waiting to be written as one entry per
     /// group each second (with a count).
     groups: groups::Groups,
+    /// Whether successful reads are aggregated (batched durability only).
+    aggregate_reads: bool,
+    /// Successful reads waiting for the writer's next commit, one entry per group.
+    reads: groups::Reads,
+    /// Wakes the writer when a read starts a group (the reads of a group cost no queue
+    /// slot, so the queue alone would not wake it).
+    reads_started: tokio::sync::Notify,
 }
 
 impl AuditLog {
@@ -73,6 +83,12 @@ impl AuditLog {
                 successful_reads: config.audit_successful_reads,
                 root_workspace,
                 groups: groups::Groups::new(config.floods.audit_refusal_groups),
+                aggregate_reads: config.audit_aggregate_reads
+                    && config.audit_durability == AuditDurability::Batched,
+                // Reads held in groups cost a tenth of a queued entry: four times the
+                // queue's capacity bounds them.
+                reads: groups::Reads::new(config.audit_queue_capacity.saturating_mul(4)),
+                reads_started: tokio::sync::Notify::new(),
             },
             rx,
         )
@@ -207,6 +223,27 @@ impl AuditLog {
                 Some(record) => self.enqueue_one(record).await,
             };
         }
+        if outcome == Outcome::Allowed
+            && self.aggregate_reads
+            && (method == Method::GET || method == Method::HEAD)
+            && ctx.with(|p| p.identity.is_some())
+        {
+            return match self.reads.add(record, &method_text) {
+                groups::ReadAdded::Started => {
+                    self.reads_started.notify_one();
+                    Ok(())
+                }
+                groups::ReadAdded::Folded => Ok(()),
+                groups::ReadAdded::Queue(record, count) => {
+                    self.enqueue(Queued {
+                        record,
+                        ack: None,
+                        count,
+                    })
+                    .await
+                }
+            };
+        }
         match self.durability {
             AuditDurability::Batched => self.enqueue_one(record).await,
             AuditDurability::Sync => {
@@ -233,12 +270,29 @@ impl AuditLog {
         self.groups
             .take()
             .into_iter()
+            .chain(self.reads.take())
             .map(|(record, count)| Queued {
                 record,
                 ack: None,
                 count,
             })
             .collect()
+    }
+
+    /// Waits until a successful read starts a group (or returns at once if one did since
+    /// the last wait).
+    pub async fn reads_started(&self) {
+        self.reads_started.notified().await;
+    }
+
+    /// Takes the groups of successful reads gathered since the last call, one entry per
+    /// group, for the commit the writer is about to make.
+    pub fn take_reads(&self) -> impl Iterator<Item = Queued> {
+        self.reads.take().into_iter().map(|(record, count)| Queued {
+            record,
+            ack: None,
+            count,
+        })
     }
 
     /// Queues the aggregated groups gathered since the last call, one entry per group,
@@ -259,7 +313,9 @@ impl AuditLog {
     /// How many requests were counted into groups, and how many refusals into overflow
     /// groups, since the last call (for the metrics).
     pub fn take_aggregation_counters(&self) -> AggregationCounters {
-        self.groups.take_counters()
+        let mut counters = self.groups.take_counters();
+        counters.folded += self.reads.take_folded();
+        counters
     }
 }
 

@@ -56,6 +56,10 @@ pub struct Config {
     /// Whether successful `GET`/`HEAD` calls are audited (failures and changes always
     /// are). Default true.
     pub audit_successful_reads: bool,
+    /// Whether successful reads that differ only in request id, time and latency are
+    /// written as one entry per group commit that lists each request (batched durability
+    /// only). Default true.
+    pub audit_aggregate_reads: bool,
     /// Whether forward-auth decisions that can be made from memory skip the middleware
     /// stack (the same checks, answered by the serving loop). Default true; `false` sends
     /// every request through the full pipeline.
@@ -207,6 +211,7 @@ impl Default for Config {
             audit_queue_capacity: 8192,
             audit_enqueue_timeout: Duration::from_secs(2),
             audit_successful_reads: true,
+            audit_aggregate_reads: true,
             fast_path: true,
             audit_maintenance_interval: Duration::from_secs(3600),
             audit_heads_file: AuditHeadsFile::Default,
@@ -364,6 +369,8 @@ config_layer! {
     audit_enqueue_timeout_ms: u64 = "AUDIT_ENQUEUE_TIMEOUT_MS" number;
     /// `audit_successful_reads`.
     audit_successful_reads: bool = "AUDIT_SUCCESSFUL_READS" boolean;
+    /// `audit_aggregate_reads`.
+    audit_aggregate_reads: bool = "AUDIT_AGGREGATE_READS" boolean;
     /// `fast_path`.
     fast_path: bool = "FAST_PATH" boolean;
     /// `audit_maintenance_interval_seconds`.
@@ -847,6 +854,9 @@ impl ConfigLayer {
         }
         if let Some(b) = self.audit_successful_reads {
             c.audit_successful_reads = b;
+        }
+        if let Some(b) = self.audit_aggregate_reads {
+            c.audit_aggregate_reads = b;
         }
         if let Some(b) = self.fast_path {
             c.fast_path = b;

@@ -1098,7 +1098,8 @@ impl Store {
         Ok((events, next))
     }
 
-    /// For each of `credentials`, the scopes it acted with in allowed calls since `since`.
+    /// For each of `credentials`, the scopes it acted with in allowed calls since `since`,
+    /// with how many calls (an aggregated entry counts every request it stands for).
     pub async fn scope_usage(
         &self,
         workspace: &WorkspaceId,
@@ -1108,10 +1109,25 @@ impl Store {
         if credentials.is_empty() {
             return Ok(Vec::new());
         }
+        // An aggregated entry stands for `count` requests: its detail begins
+        // `{"aggregated":"<text without quotes>","count":<n>` (the server writes it so), which
+        // is read from the text, without parsing JSON that tampering could have broken.
+        let calls = match self.backend() {
+            crate::Backend::Sqlite => {
+                "CASE WHEN detail LIKE '{\"aggregated\":\"%' \
+                 THEN MAX(CAST(substr(detail, instr(detail, '\",\"count\":') + 10) AS INTEGER), 1) \
+                 ELSE 1 END"
+            }
+            crate::Backend::Postgres => {
+                "CASE WHEN detail LIKE '{\"aggregated\":\"%' \
+                 THEN COALESCE(CAST(substring(detail FROM '^\\{\"aggregated\":\"[^\"]*\",\"count\":([0-9]{1,18})') AS BIGINT), 1) \
+                 ELSE 1 END"
+            }
+        };
         let rows: Vec<(String, String, i64)> = with_pool!(self, pool => {
-            let mut q = sqlx::QueryBuilder::new(
-                "SELECT credential_id, scope, COUNT(*) FROM audit_entries WHERE workspace_id = ",
-            );
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT credential_id, scope, CAST(SUM({calls}) AS BIGINT) FROM audit_entries WHERE workspace_id = "
+            ));
             q.push_bind(workspace.as_str());
             q.push(" AND created_at >= ");
             q.push_bind(since);

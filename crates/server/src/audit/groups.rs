@@ -1,7 +1,12 @@
 //! Aggregation of audit entries: requests that would each cost a row although they differ
 //! in nothing worth keeping are counted into one entry per group and second instead.
 //!
-//! Two kinds of request are aggregated:
+//! Three kinds of request are aggregated:
+//! - successful reads (`GET` and `HEAD` answered 2xx or 3xx by a known caller, batched
+//!   durability only), grouped by every field of their entry but its id, time, request id
+//!   and latency, which the group's entry lists for each request: nothing is lost, and
+//!   the groups are written with every group commit (not once a second), so a crash loses
+//!   no more than it would with an entry per read ([`Reads`]);
 //! - allowed forward-auth decisions (batched durability only), grouped by workspace,
 //!   credential, route, method, scope and source address, because one entry per decision
 //!   would cost more than the decision;
@@ -394,13 +399,6 @@ fn entry(group: &Group) -> AuditRecord {
     if group.count == 1 && group.kind != Kind::Overflow {
         return record;
     }
-    let mut detail = record
-        .detail
-        .as_deref()
-        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
-        .filter(serde_json::Value::is_object)
-        .unwrap_or_else(|| serde_json::json!({}));
-    detail["count"] = serde_json::Value::from(group.count);
     let what = match group.kind {
         Kind::Allowed => "allowed decisions in the second from `time`",
         Kind::Refused => "refused requests in the second from `time`",
@@ -408,22 +406,273 @@ fn entry(group: &Group) -> AuditRecord {
             "refused requests in the second from `time` that found the aggregation map full"
         }
     };
-    detail["aggregated"] = serde_json::Value::from(what);
+    let mut more = serde_json::Map::new();
     if let Some(last) = &group.last_request_id {
-        detail["lastRequestId"] = serde_json::Value::from(last.as_str());
+        more.insert("lastRequestId".into(), last.as_str().into());
     }
     if group.listed > 0 {
-        detail["requestIds"] = group.request_ids.split(' ').collect::<Vec<_>>().into();
+        more.insert(
+            "requestIds".into(),
+            group.request_ids.split(' ').collect::<Vec<_>>().into(),
+        );
     }
     let omitted = group.count.saturating_sub(1 + u64::from(group.listed));
     if omitted > 0 {
-        detail["requestIdsOmitted"] = serde_json::Value::from(omitted);
+        more.insert("requestIdsOmitted".into(), omitted.into());
     }
     if let Some(net) = &group.network {
-        detail["network"] = serde_json::Value::from(net.as_str());
+        more.insert("network".into(), net.as_str().into());
     }
-    record.detail = Some(detail.to_string());
+    record.detail = Some(aggregated_detail(
+        record.detail.as_deref(),
+        what,
+        group.count,
+        more,
+        None,
+    ));
     record
+}
+
+/// The detail of an aggregated entry. It always begins `{"aggregated":"<what>","count":<n>`
+/// (`what` holds no quote), so that the store can read how many requests an entry stands
+/// for from the text alone (the access review adds them up); then the first request's own
+/// detail, `more`, and `raw`, a key with JSON text already written.
+fn aggregated_detail(
+    original: Option<&str>,
+    what: &str,
+    count: u64,
+    more: serde_json::Map<String, serde_json::Value>,
+    raw: Option<(&str, &[u8])>,
+) -> String {
+    use std::fmt::Write as _;
+    debug_assert!(!what.contains('"') && !what.contains('\\'));
+    let mut rest = original
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .and_then(|d| match d {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .unwrap_or_default();
+    rest.remove("aggregated");
+    rest.remove("count");
+    if let Some((key, _)) = raw {
+        rest.remove(key);
+    }
+    rest.extend(more);
+    let mut out = String::with_capacity(64 + raw.map_or(0, |(_, r)| r.len()));
+    let _ = write!(out, "{{\"aggregated\":\"{what}\",\"count\":{count}");
+    let rest = serde_json::Value::Object(rest).to_string();
+    if rest.len() > 2 {
+        out.push(',');
+        out.push_str(&rest[1..rest.len() - 1]);
+    }
+    if let Some((key, text)) = raw {
+        let _ = write!(out, ",\"{key}\":");
+        out.push_str(&String::from_utf8_lossy(text));
+    }
+    out.push('}');
+    out
+}
+
+/// The most requests one read group lists; the one that fills it queues it, and the next
+/// read starts a new group.
+pub const READ_GROUP_MAX: u64 = 1_000;
+
+/// What makes two successful reads the same entry: every field of the entry but its id,
+/// time, request id and latency (which the group's entry lists per request).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReadKey {
+    workspace: String,
+    principal: Option<String>,
+    credential: Option<String>,
+    action: String,
+    resource_type: Option<String>,
+    resource_id: Option<String>,
+    method: String,
+    scope: Option<String>,
+    source_ip: Option<String>,
+    user_agent: Option<String>,
+    status: u16,
+    detail: Option<String>,
+}
+
+impl ReadKey {
+    fn of(record: &AuditRecord, method: &str) -> Self {
+        Self {
+            workspace: record.workspace_id.to_string(),
+            principal: record.principal_id.clone(),
+            credential: record.credential_id.clone(),
+            action: record.action.clone(),
+            resource_type: record.resource_type.clone(),
+            resource_id: record.resource_id.clone(),
+            method: method.to_owned(),
+            scope: record.scope.clone(),
+            source_ip: record.source_ip.clone(),
+            user_agent: record.user_agent.clone(),
+            status: record.status,
+            detail: record.detail.clone(),
+        }
+    }
+}
+
+/// A group of successful reads: its first request's entry, how many it counts, and every
+/// request as the JSON text `["<request id>",<µs after the first>,<latency µs>]`, comma
+/// separated (a buffer that grows by doubling: no allocation per request once grown).
+struct ReadGroup {
+    record: AuditRecord,
+    count: u64,
+    requests: Vec<u8>,
+}
+
+impl ReadGroup {
+    fn new(record: AuditRecord) -> Self {
+        let mut group = ReadGroup {
+            record,
+            count: 0,
+            requests: Vec::with_capacity(64),
+        };
+        let (id, time, latency) = (
+            group.record.request_id.clone(),
+            group.record.time,
+            group.record.latency_us,
+        );
+        group.list(id.as_deref(), time, latency);
+        group
+    }
+
+    fn list(
+        &mut self,
+        request_id: Option<&str>,
+        time: chrono::DateTime<chrono::Utc>,
+        latency_us: i64,
+    ) {
+        use std::io::Write as _;
+        if self.count > 0 {
+            self.requests.push(b',');
+        }
+        self.count += 1;
+        let after = (time - self.record.time).num_microseconds().unwrap_or(0);
+        self.requests.push(b'[');
+        // The id is whatever the client sent as `x-request-id` (bounded and printable):
+        // escaped as JSON by the serializer, never by hand.
+        if serde_json::to_writer(&mut self.requests, &request_id).is_err() {
+            self.requests.extend_from_slice(b"null");
+        }
+        let _ = write!(self.requests, ",{after},{latency_us}]");
+    }
+
+    /// The group's entry: its first request's as it is for one read, and for more, with
+    /// `count`, `aggregated` and `requests` in the detail.
+    fn entry(self) -> (AuditRecord, u64) {
+        let mut record = self.record;
+        if self.count == 1 {
+            return (record, 1);
+        }
+        let mut listed = Vec::with_capacity(self.requests.len() + 2);
+        listed.push(b'[');
+        listed.extend_from_slice(&self.requests);
+        listed.push(b']');
+        record.detail = Some(aggregated_detail(
+            record.detail.as_deref(),
+            READS_AGGREGATED,
+            self.count,
+            serde_json::Map::new(),
+            Some(("requests", &listed)),
+        ));
+        (record, self.count)
+    }
+}
+
+/// The `aggregated` text of a read group's entry.
+pub const READS_AGGREGATED: &str = "successful reads that differ only in request id, time and latency; `requests` lists each as [requestId, microseconds after `time`, latencyUs]";
+
+/// What [`Reads::add`] did with a read.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per read and matched at once: boxing would allocate for nothing"
+)]
+pub enum ReadAdded {
+    /// It started a group: the writer should take the groups with its next commit.
+    Started,
+    /// It was counted into an existing group.
+    Folded,
+    /// It is to be queued now: as an entry of its own (every group slot is taken), or as
+    /// the entry of the group it filled, standing for this many requests.
+    Queue(AuditRecord, u64),
+}
+
+/// The successful reads of a node waiting for the writer's next commit.
+pub struct Reads {
+    map: Mutex<ReadMap>,
+    /// The most reads held in groups at once; beyond, a read is queued as an entry of its
+    /// own, so a stuck store fills the queue (and refuses requests) as it would without
+    /// aggregation, and memory stays bounded.
+    max_held: u64,
+    folded: AtomicU64,
+}
+
+#[derive(Default)]
+struct ReadMap {
+    groups: HashMap<ReadKey, ReadGroup>,
+    /// Reads the groups hold.
+    held: u64,
+}
+
+impl Reads {
+    /// An empty set holding at most `max_held` reads at once.
+    pub fn new(max_held: usize) -> Self {
+        Self {
+            map: Mutex::new(ReadMap::default()),
+            max_held: max_held as u64,
+            folded: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadMap> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a successful read into its group, or starts one.
+    pub fn add(&self, record: AuditRecord, method: &str) -> ReadAdded {
+        let key = ReadKey::of(&record, method);
+        let mut map = self.lock();
+        if map.held >= self.max_held {
+            return ReadAdded::Queue(record, 1);
+        }
+        if let Some(group) = map.groups.get_mut(&key) {
+            group.list(record.request_id.as_deref(), record.time, record.latency_us);
+            self.folded.fetch_add(1, Ordering::Relaxed);
+            if group.count < READ_GROUP_MAX {
+                map.held += 1;
+                return ReadAdded::Folded;
+            }
+            let full = map.groups.remove(&key).map(ReadGroup::entry);
+            let Some((record, count)) = full else {
+                return ReadAdded::Folded;
+            };
+            // The group's other reads were held; this one never was.
+            map.held -= count - 1;
+            drop(map);
+            return ReadAdded::Queue(record, count);
+        }
+        if map.groups.len() >= MAX_GROUPS {
+            return ReadAdded::Queue(record, 1);
+        }
+        map.groups.insert(key, ReadGroup::new(record));
+        map.held += 1;
+        ReadAdded::Started
+    }
+
+    /// Takes every group as its entry and the number of requests it stands for.
+    pub fn take(&self) -> Vec<(AuditRecord, u64)> {
+        let taken = std::mem::take(&mut *self.lock());
+        taken.groups.into_values().map(ReadGroup::entry).collect()
+    }
+
+    /// Reads counted into a group since the last call (for the metrics).
+    pub fn take_folded(&self) -> u64 {
+        self.folded.swap(0, Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -494,5 +743,81 @@ mod tests {
         // After a flush, the share is free again.
         groups.add_refused(refusal("198.51.100.1", "x"), "GET");
         assert_eq!(groups.take()[0].0.action, "me.read");
+    }
+
+    fn read(request_id: &str, detail: Option<&str>) -> AuditRecord {
+        let mut r = AuditRecord::system(WorkspaceId::from_trusted("ws_1".into()), "me.read", "me");
+        r.status = 200;
+        r.request_id = Some(request_id.to_owned());
+        r.credential_id = Some("tok_1".into());
+        r.detail = detail.map(str::to_owned);
+        r
+    }
+
+    #[test]
+    fn a_read_group_lists_every_read_after_a_fixed_prefix() {
+        let reads = Reads::new(100);
+        let first = read("r0", Some(r#"{"about":"x"}"#));
+        let start = first.time;
+        assert!(matches!(reads.add(first, "GET"), ReadAdded::Started));
+        for i in 1..3 {
+            let mut r = read(&format!("r{i}"), Some(r#"{"about":"x"}"#));
+            r.time = start + chrono::Duration::microseconds(i * 10);
+            r.latency_us = 7;
+            assert!(matches!(reads.add(r, "GET"), ReadAdded::Folded));
+        }
+        // Another detail is another group.
+        assert!(matches!(
+            reads.add(read("s0", None), "GET"),
+            ReadAdded::Started
+        ));
+        let mut entries = reads.take();
+        entries.sort_by_key(|(_, n)| *n);
+        assert_eq!(entries[0].0.detail, None, "a group of one is a plain entry");
+        let (record, count) = &entries[1];
+        assert_eq!(*count, 3);
+        let text = record.detail.as_deref().unwrap_or_default();
+        // The prefix the store reads the count from, whatever keys the detail had.
+        assert!(
+            text.starts_with(&format!(
+                r#"{{"aggregated":"{READS_AGGREGATED}","count":3,"#
+            )),
+            "{text}"
+        );
+        let detail: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+        assert_eq!(detail["about"], "x");
+        assert_eq!(
+            detail["requests"],
+            serde_json::json!([["r0", 0, 0], ["r1", 10, 7], ["r2", 20, 7]])
+        );
+        assert!(reads.take().is_empty());
+    }
+
+    #[test]
+    fn a_full_read_group_and_a_full_budget_go_to_the_queue() {
+        let reads = Reads::new(1_500);
+        let mut queued = Vec::new();
+        for i in 0..READ_GROUP_MAX + 5 {
+            if let ReadAdded::Queue(record, n) = reads.add(read(&format!("r{i}"), None), "GET") {
+                queued.push((record, n));
+            }
+        }
+        assert_eq!(queued.len(), 1);
+        assert_eq!(
+            queued[0].1, READ_GROUP_MAX,
+            "the read that fills a group queues it"
+        );
+        // 5 reads held; the budget (1 500) lets 1 495 more in, then each read is queued.
+        let mut own = 0;
+        for i in 0..1_600 {
+            let mut r = read(&format!("x{i}"), None);
+            r.credential_id = Some(format!("tok_{}", i % 7));
+            if let ReadAdded::Queue(_, 1) = reads.add(r, "GET") {
+                own += 1;
+            }
+        }
+        assert_eq!(own, 1_600 - 1_495);
+        let held: u64 = reads.take().iter().map(|(_, n)| n).sum();
+        assert_eq!(held, 1_500);
     }
 }

@@ -29,6 +29,20 @@ const SIGHTING_REFRESH: chrono::Duration = chrono::Duration::hours(1);
 /// How long a shutdown keeps retrying a batch the store refuses.
 const SHUTDOWN_RETRY: Duration = Duration::from_secs(10);
 
+/// What woke the writer.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per batch, matched at once: boxing would allocate for nothing"
+)]
+enum Woken {
+    /// An entry in the queue.
+    Entry(Queued),
+    /// A successful read that started a group.
+    Reads,
+    /// The queue is closed and empty.
+    Drained,
+}
+
 /// Runs until `stop` turns true, then writes what is still queued and returns.
 pub async fn audit_writer(
     store: Store,
@@ -46,11 +60,12 @@ pub async fn audit_writer(
     let new_network_window = chrono::Duration::days(i64::from(config.new_network_window_days));
     let mut stopping = false;
     loop {
-        let first = if stopping {
-            rx.recv().await
+        let woken = if stopping {
+            rx.recv().await.map_or(Woken::Drained, Woken::Entry)
         } else {
             tokio::select! {
-                m = rx.recv() => m,
+                m = rx.recv() => m.map_or(Woken::Drained, Woken::Entry),
+                () = audit.reads_started() => Woken::Reads,
                 _ = tick.tick() => {
                     audit.flush_aggregates();
                     let counters = audit.take_aggregation_counters();
@@ -70,17 +85,22 @@ pub async fn audit_writer(
                 }
             }
         };
-        let mut batch = match first {
+        let mut batch = match woken {
             // Group commit: entries that arrive within the window go in the same
             // transaction, and a request that queues an entry meanwhile wakes no one (the
             // writer sleeps on its timer, not on the queue). An entry whose request waits
             // for its commit (sync durability) is written at once.
-            Some(q) if q.ack.is_none() && !stopping => {
+            Woken::Entry(q) if q.ack.is_none() && !stopping => {
                 tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
                 vec![q]
             }
-            Some(q) => vec![q],
-            None => {
+            Woken::Entry(q) => vec![q],
+            // A successful read started a group: the same window, then the groups.
+            Woken::Reads => {
+                tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
+                Vec::new()
+            }
+            Woken::Drained => {
                 // Drained: what is still aggregated goes in a last batch of its own.
                 let rest: Vec<Queued> = audit.take_aggregates();
                 if rest.is_empty() {
@@ -94,6 +114,12 @@ pub async fn audit_writer(
                 Ok(q) => batch.push(q),
                 Err(_) => break,
             }
+        }
+        // The successful reads gathered so far go in this commit, one entry per group:
+        // they wait no longer than an entry of their own would.
+        batch.extend(audit.take_reads());
+        if batch.is_empty() {
+            continue;
         }
         let mut records = Vec::with_capacity(batch.len());
         let mut acks = Vec::with_capacity(batch.len());

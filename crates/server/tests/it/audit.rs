@@ -22,6 +22,7 @@ on_both_stores!(
     no_secret_ever_enters_the_audit_trail,
     a_clean_shutdown_writes_every_queued_entry,
     a_request_is_found_by_its_id_even_inside_an_aggregated_entry,
+    successful_reads_are_aggregated_without_losing_any,
 );
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -50,18 +51,27 @@ async fn events(app: &TestApp, token: &str, event_type: &str) -> Vec<Value> {
     r.body["items"].as_array().expect("items").clone()
 }
 
-/// Waits until a query returns at least `n` entries, and returns them.
+/// How many requests entries stand for: `detail.count` for an aggregated entry, else one.
+fn requests_in(entries: &[Value]) -> usize {
+    entries
+        .iter()
+        .map(|e| e["detail"]["count"].as_u64().map_or(1, |n| n as usize))
+        .sum()
+}
+
+/// Waits until a query returns entries standing for at least `n` requests, and returns
+/// them.
 async fn wait_for_entries(app: &TestApp, token: &str, query: &str, n: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
         let found = entries(app, token, query).await;
-        if found.len() >= n {
+        if requests_in(&found) >= n {
             return found;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "expected {n} entries for {query}, found {}: {found:?}",
-            found.len()
+            "expected {n} requests for {query}, found {}: {found:?}",
+            requests_in(&found)
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -842,7 +852,7 @@ async fn a_stuck_audit_store_refuses_requests_in_bounded_time_and_loses_nothing(
         answered,
     )
     .await;
-    assert_eq!(recorded.len(), answered, "nothing answered is lost");
+    assert_eq!(requests_in(&recorded), answered, "nothing answered is lost");
     assert_eq!(verify(&app, &admin).await["ok"], true);
     app.stop().await;
 }
@@ -972,17 +982,21 @@ async fn a_clean_shutdown_writes_every_queued_entry(backend: Backend) {
     );
     lock.release().await;
     stopping.await.expect("stopped");
-    let recorded = store
+    // Each row stands for one read, or for `detail.count` reads (aggregated reads).
+    let recorded: u64 = store
         .strings(&format!(
-            "SELECT CAST(COUNT(*) AS TEXT) FROM audit_entries \
+            "SELECT COALESCE(CAST(detail AS TEXT), '{{}}') FROM audit_entries \
              WHERE action = 'me.read' AND credential_id = '{token_id}' AND status = 200"
         ))
-        .await;
-    assert_eq!(
-        recorded,
-        vec![answered.to_string()],
-        "a graceful stop loses no entry"
-    );
+        .await
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).expect("detail")["count"]
+                .as_u64()
+                .unwrap_or(1)
+        })
+        .sum();
+    assert_eq!(recorded, answered, "a graceful stop loses no read");
 }
 
 /// `requestId` finds the entry of a request whose id an error body reported, and the
@@ -1050,4 +1064,151 @@ async fn a_request_is_found_by_its_id_even_inside_an_aggregated_entry(backend: B
         .await;
     bad.assert_error(StatusCode::BAD_REQUEST, "INVALID_REQUEST");
     app.stop().await;
+}
+
+/// Sends `n` concurrent `GET /api/v1/me` with the request ids `{prefix}-{i}`.
+async fn concurrent_reads(app: &TestApp, token: &str, prefix: &str, n: usize) {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let request = app
+            .http
+            .get(format!("{}/api/v1/me", app.base))
+            .bearer_auth(token)
+            .header("x-request-id", format!("{prefix}-{i}"));
+        calls.spawn(async move { request.send().await.expect("send").status() });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.expect("task"), StatusCode::OK);
+    }
+}
+
+/// Every read of `prefix` that the `me.read` entries list, with its time (entry time +
+/// offset, µs since the epoch) and latency; waits until `n` are listed.
+async fn listed_reads(
+    app: &TestApp,
+    token: &str,
+    prefix: &str,
+    n: usize,
+) -> (Vec<Value>, Vec<(String, i64, i64)>) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found = entries(app, token, "action=me.read&limit=1000").await;
+        let mut mine = Vec::new();
+        let mut reads = Vec::new();
+        for e in &found {
+            let time = chrono::DateTime::parse_from_rfc3339(e["time"].as_str().expect("time"))
+                .expect("rfc3339")
+                .timestamp_micros();
+            let listed: Vec<(String, i64, i64)> = match e["detail"]["requests"].as_array() {
+                Some(requests) => requests
+                    .iter()
+                    .map(|r| {
+                        (
+                            r[0].as_str().expect("id").to_owned(),
+                            time + r[1].as_i64().expect("offset"),
+                            r[2].as_i64().expect("latency"),
+                        )
+                    })
+                    .collect(),
+                None => vec![(
+                    e["requestId"].as_str().expect("requestId").to_owned(),
+                    time,
+                    e["latencyUs"].as_i64().expect("latency"),
+                )],
+            };
+            if listed
+                .iter()
+                .any(|(id, _, _)| id.starts_with(&format!("{prefix}-")))
+            {
+                assert!(
+                    listed
+                        .iter()
+                        .all(|(id, _, _)| id.starts_with(&format!("{prefix}-"))),
+                    "a group holds only reads that differ in id, time and latency: {e}"
+                );
+                mine.push(e.clone());
+                reads.extend(listed);
+            }
+        }
+        if reads.len() >= n {
+            return (mine, reads);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} reads listed: {found:?}",
+            reads.len()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Successful reads that differ only in request id, time and latency are written as one
+/// entry per group commit that lists each of them: every read is found, once, by its id,
+/// with its own time and latency; the chain verifies; a read of another kind (another
+/// user agent) is not folded in; and `audit_aggregate_reads = false` writes one entry per
+/// read.
+async fn successful_reads_are_aggregated_without_losing_any(backend: Backend) {
+    let store = std::sync::Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store.clone(), |_| {}).await;
+    let admin = app.admin().to_owned();
+    // The writer is held up, so the reads answered meanwhile wait in their group.
+    let lock = store.lock_audit_writes().await;
+    let before = chrono::Utc::now().timestamp_micros();
+    concurrent_reads(&app, &admin, "grp", 40).await;
+    let after = chrono::Utc::now().timestamp_micros();
+    lock.release().await;
+    let (groups, reads) = listed_reads(&app, &admin, "grp", 40).await;
+    assert_eq!(reads.len(), 40, "every read once: {groups:?}");
+    let mut ids: Vec<&str> = reads.iter().map(|(id, _, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 40, "no read listed twice");
+    for (id, time, latency) in &reads {
+        assert!((before..=after).contains(time), "{id}: its own time");
+        assert!(*latency >= 0, "{id}: a latency");
+    }
+    let big = groups
+        .iter()
+        .find(|e| e["detail"]["count"].as_u64().is_some_and(|n| n >= 2))
+        .unwrap_or_else(|| panic!("no aggregated entry: {groups:?}"));
+    let listed = big["detail"]["requests"].as_array().expect("requests");
+    assert_eq!(big["detail"]["count"].as_u64(), Some(listed.len() as u64));
+    assert!(big["detail"]["aggregated"].as_str().is_some());
+    assert_eq!(big["requestId"], listed[0][0], "the first read's fields");
+    assert_eq!(big["status"], 200);
+    assert_eq!(big["outcome"], "allowed");
+    // A read inside the group is found by its id.
+    let inner = listed.last().and_then(|r| r[0].as_str()).expect("an id");
+    let found = entries(&app, &admin, &format!("requestId={inner}")).await;
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0]["id"], big["id"]);
+    // A read that differs in more than id, time and latency is an entry of its own.
+    let other = app
+        .http
+        .get(format!("{}/api/v1/me", app.base))
+        .bearer_auth(&admin)
+        .header("user-agent", "another-agent/1")
+        .header("x-request-id", "solo-1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(other.status(), StatusCode::OK);
+    let solo = wait_for_entries(&app, &admin, "requestId=solo-1", 1).await;
+    assert_eq!(solo[0]["userAgent"], "another-agent/1");
+    assert!(solo[0]["detail"]["count"].is_null(), "{solo:?}");
+    assert_eq!(verify(&app, &admin).await["ok"], true);
+    app.stop().await;
+
+    // With aggregation off, one entry per read.
+    let off = TestApp::spawn_on(
+        std::sync::Arc::new(StoreLocation::new(backend).await),
+        |c| c.audit_aggregate_reads = false,
+    )
+    .await;
+    let admin = off.admin().to_owned();
+    concurrent_reads(&off, &admin, "one", 20).await;
+    let (entries_off, reads) = listed_reads(&off, &admin, "one", 20).await;
+    assert_eq!(reads.len(), 20);
+    assert_eq!(entries_off.len(), 20, "one entry per read");
+    off.stop().await;
 }

@@ -685,19 +685,28 @@ async fn run_api(
                 .await,
         ));
     }
+    // An aggregated entry (successful reads) stands for `detail.count` requests: how the
+    // reads fall into groups depends on timing, the requests they stand for do not.
+    let requests = |e: &Value| e["detail"]["count"].as_u64().unwrap_or(1);
     let entries = audit_until(&app, "/api/v1/audit/events?limit=200", |items| {
         items.iter().any(|e| e["status"] == 429)
-            && items.iter().filter(|e| e["status"] == 200).count() >= 5
+            && items
+                .iter()
+                .filter(|e| e["status"] == 200)
+                .map(requests)
+                .sum::<u64>()
+                >= 5
     })
     .await;
     let mut actions: Vec<(String, u64)> = entries
         .iter()
         .filter(|e| e["action"] != "audit.events")
-        .map(|e| {
-            (
+        .flat_map(|e| {
+            let one = (
                 e["action"].as_str().unwrap_or("").to_owned(),
                 e["status"].as_u64().unwrap_or(0),
-            )
+            );
+            std::iter::repeat_n(one, usize::try_from(requests(e)).unwrap_or(1))
         })
         .collect();
     actions.sort();
