@@ -343,18 +343,33 @@ impl Store {
     ) -> Result<Vec<bool>> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut stored = Vec::with_capacity(items.len());
-            let mut records = Vec::new();
-            for (token, client, trail) in items {
-                // A write first: on SQLite it takes the write lock the way every writer
-                // does, and it proves the client still exists.
-                let client_exists = sqlx::query("UPDATE oauth_clients SET last_used_at = $2 WHERE id = $1")
-                    .bind(client.as_str())
-                    .bind(token.created_at)
+            // One write per client of the batch (a batch is mostly one client's tokens),
+            // first: on SQLite it takes the write lock the way every writer does, and it
+            // proves the client still exists.
+            let mut last_use: Vec<(&str, DateTime<Utc>)> = Vec::new();
+            for (token, client, _) in items {
+                match last_use.iter_mut().find(|(id, _)| *id == client.as_str()) {
+                    Some((_, at)) => *at = (*at).max(token.created_at),
+                    None => last_use.push((client.as_str(), token.created_at)),
+                }
+            }
+            let mut existing = Vec::with_capacity(last_use.len());
+            for (client, at) in last_use {
+                let found = sqlx::query("UPDATE oauth_clients SET last_used_at = $2 WHERE id = $1")
+                    .bind(client)
+                    .bind(at)
                     .execute(&mut *tx)
                     .await?
                     .rows_affected();
-                if client_exists == 0 {
+                if found > 0 {
+                    existing.push(client);
+                }
+            }
+            let mut stored = Vec::with_capacity(items.len());
+            let mut issued = Vec::with_capacity(items.len());
+            let mut records = Vec::new();
+            for (token, client, trail) in items {
+                if !existing.contains(&client.as_str()) {
                     stored.push(false);
                     continue;
                 }
@@ -369,13 +384,17 @@ impl Store {
                     stored.push(false);
                     continue;
                 }
-                sqlx::query("INSERT INTO oauth_tokens (token_id, client_id) VALUES ($1, $2)")
-                    .bind(token.id.as_str())
-                    .bind(client.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                issued.push((token.id.as_str(), client.as_str()));
                 records.extend(trail.records.iter());
                 stored.push(true);
+            }
+            // Which client each token was issued to: one statement for the batch.
+            for chunk in issued.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new("INSERT INTO oauth_tokens (token_id, client_id) ");
+                q.push_values(chunk, |mut row, (token, client)| {
+                    row.push_bind(*token).push_bind(*client);
+                });
+                q.build().execute(&mut *tx).await?;
             }
             let key = self.audit_key()?;
             crate::audit::append_audit!(tx, key, records.into_iter());
