@@ -35,10 +35,7 @@ use crate::error::ApiError;
 
 mod groups;
 
-pub use groups::{
-    Counters as AggregationCounters, DecisionKey, MAX_GROUPS, OVERFLOW_ACTION, Pins,
-    READ_GROUP_MAX, READS_AGGREGATED,
-};
+pub use groups::{Counters as AggregationCounters, DecisionKey, MAX_GROUPS, OVERFLOW_ACTION, Pins};
 
 /// An entry on its way to the writer; `ack` is answered once it is committed.
 pub struct Queued {
