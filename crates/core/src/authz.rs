@@ -65,6 +65,7 @@ impl Role {
                         | ApiKeys
                         | Secrets
                         | Requests
+                        | Events
                         | Tokens
                 ),
             },

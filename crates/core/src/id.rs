@@ -1,5 +1,5 @@
 //! Prefixed identifiers: `ws_…`, `usr_…`, `sp_…`, `tok_…`, `key_…`, `oat_…`, `ocl_…`, `aud_…`,
-//! `evt_…`.
+//! `evt_…`, `wh_…`.
 //!
 //! The part after the prefix is a UUIDv7 in lowercase hex, so ids sort by creation time and
 //! can serve as pagination cursors.
@@ -91,6 +91,10 @@ prefixed_id!(
 prefixed_id!(
     /// A security event id, `evt_…`.
     EventId, "evt_"
+);
+prefixed_id!(
+    /// A webhook endpoint id, `wh_…`.
+    WebhookId, "wh_"
 );
 
 /// A credential id: a personal access token (`tok_…`), an API key (`key_…`) or an OAuth

@@ -19,5 +19,6 @@ pub mod oauth;
 pub mod route_path;
 pub mod scope;
 pub mod validate;
+pub mod webhook;
 
 pub use error::{Error, Result};

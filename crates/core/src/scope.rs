@@ -48,6 +48,7 @@ resources! {
     IpAccessLists => "ip-access-lists",
     Usage => "usage",
     Requests => "requests",
+    Events => "events",
 }
 
 /// The two levels of access to a resource.

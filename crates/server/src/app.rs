@@ -227,6 +227,10 @@ impl Application {
         let store = Store::open(&store_config(&config)).await?;
         store.migrate().await?;
         let key = audit_key_for(&config, &store).await?;
+        let webhooks = Arc::new(crate::webhooks::Webhooks::new(
+            config.webhooks.clone(),
+            &key,
+        ));
         let oauth_keys = Arc::new(crate::oauth_keys::KeyRing::new(
             config.oauth_signing_key_rotation,
             config.oauth_signing_key_publish_ahead,
@@ -279,6 +283,7 @@ impl Application {
             )),
             federation,
             oauth_keys: oauth_keys.clone(),
+            webhooks,
         });
         let (shutdown_tx, _) = watch::channel(false);
         let (workers_stop_tx, shutdown_rx) = watch::channel(false);
@@ -313,6 +318,10 @@ impl Application {
                 shutdown_rx.clone(),
             )),
             tokio::spawn(signing_keys(state.clone(), shutdown_rx.clone())),
+            tokio::spawn(workers::webhook_dispatcher::webhook_dispatcher(
+                state.clone(),
+                shutdown_rx.clone(),
+            )),
         ];
         if let Some(listener) = invalidations {
             worker_handles.push(tokio::spawn(workers::invalidations::revocation_listener(

@@ -12,7 +12,9 @@ use serde::Deserialize;
 mod floods;
 pub use floods::FloodLimits;
 mod connections;
+mod webhooks;
 pub use connections::ConnectionLimits;
+pub use webhooks::WebhookSettings;
 
 /// The server's settings. See `docs/configuration.md` for each one.
 #[derive(Debug, Clone)]
@@ -157,6 +159,8 @@ pub struct Config {
     /// Timeouts and limits that protect the server from slow, idle and numerous
     /// connections (see `docs/operations.md`, "Hostile traffic").
     pub connections: ConnectionLimits,
+    /// Webhook delivery: allowed networks, timeouts, retries, concurrency, retention.
+    pub webhooks: WebhookSettings,
 }
 
 /// Where the signed chain heads are anchored outside the database.
@@ -247,6 +251,7 @@ impl Default for Config {
             oauth_signing_key_publish_ahead: Duration::from_secs(86_400),
             floods: FloodLimits::default(),
             connections: ConnectionLimits::default(),
+            webhooks: WebhookSettings::default(),
         }
     }
 }
@@ -461,6 +466,20 @@ config_layer! {
     database_lock_timeout_ms: u64 = "DATABASE_LOCK_TIMEOUT_MS" number;
     /// `gateway_body_idle_timeout_ms`.
     gateway_body_idle_timeout_ms: u64 = "GATEWAY_BODY_IDLE_TIMEOUT_MS" number;
+    /// `webhook_allow_networks`.
+    webhook_allow_networks: Vec<String> = "WEBHOOK_ALLOW_NETWORKS" list;
+    /// `webhook_timeout_ms`.
+    webhook_timeout_ms: u64 = "WEBHOOK_TIMEOUT_MS" number;
+    /// `webhook_retry_window_hours`.
+    webhook_retry_window_hours: u64 = "WEBHOOK_RETRY_WINDOW_HOURS" number;
+    /// `webhook_disable_after_hours`.
+    webhook_disable_after_hours: u64 = "WEBHOOK_DISABLE_AFTER_HOURS" number;
+    /// `webhook_concurrency`.
+    webhook_concurrency: u64 = "WEBHOOK_CONCURRENCY" number;
+    /// `webhook_endpoint_concurrency`.
+    webhook_endpoint_concurrency: u64 = "WEBHOOK_ENDPOINT_CONCURRENCY" number;
+    /// `webhook_retention_days`.
+    webhook_retention_days: u64 = "WEBHOOK_RETENTION_DAYS" number;
 }
 
 /// A configuration problem, with where it came from and how to fix it.
@@ -510,6 +529,7 @@ impl ConfigLayer {
         self.build_edge(&mut c)?;
         c.floods = self.build_floods()?;
         c.connections = self.build_connections()?;
+        c.webhooks = self.build_webhooks()?;
         if let Some(listen) = self.listen {
             c.listen = listen.trim().parse().map_err(|_| {
                 ConfigError(format!(

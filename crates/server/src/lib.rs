@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod request_id;
 pub(crate) mod serve;
 pub mod state;
+pub mod webhooks;
 pub mod workers;
 
 pub use app::{Application, ShutdownHandle, StartError};

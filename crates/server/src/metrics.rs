@@ -84,6 +84,7 @@ pub struct Metrics {
     audit_write_failures: Counter,
     audit_batch: Gauge,
     security_events: Family<EventLabels, Counter>,
+    webhook_attempts: Family<AttemptLabels, Counter>,
     ratelimit: Family<RateLimitLabels, Counter>,
     ratelimit_redis: Gauge,
     ratelimit_redis_calls: Counter,
@@ -144,6 +145,11 @@ impl FloodMetrics {
 struct RateLimitLabels {
     policy: &'static str,
     decision: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AttemptLabels {
+    outcome: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -220,6 +226,12 @@ impl Metrics {
             "Security events raised by the audit writer, by type",
             security_events.clone(),
         );
+        let webhook_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts, by outcome (succeeded, retrying, failed)",
+            webhook_attempts.clone(),
+        );
         let ratelimit = Family::<RateLimitLabels, Counter>::default();
         registry.register(
             "ratelimit_decisions",
@@ -284,6 +296,7 @@ impl Metrics {
             audit_write_failures,
             audit_batch,
             security_events,
+            webhook_attempts,
         }
     }
 
@@ -394,7 +407,14 @@ impl Metrics {
         self.audit_write_failures.inc();
     }
 
-    /// Counts a raised security event.
+    /// Counts a webhook delivery attempt, by outcome.
+    pub fn webhook_attempt(&self, outcome: &'static str) {
+        self.webhook_attempts
+            .get_or_create(&AttemptLabels { outcome })
+            .inc();
+    }
+
+    /// Counts a security event raised, by type.
     pub fn security_event(&self, event_type: &str) {
         self.security_events
             .get_or_create(&EventLabels {

@@ -35,6 +35,8 @@ pub struct NodeState {
     pub federation: Arc<crate::federation::Federation>,
     /// The rotating keys that sign OAuth access tokens.
     pub oauth_keys: Arc<crate::oauth_keys::KeyRing>,
+    /// Webhook sending: sealed secrets, the SSRF guard, the HTTP clients.
+    pub webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl AppState {

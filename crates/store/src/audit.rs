@@ -384,7 +384,8 @@ impl Dialect for sqlx::Postgres {
     const NUMBERED_PLACEHOLDERS: bool = true;
 }
 
-/// Inside a `with_pool!` transaction `$tx`, stores security events.
+/// Inside a `with_pool!` transaction `$tx`, stores security events and puts each in the
+/// outbox of the webhooks that take it.
 macro_rules! insert_events {
     ($tx:ident, $events:expr) => {{
         for e in $events {
@@ -399,6 +400,14 @@ macro_rules! insert_events {
             .bind(e.payload.to_string())
             .execute(&mut *$tx)
             .await?;
+            let _queued = $crate::webhooks::enqueue_event!(
+                $tx,
+                e.id.as_str(),
+                e.workspace_id.as_str(),
+                e.event_type.as_str(),
+                e.time,
+                &e.payload
+            );
         }
     }};
 }

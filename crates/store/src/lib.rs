@@ -19,6 +19,7 @@ mod principals;
 mod rows;
 mod signing_keys;
 mod tokens;
+mod webhooks;
 mod workspaces;
 
 use std::path::Path;
@@ -43,6 +44,10 @@ pub use oauth_flows::{DeviceAuthorization, DevicePoll, DeviceStatus, RefreshToke
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use signing_keys::StoredSigningKey;
 pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
+pub use webhooks::{
+    AttemptResult, DeliveryFilter, DueDelivery, Next, StoredAttempt, StoredDelivery, StoredWebhook,
+    WebhookPatch, message_body, outbox_signal,
+};
 pub use workspaces::{MAX_CHAIN, WorkspaceFilter, WorkspacePatch};
 
 /// What can go wrong in the store.

@@ -15,6 +15,7 @@ pub mod oauth;
 pub mod principals;
 pub mod time;
 pub mod tokens;
+pub mod webhooks;
 pub mod workspaces;
 
 use datastack_store::PageRequest;
@@ -41,6 +42,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(gateway::routes())
         .merge(ip_lists::routes())
         .merge(abuse::routes())
+        .merge(webhooks::routes())
 }
 
 /// The paths the router serves itself begin with one of these (as a whole segment); every

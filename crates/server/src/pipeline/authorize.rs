@@ -57,6 +57,8 @@ required_scopes! {
     ManageGateway = manage Gateway;
     ReadIpLists = read IpAccessLists;
     ManageIpLists = manage IpAccessLists;
+    ReadWebhooks = read Webhooks;
+    ManageWebhooks = manage Webhooks;
 }
 
 /// A caller with a valid credential, and the client address.

@@ -215,7 +215,7 @@ macro_rules! id_kind {
 
 use datastack_core::id::{
     AbuseFlagId, IpListId, OAuthClientId, PrincipalId, RouteId, TokenId, TrustedIssuerId,
-    WorkspaceId,
+    WebhookId, WorkspaceId,
 };
 
 id_kind!(
@@ -267,4 +267,9 @@ id_kind!(
     /// An abuse flag (`abf_…`).
     AbuseFlagPath, AbuseFlagId, "an abuse flag id (abf_…)",
     |raw| AbuseFlagId::parse(raw).ok()
+);
+id_kind!(
+    /// A webhook (`wh_…`).
+    WebhookPath, WebhookId, "a webhook id (wh_…)",
+    |raw| WebhookId::parse(raw).ok()
 );

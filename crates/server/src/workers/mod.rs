@@ -6,3 +6,4 @@ pub mod heads_file;
 pub mod invalidations;
 pub mod maintenance;
 pub mod usage;
+pub mod webhook_dispatcher;

@@ -24,4 +24,5 @@ mod stalled_readers;
 mod surface;
 mod tokens;
 mod upstream_pool;
+mod webhooks;
 mod workspaces;
