@@ -9,6 +9,7 @@
 mod api_keys;
 mod oauth;
 mod output;
+mod webhooks;
 
 use std::fmt;
 use std::future::Future;
@@ -83,6 +84,22 @@ pub enum ClientCommand {
         /// What to do with API keys.
         #[command(subcommand)]
         cmd: api_keys::ApiKeysCmd,
+    },
+    /// Register webhooks, follow their deliveries, redeliver and replay.
+    Webhooks {
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do with webhooks.
+        #[command(subcommand)]
+        cmd: webhooks::WebhooksCmd,
+    },
+    /// Publish events from upstream services to the workspace's webhooks.
+    Events {
+        #[command(flatten)]
+        conn: Connection,
+        /// What to do with events.
+        #[command(subcommand)]
+        cmd: webhooks::EventsCmd,
     },
     /// Register and manage OAuth clients; get a client_credentials access token.
     Oauth {
@@ -172,6 +189,8 @@ impl ClientCommand {
         match self {
             ClientCommand::Tokens { conn, .. }
             | ClientCommand::ApiKeys { conn, .. }
+            | ClientCommand::Webhooks { conn, .. }
+            | ClientCommand::Events { conn, .. }
             | ClientCommand::Oauth { conn, .. }
             | ClientCommand::Users { conn, .. }
             | ClientCommand::ServicePrincipals { conn, .. }
@@ -818,6 +837,8 @@ pub async fn run(cmd: ClientCommand) -> ExitCode {
     let outcome = match cmd {
         ClientCommand::Tokens { cmd, .. } => tokens(cmd, &client, out).await,
         ClientCommand::ApiKeys { cmd, .. } => api_keys::api_keys(cmd, &client, out).await,
+        ClientCommand::Webhooks { cmd, .. } => webhooks::webhooks(cmd, &client, out).await,
+        ClientCommand::Events { cmd, .. } => webhooks::events(cmd, &client, out).await,
         ClientCommand::Oauth { cmd, .. } => oauth::oauth(cmd, &client, out).await,
         ClientCommand::Users { cmd, .. } => users(cmd, &client, out).await,
         ClientCommand::ServicePrincipals { cmd, .. } => service_principals(cmd, &client, out).await,

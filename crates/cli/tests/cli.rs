@@ -2314,3 +2314,286 @@ fn the_oauth_cli_manages_trusted_issuers() {
     assert_eq!((code, out.trim()), (0, format!("deleted {id}").as_str()));
     server.stop();
 }
+
+/// A webhook receiver on loopback, on its own runtime: it records every delivery's
+/// `request_id` and, while `slow` is set, holds each answer for 300 ms.
+struct Receiver {
+    url: String,
+    ids: Arc<Mutex<Vec<String>>>,
+    slow: Arc<std::sync::atomic::AtomicBool>,
+    _runtime: std::thread::JoinHandle<()>,
+}
+
+impl Receiver {
+    fn start() -> Receiver {
+        let ids = Arc::new(Mutex::new(Vec::new()));
+        let slow = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (sink, hold) = (ids.clone(), slow.clone());
+        let runtime = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind");
+                tx.send(listener.local_addr().expect("addr")).expect("send");
+                let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+                    let (sink, hold) = (sink.clone(), hold.clone());
+                    async move {
+                        if hold.load(std::sync::atomic::Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                        }
+                        let v: serde_json::Value =
+                            serde_json::from_slice(&body).unwrap_or_default();
+                        if let Some(id) = v["request_id"].as_str() {
+                            sink.lock().expect("lock").push(id.to_owned());
+                        }
+                        "ok"
+                    }
+                });
+                let _ = axum::serve(listener, app).await;
+            });
+        });
+        let addr = rx.recv().expect("the receiver starts");
+        Receiver {
+            url: format!("http://{addr}/hook"),
+            ids,
+            slow,
+            _runtime: runtime,
+        }
+    }
+
+    fn distinct(&self) -> std::collections::BTreeSet<String> {
+        self.ids.lock().expect("lock").iter().cloned().collect()
+    }
+}
+
+#[test]
+fn webhooks_from_the_cli_and_no_event_lost_when_the_server_is_killed_mid_delivery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_str().expect("utf-8");
+    let envs = [
+        ("DATASTACK_WEBHOOK_ALLOW_NETWORKS", "127.0.0.0/8"),
+        ("DATASTACK_WEBHOOK_TIMEOUT_MS", "1000"),
+    ];
+    let server = Server::start(&["--data-dir", data], &envs);
+    let admin = server.admin_token().expect("admin token");
+    let rx = Receiver::start();
+
+    // Registration prints the secret alone on stdout.
+    let (code, out, err) = client(
+        &server,
+        &admin,
+        &[
+            "webhooks",
+            "create",
+            "--url",
+            &rx.url,
+            "--event",
+            "job.*",
+            "--description",
+            "cli",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.trim().starts_with("whsec_") && out.lines().count() == 1,
+        "{out}"
+    );
+    assert!(err.contains("shown only this once"), "{err}");
+    let list = json_of(client(&server, &admin, &["webhooks", "list", "--json"]));
+    let id = list["items"][0]["id"].as_str().expect("id").to_owned();
+    assert!(!list.to_string().contains("whsec_"));
+    let types = json_of(client(
+        &server,
+        &admin,
+        &["webhooks", "event-types", "--json"],
+    ));
+    assert!(types["items"].as_array().is_some_and(|t| t.len() > 10));
+    let (code, _, err) = client(
+        &server,
+        &admin,
+        &[
+            "events",
+            "publish",
+            "--type",
+            "job.exploded",
+            "--data",
+            "{}",
+        ],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("not an event type"), "{err}");
+
+    // Publish events, and kill the server while deliveries are in flight.
+    let mut published = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let data = format!("{{\"jobId\": \"j{i}\"}}");
+        let e = json_of(client(
+            &server,
+            &admin,
+            &[
+                "events",
+                "publish",
+                "--type",
+                "job.completed",
+                "--data",
+                &data,
+                "--json",
+            ],
+        ));
+        assert_eq!(e["queued"], true);
+        published.insert(e["id"].as_str().expect("id").to_owned());
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rx.distinct().len() < 3 {
+        assert!(Instant::now() < deadline, "no delivery started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut server = server;
+    server.child.kill().expect("SIGKILL");
+    server.child.wait().expect("reaped");
+    let before = rx.distinct().len();
+    assert!(
+        before < published.len(),
+        "the kill came mid-delivery ({before} delivered)"
+    );
+    drop(server);
+
+    // Restarted on the same data, every event is delivered; leases held by the killed
+    // process lapse and their deliveries are made again (at least once).
+    rx.slow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let server = Server::start(&["--data-dir", data], &envs);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !published.is_subset(&rx.distinct()) {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {} events delivered after the restart",
+            rx.distinct().len(),
+            published.len()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The deliveries, one delivery's attempts, redelivery and replay from the CLI.
+    let deliveries = json_of(client(
+        &server,
+        &admin,
+        &[
+            "webhooks",
+            "deliveries",
+            &id,
+            "--status",
+            "succeeded",
+            "--all-pages",
+            "--json",
+        ],
+    ));
+    let listed = deliveries["items"].as_array().expect("items");
+    assert_eq!(listed.len(), published.len(), "{deliveries}");
+    let one = listed[0]["id"].as_str().expect("id").to_owned();
+    let detail = json_of(client(
+        &server,
+        &admin,
+        &["webhooks", "delivery", &id, &one, "--json"],
+    ));
+    assert!(
+        detail["attemptLog"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
+    );
+    let (code, out, _) = client(&server, &admin, &["webhooks", "delivery", &id, &one]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("ATTEMPT") && out.contains("succeeded"),
+        "{out}"
+    );
+    let count = rx.ids.lock().expect("lock").len();
+    let (code, _, err) = client(&server, &admin, &["webhooks", "redeliver", &id, &one]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rx.ids.lock().expect("lock").len() <= count {
+        assert!(Instant::now() < deadline, "no redelivery");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let replay = json_of(client(
+        &server,
+        &admin,
+        &[
+            "webhooks",
+            "replay",
+            &id,
+            "--since",
+            "2026-01-01T00:00:00Z",
+            "--json",
+        ],
+    ));
+    assert_eq!(replay["replayed"], 0, "nothing failed");
+
+    // Pause, resume, update, test, rotate, delete.
+    let paused = json_of(client(
+        &server,
+        &admin,
+        &["webhooks", "pause", &id, "--json"],
+    ));
+    assert_eq!(paused["status"], "paused");
+    let resumed = json_of(client(
+        &server,
+        &admin,
+        &["webhooks", "resume", &id, "--json"],
+    ));
+    assert_eq!(resumed["status"], "active");
+    let updated = json_of(client(
+        &server,
+        &admin,
+        &[
+            "webhooks",
+            "update",
+            &id,
+            "--event",
+            "*",
+            "--rate-limit",
+            "50",
+            "--no-description",
+            "--json",
+        ],
+    ));
+    assert_eq!(updated["events"], serde_json::json!(["*"]));
+    assert_eq!(updated["rateLimit"], 50);
+    assert_eq!(updated["description"], serde_json::Value::Null);
+    let ping = json_of(client(
+        &server,
+        &admin,
+        &["webhooks", "test", &id, "--json"],
+    ));
+    assert_eq!(ping["type"], "test.ping");
+    let rotated = json_of(client(
+        &server,
+        &admin,
+        &[
+            "webhooks",
+            "rotate-secret",
+            &id,
+            "--overlap-seconds",
+            "60",
+            "--json",
+        ],
+    ));
+    assert!(
+        rotated["secret"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("whsec_"))
+    );
+    assert!(rotated["previousSecretValidUntil"].as_str().is_some());
+    let (code, _, _) = client(&server, &admin, &["webhooks", "delete", &id]);
+    assert_eq!(code, 0);
+    let (code, _, err) = client(&server, &admin, &["webhooks", "get", &id]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+    let (_, log) = server.stop();
+    assert!(!log.contains("whsec_"), "no secret in the log");
+    assert!(!log.contains("jobId"), "no payload in the log");
+}

@@ -39,6 +39,7 @@ mod edge;
 mod error;
 mod oauth;
 mod types;
+mod webhooks;
 
 pub use api_keys::{
     ApiKey, ApiKeyUsage, CreateApiKey, CreatedApiKey, KeySecret, KeyVerdict, ListApiKeys,
@@ -64,6 +65,11 @@ pub use types::{
     Page, ParseValueError, Principal, Role, ServicePrincipal, Status, Token, TokenLifetime,
     UpdateServicePrincipal, UpdateUser, UpdateWorkspace, User, Workspace, WorkspaceSettings,
     WorkspaceSettingsUpdate,
+};
+pub use webhooks::{
+    CreateWebhook, Delivery, DeliveryAttempt, DeliveryDetail, EventType, ListDeliveries,
+    PublishedEvent, UpdateWebhook, VerifyError, Webhook, WebhookEvent, WebhookVerifier,
+    WebhookWithSecret,
 };
 
 /// The `secrecy` crate this SDK's secrets are typed with, re-exported so callers can use

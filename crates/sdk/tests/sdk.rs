@@ -415,3 +415,200 @@ async fn a_client_renews_its_access_token_by_itself_and_approves_devices() {
     assert_eq!(bad.status(), Some(400));
     server.stop().await;
 }
+
+/// A receiver on loopback that keeps what it gets.
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>>,
+) {
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let app = axum::Router::new().fallback(
+        move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().expect("lock").push((headers, body));
+                "ok"
+            }
+        },
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, got)
+}
+
+#[tokio::test]
+async fn webhooks_are_managed_and_their_deliveries_verified() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    config.webhooks.allow_networks = vec!["127.0.0.0/8".parse().expect("net")];
+    let mut app = Application::build(config).await.expect("server starts");
+    let token = app.take_admin_token().expect("first start");
+    let host = format!("http://{}", app.local_addr());
+    let stop = app.shutdown_handle();
+    let task = tokio::spawn(app.run_until_stopped());
+    let client = Client::new(&host, token).expect("client");
+    let (url, got) = receiver().await;
+
+    let types = client.webhook_event_types().await.expect("catalogue");
+    assert!(
+        types
+            .iter()
+            .any(|t| t.name == "job.completed" && t.source == "upstream")
+    );
+    let created = client
+        .create_webhook(&datastack_sdk::CreateWebhook {
+            url: url.clone(),
+            events: vec!["job.*".into()],
+            description: Some("sdk".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("created");
+    let id = created.details.id.clone();
+    assert!(!format!("{created:?}").contains(created.secret.expose_secret()));
+    let published = client
+        .publish_event("job.completed", serde_json::json!({"jobId": "j-1"}))
+        .await
+        .expect("published");
+    assert!(published.queued);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while got.lock().expect("lock").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no delivery");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (headers, body) = got.lock().expect("lock")[0].clone();
+    let verifier = datastack_sdk::WebhookVerifier::new(&created.secret).expect("verifier");
+    let event = verifier.verify(&headers, &body).expect("verifies");
+    assert_eq!(event.request_id, published.id);
+    assert_eq!(event.event_type, "job.completed");
+    assert_eq!(event.data["jobId"], "j-1");
+    verifier
+        .verify_body_signature(&headers, &body)
+        .expect("the seed's scheme verifies");
+    // A changed body, another secret, or a replay with an old timestamp are refused.
+    let mut tampered = body.to_vec();
+    tampered[2] ^= 1;
+    assert_eq!(
+        verifier.verify(&headers, &tampered).expect_err("tampered"),
+        datastack_sdk::VerifyError::BadSignature
+    );
+    assert!(verifier.verify_body_signature(&headers, &tampered).is_err());
+    let other = client
+        .create_webhook(&datastack_sdk::CreateWebhook {
+            url: url.clone(),
+            events: vec!["test.ping".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("second");
+    let wrong = datastack_sdk::WebhookVerifier::new(&other.secret).expect("verifier");
+    assert_eq!(
+        wrong.verify(&headers, &body).expect_err("wrong secret"),
+        datastack_sdk::VerifyError::BadSignature
+    );
+    let mut replayed = headers.clone();
+    replayed.insert("webhook-timestamp", "1600000000".parse().expect("value"));
+    assert_eq!(
+        verifier.verify(&replayed, &body).expect_err("replayed"),
+        datastack_sdk::VerifyError::Stale
+    );
+    let mut missing = headers.clone();
+    missing.remove("webhook-signature");
+    assert!(matches!(
+        verifier.verify(&missing, &body),
+        Err(datastack_sdk::VerifyError::MissingHeader(_))
+    ));
+
+    // Deliveries are listed and detailed; the webhook is paused, updated, rotated, tested.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let detail = loop {
+        let d = client
+            .get_webhook_delivery(&id, &published.id)
+            .await
+            .expect("delivery");
+        if d.delivery.status == "succeeded" {
+            break d;
+        }
+        assert!(std::time::Instant::now() < deadline, "not recorded: {d:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(detail.attempt_log.len(), 1);
+    let page = client
+        .list_webhook_deliveries(&id, datastack_sdk::ListDeliveries::default())
+        .await
+        .expect("list");
+    assert_eq!(page.items[0].id, published.id);
+    assert_eq!(
+        client.pause_webhook(&id).await.expect("pause").status,
+        "paused"
+    );
+    assert_eq!(
+        client.resume_webhook(&id).await.expect("resume").status,
+        "active"
+    );
+    let updated = client
+        .update_webhook(
+            &id,
+            &datastack_sdk::UpdateWebhook {
+                events: Some(vec!["*".into()]),
+                description: Some(None),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("update");
+    assert_eq!(updated.events, vec!["*".to_owned()]);
+    assert_eq!(updated.description, None);
+    let rotated = client
+        .rotate_webhook_secret(&id, Some(600), None)
+        .await
+        .expect("rotate");
+    assert!(rotated.details.previous_secret_valid_until.is_some());
+    let ping = client.test_webhook(&id).await.expect("test");
+    assert_eq!(ping.event_type, "test.ping");
+    let both = datastack_sdk::WebhookVerifier::new(&created.secret)
+        .expect("old")
+        .or_secret(&rotated.secret)
+        .expect("new");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let last = got.lock().expect("lock").last().cloned();
+        if let Some((h, b)) = last
+            && h.get("webhook-id").and_then(|v| v.to_str().ok()) == Some(ping.id.as_str())
+        {
+            both.verify(&h, &b)
+                .expect("either secret verifies during the overlap");
+            datastack_sdk::WebhookVerifier::new(&rotated.secret)
+                .expect("new")
+                .verify_body_signature(&h, &b)
+                .expect("the seed header uses the new secret");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no ping");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        client
+            .list_webhooks(None, None)
+            .await
+            .expect("list")
+            .items
+            .len()
+            == 2
+    );
+    client.delete_webhook(&id).await.expect("delete");
+    let gone = client.get_webhook(&id).await.expect_err("gone");
+    assert!(matches!(gone, Error::Api { status: 404, .. }), "{gone:?}");
+    stop.shutdown();
+    task.await.expect("task").expect("clean stop");
+}

@@ -661,25 +661,40 @@ impl Store {
     }
 
     /// Leases up to `limit` due deliveries of active webhooks until `lease_until`, oldest
-    /// due first. On PostgreSQL rows another node holds are skipped, not waited for.
+    /// due first, and at most `per_endpoint` leased at once per webhook across every node
+    /// (a webhook with that many leases already is skipped, so one slow endpoint's backlog
+    /// does not hold the others back). On PostgreSQL rows another node is leasing are
+    /// skipped, not waited for.
     pub async fn lease_due_deliveries(
         &self,
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
         limit: i64,
+        per_endpoint: i64,
     ) -> Result<Vec<DueDelivery>> {
-        let pick = "SELECT d.webhook_id, d.message_id FROM webhook_deliveries d \
-             JOIN webhooks w ON w.id = d.webhook_id \
-             WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
-               AND (d.lease_until IS NULL OR d.lease_until < $1) AND w.status = 'active' \
-             ORDER BY d.next_attempt_at LIMIT $3";
         let lock = match self.backend() {
             crate::Backend::Postgres => " FOR UPDATE OF d SKIP LOCKED",
             crate::Backend::Sqlite => "",
         };
         let sql = format!(
             "UPDATE webhook_deliveries SET lease_until = $2 \
-             WHERE (webhook_id, message_id) IN ({pick}{lock}) \
+             WHERE (webhook_id, message_id) IN ( \
+               SELECT webhook_id, message_id FROM ( \
+                 SELECT c.webhook_id, c.message_id, c.next_attempt_at, c.busy, \
+                   ROW_NUMBER() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS rn \
+                 FROM ( \
+                   SELECT d.webhook_id, d.message_id, d.next_attempt_at, \
+                     (SELECT COUNT(*) FROM webhook_deliveries x WHERE x.webhook_id = d.webhook_id \
+                        AND x.status = 'pending' AND x.lease_until > $1) AS busy \
+                   FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                   WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
+                     AND (d.lease_until IS NULL OR d.lease_until < $1) AND w.status = 'active' \
+                     AND (SELECT COUNT(*) FROM webhook_deliveries x WHERE x.webhook_id = d.webhook_id \
+                        AND x.status = 'pending' AND x.lease_until > $1) < $4 \
+                   ORDER BY d.next_attempt_at LIMIT $5{lock} \
+                 ) c \
+               ) r WHERE r.rn + r.busy <= $4 ORDER BY r.next_attempt_at LIMIT $3 \
+             ) \
              RETURNING webhook_id, message_id, attempts, created_at"
         );
         let leased: Vec<(String, String, i64, DateTime<Utc>)> = with_pool!(self, pool => {
@@ -687,6 +702,8 @@ impl Store {
                 .bind(now)
                 .bind(lease_until)
                 .bind(limit)
+                .bind(per_endpoint)
+                .bind(limit.saturating_mul(4).max(64))
                 .fetch_all(pool)
                 .await?
         });

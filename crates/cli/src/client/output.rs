@@ -632,16 +632,16 @@ pub(super) fn me_fields(me: &Me) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn when(at: &DateTime<Utc>) -> String {
+pub(super) fn when(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%d %H:%M:%SZ").to_string()
 }
 
-fn when_or(at: Option<&DateTime<Utc>>, otherwise: &str) -> String {
+pub(super) fn when_or(at: Option<&DateTime<Utc>>, otherwise: &str) -> String {
     at.map_or_else(|| otherwise.to_owned(), when)
 }
 
 /// Left-aligned columns separated by two spaces; the last column is not padded.
-fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(super) fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -667,7 +667,7 @@ fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// `name  value` lines with the names aligned.
-fn render_fields(fields: &[(&str, String)]) -> String {
+pub(super) fn render_fields(fields: &[(&str, String)]) -> String {
     let width = fields
         .iter()
         .map(|(name, _)| name.chars().count())
@@ -775,7 +775,7 @@ pub(super) fn write_stdout(text: &str) {
     let _ = stdout.flush();
 }
 
-fn write_stderr(text: &str) {
+pub(super) fn write_stderr(text: &str) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 

@@ -31,6 +31,9 @@ const FIRST_BACKOFF: Duration = Duration::from_secs(5);
 /// Retries are at most this far apart.
 const MAX_BACKOFF: Duration = Duration::from_secs(2 * 3600);
 
+/// What a lease adds to two attempt timeouts (waits for a webhook's rate limit, the
+/// recording of the result).
+const LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// How often finished deliveries past the retention are deleted.
 const PURGE_EVERY: Duration = Duration::from_secs(3600);
 
@@ -79,8 +82,9 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
     let (done_tx, done_rx) = mpsc::channel::<AttemptResult>(settings.concurrency * 4);
     let recorder = tokio::spawn(record(state.clone(), done_rx));
     let mut endpoints: HashMap<WebhookId, Arc<Endpoint>> = HashMap::new();
-    // A lease outlasts the longest attempt, the wait for an endpoint's slot and a margin.
-    let lease = chrono::Duration::from_std(settings.timeout * 3 + Duration::from_secs(30))
+    // At most `endpoint_concurrency` deliveries per endpoint are leased at once, so a
+    // lease outlasts one attempt, one wait for the endpoint's slot, and a margin.
+    let lease = chrono::Duration::from_std(settings.timeout * 2 + LEASE_MARGIN)
         .unwrap_or(chrono::Duration::minutes(2));
     let mut failures = 0u32;
     let mut purged = tokio::time::Instant::now();
@@ -101,7 +105,12 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
             let now = Utc::now();
             match state
                 .store
-                .lease_due_deliveries(now, now + lease, free.min(256) as i64)
+                .lease_due_deliveries(
+                    now,
+                    now + lease,
+                    free.min(256) as i64,
+                    settings.endpoint_concurrency as i64,
+                )
                 .await
             {
                 Ok(due) => {

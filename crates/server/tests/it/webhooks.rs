@@ -23,6 +23,7 @@ on_both_stores!(
     paused_webhooks_hold_their_deliveries_until_resumed,
     registration_refuses_what_the_ssrf_guard_forbids,
     scopes_catalogue_and_workspaces_bound_webhooks_and_events,
+    slow_endpoints_time_out_and_failing_ones_are_disabled,
 );
 
 /// What a receiver answers next: a status, an optional `Retry-After`, and a delay.
@@ -907,4 +908,146 @@ async fn scopes_catalogue_and_workspaces_bound_webhooks_and_events(backend: Back
         .await;
     r.assert_error(StatusCode::NOT_FOUND, "NOT_FOUND");
     app.stop().await;
+}
+
+async fn slow_endpoints_time_out_and_failing_ones_are_disabled(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store.clone(), |c| {
+        allow_loopback(c);
+        c.webhooks.timeout = Duration::from_millis(300);
+    })
+    .await;
+    let slow = Receiver::start().await;
+    let watcher = Receiver::start().await;
+    let (id, _) = register(&app, app.admin(), &slow.url, json!(["job.completed"])).await;
+    let (_, watcher_secret) = register(&app, app.admin(), &watcher.url, json!(["webhook.*"])).await;
+    // The endpoint hangs past the timeout: the attempt fails and is retried later.
+    slow.script(&[Answer {
+        status: 200,
+        retry_after: None,
+        delay: Duration::from_secs(3),
+    }]);
+    let e = publish(&app, app.admin(), "job.completed", json!({"jobId": "slow"})).await;
+    let event = e["id"].as_str().expect("id").to_owned();
+    let ok = eventually(Duration::from_secs(10), || async {
+        delivery(&app, &id, &event).await["attempts"] == 1
+    })
+    .await;
+    assert!(ok, "the attempt is recorded");
+    let d = delivery(&app, &id, &event).await;
+    assert_eq!(d["status"], "pending");
+    assert!(
+        d["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out")),
+        "{d}"
+    );
+    assert!(d["nextAttemptAt"].as_str().is_some());
+    assert!(d["lastLatencyMs"].as_i64().is_some_and(|l| l < 2500), "{d}");
+
+    // It has failed without a success for longer than the threshold: the next failure
+    // disables it and says so through the webhooks that take webhook.* events.
+    let aged = store
+        .execute(&[&format!(
+            "UPDATE webhooks SET failing_since = '2020-01-01T00:00:00Z' WHERE id = '{id}'"
+        )])
+        .await;
+    assert_eq!(aged, 1);
+    slow.script(&[Answer::status(500)]);
+    let r = app
+        .post(
+            &format!("/api/v1/webhooks/{id}/deliveries/{event}/redeliver"),
+            app.admin(),
+            "manage:webhooks",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text);
+    let got = watcher
+        .wait_for("webhook.disabled", 1, Duration::from_secs(10))
+        .await;
+    assert_signed(&got[0], &watcher_secret);
+    assert_eq!(got[0].json()["data"]["webhookId"], id.as_str());
+    let w = app
+        .get(
+            &format!("/api/v1/webhooks/{id}"),
+            app.admin(),
+            "read:webhooks",
+        )
+        .await;
+    assert_eq!(w.body["status"], "disabled");
+    assert_eq!(w.body["disabledReason"], "failing");
+    // A disabled webhook takes no new events; resumed, it does again.
+    let none = publish(&app, app.admin(), "job.completed", json!({"jobId": "x"})).await;
+    assert_eq!(none["queued"], false);
+    let r = app
+        .post(
+            &format!("/api/v1/webhooks/{id}/resume"),
+            app.admin(),
+            "manage:webhooks",
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.body["status"], "active");
+    assert_eq!(r.body["failingSince"], Value::Null);
+    let again = publish(&app, app.admin(), "job.completed", json!({"jobId": "y"})).await;
+    assert_eq!(again["queued"], true);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(datastack_test_postgres),
+    ignore = "needs PostgreSQL: set DATASTACK_TEST_DATABASE_URL"
+)]
+async fn two_nodes_deliver_each_event_once() {
+    let store = Arc::new(StoreLocation::new(Backend::Postgres).await);
+    let a = TestApp::spawn_on(store.clone(), allow_loopback).await;
+    let b = TestApp::spawn_on(store, allow_loopback).await;
+    let admin = a.admin().to_owned();
+    let rx = Receiver::start().await;
+    // A little latency so both dispatchers have deliveries in flight at once.
+    rx.script(
+        &(0..40)
+            .map(|_| Answer {
+                status: 200,
+                retry_after: None,
+                delay: Duration::from_millis(20),
+            })
+            .collect::<Vec<_>>(),
+    );
+    let (_, secret) = register(&a, &admin, &rx.url, json!(["job.completed"])).await;
+    let mut ids = std::collections::BTreeSet::new();
+    for i in 0..120 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        let e = publish(
+            node,
+            &admin,
+            "job.completed",
+            json!({"jobId": format!("j{i}")}),
+        )
+        .await;
+        ids.insert(e["id"].as_str().expect("id").to_owned());
+    }
+    let got = rx
+        .wait_for("job.completed", ids.len(), Duration::from_secs(30))
+        .await;
+    // Time for any duplicate to arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got_now = rx.of_type("job.completed");
+    assert_eq!(
+        got_now.len(),
+        ids.len(),
+        "each event once, no duplicate fan-out"
+    );
+    let seen: std::collections::BTreeSet<String> = got
+        .iter()
+        .map(|r| r.json()["request_id"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(seen, ids);
+    for r in got.iter().take(5) {
+        assert_signed(r, &secret);
+    }
+    a.stop().await;
+    b.stop().await;
 }
