@@ -264,6 +264,7 @@ macro_rules! catalogue {
 
 catalogue! {
     "api_key.created", Server, [], "An API key was created.";
+    "api_key.expiring_soon", Server, ["keyId"], "An API key expires within the notice period (expiry_notice_hours).";
     "api_key.revoked", Server, [], "An API key was revoked.";
     "api_key.rotated", Server, [], "An API key was rotated; the old secret works until the overlap ends.";
     "api_key.rotation_due", Server, [], "An API key is past its rotation interval.";
@@ -290,6 +291,7 @@ catalogue! {
     "test.ping", Server, [], "A test delivery sent by `POST /api/v1/webhooks/{id}/test`.";
     "token.auto_revoke_scheduled", Server, [], "Unused tokens were scheduled for automatic revocation.";
     "token.created", Server, [], "A personal access token was created.";
+    "token.expiring_soon", Server, ["tokenId"], "A personal access token expires within the notice period (expiry_notice_hours).";
     "token.revoked", Server, [], "A personal access token was revoked.";
     "webhook.disabled", Server, ["webhookId"], "A webhook failed for too long without a success and was disabled.";
 }

@@ -82,6 +82,10 @@ pub struct Config {
     /// How long before an automatic revocation its owner is warned (at most half the
     /// policy's period). Default 168 h.
     pub auto_revoke_notice: Duration,
+    /// How long before a personal access token or API key expires its
+    /// `token.expiring_soon` / `api_key.expiring_soon` event is raised (once). Zero turns
+    /// the notice off. Default 7 days.
+    pub expiry_notice: Duration,
     /// The shortest audit retention in force, whatever a workspace asks: a workspace admin
     /// cannot erase history by setting one day. Default 30 days.
     pub audit_min_retention_days: u32,
@@ -223,6 +227,7 @@ impl Default for Config {
             auth_failure_burst_window: Duration::from_secs(60),
             new_network_window_days: 30,
             auto_revoke_notice: Duration::from_secs(7 * 24 * 3600),
+            expiry_notice: Duration::from_secs(7 * 24 * 3600),
             audit_min_retention_days: 30,
             trusted_proxies: Vec::new(),
             client_ip_header: crate::edge::client_ip::ForwardedHeader::XForwardedFor,
@@ -390,6 +395,8 @@ config_layer! {
     new_network_window_days: u64 = "NEW_NETWORK_WINDOW_DAYS" number;
     /// `auto_revoke_notice_hours`.
     auto_revoke_notice_hours: u64 = "AUTO_REVOKE_NOTICE_HOURS" number;
+    /// `expiry_notice_hours`.
+    expiry_notice_hours: u64 = "EXPIRY_NOTICE_HOURS" number;
     /// `audit_min_retention_days`.
     audit_min_retention_days: u64 = "AUDIT_MIN_RETENTION_DAYS" number;
     /// `trusted_proxies`.
@@ -906,6 +913,10 @@ impl ConfigLayer {
         }
         if let Some(d) = self.audit_min_retention_days {
             c.audit_min_retention_days = within("audit_min_retention_days", d, 1, 36_500)? as u32;
+        }
+        if let Some(h) = self.expiry_notice_hours {
+            c.expiry_notice =
+                Duration::from_secs(within("expiry_notice_hours", h, 0, 24 * 365)? * 3600);
         }
         if let Some(h) = self.auto_revoke_notice_hours {
             c.auto_revoke_notice =

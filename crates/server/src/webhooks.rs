@@ -378,6 +378,14 @@ impl Webhooks {
     }
 }
 
+/// The scheme, host and port of a URL, for audit entries and logs: its path or query may be
+/// a secret of the receiver's (a capability URL).
+pub fn origin(url: &str) -> String {
+    reqwest::Url::parse(url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_default()
+}
+
 /// An error in words, without the URL (it may carry a token in its query) and bounded.
 fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     if e.is_timeout() {

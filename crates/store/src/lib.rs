@@ -43,7 +43,7 @@ pub use oauth::OAuthClientPatch;
 pub use oauth_flows::{DeviceAuthorization, DevicePoll, DeviceStatus, RefreshToken, Rotation};
 pub use principals::{NewPrincipal, PrincipalFilter, PrincipalPatch};
 pub use signing_keys::StoredSigningKey;
-pub use tokens::{CredentialRecord, OwnerSummary, TokenFilter, TokenUse};
+pub use tokens::{CredentialRecord, ExpiringCredential, OwnerSummary, TokenFilter, TokenUse};
 pub use webhooks::{
     AttemptResult, DeliveryFilter, DueDelivery, Next, StoredAttempt, StoredDelivery, StoredWebhook,
     WebhookPatch, message_body, outbox_signal,

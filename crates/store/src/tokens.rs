@@ -571,3 +571,78 @@ impl Store {
         })
     }
 }
+
+/// A credential about to expire that has not been told so yet.
+#[derive(Debug, Clone)]
+pub struct ExpiringCredential {
+    /// `tok_…` or `key_…`.
+    pub id: TokenId,
+    /// Its workspace.
+    pub workspace_id: WorkspaceId,
+    /// Its owner.
+    pub owner_id: String,
+    /// Its label or name.
+    pub label: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+}
+
+impl Store {
+    /// Personal access tokens and API keys, not revoked, expiring after `now` and no later
+    /// than `until`, that have had no expiry notice; at most `limit`, soonest first.
+    pub async fn expiring_credentials(
+        &self,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<ExpiringCredential>> {
+        let rows: Vec<(String, String, String, String, DateTime<Utc>)> = with_pool!(self, pool => {
+            sqlx::query_as(
+                "SELECT t.id, t.workspace_id, t.owner_id, t.label, t.expires_at FROM tokens t \
+                 WHERE t.revoked_at IS NULL AND t.expires_at IS NOT NULL \
+                   AND t.expires_at > $1 AND t.expires_at <= $2 \
+                   AND substr(t.id, 1, 4) IN ('tok_', 'key_') \
+                   AND NOT EXISTS (SELECT 1 FROM credential_expiry_notices n WHERE n.credential_id = t.id) \
+                 ORDER BY t.expires_at LIMIT $3",
+            )
+            .bind(now)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(pool)
+            .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(id, ws, owner, label, expires_at)| ExpiringCredential {
+                id: TokenId::from_trusted(id),
+                workspace_id: WorkspaceId::from_trusted(ws),
+                owner_id: owner,
+                label,
+                expires_at,
+            })
+            .collect())
+    }
+
+    /// Records that `id` was told it expires soon, with the trail that tells it; `false`
+    /// (and nothing written) when it already was.
+    pub async fn mark_expiry_notified(&self, id: &TokenId, trail: &Trail) -> Result<bool> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let affected = sqlx::query(
+                "INSERT INTO credential_expiry_notices (credential_id, notified_at) VALUES ($1, $2) \
+                 ON CONFLICT (credential_id) DO NOTHING",
+            )
+            .bind(id.as_str())
+            .bind(Utc::now())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if affected == 0 {
+                return Ok(false);
+            }
+            write_trail!(self, tx, trail);
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+}

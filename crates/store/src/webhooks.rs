@@ -339,6 +339,87 @@ macro_rules! enqueue_event {
 }
 pub(crate) use enqueue_event;
 
+/// Results are recorded in statements of these sizes, so each connection caches a few
+/// prepared statements rather than one per batch size.
+const RECORD_SIZES: [usize; 4] = [128, 32, 8, 1];
+
+/// `UPDATE … FROM (VALUES …)` of `size` deliveries' new states (`$1` is the time; nine
+/// parameters per delivery), returning the keys of those still pending before it.
+fn record_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        RECORD_SIZES
+            .iter()
+            .map(|&n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let b = 2 + i * 9;
+                        format!(
+                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                            b,
+                            b + 1,
+                            b + 2,
+                            b + 3,
+                            b + 4,
+                            b + 5,
+                            b + 6,
+                            b + 7,
+                            b + 8
+                        )
+                    })
+                    .collect();
+                format!(
+                    "WITH v (webhook_id, message_id, status, attempt, next_at, code, error, latency, started) \
+                     AS (VALUES {}) \
+                     UPDATE webhook_deliveries SET status = v.status, attempts = v.attempt, \
+                       next_attempt_at = v.next_at, lease_until = NULL, last_status_code = v.code, \
+                       last_error = v.error, last_latency_ms = v.latency, last_attempt_at = v.started, \
+                       updated_at = $1 \
+                     FROM v WHERE webhook_deliveries.webhook_id = v.webhook_id \
+                       AND webhook_deliveries.message_id = v.message_id \
+                       AND webhook_deliveries.status = 'pending' \
+                     RETURNING webhook_deliveries.webhook_id, webhook_deliveries.message_id",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    });
+    let at = RECORD_SIZES
+        .iter()
+        .position(|s| *s == size)
+        .expect("one of RECORD_SIZES");
+    &all[at]
+}
+
+/// The multi-row `INSERT` of `size` attempts (nine parameters each).
+fn attempts_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        RECORD_SIZES
+            .iter()
+            .map(|&n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|i| {
+                        let b = 1 + i * 9;
+                        let ps: Vec<String> = (b..b + 9).map(|p| format!("${p}")).collect();
+                        format!("({})", ps.join(", "))
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO webhook_attempts (id, webhook_id, message_id, attempt, started_at, \
+                       status_code, latency_ms, error, succeeded) VALUES {}",
+                    rows.join(", ")
+                )
+            })
+            .collect()
+    });
+    let at = RECORD_SIZES
+        .iter()
+        .position(|s| *s == size)
+        .expect("one of RECORD_SIZES");
+    &all[at]
+}
+
 fn not_found_if_zero(affected: u64) -> Result<()> {
     if affected == 0 {
         Err(Error::NotFound)
@@ -760,10 +841,10 @@ impl Store {
             .collect())
     }
 
-    /// Records attempts in one transaction: each attempt's row, its delivery's new state,
-    /// and its webhook's streak. A webhook whose every attempt has failed since before
-    /// `disable_before` is disabled, with `webhook.disabled` raised; their ids are
-    /// returned.
+    /// Records attempts in one transaction: each delivery's new state and each attempt's
+    /// row (a few multi-row statements per batch, whatever its size), then each webhook's
+    /// streak. A webhook whose every attempt has failed since before `disable_before` is
+    /// disabled, with `webhook.disabled` raised; those are returned.
     pub async fn record_attempts(
         &self,
         results: &[AttemptResult],
@@ -776,92 +857,117 @@ impl Store {
         let mut disabled = Vec::new();
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            for r in results {
-                let (status, next_at) = match &r.next {
-                    Next::Succeeded => ("succeeded", None),
-                    Next::RetryAt(at) => ("pending", Some(*at)),
-                    Next::Failed => ("failed", None),
-                };
-                let succeeded = matches!(r.next, Next::Succeeded);
-                let updated = sqlx::query(
-                    "UPDATE webhook_deliveries SET status = $3, attempts = $4, next_attempt_at = $5, \
-                       lease_until = NULL, last_status_code = $6, last_error = $7, last_latency_ms = $8, \
-                       last_attempt_at = $9, updated_at = $10 \
-                     WHERE webhook_id = $1 AND message_id = $2 AND status = 'pending'",
-                )
-                .bind(r.webhook_id.as_str())
-                .bind(r.message_id.as_str())
-                .bind(status)
-                .bind(r.attempt)
-                .bind(next_at)
-                .bind(r.status_code.map(i64::from))
-                .bind(r.error.as_deref())
-                .bind(r.latency_ms)
-                .bind(r.started_at)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if updated == 0 {
-                    // Deleted (with its webhook) meanwhile: nothing to record.
-                    continue;
+            let mut recorded: Vec<&AttemptResult> = Vec::with_capacity(results.len());
+            let mut rest = results;
+            while !rest.is_empty() {
+                let size = RECORD_SIZES.into_iter().find(|s| *s <= rest.len()).unwrap_or(1);
+                let (chunk, tail) = rest.split_at(size);
+                rest = tail;
+                let mut update = sqlx::query(record_sql(size));
+                update = update.bind(now);
+                for r in chunk {
+                    let (status, next_at) = match &r.next {
+                        Next::Succeeded => ("succeeded", None),
+                        Next::RetryAt(at) => ("pending", Some(*at)),
+                        Next::Failed => ("failed", None),
+                    };
+                    update = update
+                        .bind(r.webhook_id.as_str())
+                        .bind(r.message_id.as_str())
+                        .bind(status)
+                        .bind(r.attempt)
+                        .bind(next_at)
+                        .bind(r.status_code.map(i64::from))
+                        .bind(r.error.as_deref())
+                        .bind(r.latency_ms)
+                        .bind(r.started_at);
                 }
-                sqlx::query(
-                    "INSERT INTO webhook_attempts (id, webhook_id, message_id, attempt, started_at, \
-                       status_code, latency_ms, error, succeeded) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(attempt_id())
-                .bind(r.webhook_id.as_str())
-                .bind(r.message_id.as_str())
-                .bind(r.attempt)
-                .bind(r.started_at)
-                .bind(r.status_code.map(i64::from))
-                .bind(r.latency_ms)
-                .bind(r.error.as_deref())
-                .bind(succeeded)
-                .execute(&mut *tx)
-                .await?;
-                if succeeded {
+                let updated: Vec<(String, String)> = update
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                // Deliveries deleted (with their webhook) meanwhile have nothing to record.
+                let updated: std::collections::HashSet<(String, String)> =
+                    updated.into_iter().collect();
+                recorded.extend(chunk.iter().filter(|r| {
+                    updated.contains(&(r.webhook_id.to_string(), r.message_id.to_string()))
+                }));
+            }
+            let mut rest: &[&AttemptResult] = &recorded;
+            while !rest.is_empty() {
+                let size = RECORD_SIZES.into_iter().find(|s| *s <= rest.len()).unwrap_or(1);
+                let (chunk, tail) = rest.split_at(size);
+                rest = tail;
+                let mut insert = sqlx::query(attempts_sql(size));
+                for r in chunk {
+                    insert = insert
+                        .bind(attempt_id())
+                        .bind(r.webhook_id.as_str())
+                        .bind(r.message_id.as_str())
+                        .bind(r.attempt)
+                        .bind(r.started_at)
+                        .bind(r.status_code.map(i64::from))
+                        .bind(r.latency_ms)
+                        .bind(r.error.as_deref())
+                        .bind(matches!(r.next, Next::Succeeded));
+                }
+                insert.execute(&mut *tx).await?;
+            }
+            // Each webhook's streak, once per batch: its last success, or since when it fails.
+            let mut streaks: std::collections::BTreeMap<&str, (Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+                std::collections::BTreeMap::new();
+            for r in &recorded {
+                let e = streaks.entry(r.webhook_id.as_str()).or_default();
+                if matches!(r.next, Next::Succeeded) {
+                    e.0 = e.0.max(Some(r.started_at));
+                } else {
+                    e.1 = Some(e.1.map_or(r.started_at, |t: DateTime<Utc>| t.min(r.started_at)));
+                }
+            }
+            for (webhook, (success, failure)) in streaks {
+                if let Some(at) = success {
                     sqlx::query(
                         "UPDATE webhooks SET last_success_at = $2, failing_since = NULL WHERE id = $1",
                     )
-                    .bind(r.webhook_id.as_str())
-                    .bind(r.started_at)
+                    .bind(webhook)
+                    .bind(at)
                     .execute(&mut *tx)
                     .await?;
-                } else {
-                    sqlx::query(
-                        "UPDATE webhooks SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL",
-                    )
-                    .bind(r.webhook_id.as_str())
-                    .bind(r.started_at)
-                    .execute(&mut *tx)
-                    .await?;
-                    let row: Option<WebhookRow> = sqlx::query_as(&format!(
-                        "UPDATE webhooks SET status = 'disabled', disabled_reason = 'failing', updated_at = $3 \
-                         WHERE id = $1 AND status = 'active' AND failing_since < $2 \
-                         RETURNING {WEBHOOK_COLUMNS}"
-                    ))
-                    .bind(r.webhook_id.as_str())
-                    .bind(disable_before)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    if let Some(row) = row {
-                        let w = row.into_domain()?;
-                        let event = datastack_core::audit::SecurityEvent::new(
-                            w.workspace_id.clone(),
-                            "webhook.disabled",
-                            serde_json::json!({
-                                "webhookId": w.id,
-                                "url": w.url,
-                                "failingSince": w.failing_since,
-                                "lastSuccessAt": w.last_success_at,
-                            }),
-                        );
-                        crate::audit::insert_events!(tx, std::iter::once(&event));
-                        disabled.push(w);
-                    }
+                    continue;
+                }
+                let Some(at) = failure else { continue };
+                sqlx::query(
+                    "UPDATE webhooks SET failing_since = $2 WHERE id = $1 AND failing_since IS NULL",
+                )
+                .bind(webhook)
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+                let row: Option<WebhookRow> = sqlx::query_as(&format!(
+                    "UPDATE webhooks SET status = 'disabled', disabled_reason = 'failing', updated_at = $3 \
+                     WHERE id = $1 AND status = 'active' AND failing_since < $2 \
+                     RETURNING {WEBHOOK_COLUMNS}"
+                ))
+                .bind(webhook)
+                .bind(disable_before)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(row) = row {
+                    let w = row.into_domain()?;
+                    let event = datastack_core::audit::SecurityEvent::new(
+                        w.workspace_id.clone(),
+                        "webhook.disabled",
+                        serde_json::json!({
+                            "webhookId": w.id,
+                            "failingSince": w.failing_since,
+                            "lastSuccessAt": w.last_success_at,
+                        }),
+                    );
+                    crate::audit::insert_events!(tx, std::iter::once(&event));
+                    disabled.push(w);
                 }
             }
             tx.commit().await?;

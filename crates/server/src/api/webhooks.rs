@@ -484,7 +484,11 @@ pub async fn create_webhook(
         updated_at: now,
     };
     audit.set_resource_id(webhook.id.as_str());
-    audit.set_detail(serde_json::json!({ "url": webhook.url, "events": webhook.events }));
+    // The origin only: a URL's path or query can itself be a secret (capability URLs).
+    audit.set_detail(serde_json::json!({
+        "origin": crate::webhooks::origin(&webhook.url),
+        "events": webhook.events,
+    }));
     let trail = audit.change(StatusCode::CREATED);
     state.store.insert_webhook(&webhook, &trail).await?;
     audit.mark_recorded();

@@ -61,6 +61,9 @@ async fn run_once(
     if let Err(e) = rotation_due(store).await {
         tracing::warn!(error = %e, "the API key rotation pass failed");
     }
+    if let Err(e) = expiring_soon(store, config).await {
+        tracing::warn!(error = %e, "the credential expiry notice pass failed");
+    }
     // An OAuth access token's row is kept one day past its expiry (for the access
     // review's "last use" and for revocation answers), then deleted: the table does not
     // grow with every token ever issued.
@@ -168,6 +171,53 @@ async fn rotation_due(store: &Store) -> Result<(), datastack_store::Error> {
             .await?
         {
             tracing::info!(key_id = %key.token.id, "API key rotation is due");
+        }
+    }
+    Ok(())
+}
+
+/// Personal access tokens and API keys expiring within `expiry_notice` get
+/// `token.expiring_soon` or `api_key.expiring_soon`, once per credential, so webhooks can
+/// tell their owners in time.
+async fn expiring_soon(store: &Store, config: &Config) -> Result<(), datastack_store::Error> {
+    if config.expiry_notice.is_zero() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let until = now + chrono::Duration::from_std(config.expiry_notice).unwrap_or_default();
+    for c in store.expiring_credentials(now, until, 1000).await? {
+        let (event, action, resource, field) = if c.id.is_api_key() {
+            (
+                "api_key.expiring_soon",
+                "api_key.expiring_soon",
+                "api-keys",
+                "keyId",
+            )
+        } else {
+            (
+                "token.expiring_soon",
+                "token.expiring_soon",
+                "tokens",
+                "tokenId",
+            )
+        };
+        let payload = serde_json::json!({
+            field: c.id,
+            "ownerId": c.owner_id,
+            "name": c.label,
+            "expiresAt": c.expires_at,
+        });
+        let mut record = AuditRecord::system(c.workspace_id.clone(), action, resource);
+        record.resource_id = Some(c.id.to_string());
+        record.principal_id = None;
+        record.detail = Some(payload.to_string());
+        let trail = Trail::of(record).with_event(SecurityEvent::new(
+            c.workspace_id.clone(),
+            event,
+            payload,
+        ));
+        if store.mark_expiry_notified(&c.id, &trail).await? {
+            tracing::info!(credential_id = %c.id, expires_at = %c.expires_at, "credential expires soon");
         }
     }
     Ok(())

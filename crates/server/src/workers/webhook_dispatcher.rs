@@ -24,6 +24,8 @@ use crate::state::AppState;
 /// How often the outbox is looked at when nothing wakes the dispatcher (retries falling
 /// due, deliveries queued by another node).
 const POLL: Duration = Duration::from_millis(500);
+/// How soon to look again after a wake-up found nothing committed yet.
+const EAGER_POLL: Duration = Duration::from_millis(20);
 /// The most results recorded in one transaction.
 const RECORD_BATCH: usize = 512;
 /// The first retry comes this long after a failure; each next one twice as long.
@@ -88,6 +90,9 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
         .unwrap_or(chrono::Duration::minutes(2));
     let mut failures = 0u32;
     let mut purged = tokio::time::Instant::now();
+    // After a wake-up by a queued event, look again soon a few times: the transaction that
+    // queued it may not have committed yet.
+    let mut eager = 0u8;
     loop {
         if *shutdown.borrow() {
             break;
@@ -148,12 +153,19 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
         if endpoints.len() > 10_000 {
             endpoints.clear();
         }
+        let wait = if eager > 0 {
+            eager -= 1;
+            EAGER_POLL
+        } else {
+            POLL
+        };
         tokio::select! {
             _ = &mut notified => {
                 // Let the transaction that announced the event commit, and gather more.
                 tokio::time::sleep(Duration::from_millis(2)).await;
+                eager = 5;
             }
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
         }
     }

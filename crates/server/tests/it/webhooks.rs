@@ -24,6 +24,7 @@ on_both_stores!(
     registration_refuses_what_the_ssrf_guard_forbids,
     scopes_catalogue_and_workspaces_bound_webhooks_and_events,
     slow_endpoints_time_out_and_failing_ones_are_disabled,
+    credentials_about_to_expire_are_announced_once,
 );
 
 /// What a receiver answers next: a status, an optional `Retry-After`, and a delay.
@@ -168,7 +169,10 @@ pub async fn app_with_receivers(backend: Backend) -> TestApp {
 }
 
 pub fn allow_loopback(c: &mut datastack_server::Config) {
-    c.webhooks.allow_networks = vec!["127.0.0.0/8".parse().expect("network")];
+    c.webhooks.allow_networks = vec![
+        "127.0.0.0/8".parse().expect("network"),
+        "::1/128".parse().expect("network"),
+    ];
 }
 
 pub async fn register(app: &TestApp, token: &str, url: &str, events: Value) -> (String, String) {
@@ -404,6 +408,17 @@ async fn failures_are_retried_with_the_same_ids_and_final_errors_are_not(backend
             .is_some_and(|e| e.contains("400"))
     );
 
+    // A redirect is not followed and is final too.
+    rx.script(&[Answer::status(302)]);
+    let third = publish(&app, app.admin(), "job.failed", json!({"jobId": "j-11"})).await;
+    let event3 = third["id"].as_str().expect("id").to_owned();
+    let ok = eventually(Duration::from_secs(10), || async {
+        delivery(&app, &id, &event3).await["status"] == "failed"
+    })
+    .await;
+    assert!(ok, "a redirect fails the delivery");
+    assert_eq!(delivery(&app, &id, &event3).await["attempts"], 1);
+
     // Redelivery sends it again, with the same ids, and it succeeds now.
     let before = rx.of_type("job.failed").len();
     let r = app
@@ -431,7 +446,7 @@ async fn failures_are_retried_with_the_same_ids_and_final_errors_are_not(backend
 
     // Replay re-sends every failed delivery since a time (only failed ones).
     rx.script(&[Answer::status(410), Answer::status(410)]);
-    let since = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let since = chrono::Utc::now();
     let a = publish(&app, app.admin(), "job.failed", json!({"jobId": "a"})).await;
     let b = publish(&app, app.admin(), "job.failed", json!({"jobId": "b"})).await;
     for e in [&a, &b] {
@@ -627,6 +642,8 @@ async fn registration_refuses_what_the_ssrf_guard_forbids(backend: Backend) {
         ("https://[::ffff:127.0.0.1]/hook", "loopback"),
         ("https://0.0.0.0/hook", "unspecified"),
         ("https://localhost/hook", "loopback"),
+        ("https://2130706433/hook", "loopback"),
+        ("https://0x7f.1/hook", "loopback"),
         ("http://93.184.216.34/hook", "plain http"),
         ("ftp://93.184.216.34/hook", "https"),
         ("https://user:pw@93.184.216.34/hook", "credentials"),
@@ -698,6 +715,9 @@ async fn registration_refuses_what_the_ssrf_guard_forbids(backend: Backend) {
     let admin = first.admin().to_owned();
     let rx = Receiver::start().await;
     let (id, _) = register(&first, &admin, &rx.url, json!(["job.completed"])).await;
+    // A name, judged through the resolver on each attempt (DNS rebinding cannot help).
+    let by_name = rx.url.replace("127.0.0.1", "localhost");
+    let (named, _) = register(&first, &admin, &by_name, json!(["job.completed"])).await;
     first.stop().await;
     let second = TestApp::spawn_on(store, |_| {}).await;
     let e = publish(&second, &admin, "job.completed", json!({"jobId": "x"})).await;
@@ -730,6 +750,32 @@ async fn registration_refuses_what_the_ssrf_guard_forbids(backend: Backend) {
             .as_str()
             .is_some_and(|e| e.contains("loopback")),
         "{}",
+        r.text
+    );
+    let ok = eventually(Duration::from_secs(10), || async {
+        let r = second
+            .get(
+                &format!("/api/v1/webhooks/{named}/deliveries/{event}"),
+                &admin,
+                "read:webhooks",
+            )
+            .await;
+        r.body["attempts"].as_i64().unwrap_or(0) >= 1
+    })
+    .await;
+    assert!(ok, "the attempt by name is recorded");
+    let r = second
+        .get(
+            &format!("/api/v1/webhooks/{named}/deliveries/{event}"),
+            &admin,
+            "read:webhooks",
+        )
+        .await;
+    assert!(
+        r.body["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("loopback")),
+        "the name resolved to loopback is refused at connect time: {}",
         r.text
     );
     assert!(
@@ -1050,4 +1096,47 @@ async fn two_nodes_deliver_each_event_once() {
     }
     a.stop().await;
     b.stop().await;
+}
+
+async fn credentials_about_to_expire_are_announced_once(backend: Backend) {
+    let store = Arc::new(StoreLocation::new(backend).await);
+    let app = TestApp::spawn_on(store, |c| {
+        allow_loopback(c);
+        c.audit_maintenance_interval = Duration::from_millis(200);
+        c.expiry_notice = Duration::from_secs(2 * 86_400);
+    })
+    .await;
+    let rx = Receiver::start().await;
+    let (_, secret) = register(&app, app.admin(), &rx.url, json!(["token.*", "api_key.*"])).await;
+    // Expires within the notice: announced. Expires later, or never: not.
+    let (_, soon) = app
+        .create_token(app.admin(), json!({"label": "soon", "expiresInDays": 1}))
+        .await;
+    app.create_token(app.admin(), json!({"label": "later", "expiresInDays": 30}))
+        .await;
+    let key = app
+        .post(
+            "/api/v1/auth/api-keys",
+            app.admin(),
+            "manage:api-keys",
+            json!({"name": "short", "scopes": ["read:jobs"], "expiresInDays": 1}),
+        )
+        .await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
+    let got = rx
+        .wait_for("token.expiring_soon", 1, Duration::from_secs(15))
+        .await;
+    assert_signed(&got[0], &secret);
+    assert_eq!(got[0].json()["data"]["tokenId"], soon.as_str());
+    assert!(got[0].json()["data"]["expiresAt"].as_str().is_some());
+    let keys = rx
+        .wait_for("api_key.expiring_soon", 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(keys[0].json()["data"]["keyId"], key.body["id"]);
+    // Further passes do not repeat it.
+    app.wait_for_maintenance_passes(3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.of_type("token.expiring_soon").len(), 1);
+    assert_eq!(rx.of_type("api_key.expiring_soon").len(), 1);
+    app.stop().await;
 }

@@ -75,3 +75,8 @@ CREATE TABLE webhook_attempts (
     succeeded INTEGER NOT NULL
 );
 CREATE INDEX webhook_attempts_delivery ON webhook_attempts (webhook_id, message_id, attempt);
+-- Credentials told once that they expire soon (token.expiring_soon, api_key.expiring_soon).
+CREATE TABLE credential_expiry_notices (
+    credential_id TEXT PRIMARY KEY NOT NULL REFERENCES tokens (id) ON DELETE CASCADE,
+    notified_at TEXT NOT NULL
+);
