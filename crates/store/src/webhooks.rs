@@ -339,6 +339,9 @@ macro_rules! enqueue_event {
 }
 pub(crate) use enqueue_event;
 
+/// A webhook's last success and first failure in one batch of results.
+type Streak = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// Results are recorded in statements of these sizes, so each connection caches a few
 /// prepared statements rather than one per batch size.
 const RECORD_SIZES: [usize; 4] = [128, 32, 8, 1];
@@ -758,20 +761,20 @@ impl Store {
             crate::Backend::Sqlite => "",
         };
         let sql = format!(
-            "UPDATE webhook_deliveries SET lease_until = $2 \
+            "WITH busy AS (SELECT webhook_id, COUNT(*) AS n FROM webhook_deliveries \
+               WHERE status = 'pending' AND lease_until > $1 GROUP BY webhook_id) \
+             UPDATE webhook_deliveries SET lease_until = $2 \
              WHERE (webhook_id, message_id) IN ( \
                SELECT webhook_id, message_id FROM ( \
                  SELECT c.webhook_id, c.message_id, c.next_attempt_at, c.busy, \
                    ROW_NUMBER() OVER (PARTITION BY c.webhook_id ORDER BY c.next_attempt_at) AS rn \
                  FROM ( \
-                   SELECT d.webhook_id, d.message_id, d.next_attempt_at, \
-                     (SELECT COUNT(*) FROM webhook_deliveries x WHERE x.webhook_id = d.webhook_id \
-                        AND x.status = 'pending' AND x.lease_until > $1) AS busy \
+                   SELECT d.webhook_id, d.message_id, d.next_attempt_at, COALESCE(b.n, 0) AS busy \
                    FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id \
+                     LEFT JOIN busy b ON b.webhook_id = d.webhook_id \
                    WHERE d.status = 'pending' AND d.next_attempt_at <= $1 \
                      AND (d.lease_until IS NULL OR d.lease_until < $1) AND w.status = 'active' \
-                     AND (SELECT COUNT(*) FROM webhook_deliveries x WHERE x.webhook_id = d.webhook_id \
-                        AND x.status = 'pending' AND x.lease_until > $1) < $4 \
+                     AND COALESCE(b.n, 0) < $4 \
                    ORDER BY d.next_attempt_at LIMIT $5{lock} \
                  ) c \
                ) r WHERE r.rn + r.busy <= $4 ORDER BY r.next_attempt_at LIMIT $3 \
@@ -916,7 +919,7 @@ impl Store {
                 insert.execute(&mut *tx).await?;
             }
             // Each webhook's streak, once per batch: its last success, or since when it fails.
-            let mut streaks: std::collections::BTreeMap<&str, (Option<DateTime<Utc>>, Option<DateTime<Utc>>)> =
+            let mut streaks: std::collections::BTreeMap<&str, Streak> =
                 std::collections::BTreeMap::new();
             for r in &recorded {
                 let e = streaks.entry(r.webhook_id.as_str()).or_default();

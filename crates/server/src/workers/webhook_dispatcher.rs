@@ -82,7 +82,10 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
     let settings = state.webhooks.settings.clone();
     let permits = Arc::new(Semaphore::new(settings.concurrency));
     let (done_tx, done_rx) = mpsc::channel::<AttemptResult>(settings.concurrency * 4);
-    let recorder = tokio::spawn(record(state.clone(), done_rx));
+    // Wakes the dispatcher when results are committed: their leases are released, so the
+    // endpoints have room again (no wait for a transaction to commit, unlike `outbox`).
+    let recorded = Arc::new(tokio::sync::Notify::new());
+    let recorder = tokio::spawn(record(state.clone(), done_rx, recorded.clone()));
     let mut endpoints: HashMap<WebhookId, Arc<Endpoint>> = HashMap::new();
     // At most `endpoint_concurrency` deliveries per endpoint are leased at once, so a
     // lease outlasts one attempt, one wait for the endpoint's slot, and a margin.
@@ -160,6 +163,7 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
             POLL
         };
         tokio::select! {
+            _ = recorded.notified() => {}
             _ = &mut notified => {
                 // Let the transaction that announced the event commit, and gather more.
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -312,7 +316,11 @@ async fn purge(state: &AppState) {
 }
 
 /// Records results in group commits until every sender is gone.
-async fn record(state: AppState, mut rx: mpsc::Receiver<AttemptResult>) {
+async fn record(
+    state: AppState,
+    mut rx: mpsc::Receiver<AttemptResult>,
+    recorded: Arc<tokio::sync::Notify>,
+) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
         let disable_before = Utc::now()
@@ -340,8 +348,9 @@ async fn record(state: AppState, mut rx: mpsc::Receiver<AttemptResult>) {
             }
         }
         batch.clear();
-        // A retry may fall due sooner than the poll: wake the dispatcher.
-        outbox_signal().notify_waiters();
+        // Leases were released (and a retry may fall due sooner than the poll): wake the
+        // dispatcher. `notify_one` keeps the wake-up if it is busy leasing right now.
+        recorded.notify_one();
     }
 }
 
