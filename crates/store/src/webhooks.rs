@@ -787,7 +787,7 @@ impl Store {
                 .bind(lease_until)
                 .bind(limit)
                 .bind(per_endpoint)
-                .bind(limit.saturating_mul(4).max(64))
+                .bind(limit)
                 .fetch_all(pool)
                 .await?
         });

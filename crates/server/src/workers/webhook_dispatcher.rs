@@ -26,6 +26,8 @@ use crate::state::AppState;
 const POLL: Duration = Duration::from_millis(500);
 /// How soon to look again after a wake-up found nothing committed yet.
 const EAGER_POLL: Duration = Duration::from_millis(20);
+/// How long the recorder gathers results after the first before it commits them.
+const GATHER: Duration = Duration::from_millis(3);
 /// The most results recorded in one transaction.
 const RECORD_BATCH: usize = 512;
 /// The first retry comes this long after a failure; each next one twice as long.
@@ -323,6 +325,16 @@ async fn record(
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        // Results arrive one by one as endpoints answer: gather those of the next moment
+        // too, so one commit records many and releases their leases together (a commit
+        // per result would bound a busy endpoint's throughput by the commit rate).
+        let until = tokio::time::Instant::now() + GATHER;
+        while batch.len() < RECORD_BATCH {
+            match tokio::time::timeout_at(until, rx.recv_many(&mut batch, RECORD_BATCH)).await {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
         let disable_before = Utc::now()
             - chrono::Duration::from_std(state.webhooks.settings.disable_after)
                 .unwrap_or(chrono::Duration::days(5));

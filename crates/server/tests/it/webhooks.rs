@@ -25,6 +25,7 @@ on_both_stores!(
     scopes_catalogue_and_workspaces_bound_webhooks_and_events,
     slow_endpoints_time_out_and_failing_ones_are_disabled,
     credentials_about_to_expire_are_announced_once,
+    a_webhook_rate_limit_spaces_its_deliveries,
 );
 
 /// What a receiver answers next: a status, an optional `Retry-After`, and a delay.
@@ -1138,5 +1139,68 @@ async fn credentials_about_to_expire_are_announced_once(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(rx.of_type("token.expiring_soon").len(), 1);
     assert_eq!(rx.of_type("api_key.expiring_soon").len(), 1);
+    app.stop().await;
+}
+
+async fn a_webhook_rate_limit_spaces_its_deliveries(backend: Backend) {
+    let app = app_with_receivers(backend).await;
+    let rx = Receiver::start().await;
+    let r = app
+        .post(
+            "/api/v1/webhooks",
+            app.admin(),
+            "manage:webhooks",
+            json!({"url": rx.url, "events": ["job.completed"], "rateLimit": 4}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    assert_eq!(r.body["rateLimit"], 4);
+    let id = r.body["id"].as_str().expect("id").to_owned();
+    // Queue twelve while paused, then let them go: four at once, then four a second.
+    app.post(
+        &format!("/api/v1/webhooks/{id}/pause"),
+        app.admin(),
+        "manage:webhooks",
+        json!({}),
+    )
+    .await;
+    for i in 0..12 {
+        publish(
+            &app,
+            app.admin(),
+            "job.completed",
+            json!({"jobId": format!("r{i}")}),
+        )
+        .await;
+    }
+    app.post(
+        &format!("/api/v1/webhooks/{id}/resume"),
+        app.admin(),
+        "manage:webhooks",
+        json!({}),
+    )
+    .await;
+    rx.wait_for("job.completed", 1, Duration::from_secs(10))
+        .await;
+    let started = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let early = rx.of_type("job.completed").len();
+    assert!(
+        early <= 8,
+        "at most the burst and a few more within 0.7 s, got {early} after {:?}",
+        started.elapsed()
+    );
+    rx.wait_for("job.completed", 12, Duration::from_secs(15))
+        .await;
+    // Clearing the limit lifts it.
+    let r = app
+        .patch(
+            &format!("/api/v1/webhooks/{id}"),
+            app.admin(),
+            "manage:webhooks",
+            json!({"rateLimit": null}),
+        )
+        .await;
+    assert_eq!(r.body["rateLimit"], Value::Null, "{}", r.text);
     app.stop().await;
 }

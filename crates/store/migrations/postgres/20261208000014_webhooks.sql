@@ -61,7 +61,6 @@ CREATE TABLE webhook_deliveries (
 );
 CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_leased ON webhook_deliveries (webhook_id, lease_until) WHERE status = 'pending';
-CREATE INDEX webhook_deliveries_listed ON webhook_deliveries (webhook_id, created_at);
 CREATE INDEX webhook_deliveries_message ON webhook_deliveries (message_id);
 CREATE TABLE webhook_attempts (
     id TEXT PRIMARY KEY NOT NULL,
