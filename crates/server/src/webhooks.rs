@@ -344,8 +344,7 @@ impl Webhooks {
             .headers()
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         // Read a bounded part of the answer so the connection can be reused; drop it.
         let mut read = 0usize;
         let mut error = None;
@@ -376,6 +375,16 @@ impl Webhooks {
             latency: started.elapsed(),
         }
     }
+}
+
+/// A `Retry-After` value (RFC 9110 §10.2.3): delay-seconds or an HTTP-date.
+fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    (at.with_timezone(&chrono::Utc) - now).to_std().ok()
 }
 
 /// The scheme, host and port of a URL, for audit entries and logs: its path or query may be
@@ -410,4 +419,37 @@ fn describe(e: &reqwest::Error, timeout: Duration) -> String {
     };
     text.truncate(300);
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_seconds_or_an_http_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2015-10-21T07:27:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            None
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn origins_drop_paths_and_queries() {
+        assert_eq!(
+            origin("https://hooks.example.com:8443/T0/B1/secret?token=x"),
+            "https://hooks.example.com:8443"
+        );
+    }
 }

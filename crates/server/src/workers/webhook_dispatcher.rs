@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use crate::state::AppState;
 
 /// How often the outbox is looked at when nothing wakes the dispatcher (retries falling
-/// due, deliveries queued by another node).
+/// due, deliveries queued by another node); an idle node doubles it up to eight times.
 const POLL: Duration = Duration::from_millis(500);
 /// How soon to look again after a wake-up found nothing committed yet.
 const EAGER_POLL: Duration = Duration::from_millis(20);
@@ -87,7 +88,15 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
     // Wakes the dispatcher when results are committed: their leases are released, so the
     // endpoints have room again (no wait for a transaction to commit, unlike `outbox`).
     let recorded = Arc::new(tokio::sync::Notify::new());
-    let recorder = tokio::spawn(record(state.clone(), done_rx, recorded.clone()));
+    // The earliest retry this node scheduled (Unix ms; i64::MAX: none): an idle node wakes
+    // for it instead of waiting for its next poll.
+    let next_retry = Arc::new(AtomicI64::new(i64::MAX));
+    let recorder = tokio::spawn(record(
+        state.clone(),
+        done_rx,
+        recorded.clone(),
+        next_retry.clone(),
+    ));
     let mut endpoints: HashMap<WebhookId, Arc<Endpoint>> = HashMap::new();
     // At most `endpoint_concurrency` deliveries per endpoint are leased at once, so a
     // lease outlasts one attempt, one wait for the endpoint's slot, and a margin.
@@ -98,6 +107,7 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
     // After a wake-up by a queued event, look again soon a few times: the transaction that
     // queued it may not have committed yet.
     let mut eager = 0u8;
+    let mut idle = 0u32;
     loop {
         if *shutdown.borrow() {
             break;
@@ -158,18 +168,38 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
         if endpoints.len() > 10_000 {
             endpoints.clear();
         }
-        let wait = if eager > 0 {
+        // An idle node looks less and less often (0.5, 1, 2, 4 s): what it queues itself
+        // wakes it at once, and only retries falling due and events another node queued
+        // wait for a poll.
+        idle = if leased > 0 {
+            0
+        } else {
+            idle.saturating_add(1)
+        };
+        let mut wait = if eager > 0 {
             eager -= 1;
             EAGER_POLL
         } else {
-            POLL
+            POLL * (1 << idle.saturating_sub(1).min(3))
         };
+        let retry = next_retry.load(Ordering::Relaxed);
+        if retry != i64::MAX {
+            let now = Utc::now().timestamp_millis();
+            if retry <= now {
+                // Due now: this pass's lease takes it (or another node did).
+                next_retry.store(i64::MAX, Ordering::Relaxed);
+                wait = Duration::ZERO;
+            } else {
+                wait = wait.min(Duration::from_millis((retry - now) as u64 + 5));
+            }
+        }
         tokio::select! {
-            _ = recorded.notified() => {}
+            _ = recorded.notified() => idle = 0,
             _ = &mut notified => {
                 // Let the transaction that announced the event commit, and gather more.
                 tokio::time::sleep(Duration::from_millis(2)).await;
                 eager = 5;
+                idle = 0;
             }
             _ = tokio::time::sleep(wait) => {}
             _ = shutdown.changed() => {}
@@ -182,7 +212,10 @@ pub async fn webhook_dispatcher(state: AppState, mut shutdown: watch::Receiver<b
     )
     .await;
     drop(done_tx);
-    let _ = recorder.await;
+    // Attempts still waiting (for a rate limit, say) hold the channel open: do not wait
+    // for them past a bound. Their deliveries stay leased until the lease lapses, then are
+    // sent again.
+    let _ = tokio::time::timeout(Duration::from_secs(2), recorder).await;
 }
 
 /// The endpoint of a due delivery, loaded again when the webhook changed. `None` (and the
@@ -322,6 +355,7 @@ async fn record(
     state: AppState,
     mut rx: mpsc::Receiver<AttemptResult>,
     recorded: Arc<tokio::sync::Notify>,
+    next_retry: Arc<AtomicI64>,
 ) {
     let mut batch = Vec::with_capacity(RECORD_BATCH);
     while rx.recv_many(&mut batch, RECORD_BATCH).await > 0 {
@@ -357,6 +391,11 @@ async fn record(
                     }
                     tokio::time::sleep(Duration::from_millis(200 * tries)).await;
                 }
+            }
+        }
+        for r in &batch {
+            if let Next::RetryAt(at) = r.next {
+                next_retry.fetch_min(at.timestamp_millis(), Ordering::Relaxed);
             }
         }
         batch.clear();
