@@ -346,47 +346,29 @@ type Streak = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
 /// prepared statements rather than one per batch size.
 const RECORD_SIZES: [usize; 4] = [128, 32, 8, 1];
 
-/// `UPDATE … FROM (VALUES …)` of `size` deliveries' new states (`$1` is the time; nine
-/// parameters per delivery), returning the keys of those still pending before it.
-fn record_sql(size: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        RECORD_SIZES
-            .iter()
-            .map(|&n| {
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let b = 2 + i * 9;
-                        format!(
-                            "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                            b,
-                            b + 1,
-                            b + 2,
-                            b + 3,
-                            b + 4,
-                            b + 5,
-                            b + 6,
-                            b + 7,
-                            b + 8
-                        )
-                    })
-                    .collect();
-                format!(
-                    "WITH v (webhook_id, message_id, status, attempt, next_at, code, error, latency, started) \
-                     AS (VALUES {}) \
-                     UPDATE webhook_deliveries SET status = v.status, attempts = v.attempt, \
-                       next_attempt_at = v.next_at, lease_until = NULL, last_status_code = v.code, \
-                       last_error = v.error, last_latency_ms = v.latency, last_attempt_at = v.started, \
-                       updated_at = $1 \
-                     FROM v WHERE webhook_deliveries.webhook_id = v.webhook_id \
-                       AND webhook_deliveries.message_id = v.message_id \
-                       AND webhook_deliveries.status = 'pending' \
-                     RETURNING webhook_deliveries.webhook_id, webhook_deliveries.message_id",
-                    rows.join(", ")
-                )
-            })
-            .collect()
-    });
+/// `$first, $first+1, …` (`count` numbered placeholders), joined with commas.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|p| format!("${p}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `rows` tuples of `width` placeholders each, numbered from `first`: `($1, $2), ($3, $4)`.
+fn value_rows(first: usize, rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|r| format!("({})", placeholders(first + r * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// One statement text per size of [`RECORD_SIZES`], built once, and the one for `size`.
+fn sized(
+    cache: &'static std::sync::OnceLock<Vec<String>>,
+    size: usize,
+    build: fn(usize) -> String,
+) -> &'static str {
+    let all = cache.get_or_init(|| RECORD_SIZES.iter().map(|&n| build(n)).collect());
     let at = RECORD_SIZES
         .iter()
         .position(|s| *s == size)
@@ -394,33 +376,37 @@ fn record_sql(size: usize) -> &'static str {
     &all[at]
 }
 
+/// `UPDATE … FROM (VALUES …)` of `size` deliveries' new states (`$1` is the time; nine
+/// parameters per delivery), returning the keys of those still pending before it.
+fn record_sql(size: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    sized(&SQL, size, |n| {
+        format!(
+            "WITH v (webhook_id, message_id, status, attempt, next_at, code, error, latency, started) \
+             AS (VALUES {}) \
+             UPDATE webhook_deliveries SET status = v.status, attempts = v.attempt, \
+               next_attempt_at = v.next_at, lease_until = NULL, last_status_code = v.code, \
+               last_error = v.error, last_latency_ms = v.latency, last_attempt_at = v.started, \
+               updated_at = $1 \
+             FROM v WHERE webhook_deliveries.webhook_id = v.webhook_id \
+               AND webhook_deliveries.message_id = v.message_id \
+               AND webhook_deliveries.status = 'pending' \
+             RETURNING webhook_deliveries.webhook_id, webhook_deliveries.message_id",
+            value_rows(2, n, 9)
+        )
+    })
+}
+
 /// The multi-row `INSERT` of `size` attempts (nine parameters each).
 fn attempts_sql(size: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        RECORD_SIZES
-            .iter()
-            .map(|&n| {
-                let rows: Vec<String> = (0..n)
-                    .map(|i| {
-                        let b = 1 + i * 9;
-                        let ps: Vec<String> = (b..b + 9).map(|p| format!("${p}")).collect();
-                        format!("({})", ps.join(", "))
-                    })
-                    .collect();
-                format!(
-                    "INSERT INTO webhook_attempts (id, webhook_id, message_id, attempt, started_at, \
-                       status_code, latency_ms, error, succeeded) VALUES {}",
-                    rows.join(", ")
-                )
-            })
-            .collect()
-    });
-    let at = RECORD_SIZES
-        .iter()
-        .position(|s| *s == size)
-        .expect("one of RECORD_SIZES");
-    &all[at]
+    sized(&SQL, size, |n| {
+        format!(
+            "INSERT INTO webhook_attempts (id, webhook_id, message_id, attempt, started_at, \
+               status_code, latency_ms, error, succeeded) VALUES {}",
+            value_rows(1, n, 9)
+        )
+    })
 }
 
 fn not_found_if_zero(affected: u64) -> Result<()> {
@@ -797,10 +783,9 @@ impl Store {
         let mut ids: Vec<&str> = leased.iter().map(|l| l.1.as_str()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id, body FROM webhook_messages WHERE id IN ({})",
-            placeholders.join(", ")
+            placeholders(1, ids.len())
         );
         let bodies: Vec<(String, String)> = with_pool!(self, pool => {
             let mut q = sqlx::query_as(&sql);
@@ -813,10 +798,9 @@ impl Store {
         let mut hooks: Vec<&str> = leased.iter().map(|l| l.0.as_str()).collect();
         hooks.sort_unstable();
         hooks.dedup();
-        let placeholders: Vec<String> = (1..=hooks.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT id, updated_at FROM webhooks WHERE id IN ({})",
-            placeholders.join(", ")
+            placeholders(1, hooks.len())
         );
         let changed: Vec<(String, DateTime<Utc>)> = with_pool!(self, pool => {
             let mut q = sqlx::query_as(&sql);

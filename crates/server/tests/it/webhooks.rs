@@ -205,15 +205,32 @@ pub async fn publish(app: &TestApp, token: &str, t: &str, data: Value) -> Value 
 }
 
 async fn delivery(app: &TestApp, webhook: &str, event: &str) -> Value {
+    delivery_as(app, app.admin(), webhook, event).await
+}
+
+async fn delivery_as(app: &TestApp, token: &str, webhook: &str, event: &str) -> Value {
     let r = app
         .get(
             &format!("/api/v1/webhooks/{webhook}/deliveries/{event}"),
-            app.admin(),
+            token,
             "read:webhooks",
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     r.body
+}
+
+/// The delivery once its first attempt is recorded.
+async fn after_first_attempt(app: &TestApp, token: &str, webhook: &str, event: &str) -> Value {
+    let ok = eventually(Duration::from_secs(10), || async {
+        delivery_as(app, token, webhook, event).await["attempts"]
+            .as_i64()
+            .unwrap_or(0)
+            >= 1
+    })
+    .await;
+    assert!(ok, "no attempt of {event} to {webhook} was recorded");
+    delivery_as(app, token, webhook, event).await
 }
 
 async fn events_reach_subscribed_webhooks_signed_in_both_schemes(backend: Backend) {
@@ -723,61 +740,23 @@ async fn registration_refuses_what_the_ssrf_guard_forbids(backend: Backend) {
     let second = TestApp::spawn_on(store, |_| {}).await;
     let e = publish(&second, &admin, "job.completed", json!({"jobId": "x"})).await;
     let event = e["id"].as_str().expect("id").to_owned();
-    let ok = eventually(Duration::from_secs(10), || async {
-        let r = second
-            .get(
-                &format!("/api/v1/webhooks/{id}/deliveries/{event}"),
-                &admin,
-                "read:webhooks",
-            )
-            .await;
-        r.body["attempts"].as_i64().unwrap_or(0) >= 1
-    })
-    .await;
-    assert!(ok, "the attempt is recorded");
-    let r = second
-        .get(
-            &format!("/api/v1/webhooks/{id}/deliveries/{event}"),
-            &admin,
-            "read:webhooks",
-        )
-        .await;
+    let d = after_first_attempt(&second, &admin, &id, &event).await;
     assert_eq!(
-        r.body["status"], "pending",
+        d["status"], "pending",
         "a refused connection is retried later"
     );
     assert!(
-        r.body["lastError"]
+        d["lastError"]
             .as_str()
             .is_some_and(|e| e.contains("loopback")),
-        "{}",
-        r.text
+        "{d}"
     );
-    let ok = eventually(Duration::from_secs(10), || async {
-        let r = second
-            .get(
-                &format!("/api/v1/webhooks/{named}/deliveries/{event}"),
-                &admin,
-                "read:webhooks",
-            )
-            .await;
-        r.body["attempts"].as_i64().unwrap_or(0) >= 1
-    })
-    .await;
-    assert!(ok, "the attempt by name is recorded");
-    let r = second
-        .get(
-            &format!("/api/v1/webhooks/{named}/deliveries/{event}"),
-            &admin,
-            "read:webhooks",
-        )
-        .await;
+    let d = after_first_attempt(&second, &admin, &named, &event).await;
     assert!(
-        r.body["lastError"]
+        d["lastError"]
             .as_str()
             .is_some_and(|e| e.contains("loopback")),
-        "the name resolved to loopback is refused at connect time: {}",
-        r.text
+        "the name resolved to loopback is refused at connect time: {d}"
     );
     assert!(
         rx.received().is_empty(),
@@ -976,12 +955,8 @@ async fn slow_endpoints_time_out_and_failing_ones_are_disabled(backend: Backend)
     }]);
     let e = publish(&app, app.admin(), "job.completed", json!({"jobId": "slow"})).await;
     let event = e["id"].as_str().expect("id").to_owned();
-    let ok = eventually(Duration::from_secs(10), || async {
-        delivery(&app, &id, &event).await["attempts"] == 1
-    })
-    .await;
-    assert!(ok, "the attempt is recorded");
-    let d = delivery(&app, &id, &event).await;
+    let d = after_first_attempt(&app, app.admin(), &id, &event).await;
+    assert_eq!(d["attempts"], 1);
     assert_eq!(d["status"], "pending");
     assert!(
         d["lastError"]
